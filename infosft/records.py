@@ -1,0 +1,181 @@
+"""Reading raw records from a file or a Hugging Face dataset, with row numbers.
+
+Local JSONL/JSON/CSV files are parsed here line by line rather than through
+``datasets``, because a bad row must be reported by its line number and, with
+``skip_invalid``, skipped without losing the rest. Parquet goes through polars,
+dataset directories and hub names through ``datasets``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infosft.errors import InputError
+
+FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+                 ".parquet": "parquet"}
+
+
+@dataclass
+class RawRecords:
+    """Rows of a source. ``rows[i]`` is ``(row_number, record)``; row numbers are 1-based
+    (the line number for JSONL) so messages match what an editor shows."""
+
+    source: str
+    kind: str                      # jsonl | json | csv | parquet | hf
+    content_hash: str
+    rows: list[tuple[int, dict[str, Any]]]
+    unit: str = "row"              # "line" for JSONL
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def error(self, reason: str, row: int | None = None, field: str | None = None) -> InputError:
+        return InputError(reason, file=self.source, row=row, field=field, unit=self.unit)
+
+
+def read_records(source: str | Path, *, limit: int | None = None, skip_invalid: bool = False,
+                 split: str = "train") -> RawRecords:
+    """Read the records of ``source``: a local file, a dataset directory or a hub name.
+
+    Rows that cannot be parsed raise :class:`InputError` (file, row), or with
+    ``skip_invalid`` are listed in ``skipped`` as ``{"row": n, "reason": ...}``.
+    ``limit`` keeps the first ``limit`` parsed rows.
+    """
+    path = Path(source)
+    if path.is_file():
+        kind = FILE_SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise InputError(f"unsupported file type {path.suffix!r}; use one of "
+                             f"{', '.join(sorted(FILE_SUFFIXES))}", file=str(source))
+        data = path.read_bytes()
+        if not data.strip():
+            raise InputError("the file is empty", file=str(source))
+        out = RawRecords(str(source), kind, hashlib.sha256(data).hexdigest(), [],
+                         unit="line" if kind == "jsonl" else "row")
+        reader = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
+                  "parquet": _read_parquet}[kind]
+        reader(data, out, skip_invalid, limit)
+    elif path.is_dir() or not path.suffix:
+        out = _read_hf(str(source), split, limit)
+    else:
+        raise InputError("no such file or dataset", file=str(source))
+    if not out.rows:
+        raise out.error("no valid rows" if out.skipped else "the dataset has no rows")
+    return out
+
+
+def _reject(out: RawRecords, skip_invalid: bool, reason: str, row: int, field: str | None = None):
+    if not skip_invalid:
+        raise out.error(reason, row, field)
+    out.skipped.append({"row": row, "field": field, "reason": reason})
+
+
+def _full(out: RawRecords, limit: int | None) -> bool:
+    return limit is not None and len(out.rows) >= limit
+
+
+def _read_jsonl(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | None) -> None:
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if _full(out, limit):
+            return
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            _reject(out, skip_invalid, f"not valid UTF-8 (byte {e.start})", lineno)
+            continue
+        except json.JSONDecodeError as e:
+            _reject(out, skip_invalid, f"malformed JSON ({e.msg} at column {e.colno})", lineno)
+            continue
+        if not isinstance(obj, dict):
+            _reject(out, skip_invalid, f"expected a JSON object, got {type(obj).__name__}", lineno)
+            continue
+        out.rows.append((lineno, obj))
+
+
+def _decode(data: bytes, out: RawRecords) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(f"not valid UTF-8 (byte {e.start})", file=out.source, row=line,
+                         unit="line") from None
+
+
+def _read_json(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | None) -> None:
+    text = _decode(data, out)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # JSON Lines in a .json file
+            out.kind, out.unit = "jsonl", "line"
+            return _read_jsonl(data, out, skip_invalid, limit)
+        raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", file=out.source,
+                         row=e.lineno, unit="line") from None
+    if not isinstance(obj, list):
+        raise out.error("expected a JSON array of objects (or JSON Lines)")
+    for i, rec in enumerate(obj, start=1):
+        if _full(out, limit):
+            return
+        if isinstance(rec, dict):
+            out.rows.append((i, rec))
+        else:
+            _reject(out, skip_invalid, f"expected a JSON object, got {type(rec).__name__}", i)
+
+
+def _read_csv(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | None) -> None:
+    reader = csv.DictReader(io.StringIO(_decode(data, out), newline=""))
+    try:
+        for i, rec in enumerate(reader, start=1):
+            if _full(out, limit):
+                return
+            if None in rec:
+                _reject(out, skip_invalid, "more values than header columns", i)
+                continue
+            out.rows.append((i, rec))
+    except csv.Error as e:
+        raise out.error(f"malformed CSV ({e})", reader.line_num) from None
+
+
+def _read_parquet(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | None) -> None:
+    import polars as pl
+
+    try:
+        df = pl.read_parquet(io.BytesIO(data), n_rows=limit)
+    except Exception as e:  # polars raises several error types for corrupt files
+        raise out.error(f"not a readable Parquet file ({type(e).__name__})") from None
+    out.rows.extend(enumerate(df.to_dicts(), start=1))
+
+
+def _read_hf(name: str, split: str, limit: int | None) -> RawRecords:
+    try:
+        import datasets
+    except ImportError:
+        raise InputError("reading Hugging Face datasets needs `pip install datasets`",
+                         file=name) from None
+    try:
+        path = Path(name)
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (
+                path / "dataset_dict.json").exists():
+            ds = datasets.load_from_disk(name)
+        else:
+            ds = datasets.load_dataset(name, split=split)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise InputError(f"no split {split!r} (splits: {', '.join(ds)})", file=name)
+            ds = ds[split]
+    except InputError:
+        raise
+    except Exception as e:  # hub / filesystem errors come in many types
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"cannot load dataset: {msg}", file=name) from None
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    rows = list(enumerate(ds.to_list(), start=1))
+    return RawRecords(name, "hf", ds._fingerprint, rows)
