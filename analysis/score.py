@@ -110,7 +110,7 @@ def target_stats(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.
         # a second pass over the vocabulary.
         lse = top_vals[:, 0] - probs.gather(1, top_ids[:, :1]).squeeze(1).log()
         tgt = logits.gather(1, y[:, None])                                # (n, 1)
-        mean_logit = torch.bmm(probs.unsqueeze(1), logits.unsqueeze(2)).view(-1)
+        mean_logit = (probs * logits).sum(-1)  # a bmm is faster but loses ~4e-3 nats
         out["entropy"].append((lse - mean_logit).cpu())
         out["logp"].append((tgt.squeeze(1) - lse).cpu())
         out["rank"].append(((logits > tgt).sum(-1, dtype=torch.int32) + 1).cpu())

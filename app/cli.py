@@ -49,6 +49,7 @@ def cmd_score(args) -> int:
                       use_template=not args.no_template, skip_invalid=args.skip_invalid,
                       split=args.split, top_k=args.top_k,
                       trust_remote_code=args.trust_remote_code, token_budget=args.token_budget,
+                      part_tokens=args.part_tokens,
                       device=args.device, dtype=args.dtype)
     run = score_dataset(cfg, resume=args.resume, overwrite=args.overwrite,
                         progress=not args.quiet)
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--token-budget", type=int, default=8192,
                    help="padded tokens per forward batch (memory vs speed)")
+    p.add_argument("--part-tokens", type=int, default=1 << 16,
+                   help="tokens per Parquet part (resume granularity)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--dtype", help="float32, bfloat16 (default: bf16 on CUDA, fp32 elsewhere)")
     p.add_argument("--trust-remote-code", action="store_true",

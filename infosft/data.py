@@ -297,7 +297,9 @@ def prepare(rows: Iterable[tuple[int, dict[str, Any]]], tokenizer, *, max_length
         raise InputError("no rows", file=source)
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
-    fmt = detect_format(rows[0][1], fields, source)
+    # From the union of all rows' keys, so one row missing a field is that row's error
+    # rather than an undetectable format.
+    fmt = detect_format(dict.fromkeys(k for _, rec in rows for k in rec), fields, source)
     out: list[PreparedExample] = []
     for row, record in rows:
         try:

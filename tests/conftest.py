@@ -1,0 +1,61 @@
+"""Shared fixtures: the real default model (converted once per machine, loaded once per
+session) and a tiny random Llama with the same tokenizer for fast pipeline tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_data" / "sft_sample.jsonl"
+SAMPLE_RUN = ROOT / "sample_data" / "runs" / "sample"
+
+
+@pytest.fixture(scope="session")
+def default_dir() -> Path:
+    from infosft.models import default_model_dir
+
+    return default_model_dir()[0]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_dir):
+    from infosft.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def default_model(default_dir):
+    """(model, tokenizer, info) of the embedded SmolLM2-135M-Instruct, fp32 on CPU."""
+    from infosft.models import load_model
+
+    return load_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer random Llama (seeded) with the default tokenizer: same tokens, fast forward."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=4096, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Rows as JSONL; a ``str`` row is written verbatim (for malformed-line tests)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
+    return path

@@ -1,0 +1,507 @@
+"""Bad input gets a clear one-line error and loses nothing.
+
+Every bad case goes through the real CLI entry point (``app.cli.main``) with the
+tiny random Llama from ``conftest`` so scoring stays fast. A bad case must exit 2
+with exactly one ``infosft: error: ...`` line on stderr that names the file, the
+row (JSONL: the line) and the field, must leave no output directory behind, and
+must fail before the model is loaded. With ``--skip-invalid`` the good rows are
+scored and the bad ones are listed in ``meta.json``. An existing output is never
+replaced without ``--resume`` / ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from app.cli import main
+from conftest import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- helpers
+
+def good_row(i: int) -> dict:
+    return {"prompt": f"What is {i} plus {i}?", "response": f"It is {2 * i}."}
+
+
+def jsonl_with_bad_line_3(path: Path, bad: bytes) -> Path:
+    """Lines 1, 2 and 4 are valid prompt/response rows; line 3 is ``bad`` (raw bytes)."""
+    lines = [json.dumps(good_row(i)).encode() for i in (1, 2)] + [bad] + \
+        [json.dumps(good_row(4)).encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run ``infosft ARGV`` in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()  # drop anything printed before
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def error_line(err: str) -> str:
+    """The single error line of a failed command (fails unless stderr is exactly that)."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("infosft: error: "), lines[0]
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` with its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def score(capsys, tiny_model_dir):
+    """``score(data, out, *flags)`` -> (rc, stdout, stderr) with the tiny model, no progress bar."""
+    def run(data, out, *flags):
+        return cli(capsys, "score", data, "--out", out, "--model", tiny_model_dir, "--quiet",
+                   *flags)
+    return run
+
+
+@pytest.fixture
+def forbid_model_load(monkeypatch):
+    """Bad data must be rejected before the (possibly large) model is loaded."""
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was validated")
+    monkeypatch.setattr("analysis.score.load_model", load_model)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A complete scored run of 4 good rows (read-only for the tests that use it)."""
+    base = tmp_path_factory.mktemp("good-run")
+    data = write_jsonl(base / "good.jsonl", [good_row(i) for i in range(1, 5)])
+    out = base / "run"
+    assert main(["score", str(data), "--out", str(out), "--model", str(tiny_model_dir),
+                 "--quiet"]) == 0
+    return out
+
+
+# ------------------------------------------------- bad JSONL line 3: the error
+
+# (id, raw line 3, field named in the message or None, words of the reason)
+BAD_LINES = [
+    ("malformed-json", b'{"prompt": "What is 3 plus 3?", "response": ', None, "malformed JSON"),
+    ("not-an-object", b'["What is 3 plus 3?", "It is 6."]', None, "JSON object"),
+    ("non-utf8", b'{"prompt": "What is 3 \xff\xfe plus 3?", "response": "It is 6."}', None,
+     "UTF-8"),
+    ("missing-response", b'{"prompt": "What is 3 plus 3?"}', "response", "missing"),
+    ("null-response", b'{"prompt": "What is 3 plus 3?", "response": null}', "response",
+     "missing"),
+    ("missing-prompt", b'{"response": "It is 6."}', "prompt", "missing"),
+    ("non-string-response", b'{"prompt": "What is 3 plus 3?", "response": 6}', "response",
+     "string"),
+    ("non-string-prompt", b'{"prompt": ["What is 3 plus 3?"], "response": "It is 6."}',
+     "prompt", "string"),
+    ("empty-response", b'{"prompt": "What is 3 plus 3?", "response": ""}', "response", "empty"),
+    ("blank-response", b'{"prompt": "What is 3 plus 3?", "response": "  \\n "}', "response",
+     "empty"),
+]
+BAD_LINE_PARAMS = [pytest.param(line, field, reason, id=name)
+                   for name, line, field, reason in BAD_LINES]
+
+
+@pytest.mark.parametrize("line, field, reason", BAD_LINE_PARAMS)
+def test_bad_jsonl_line_is_one_line_error(tmp_path, score, forbid_model_load, line, field,
+                                          reason):
+    data = jsonl_with_bad_line_3(tmp_path / "data.jsonl", line)
+    out = tmp_path / "run"
+
+    rc, stdout, err = score(data, out)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(data) in msg
+    assert re.search(r"\bline 3\b", msg), msg
+    if field is not None:
+        assert f"'{field}'" in msg
+    assert reason in msg
+    assert stdout == ""
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("line, field, reason", BAD_LINE_PARAMS)
+def test_skip_invalid_scores_good_lines_and_lists_the_bad_one(tmp_path, score, line, field,
+                                                              reason):
+    data = jsonl_with_bad_line_3(tmp_path / "data.jsonl", line)
+    out = tmp_path / "run"
+
+    rc, stdout, err = score(data, out, "--skip-invalid")
+
+    assert rc == 0, err
+    assert "skipped 1 rows" in stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "complete"
+    [skipped] = meta["skipped"]
+    assert skipped["row"] == 3
+    assert skipped["field"] == field
+    assert reason in skipped["reason"]
+    assert meta["counts"]["examples"] == 3
+    assert meta["counts"]["skipped"] == 1
+    assert meta["dataset"]["rows_read"] == 4
+    examples = pl.read_parquet(out / "examples.parquet").sort("example_id")
+    assert examples["source_row"].to_list() == [1, 2, 4]
+
+
+def test_skip_invalid_with_several_kinds_of_bad_lines(tmp_path, score):
+    lines = [
+        json.dumps(good_row(1)).encode(),
+        b'{"prompt": "two"}',                               # 2: missing response
+        b'{"prompt": "three", ',                            # 3: malformed JSON
+        json.dumps(good_row(4)).encode(),
+        b'{"prompt": "f\xffive", "response": "5"}',          # 5: not UTF-8
+        b'{"prompt": "six", "response": ""}',               # 6: empty response
+        json.dumps(good_row(7)).encode(),
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "run"
+
+    rc, stdout, err = score(data, out, "--skip-invalid")
+
+    assert rc == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    skipped = sorted(meta["skipped"], key=lambda s: s["row"])
+    assert [(s["row"], s["field"]) for s in skipped] == [
+        (2, "response"), (3, None), (5, None), (6, "response")]
+    assert all(s["reason"] for s in skipped)
+    assert meta["counts"]["examples"] == 3
+    examples = pl.read_parquet(out / "examples.parquet").sort("example_id")
+    assert examples["source_row"].to_list() == [1, 4, 7]
+
+
+def test_skip_invalid_with_no_valid_rows_fails_without_output(tmp_path, score,
+                                                              forbid_model_load):
+    data = write_jsonl(tmp_path / "data.jsonl", ['{"prompt": "a"', '{"prompt": "b"'])
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out, "--skip-invalid")
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(data) in msg and "no valid rows" in msg
+    assert not out.exists()
+
+
+# The format is detected from the first record only, so a first line that lacks a
+# field is reported as an unknown format (no line, no field) and --skip-invalid
+# cannot skip it.
+FIRST_LINE_BUG = ("the record format is detected from line 1 alone: a line 1 without "
+                  "'response' gives 'cannot tell the record format from columns prompt' "
+                  "(no line/field) and aborts even with --skip-invalid")
+
+
+@pytest.mark.xfail(strict=True, reason=FIRST_LINE_BUG)
+def test_bad_first_line_names_line_and_field(tmp_path, score, forbid_model_load):
+    data = write_jsonl(tmp_path / "data.jsonl",
+                       [{"prompt": "one"}] + [good_row(i) for i in (2, 3, 4)])
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert re.search(r"\bline 1\b", msg), msg
+    assert "'response'" in msg
+
+
+@pytest.mark.xfail(strict=True, reason=FIRST_LINE_BUG)
+def test_skip_invalid_skips_a_bad_first_line(tmp_path, score):
+    data = write_jsonl(tmp_path / "data.jsonl",
+                       [{"prompt": "one"}] + [good_row(i) for i in (2, 3, 4)])
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out, "--skip-invalid")
+
+    assert rc == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    assert [s["row"] for s in meta["skipped"]] == [1]
+    assert meta["counts"]["examples"] == 3
+
+
+# -------------------------------------------------- whole-file / mapping errors
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n\n"], ids=["empty", "blank-lines"])
+def test_empty_file(tmp_path, score, forbid_model_load, content):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(content)
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(data) in msg and "empty" in msg
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("fields, named", [
+    (["prompt=nope", "response=response"], "'nope'"),        # column not in the data
+    (["answer=response", "response=response"], "'answer'"),  # not a mapping target
+    (["prompt"], "NAME=COLUMN"),                             # not NAME=COLUMN
+], ids=["unknown-column", "unknown-target", "malformed"])
+def test_bad_field_mapping(tmp_path, score, forbid_model_load, fields, named):
+    data = write_jsonl(tmp_path / "data.jsonl", [good_row(i) for i in range(1, 5)])
+    out = tmp_path / "run"
+    flags = [a for f in fields for a in ("--field", f)]
+
+    rc, _, err = score(data, out, *flags)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert named in msg
+    if named.startswith("'"):
+        assert str(data) in msg
+    assert not out.exists()
+
+
+def test_missing_file(tmp_path, score, forbid_model_load):
+    data = tmp_path / "no-such-file.jsonl"
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(data) in msg and "no such file" in msg
+    assert not out.exists()
+
+
+# ------------------------------------------------------------ other formats
+
+CSV_HEADER = "prompt,response\n"
+CSV_GOOD = {1: "q1,a1\n", 2: "q2,a2\n", 4: "q4,a4\n"}
+
+
+@pytest.mark.parametrize("row3, field, reason", [
+    ("q3,\n", "response", "empty"),
+    ("q3\n", "response", "missing"),
+    ("q3,a3,extra\n", None, "more values than header"),
+], ids=["empty-cell", "missing-cell", "extra-cell"])
+def test_bad_csv_row(tmp_path, score, forbid_model_load, row3, field, reason):
+    data = tmp_path / "data.csv"
+    data.write_text(CSV_HEADER + CSV_GOOD[1] + CSV_GOOD[2] + row3 + CSV_GOOD[4])
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(data) in msg
+    assert re.search(r"\brow 3\b", msg), msg   # data rows count from 1 after the header
+    if field is not None:
+        assert f"'{field}'" in msg
+    assert reason in msg
+    assert not out.exists()
+
+
+def test_bad_csv_row_skipped(tmp_path, score):
+    data = tmp_path / "data.csv"
+    data.write_text(CSV_HEADER + CSV_GOOD[1] + CSV_GOOD[2] + "q3,\n" + CSV_GOOD[4])
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out, "--skip-invalid")
+
+    assert rc == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    assert [(s["row"], s["field"]) for s in meta["skipped"]] == [(3, "response")]
+    examples = pl.read_parquet(out / "examples.parquet").sort("example_id")
+    assert examples["source_row"].to_list() == [1, 2, 4]
+
+
+def test_non_utf8_csv_is_one_line_error(tmp_path, score, forbid_model_load):
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"prompt,response\nq1,a1\nq2,a2\nq3,a\xff3\nq4,a4\n")
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(data) in msg and "UTF-8" in msg
+    assert re.search(r"\bline 4\b", msg), msg  # the file line (header is line 1)
+    assert not out.exists()
+
+
+@pytest.mark.xfail(strict=True, reason="a CSV is decoded as a whole: one non-UTF-8 byte "
+                   "aborts the file even with --skip-invalid (JSONL skips the line)")
+def test_non_utf8_csv_row_skipped(tmp_path, score):
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"prompt,response\nq1,a1\nq2,a2\nq3,a\xff3\nq4,a4\n")
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out, "--skip-invalid")
+
+    assert rc == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["counts"]["examples"] == 3
+
+
+@pytest.mark.parametrize("responses, row, reason", [
+    ([1, 2, 3, 4], 1, "string"),                            # an integer column
+    (["a1", "a2", None, "a4"], 3, "missing"),               # a null cell
+], ids=["int-column", "null-cell"])
+def test_bad_parquet_response(tmp_path, score, forbid_model_load, responses, row, reason):
+    data = tmp_path / "data.parquet"
+    pl.DataFrame({"prompt": ["q1", "q2", "q3", "q4"], "response": responses}).write_parquet(data)
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(data) in msg
+    assert re.search(rf"\brow {row}\b", msg), msg
+    assert "'response'" in msg and reason in msg
+    assert not out.exists()
+
+
+# ------------------------------------------------------ existing output paths
+
+def test_existing_run_is_not_overwritten_without_a_flag(tmp_path, score):
+    first = write_jsonl(tmp_path / "first.jsonl", [good_row(i) for i in range(1, 5)])
+    second = write_jsonl(tmp_path / "second.jsonl", [good_row(i) for i in range(5, 7)])
+    out = tmp_path / "run"
+    assert score(first, out)[0] == 0
+    before = snapshot(out)
+    assert "meta.json" in before and any(k.startswith("tokens/part-") for k in before)
+
+    rc, _, err = score(second, out)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(out) in msg and "--resume" in msg and "--overwrite" in msg
+    assert snapshot(out) == before
+
+    rc, _, err = score(second, out, "--overwrite")
+
+    assert rc == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dataset"]["source"] == str(second)
+    assert meta["counts"]["examples"] == 2
+    assert pl.read_parquet(out / "examples.parquet").height == 2
+
+
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
+def test_directory_that_is_not_a_run_is_kept(tmp_path, score, flag):
+    data = write_jsonl(tmp_path / "data.jsonl", [good_row(i) for i in range(1, 5)])
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+
+    rc, _, err = score(data, out, flag)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(out) in msg and "not a scored run" in msg
+    assert snapshot(out) == {"notes.txt": b"my notes"}
+
+
+@pytest.mark.xfail(strict=True, raises=NotADirectoryError,
+                   reason="`score DATA --out FILE` with FILE an existing regular file raises "
+                   "NotADirectoryError (traceback) in analysis.score._prepare_out")
+def test_out_that_is_an_existing_file(tmp_path, score):
+    data = write_jsonl(tmp_path / "data.jsonl", [good_row(i) for i in range(1, 5)])
+    out = tmp_path / "results"
+    out.write_text("keep me")
+
+    rc, _, err = score(data, out)
+
+    assert rc == 2
+    assert str(out) in error_line(err)
+    assert out.read_text() == "keep me"
+
+
+def test_export_does_not_replace_an_existing_file(tmp_path, capsys, run_dir):
+    target = tmp_path / "weighted.parquet"
+    target.write_bytes(b"user data")
+
+    rc, _, err = cli(capsys, "export", run_dir, "--out", target)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(target) in msg and "--overwrite" in msg
+    assert target.read_bytes() == b"user data"
+
+    rc, stdout, err = cli(capsys, "export", run_dir, "--out", target, "--overwrite")
+
+    assert rc == 0, err
+    assert pl.read_parquet(target).height == 4
+
+
+@pytest.mark.parametrize("run", ["not-a-run", "missing"])
+def test_stats_on_a_directory_that_is_not_a_run(tmp_path, capsys, run):
+    path = tmp_path / run
+    if run == "not-a-run":
+        path.mkdir()
+        (path / "notes.txt").write_text("my notes")
+
+    rc, _, err = cli(capsys, "stats", path)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert str(path) in msg and "not a scored run" in msg
+
+
+# ------------------------------------------------------------- invalid knobs
+
+@pytest.mark.parametrize("flags, knob", [
+    (["--scheme", "infosft", "--C", "0"], "C"),
+    (["--scheme", "infosft", "--C", "-1"], "C"),
+    (["--scheme", "infosft", "--P", "1.2"], "P"),
+    (["--scheme", "infosft", "--P", "0.5"], "P"),
+    (["--scheme", "profit", "--threshold", "1.5"], "threshold"),
+], ids=["C=0", "C=-1", "P=1.2", "P=0.5", "threshold=1.5"])
+def test_invalid_knob(capsys, run_dir, flags, knob):
+    rc, stdout, err = cli(capsys, "stats", run_dir, *flags)
+
+    assert rc == 2
+    msg = error_line(err)
+    assert re.search(rf"\b{knob}\b", msg.removeprefix("infosft: error: ")), msg
+    assert stdout == ""
+
+
+def test_export_with_invalid_knob_writes_nothing(tmp_path, capsys, run_dir):
+    target = tmp_path / "weighted.jsonl"
+
+    rc, _, err = cli(capsys, "export", run_dir, "--out", target, "--scheme", "infosft",
+                     "--C", "0")
+
+    assert rc == 2
+    assert re.search(r"\bC\b", error_line(err).removeprefix("infosft: error: "))
+    assert not target.exists()
+    assert not Path(str(target) + ".meta.json").exists()
+
+
+# -------------------------------------------------------------- real process
+
+def test_real_process_prints_one_line_without_traceback(tmp_path, tiny_model_dir):
+    data = jsonl_with_bad_line_3(tmp_path / "data.jsonl", b'{"prompt": "What is 3 plus 3?"}')
+    out = tmp_path / "run"
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "score", str(data), "--out", str(out),
+         "--model", str(tiny_model_dir), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("infosft: error: ")
+    assert str(data) in lines[0] and "line 3" in lines[0] and "'response'" in lines[0]
+    assert not out.exists()

@@ -1,0 +1,186 @@
+"""Scoring: the real default model against an independent forward pass, batching
+helpers, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from analysis.score import ScoreConfig, batches_by_budget, score_dataset, shared_prefix
+from analysis.store import Run
+from tests.conftest import ROOT, SAMPLE, write_jsonl
+
+ROWS = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+
+
+def test_batches_by_budget_respects_budget_and_covers_all():
+    lengths = [5, 100, 30, 30, 7, 64, 64, 1, 200]
+    batches = batches_by_budget(lengths, budget=128)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 128
+    assert [200] in [[lengths[i] for i in b] for b in batches]  # over-long: alone
+
+
+def test_shared_prefix_stops_before_first_target(tokenizer):
+    from infosft.data import prepare
+
+    _, exs = prepare(enumerate(ROWS[:4], 1), tokenizer, max_length=512)
+    prefix = shared_prefix(exs)
+    first_target = min(ex.tokens.target_mask.index(True) for ex in exs)
+    assert 0 < len(prefix) <= first_target - 1
+    assert all(ex.tokens.input_ids[:len(prefix)] == prefix for ex in exs)
+    # the system prompt and the user header are shared; the user text is not
+    assert tokenizer.decode(prefix).endswith("<|im_start|>user\n")
+
+
+def _independent_scores(model, tokenizer, row) -> dict[str, np.ndarray]:
+    """Plain transformers: template -> ids, full forward, float64 log-softmax."""
+    msgs = [{"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["response"]}]
+    ids = tokenizer(tokenizer.apply_chat_template(msgs, tokenize=False),
+                    add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    logp_all = torch.log_softmax(logits[:-1], -1)             # row p predicts token p + 1
+    y = torch.tensor(ids[1:])
+    logp = logp_all.gather(1, y[:, None]).squeeze(1)
+    return {"ids": np.array(ids), "logp": np.r_[np.nan, logp.numpy()],
+            "entropy": np.r_[np.nan, -(logp_all.exp() * logp_all).sum(-1).numpy()],
+            "rank": np.r_[0, ((logp_all > logp[:, None]).sum(-1) + 1).numpy()],
+            "top_ids": np.vstack([np.zeros(5, int), logp_all.topk(5).indices.numpy()])}
+
+
+@pytest.mark.slow
+def test_default_model_scores_match_plain_forward(tmp_path, default_model):
+    model, tokenizer, _ = default_model
+    rows = ROWS[:3]
+    data = write_jsonl(tmp_path / "three.jsonl", rows)
+    run = score_dataset(ScoreConfig(source=str(data), out=str(tmp_path / "run"), device="cpu"),
+                        progress=False)
+    tokens = run.scan_tokens().sort("example_id", "position").collect()
+    assert run.meta()["status"] == "complete"
+    for ex_id, row in enumerate(rows):
+        ref = _independent_scores(model, tokenizer, row)
+        got = tokens.filter(pl.col("example_id") == ex_id)
+        assert got["token_id"].to_list() == ref["ids"].tolist()
+        tgt = got["is_target"].to_numpy()
+        # targets = the response and <|im_end|>: the last-but-one tokens of the sequence
+        assert tokenizer.decode(ref["ids"][tgt]) == row["response"] + "<|im_end|>"
+        np.testing.assert_allclose(got["logp"].to_numpy()[tgt], ref["logp"][tgt], atol=2e-4)
+        np.testing.assert_allclose(got["entropy"].to_numpy()[tgt], ref["entropy"][tgt],
+                                   atol=1e-3)  # a float32 sum over 49k vocabulary entries
+        # ranks and top-k can only differ where two logits tie within float error
+        assert (got["rank"].to_numpy()[tgt] == ref["rank"][tgt]).mean() > 0.99
+        top = np.vstack(got.filter(pl.col("is_target"))["top_ids"].to_list())
+        assert (top[:, 0] == ref["top_ids"][tgt][:, 0]).mean() > 0.99
+        assert got.filter(~pl.col("is_target"))["logp"].null_count() == (~tgt).sum()
+    meta = run.meta()
+    assert meta["counts"]["examples"] == 3 and meta["tokens_per_s"] > 0
+    assert meta["model"]["revision"].startswith("sha256:")
+
+
+@pytest.mark.slow
+def test_bundled_sample_run_still_matches(tmp_path, default_model):
+    """The pre-scored sample run the app opens on agrees with scoring its data now."""
+    from tests.conftest import SAMPLE_RUN
+
+    bundled = Run(SAMPLE_RUN)
+    meta = bundled.meta()
+    assert meta["status"] == "complete"
+    assert meta["counts"]["examples"] == len(ROWS)
+    rows = ROWS[:3]
+    run = score_dataset(ScoreConfig(source=str(write_jsonl(tmp_path / "d.jsonl", rows)),
+                                    out=str(tmp_path / "run"), device="cpu",
+                                    max_length=meta["max_length"]), progress=False)
+    fresh = run.scan_tokens().sort("example_id", "position").collect()
+    old = (bundled.scan_tokens().filter(pl.col("example_id") < 3)
+           .sort("example_id", "position").collect())
+    assert fresh["token_id"].to_list() == old["token_id"].to_list()
+    assert fresh["is_target"].to_list() == old["is_target"].to_list()
+    np.testing.assert_allclose(fresh["logp"].to_numpy(), old["logp"].to_numpy(), atol=1e-3)
+
+
+def _score_cmd(data, out, model, *extra):
+    return [sys.executable, "-m", "app.cli", "score", str(data), "--out", str(out),
+            "--model", str(model), "--quiet", "--token-budget", "1024", "--part-tokens", "1500",
+            *extra]
+
+
+def test_resume_after_sigkill_has_no_duplicate_and_no_missing(tmp_path, tiny_model_dir):
+    rows = ROWS
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_score_cmd(data, out, tiny_model_dir), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "tokens").glob("part-*.parquet"))) < 2:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = Run(out)
+    assert killed.meta()["status"] == "running", "the run finished before it could be killed"
+    n_parts_at_kill = len(killed.part_paths())
+    assert n_parts_at_kill >= 2
+    with pytest.raises(Exception):
+        killed.read_examples()  # not complete: readers are told so
+
+    done = subprocess.run(_score_cmd(data, out, tiny_model_dir, "--resume"), cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    run = Run(out)
+    assert run.meta()["status"] == "complete"
+    assert not list(out.rglob("*.tmp"))
+    tokens = run.scan_tokens().collect()
+    keys = tokens.select("example_id", "position")
+    assert keys.is_duplicated().sum() == 0
+    examples = run.read_examples()
+    assert examples["example_id"].to_list() == list(range(len(rows)))
+    assert tokens.height == examples["n_tokens"].sum()
+
+    ref_out = tmp_path / "ref"
+    subprocess.run(_score_cmd(data, ref_out, tiny_model_dir), cwd=ROOT, check=True)
+    ref = Run(ref_out).scan_tokens().sort("example_id", "position").collect()
+    got = tokens.sort("example_id", "position")
+    assert got["token_id"].to_list() == ref["token_id"].to_list()
+    np.testing.assert_allclose(got["logp"].to_numpy(), ref["logp"].to_numpy(), atol=1e-5)
+
+
+def test_resume_refuses_a_changed_config(tmp_path, tiny_model_dir):
+    from infosft.errors import InfosftError
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS[:4])
+    cfg = ScoreConfig(source=str(data), out=str(tmp_path / "run"), model=str(tiny_model_dir))
+    score_dataset(cfg, progress=False)
+    cfg.max_length = 64
+    with pytest.raises(InfosftError, match="max_length"):
+        score_dataset(cfg, resume=True, progress=False)
+    write_jsonl(data, ROWS[:5])
+    cfg.max_length = 2048
+    with pytest.raises(InfosftError, match="changed"):
+        score_dataset(cfg, resume=True, progress=False)
+
+
+def test_prefix_cache_gives_the_same_scores(tokenizer, tiny_model_dir):
+    from analysis.score import Scorer
+    from infosft.data import prepare
+    from infosft.models import load_model
+
+    model, tok, _ = load_model(str(tiny_model_dir), device="cpu")
+    _, exs = prepare(enumerate(ROWS[:6], 1), tok, max_length=512)
+    cfg = ScoreConfig(source="", out="")
+    plain = Scorer(model, tok, cfg).score_batch(exs)
+    cached = Scorer(model, tok, cfg, prefix=shared_prefix(exs)).score_batch(exs)
+    assert plain["token_id"].to_list() == cached["token_id"].to_list()
+    np.testing.assert_allclose(plain["logp"].to_numpy(), cached["logp"].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(plain["entropy"].to_numpy(), cached["entropy"].to_numpy(),
+                               atol=1e-5)
