@@ -250,6 +250,8 @@ def _load_examples(cfg: ScoreConfig, tokenizer, skipped: list) -> tuple[Any, Any
 
 def _prepare_out(run: Run, cfg: ScoreConfig, resume: bool, overwrite: bool) -> dict | None:
     """Check ``out`` against resume/overwrite; the previous meta when resuming."""
+    if run.path.exists() and not run.path.is_dir():
+        raise InfosftError(f"{run.path} exists and is not a directory; choose another --out")
     if resume:
         if not run.exists():
             if run.path.exists() and any(run.path.iterdir()):

@@ -129,10 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar shows scoring progress
     try:
         return args.func(args)
     except (InfosftError, ValueError) as e:
         print(f"infosft: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permissions...: name the file, no traceback
+        print(f"infosft: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("infosft: interrupted", file=sys.stderr)

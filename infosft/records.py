@@ -80,6 +80,7 @@ def _full(out: RawRecords, limit: int | None) -> bool:
 
 
 def _read_jsonl(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | None) -> None:
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
         if _full(out, limit):
             return
@@ -130,7 +131,10 @@ def _read_json(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | No
 
 
 def _read_csv(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | None) -> None:
-    reader = csv.DictReader(io.StringIO(_decode(data, out), newline=""))
+    # surrogateescape keeps undecodable bytes as lone surrogates, so a bad byte is the
+    # error of the row (and field) that holds it, not of the whole file.
+    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         for i, rec in enumerate(reader, start=1):
             if _full(out, limit):
@@ -138,9 +142,19 @@ def _read_csv(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | Non
             if None in rec:
                 _reject(out, skip_invalid, "more values than header columns", i)
                 continue
+            bad = next((k for k, v in rec.items() if _has_surrogate(k) or _has_surrogate(v)),
+                       None)
+            if bad is not None:
+                _reject(out, skip_invalid, "not valid UTF-8", i, bad.encode(
+                    "utf-8", errors="backslashreplace").decode())
+                continue
             out.rows.append((i, rec))
     except csv.Error as e:
         raise out.error(f"malformed CSV ({e})", reader.line_num) from None
+
+
+def _has_surrogate(s: str | None) -> bool:
+    return s is not None and any("\udc80" <= c <= "\udcff" for c in s)
 
 
 def _read_parquet(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | None) -> None:

@@ -59,3 +59,15 @@ def write_jsonl(path: Path, rows: list) -> Path:
         for r in rows:
             f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    """A complete run of 30 sample rows scored by the tiny model."""
+    from analysis.score import ScoreConfig, score_dataset
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:30]]
+    data = write_jsonl(out.parent / "data.jsonl", rows)
+    return score_dataset(ScoreConfig(source=str(data), out=str(out), model=str(tiny_model_dir),
+                                     device="cpu"), progress=False)

@@ -197,15 +197,8 @@ def test_skip_invalid_with_no_valid_rows_fails_without_output(tmp_path, score,
     assert not out.exists()
 
 
-# The format is detected from the first record only, so a first line that lacks a
-# field is reported as an unknown format (no line, no field) and --skip-invalid
-# cannot skip it.
-FIRST_LINE_BUG = ("the record format is detected from line 1 alone: a line 1 without "
-                  "'response' gives 'cannot tell the record format from columns prompt' "
-                  "(no line/field) and aborts even with --skip-invalid")
-
-
-@pytest.mark.xfail(strict=True, reason=FIRST_LINE_BUG)
+# The format is detected from all rows' keys, so a first line that lacks a field is
+# that line's error, and --skip-invalid can skip it.
 def test_bad_first_line_names_line_and_field(tmp_path, score, forbid_model_load):
     data = write_jsonl(tmp_path / "data.jsonl",
                        [{"prompt": "one"}] + [good_row(i) for i in (2, 3, 4)])
@@ -219,7 +212,6 @@ def test_bad_first_line_names_line_and_field(tmp_path, score, forbid_model_load)
     assert "'response'" in msg
 
 
-@pytest.mark.xfail(strict=True, reason=FIRST_LINE_BUG)
 def test_skip_invalid_skips_a_bad_first_line(tmp_path, score):
     data = write_jsonl(tmp_path / "data.jsonl",
                        [{"prompt": "one"}] + [good_row(i) for i in (2, 3, 4)])
@@ -229,8 +221,10 @@ def test_skip_invalid_skips_a_bad_first_line(tmp_path, score):
 
     assert rc == 0, err
     meta = json.loads((out / "meta.json").read_text())
-    assert [s["row"] for s in meta["skipped"]] == [1]
+    assert [(s["row"], s["field"]) for s in meta["skipped"]] == [(1, "response")]
     assert meta["counts"]["examples"] == 3
+    examples = pl.read_parquet(out / "examples.parquet").sort("example_id")
+    assert examples["source_row"].to_list() == [2, 3, 4]
 
 
 # -------------------------------------------------- whole-file / mapping errors
@@ -333,12 +327,11 @@ def test_non_utf8_csv_is_one_line_error(tmp_path, score, forbid_model_load):
     assert rc == 2
     msg = error_line(err)
     assert str(data) in msg and "UTF-8" in msg
-    assert re.search(r"\bline 4\b", msg), msg  # the file line (header is line 1)
+    assert re.search(r"\brow 3\b", msg), msg  # the data row (the header is not a row)
+    assert "'response'" in msg
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="a CSV is decoded as a whole: one non-UTF-8 byte "
-                   "aborts the file even with --skip-invalid (JSONL skips the line)")
 def test_non_utf8_csv_row_skipped(tmp_path, score):
     data = tmp_path / "data.csv"
     data.write_bytes(b"prompt,response\nq1,a1\nq2,a2\nq3,a\xff3\nq4,a4\n")
@@ -349,6 +342,7 @@ def test_non_utf8_csv_row_skipped(tmp_path, score):
     assert rc == 0, err
     meta = json.loads((out / "meta.json").read_text())
     assert meta["counts"]["examples"] == 3
+    assert [(r["row"], r["field"]) for r in meta["skipped"]] == [(3, "response")]
 
 
 @pytest.mark.parametrize("responses, row, reason", [
@@ -411,9 +405,6 @@ def test_directory_that_is_not_a_run_is_kept(tmp_path, score, flag):
     assert snapshot(out) == {"notes.txt": b"my notes"}
 
 
-@pytest.mark.xfail(strict=True, raises=NotADirectoryError,
-                   reason="`score DATA --out FILE` with FILE an existing regular file raises "
-                   "NotADirectoryError (traceback) in analysis.score._prepare_out")
 def test_out_that_is_an_existing_file(tmp_path, score):
     data = write_jsonl(tmp_path / "data.jsonl", [good_row(i) for i in range(1, 5)])
     out = tmp_path / "results"
