@@ -29,7 +29,7 @@ BAND_NAMES = ("low", "medium", "high")
 
 def load_targets(run: str | Path | Run) -> pl.DataFrame:
     """Target tokens of a run: ``example_id`` (i32), ``position`` (i32), ``logp`` (f32),
-    sorted by example and position. Load once per run and pass it around."""
+    sorted by example and position."""
     run = run if isinstance(run, Run) else Run(run)
     return (run.scan_tokens().filter(pl.col("is_target"))
             .select("example_id", "position", "logp")
@@ -50,6 +50,95 @@ def band_index(q: np.ndarray, bands: tuple[float, float] = BANDS) -> np.ndarray:
     return np.searchsorted(np.asarray(bands), q, side="right").astype(np.int8)
 
 
+class Targets:
+    """A run's target tokens with everything that does not depend on the scheme
+    precomputed (q bands, histogram bins, example boundaries), so a knob change costs
+    one weight pass plus a few ``bincount`` / ``reduceat`` reductions.
+
+    Args:
+        example_id: ``(n,)`` sorted example ids.
+        logp: ``(n,)`` target log-probs.
+    """
+
+    def __init__(self, example_id: np.ndarray, logp: np.ndarray,
+                 bands: tuple[float, float] = BANDS):
+        self.logp = np.ascontiguousarray(logp, dtype=np.float32)
+        self.example_id = np.asarray(example_id)
+        self.bands = bands
+        self.band = band_index(np.exp(self.logp), bands)
+        change = np.flatnonzero(np.diff(self.example_id)) + 1
+        self.ex_starts = np.r_[0, change] if len(self.logp) else np.array([], dtype=np.int64)
+        self.ex_ids = self.example_id[self.ex_starts]
+        self.ex_counts = np.diff(np.r_[self.ex_starts, len(self.logp)])
+        self._bins: dict[tuple, np.ndarray] = {}
+
+    @classmethod
+    def from_frame(cls, df: pl.DataFrame, bands: tuple[float, float] = BANDS) -> "Targets":
+        """From :func:`load_targets`' frame (must be sorted by example_id)."""
+        return cls(df["example_id"].to_numpy(), df["logp"].to_numpy(), bands)
+
+    @classmethod
+    def from_run(cls, run: str | Path | Run) -> "Targets":
+        return cls.from_frame(load_targets(run))
+
+    def __len__(self) -> int:
+        return len(self.logp)
+
+    def weights(self, scheme: str, **knobs: Any) -> np.ndarray:
+        return weights(self.logp, scheme, **knobs)
+
+    def summary(self, scheme: str, w: np.ndarray | None = None, **knobs: Any) -> dict[str, Any]:
+        """See :func:`scheme_summary`; pass ``w`` to reuse weights already computed."""
+        w = self.weights(scheme, **knobs) if w is None else w
+        n = len(w)
+        w64 = w.astype(np.float64)
+        total, total_sq = w64.sum(), np.dot(w64, w64)
+        by_band = np.bincount(self.band, weights=w64, minlength=3)
+        out = {
+            "scheme": scheme, "knobs": resolve_knobs(scheme, **knobs), "n_targets": n,
+            "mean_weight": total / n if n else math.nan,
+            "share_nonzero": float(np.count_nonzero(w)) / n if n else math.nan,
+            "effective_tokens": total * total / total_sq if total_sq > 0 else 0.0,
+        }
+        out["effective_share"] = out["effective_tokens"] / n if n else math.nan
+        for name, value in zip(BAND_NAMES, by_band):
+            out[f"weight_share_{name}"] = value / total if total > 0 else 0.0
+        return out
+
+    def histogram(self, *, bins: int = 50, log_x: bool = False, w: np.ndarray | None = None,
+                  min_log10: float = -6.0) -> pl.DataFrame:
+        """See :func:`q_histogram`."""
+        key = (bins, log_x, min_log10)
+        if key not in self._bins:
+            if log_x:
+                pos = (np.maximum(self.logp / np.log(10), min_log10) - min_log10) / -min_log10
+            else:
+                pos = np.exp(self.logp)
+            self._bins[key] = np.clip((pos * bins).astype(np.int64), 0, bins - 1)
+        idx = self._bins[key]
+        edges = np.logspace(min_log10, 0, bins + 1) if log_x else np.linspace(0, 1, bins + 1)
+        out = {"lo": edges[:-1], "hi": edges[1:], "count": np.bincount(idx, minlength=bins)}
+        if w is not None:
+            out["weight"] = np.bincount(idx, weights=w, minlength=bins)
+        return pl.DataFrame(out)
+
+    def per_example(self, w: np.ndarray) -> pl.DataFrame:
+        """``example_id``, ``mean_weight``, ``zero_weight_share`` for weights ``w (n,)``."""
+        if not len(w):
+            return pl.DataFrame(schema={"example_id": pl.Int32, "mean_weight": pl.Float64,
+                                        "zero_weight_share": pl.Float64})
+        sums = np.add.reduceat(w.astype(np.float64), self.ex_starts)
+        zeros = np.add.reduceat((w == 0).astype(np.int32), self.ex_starts)
+        return pl.DataFrame({"example_id": self.ex_ids.astype(np.int32),
+                             "mean_weight": sums / self.ex_counts,
+                             "zero_weight_share": zeros / self.ex_counts})
+
+
+def _as_targets(logp: np.ndarray | pl.Series, bands=BANDS) -> Targets:
+    arr = logp.to_numpy() if isinstance(logp, pl.Series) else np.asarray(logp)
+    return Targets(np.zeros(len(arr), dtype=np.int32), arr, bands)
+
+
 def scheme_summary(logp: np.ndarray | pl.Series, scheme: str,
                    bands: tuple[float, float] = BANDS, **knobs: Any) -> dict[str, Any]:
     """What a scheme does to a set of target tokens.
@@ -60,21 +149,7 @@ def scheme_summary(logp: np.ndarray | pl.Series, scheme: str,
         ``effective_share`` (effective_tokens / n_targets), and ``weight_share_low`` /
         ``_medium`` / ``_high``: the share of total weight on each q band.
     """
-    arr = logp.to_numpy() if isinstance(logp, pl.Series) else np.asarray(logp)
-    w = weights(arr, scheme, **knobs).astype(np.float64)
-    n = len(w)
-    total, total_sq = w.sum(), np.dot(w, w)
-    by_band = np.bincount(band_index(np.exp(arr), bands), weights=w, minlength=3)
-    out = {
-        "scheme": scheme, "knobs": resolve_knobs(scheme, **knobs), "n_targets": n,
-        "mean_weight": total / n if n else math.nan,
-        "share_nonzero": float(np.count_nonzero(w)) / n if n else math.nan,
-        "effective_tokens": total * total / total_sq if total_sq > 0 else 0.0,
-    }
-    out["effective_share"] = out["effective_tokens"] / n if n else math.nan
-    for name, value in zip(BAND_NAMES, by_band):
-        out[f"weight_share_{name}"] = value / total if total > 0 else 0.0
-    return out
+    return _as_targets(logp, bands).summary(scheme, **knobs)
 
 
 def q_histogram(logp: np.ndarray | pl.Series, *, bins: int = 50, log_x: bool = False,
@@ -82,28 +157,15 @@ def q_histogram(logp: np.ndarray | pl.Series, *, bins: int = 50, log_x: bool = F
     """Histogram of q = exp(logp): ``lo``, ``hi``, ``count`` and, with ``w``, ``weight``
     (sum of weights per bin). Linear bins cover [0, 1]; log bins cover
     [10**min_log10, 1] with smaller q folded into the first bin."""
-    arr = logp.to_numpy() if isinstance(logp, pl.Series) else np.asarray(logp)
-    if log_x:
-        edges = np.logspace(min_log10, 0, bins + 1)
-        pos = (np.maximum(arr / np.log(10), min_log10) - min_log10) / -min_log10
-    else:
-        edges = np.linspace(0, 1, bins + 1)
-        pos = np.exp(arr)
-    idx = np.clip((pos * bins).astype(np.int64), 0, bins - 1)
-    out = {"lo": edges[:-1], "hi": edges[1:], "count": np.bincount(idx, minlength=bins)}
-    if w is not None:
-        out["weight"] = np.bincount(idx, weights=w, minlength=bins)
-    return pl.DataFrame(out)
+    return _as_targets(logp).histogram(bins=bins, log_x=log_x, w=w, min_log10=min_log10)
 
 
-def example_table(targets: pl.DataFrame, examples: pl.DataFrame, scheme: str,
+def example_table(targets: pl.DataFrame | Targets, examples: pl.DataFrame, scheme: str,
                   **knobs: Any) -> pl.DataFrame:
     """Per-example view under a scheme: the columns of ``examples.parquet`` plus
     ``mean_weight`` and ``zero_weight_share`` (share of the example's targets with w = 0)."""
-    w = weights(targets["logp"], scheme, **knobs)
-    per = (targets.select("example_id").with_columns(w=pl.Series(w))
-           .group_by("example_id").agg(pl.col("w").mean().alias("mean_weight"),
-                                       (pl.col("w") == 0).mean().alias("zero_weight_share")))
+    t = targets if isinstance(targets, Targets) else Targets.from_frame(targets)
+    per = t.per_example(t.weights(scheme, **knobs))
     return examples.join(per, on="example_id", how="left").sort("example_id")
 
 

@@ -78,6 +78,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_app(args) -> int:
+    """Start the browser app: ``streamlit run app/main.py`` bound to ``--host``."""
+    import os
+    import subprocess
+
+    main_py = Path(__file__).resolve().parent / "main.py"
+    env = dict(os.environ)
+    if args.workspace:
+        env["INFOSFT_WORKSPACE"] = str(Path(args.workspace).resolve())
+    argv = [sys.executable, "-m", "streamlit", "run", str(main_py),
+            "--server.address", args.host, "--server.port", str(args.port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"infosft app on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    try:
+        return subprocess.call(argv, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infosft", description="See what token-weighted SFT (DFT, InfoSFT, ProFit) does "
@@ -101,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--token-budget", type=int, default=8192,
-                   help="padded tokens per forward batch (memory vs speed)")
+    p.add_argument("--token-budget", type=int,
+                   help="padded tokens per forward batch (memory vs speed; default 2048 on "
+                   "CPU, 16384 on GPU)")
     p.add_argument("--part-tokens", type=int, default=1 << 16,
                    help="tokens per Parquet part (resume granularity)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
@@ -124,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _add_scheme_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("app", help="start the browser app (opens on the bundled sample run)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--workspace", help="where uploads, runs, exports and jobs go "
+                   "(default $INFOSFT_WORKSPACE or ./workspace)")
+    p.set_defaults(func=cmd_app)
     return parser
 
 

@@ -1,0 +1,40 @@
+"""Listing scored runs (for a run picker): one row of metadata per run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import polars as pl
+
+from analysis.store import Run
+from infosft.errors import InfosftError
+
+COLUMNS = {"name": pl.String, "path": pl.String, "status": pl.String, "model": pl.String,
+           "dataset": pl.String, "examples": pl.Int64, "target_tokens": pl.Int64,
+           "created_at": pl.String}
+
+
+def run_row(path: Path) -> dict:
+    """One run's metadata; an unreadable run gets status ``unreadable`` instead of raising."""
+    row = {"name": path.name, "path": str(path), "status": "unreadable", "model": None,
+           "dataset": None, "examples": None, "target_tokens": None, "created_at": None}
+    try:
+        meta = Run(path).meta()
+    except InfosftError:
+        return row
+    counts = meta.get("counts") or {}
+    row.update(status=str(meta.get("status")), model=(meta.get("model") or {}).get("name"),
+               dataset=(meta.get("dataset") or {}).get("source"),
+               examples=counts.get("examples"), target_tokens=counts.get("target_tokens"),
+               created_at=meta.get("created_at"))
+    return row
+
+
+def list_runs(paths: Iterable[Path], parents: Iterable[Path] = ()) -> pl.DataFrame:
+    """Runs at ``paths`` plus every run directory directly inside ``parents``."""
+    found = [Path(p) for p in paths if Run(p).exists()]
+    for parent in parents:
+        if Path(parent).is_dir():
+            found += sorted(p for p in Path(parent).iterdir() if p.is_dir() and Run(p).exists())
+    return pl.DataFrame([run_row(p) for p in found], schema=COLUMNS)

@@ -1,0 +1,128 @@
+"""What the Overview and Tune pages show for one set of knobs: weight curves, q
+histograms weighted by each scheme, the scheme summary and an "auto C" suggestion.
+
+Everything is vectorized over the run's cached :class:`analysis.stats.Targets`
+(numpy reductions, no per-token Python); the results are small frames (a few
+hundred rows) that are cheap to send to the browser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from analysis.stats import Targets, q_summary
+from infosft.weights import DEFAULT_MIDDLE, DEFAULT_P, DEFAULT_THRESHOLD, SCHEMES, c_from_p, \
+    weight_curve
+
+#: auto C: the quantile of target q that becomes InfoSFT's zero-weight cut P, and its range.
+AUTO_QUANTILE = 0.75
+AUTO_P_RANGE = (0.6, 0.99)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All knobs of all schemes, as a UI holds them (one scheme is "chosen")."""
+
+    scheme: str = "infosft"
+    C: float = field(default_factory=lambda: round(c_from_p(DEFAULT_P), 4))
+    threshold: float = DEFAULT_THRESHOLD
+    middle: tuple[float, float] = DEFAULT_MIDDLE
+    direction: str = "higher"
+    seed: int = 0
+
+    def knobs(self, scheme: str | None = None) -> dict[str, Any]:
+        """The keyword knobs of ``scheme`` (default: the chosen one) for ``infosft.weights``."""
+        scheme = scheme or self.scheme
+        if scheme == "infosft":
+            return {"C": float(self.C)}
+        if scheme == "profit":
+            tau = list(self.middle) if self.direction == "middle" else float(self.threshold)
+            return {"threshold": tau, "direction": self.direction, "seed": int(self.seed)}
+        return {}
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def weight_curves(settings: Settings, *, log_x: bool = False, n: int = 300,
+                  min_log10: float = -6.0) -> pl.DataFrame:
+    """``q`` and one column per scheme: ``w(q)`` on a grid (log-spaced with ``log_x``).
+
+    ProFit's ``random`` direction has no curve (it drops tokens at random whatever q);
+    its expected weight ``1 - tau`` is drawn instead.
+    """
+    q = np.logspace(min_log10, 0, n) if log_x else np.linspace(0, 1, n)
+    qt = torch.from_numpy(q)
+    out = {"q": q}
+    for scheme in SCHEMES:
+        knobs = settings.knobs(scheme)
+        if scheme == "profit" and settings.direction == "random":
+            out[scheme] = np.full(n, 1.0 - settings.threshold)
+        else:
+            out[scheme] = weight_curve(qt, scheme, **knobs).numpy().astype(np.float64)
+    return pl.DataFrame(out)
+
+
+def all_weights(targets: Targets, settings: Settings) -> dict[str, np.ndarray]:
+    """Weights ``(n,)`` of every target token under each of the four schemes."""
+    return {s: targets.weights(s, **settings.knobs(s)) for s in SCHEMES}
+
+
+def weighted_histogram(targets: Targets, weights: dict[str, np.ndarray], *, bins: int = 50,
+                       log_x: bool = False) -> pl.DataFrame:
+    """``lo``, ``hi``, ``count`` and, per scheme, the share of that scheme's total weight
+    that falls in each q bin (where the learning signal goes)."""
+    hist = targets.histogram(bins=bins, log_x=log_x)
+    cols = []
+    for scheme, w in weights.items():
+        per_bin = targets.histogram(bins=bins, log_x=log_x, w=w)["weight"]
+        total = float(per_bin.sum())
+        cols.append((per_bin / total if total > 0 else per_bin * 0).alias(scheme))
+    return hist.with_columns(cols)
+
+
+def auto_c(targets: Targets) -> dict[str, Any]:
+    """A data-driven C: P = the 75th percentile of target q, clipped to [0.6, 0.99].
+
+    Returns ``C``, ``P`` and a one-line ``rule`` explaining it.
+    """
+    if not len(targets):
+        P = DEFAULT_P
+    else:
+        # np.quantile on logp equals exp of the q quantile (exp is monotone).
+        P = float(np.exp(np.quantile(targets.logp.astype(np.float64), AUTO_QUANTILE)))
+        P = float(np.clip(P, *AUTO_P_RANGE))
+    return {"C": c_from_p(P), "P": P,
+            "rule": (f"P = the {AUTO_QUANTILE:.0%} quantile of q over target tokens (clipped to "
+                     f"{AUTO_P_RANGE[0]}–{AUTO_P_RANGE[1]}): the quarter of tokens the base model "
+                     "is surest of gets weight 0, the rest keep InfoSFT's medium-q emphasis.")}
+
+
+def overview_facts(targets: Targets, examples: pl.DataFrame) -> dict[str, Any]:
+    """Scheme-free metric cards: counts, mean / median q, shares of q > 0.9 and q < 0.1."""
+    facts = {"examples": examples.height, "target_tokens": len(targets),
+             "tokens": int(examples["n_tokens"].sum()) if examples.height else 0,
+             "truncated": int(examples["truncated"].sum()) if examples.height else 0}
+    if len(targets):
+        facts.update(q_summary(targets.logp))
+    return facts
+
+
+def tune_view(targets: Targets, settings: Settings, *, bins: int = 50,
+              log_x: bool = False) -> dict[str, Any]:
+    """Everything that changes when a knob moves: the chosen scheme's summary, the
+    weighted histogram of all schemes and the weight curves."""
+    ws = all_weights(targets, settings)
+    chosen = settings.scheme
+    return {"summary": targets.summary(chosen, w=ws[chosen], **settings.knobs(chosen)),
+            "weights": ws,
+            "hist": weighted_histogram(targets, ws, bins=bins, log_x=log_x),
+            "curves": weight_curves(settings, log_x=log_x)}

@@ -1,0 +1,85 @@
+"""The token view of one example: every token with q, logp, rank, entropy, its top-k
+alternatives as text pieces with probabilities, and its weight under every scheme.
+
+Only the one example's rows are read (a filtered Parquet scan); the weights come
+from the run's target array so that ProFit's seeded random drop matches the
+statistics and the export exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from analysis.stats import Targets
+from analysis.store import Run
+from analysis.tune import Settings
+from infosft.errors import InfosftError
+from infosft.weights import SCHEMES
+
+
+def example_tokens(run: Run, example_id: int) -> pl.DataFrame:
+    """All token rows of one example, sorted by position."""
+    df = (run.scan_tokens().filter(pl.col("example_id") == example_id)
+          .sort("position").collect())
+    if not df.height:
+        raise InfosftError(f"{run.path}: no example {example_id}")
+    return df
+
+
+def with_alternatives(tokens: pl.DataFrame, vocab: pl.DataFrame) -> pl.DataFrame:
+    """Adds ``top_pieces`` (list[str]) and ``top_probs`` (list[f64]) from ``top_ids`` /
+    ``top_logps`` and the run's vocab (token_id -> piece)."""
+    alt = (tokens.select("position", "top_ids", "top_logps")
+           .explode("top_ids", "top_logps")
+           .join(vocab.rename({"token": "piece"}), left_on="top_ids", right_on="token_id",
+                 how="left", maintain_order="left")
+           .group_by("position", maintain_order=True)
+           .agg(pl.col("piece").alias("top_pieces"),
+                pl.col("top_logps").exp().cast(pl.Float64).alias("top_probs")))
+    return tokens.join(alt, on="position", how="left", maintain_order="left")
+
+
+def example_slice(targets: Targets, example_id: int) -> slice:
+    """Where one example's target tokens sit in the run's target arrays."""
+    i = np.searchsorted(targets.ex_ids, example_id)
+    if i >= len(targets.ex_ids) or targets.ex_ids[i] != example_id:
+        return slice(0, 0)
+    start = int(targets.ex_starts[i])
+    return slice(start, start + int(targets.ex_counts[i]))
+
+
+def example_weights(targets: Targets, example_id: int, settings: Settings) -> dict[str, np.ndarray]:
+    """Weights of one example's target tokens under every scheme (in position order)."""
+    sl = example_slice(targets, example_id)
+    out = {}
+    for scheme in SCHEMES:
+        knobs = settings.knobs(scheme)
+        if scheme == "profit" and settings.direction == "random":
+            # The seeded drop depends on the token's place in the whole run.
+            out[scheme] = targets.weights(scheme, **knobs)[sl]
+        else:
+            out[scheme] = Targets(np.zeros(sl.stop - sl.start), targets.logp[sl]).weights(
+                scheme, **knobs)
+    return out
+
+
+def token_view(run: Run, example_id: int, targets: Targets, vocab: pl.DataFrame,
+               settings: Settings) -> pl.DataFrame:
+    """One example's tokens: ``position``, ``token``, ``is_target``, ``q``, ``logp``,
+    ``rank``, ``entropy``, ``top_pieces``, ``top_probs`` and ``w_<scheme>`` for every
+    scheme (null on prompt tokens)."""
+    tokens = with_alternatives(example_tokens(run, example_id), vocab)
+    ws = example_weights(targets, example_id, settings)
+    is_t = tokens["is_target"].to_numpy()
+    if int(is_t.sum()) != len(ws["sft"]):
+        raise InfosftError(f"{run.path}: example {example_id}'s targets do not match the "
+                           "run's statistics; reload the run")
+    cols = []
+    for scheme, w in ws.items():
+        full = np.full(tokens.height, np.nan)
+        full[is_t] = w
+        cols.append(pl.Series(f"w_{scheme}", full).fill_nan(None))
+    return (tokens.with_columns(pl.col("logp").exp().cast(pl.Float64).alias("q"), *cols)
+            .select("position", "token", "token_id", "is_target", "q", "logp", "rank",
+                    "entropy", "top_pieces", "top_probs", *[f"w_{s}" for s in SCHEMES]))

@@ -1,0 +1,80 @@
+"""Scoring speed and memory: infosft's scorer against a naive transformers loop.
+
+    python benchmarks/bench_score.py                 # 150 GSM8K rows: tokens/s of both, ratio
+    python benchmarks/bench_score.py --rows 0        # the scorer alone on every row: peak RSS
+
+The naive loop is what one writes first: one example at a time, the full
+forward (logits for every position) and a full fp32 log-softmax. Both see the
+same token ids (infosft.data). The scorer runs as a subprocess of the CLI, so
+its peak RSS (ru_maxrss of the child) is the whole process: model, data, parts.
+Uses ../shared/data/gsm8k/train.jsonl when present, else sample_data/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+SAMPLE = ROOT / "sample_data" / "sft_sample.jsonl"
+
+
+def run_scorer(data: Path, rows: int, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "app.cli", "score", str(data), "--out", str(out), "--quiet"]
+    if rows:
+        cmd += ["--limit", str(rows)]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    meta = json.loads((out / "meta.json").read_text())
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"tokens": meta["counts"]["tokens"], "tokens_per_s": meta["tokens_per_s"],
+            "seconds": meta["scoring_seconds"], "peak_rss_mb": peak_mb}
+
+
+def run_naive(data: Path, rows: int) -> dict:
+    import torch
+
+    from infosft.data import prepare
+    from infosft.models import load_model
+    from infosft.records import read_records
+
+    model, tokenizer, _ = load_model()
+    raw = read_records(data, limit=rows or None)
+    _, examples = prepare(raw.rows, tokenizer, max_length=2048)
+    n = sum(ex.tokens.n_tokens for ex in examples)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([examples[0].tokens.input_ids]))  # warm-up
+        t0 = time.perf_counter()
+        for ex in examples:
+            ids = torch.tensor([ex.tokens.input_ids])
+            logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
+            logp[0, :-1].gather(1, ids[0, 1:, None])
+        seconds = time.perf_counter() - t0
+    return {"tokens": n, "tokens_per_s": n / seconds, "seconds": seconds}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, default=GSM8K if GSM8K.exists() else SAMPLE)
+    p.add_argument("--rows", type=int, default=150, help="0 = all rows, scorer only")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        scorer = run_scorer(args.data, args.rows, Path(tmp) / "run")
+    print(f"data: {args.data} ({'all' if not args.rows else args.rows} rows, "
+          f"{scorer['tokens']} tokens)")
+    print(f"infosft scorer : {scorer['tokens_per_s']:8.1f} tokens/s  "
+          f"({scorer['seconds']:.1f} s), peak RSS {scorer['peak_rss_mb']:.0f} MB")
+    if args.rows:
+        naive = run_naive(args.data, args.rows)
+        print(f"naive loop     : {naive['tokens_per_s']:8.1f} tokens/s  ({naive['seconds']:.1f} s)")
+        print(f"speed-up       : {scorer['tokens_per_s'] / naive['tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
