@@ -1,0 +1,113 @@
+"""Session state shared by the pages: the active run, the knobs, the selected example,
+and the per-run caches (loaded once per run, keyed by path + meta.json mtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+import streamlit as st
+
+from analysis.stats import Targets
+from analysis.store import Run
+from analysis.tune import Settings, auto_c
+from app.workspace import SAMPLE_RUN
+from infosft.errors import InfosftError
+
+#: Errors a page turns into a one-line ``st.error`` instead of a traceback.
+USER_ERRORS = (InfosftError, ValueError, OSError, pl.exceptions.PolarsError)
+
+
+def init() -> None:
+    """Defaults for a new session: the bundled sample run, default knobs."""
+    ss = st.session_state
+    ss.setdefault("run_path", str(SAMPLE_RUN))
+    ss.setdefault("settings", Settings())
+    ss.setdefault("example_id", None)
+    ss.setdefault("export_settings", None)
+    ss.setdefault("train_settings", None)
+
+
+def settings() -> Settings:
+    init()
+    return st.session_state["settings"]
+
+
+def set_settings(s: Settings) -> None:
+    st.session_state["settings"] = s
+
+
+def active_run() -> Run:
+    """The active run; raises :class:`InfosftError` if it vanished or is incomplete."""
+    init()
+    run = Run(st.session_state["run_path"])
+    if not run.path.is_dir():
+        raise InfosftError(f"the run directory {run.path} no longer exists; choose another "
+                           "run on the Data & scoring page")
+    run.require_complete()
+    return run
+
+
+def set_active_run(path: str | Path) -> None:
+    st.session_state["run_path"] = str(path)
+    st.session_state["example_id"] = None
+
+
+def _key(run: Run) -> tuple[str, float]:
+    return str(run.path.resolve()), run.meta_path.stat().st_mtime
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the run's target tokens...")
+def _targets(path: str, mtime: float) -> Targets:
+    t = Targets.from_run(path)
+    for log_x in (False, True):  # bin indices once per run, so slider moves only bincount
+        t.histogram(bins=50, log_x=log_x)
+    return t
+
+
+@st.cache_resource(max_entries=4)
+def _examples(path: str, mtime: float) -> pl.DataFrame:
+    return Run(path).read_examples()
+
+
+@st.cache_resource(max_entries=4)
+def _vocab(path: str, mtime: float) -> pl.DataFrame:
+    return Run(path).read_vocab()
+
+
+@st.cache_resource(max_entries=4)
+def _auto_c(path: str, mtime: float) -> dict[str, Any]:
+    return auto_c(_targets(path, mtime))
+
+
+def targets(run: Run) -> Targets:
+    return _targets(*_key(run))
+
+
+def examples(run: Run) -> pl.DataFrame:
+    return _examples(*_key(run))
+
+
+def vocab(run: Run) -> pl.DataFrame:
+    return _vocab(*_key(run))
+
+
+def suggested_c(run: Run) -> dict[str, Any]:
+    return _auto_c(*_key(run))
+
+
+def guard(body: Callable[[], None]) -> None:
+    """Run a page body; user errors become one ``st.error`` line, never a traceback."""
+    try:
+        body()
+    except USER_ERRORS as e:
+        st.error(error_line(e))
+
+
+def error_line(e: BaseException) -> str:
+    """One readable line for a user error (file name and reason for OS errors)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename or ''}: {e.strerror}".lstrip(": ")
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return first if isinstance(e, (InfosftError, ValueError)) else f"{type(e).__name__}: {first}"

@@ -1,0 +1,46 @@
+"""Tune: move C (or P) and the ProFit knobs; every metric and chart follows."""
+
+import streamlit as st
+
+from analysis.tune import tune_view
+from app import charts, knobs, state
+from app.render import knobs_text, scheme_labels, summary_cards
+
+
+def body() -> None:
+    st.title("Tune")
+    run = state.active_run()
+    t = state.targets(run)
+    left, right = st.columns([1, 3])
+    with left:
+        knobs.knob_widgets("settings", "tune")
+        auto = state.suggested_c(run)
+        st.button(f"Auto C = {auto['C']:.3f} (P = {auto['P']:.3f})", key="auto_c",
+                  on_click=knobs.set_c, args=("settings", "tune", auto["C"]))
+        st.caption(auto["rule"])
+        s = state.settings()
+        if st.button("Use these knobs in Export", key="to_export", type="primary"):
+            st.session_state["export_settings"] = s
+            st.session_state["export_from_tune"] = True
+            st.switch_page("views/export.py")
+        if st.button("Save these knobs for Train", key="to_train"):
+            st.session_state["train_settings"] = s
+            st.success("Saved for the Train page (coming in the next milestone): "
+                       + knobs_text(s.scheme, s.knobs()))
+    s = state.settings()
+    with right:
+        log_x = st.toggle("log-scale q axis", key="tune_log_x")
+        view = tune_view(t, s, bins=50, log_x=log_x)
+        st.subheader(knobs_text(s.scheme, s.knobs()))
+        cards = summary_cards(view["summary"])
+        for row in (cards[:3], cards[3:]):
+            for col, (label, value) in zip(st.columns(len(row)), row):
+                col.metric(label, value)
+        a, b = st.columns(2)
+        a.plotly_chart(charts.q_histogram_with_curves(view["hist"], view["curves"], log_x=log_x,
+                                                      labels=scheme_labels(s)), key="tune_hist")
+        b.plotly_chart(charts.weight_share_histogram(view["hist"], log_x=log_x,
+                                                     labels=scheme_labels(s)), key="tune_whist")
+
+
+state.guard(body)

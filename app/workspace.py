@@ -1,0 +1,51 @@
+"""The app's workspace: where uploads, scored runs, exports and job records live.
+
+``INFOSFT_WORKSPACE`` (set by ``infosft app --workspace``) or ``./workspace``. Names
+the user types become single path components inside it, validated so that they
+cannot escape it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from infosft.errors import InfosftError
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_RUN = ROOT / "sample_data" / "runs" / "sample"
+SAMPLE_DATA = ROOT / "sample_data" / "sft_sample.jsonl"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def workspace_dir() -> Path:
+    """The workspace directory (created on first use)."""
+    path = Path(os.environ.get("INFOSFT_WORKSPACE") or "workspace").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def subdir(kind: str) -> Path:
+    """``WORKSPACE/kind`` (runs, exports, uploads, jobs), created on first use."""
+    path = workspace_dir() / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """``name`` if it is one harmless path component: letters, digits, ``.``, ``_``,
+    ``-``, starting with a letter or digit, no ``..``; raises :class:`InfosftError`."""
+    name = (name or "").strip()
+    if not _NAME.match(name) or ".." in name:
+        raise InfosftError(f"{what} {name!r} is not allowed: use letters, digits, '.', '_' "
+                           "or '-' (no path separators, no '..')")
+    return name
+
+
+def inside(parent: Path, name: str, what: str = "name") -> Path:
+    """``parent / name`` after validating ``name`` (and checking the result really is inside)."""
+    path = (parent / safe_name(name, what)).resolve()
+    if path.parent != parent.resolve():
+        raise InfosftError(f"{what} {name!r} would leave {parent}")
+    return path

@@ -1,0 +1,382 @@
+"""The browser app under Streamlit's AppTest: every page renders, the C slider drives the
+metrics to exactly what ``analysis.stats`` computes, export writes a loadable file, bad
+runs give a one-line error; plus the pure helpers the pages use."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from analysis.stats import Targets, q_summary  # noqa: E402
+from analysis.store import Run  # noqa: E402
+from analysis.tune import Settings, auto_c, overview_facts  # noqa: E402
+from analysis.view import token_view  # noqa: E402
+from app.render import fact_cards, summary_cards, token_html  # noqa: E402
+from infosft.errors import InfosftError  # noqa: E402
+from infosft.weights import c_from_p, p_from_c  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = str(ROOT / "app" / "main.py")
+SAMPLE_RUN = ROOT / "sample_data" / "runs" / "sample"
+PAGES = ["views/data.py", "views/overview.py", "views/tune.py", "views/examples.py",
+         "views/token_view.py", "views/export.py"]
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch) -> Path:
+    ws = tmp_path / "ws"
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(ws))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def targets() -> Targets:
+    return Targets.from_run(SAMPLE_RUN)
+
+
+def app(page: str | None = None, **state) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at
+
+
+def ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(page):
+    ok(app(page))
+
+
+def test_opens_on_overview_of_the_sample_run(targets):
+    at = app()
+    ok(at)
+    assert at.title[0].value == "Overview"
+    ex = Run(SAMPLE_RUN).read_examples()
+    assert metrics(at) == dict(fact_cards(overview_facts(targets, ex)))
+    assert metrics(at)["Mean q"] == f"{q_summary(targets.logp)['mean_q']:.3f}"
+
+
+def test_c_slider_changes_metrics_to_stats_values(targets):
+    at = app("views/tune.py")
+    before = metrics(at)
+    assert before == dict(summary_cards(targets.summary("infosft", C=Settings().C)))
+    at.slider(key="tune_C").set_value(1.5).run()
+    ok(at)
+    after = metrics(at)
+    assert after != before
+    assert after == dict(summary_cards(targets.summary("infosft", C=1.5)))
+    # the equivalent P follows
+    assert at.number_input(key="tune_P").value == pytest.approx(p_from_c(1.5))
+
+
+def test_p_input_sets_c(targets):
+    at = app("views/tune.py")
+    at.number_input(key="tune_P").set_value(0.8).run()
+    ok(at)
+    assert at.slider(key="tune_C").value == pytest.approx(c_from_p(0.8), abs=1e-4)
+    assert metrics(at) == dict(summary_cards(targets.summary("infosft", C=round(c_from_p(0.8), 4))))
+
+
+def test_profit_threshold_and_direction(targets):
+    at = app("views/tune.py")
+    at.selectbox(key="tune_scheme").set_value("profit").run()
+    at.slider(key="tune_threshold").set_value(0.3).run()
+    ok(at)
+    assert metrics(at) == dict(summary_cards(targets.summary("profit", threshold=0.3)))
+    at.selectbox(key="tune_direction").set_value("middle").run()
+    at.slider(key="tune_middle").set_value((0.2, 0.8)).run()
+    ok(at)
+    assert metrics(at) == dict(summary_cards(
+        targets.summary("profit", threshold=[0.2, 0.8], direction="middle")))
+
+
+def test_auto_c_button(targets):
+    at = app("views/tune.py")
+    at.button(key="auto_c").click().run()
+    ok(at)
+    assert at.slider(key="tune_C").value == pytest.approx(auto_c(targets)["C"], abs=1e-4)
+
+
+def test_tune_carries_knobs_to_export():
+    at = app("views/tune.py")
+    at.slider(key="tune_C").set_value(3.0).run()
+    at.button(key="to_export").click().run()
+    ok(at)
+    assert at.title[0].value == "Export"
+    assert at.slider(key="export_C").value == pytest.approx(3.0)
+    assert at.session_state["train_settings"] is None
+    at.switch_page("views/tune.py").run()
+    at.button(key="to_train").click().run()
+    assert at.session_state["train_settings"].C == pytest.approx(3.0)
+
+
+def test_export_writes_a_file_that_loads_back(workspace, targets):
+    at = app("views/export.py")
+    at.slider(key="export_C").set_value(2.0).run()
+    at.text_input(key="export_name").set_value("mine").run()
+    at.button(key="export_go").click().run()
+    ok(at)
+    out = workspace / "exports" / "mine.parquet"
+    assert out.exists() and at.success
+    from analysis.export import read_export_meta
+
+    assert read_export_meta(out)["knobs"]["C"] == pytest.approx(2.0)
+    df = pl.read_parquet(out).sort("example_id")
+    w = np.concatenate([np.asarray(ws)[np.asarray(lb) != -100]
+                        for ws, lb in zip(df["weights"], df["labels"])])
+    np.testing.assert_allclose(w, targets.weights("infosft", C=2.0), rtol=1e-6)
+    assert any("load_dataset" in c.value for c in at.code)
+
+
+def test_export_rejects_escaping_names(workspace):
+    at = app("views/export.py")
+    at.text_input(key="export_name").set_value("../evil").run()
+    at.button(key="export_go").click().run()
+    assert not at.exception and at.error
+    assert not (workspace.parent / "evil.parquet").exists()
+
+
+def test_deleted_run_shows_an_error_not_a_traceback(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(SAMPLE_RUN, run)
+    at = app(run_path=str(run))
+    ok(at)
+    shutil.rmtree(run)
+    for page in PAGES[1:]:
+        at.switch_page(page).run()
+        assert not at.exception
+        assert at.error and "no longer exists" in at.error[0].value
+    at.switch_page("views/data.py").run()  # where the user picks another run
+    assert not at.exception
+
+
+@pytest.mark.parametrize("make", ["empty", "bad_meta", "running"])
+def test_invalid_run_dir_shows_an_error(tmp_path, make):
+    run = tmp_path / "run"
+    run.mkdir()
+    if make == "bad_meta":
+        (run / "meta.json").write_text("{not json")
+    if make == "running":
+        (run / "meta.json").write_text(json.dumps({"status": "running"}))
+    at = app("views/tune.py", run_path=str(run))
+    assert not at.exception
+    assert at.error and "Traceback" not in at.error[0].value
+
+
+def test_examples_page_search_and_open():
+    at = app("views/examples.py")
+    ok(at)
+    n_all = at.dataframe[0].value.shape[0]
+    at.text_input(key="ex_search").set_value("dollars").run()
+    n = at.dataframe[0].value.shape[0]
+    assert 0 < n < n_all
+    pick = at.selectbox(key="ex_pick").value
+    at.button(key="ex_open").click().run()
+    ok(at)
+    assert at.title[0].value == "Token view"
+    assert at.selectbox(key="tv_example").value == pick
+
+
+def test_token_view_page_has_tooltips():
+    at = app("views/token_view.py")
+    ok(at)
+    html = " ".join(h.proto.body for h in at.get("html"))
+    assert 'title="' in html and "top-k:" in html and "↵" in html
+
+
+def test_token_view_data_matches_stats(targets):
+    run = Run(SAMPLE_RUN)
+    s = Settings(C=2.0, direction="random", threshold=0.3)
+    view = token_view(run, 5, targets, run.read_vocab(), s)
+    tgt = view.filter(pl.col("is_target"))
+    sl = targets.ex_starts[targets.ex_ids == 5][0]
+    n = tgt.height
+    np.testing.assert_allclose(tgt["w_infosft"].to_numpy(),
+                               targets.weights("infosft", C=2.0)[sl:sl + n], rtol=1e-6)
+    np.testing.assert_array_equal(tgt["w_profit"].to_numpy(), targets.weights(
+        "profit", threshold=0.3, direction="random")[sl:sl + n])
+    assert view.filter(~pl.col("is_target"))["w_sft"].null_count() == view.height - n
+    first = tgt.row(0, named=True)
+    assert len(first["top_pieces"]) == 5 and first["top_probs"][0] >= first["top_probs"][-1]
+    with pytest.raises(InfosftError):
+        token_view(run, 10_000, targets, run.read_vocab(), s)
+
+
+def test_token_html_escapes_and_shows_newlines():
+    view = pl.DataFrame({"position": [0, 1, 2], "token": ["<b>", "a\nb", '"x"'],
+                         "is_target": [False, True, True], "q": [None, 0.5, 0.9],
+                         "logp": [None, -0.69, -0.1], "rank": [None, 1, 2],
+                         "entropy": [None, 1.0, 0.5],
+                         "top_pieces": [None, ["a", "<c>"], ["x"]],
+                         "top_probs": [None, [0.5, 0.2], [0.9]],
+                         **{f"w_{s}": [None, 0.5, 0.1] for s in ("sft", "dft", "infosft",
+                                                                   "profit")}})
+    out = token_html(view, "weight", "infosft")
+    assert "<b>" not in out.split("</style>")[1] and "&lt;b&gt;" in out
+    assert '<span class="nl">↵</span>\nb' in out
+    assert "&#x27;&lt;c&gt;&#x27; 0.200" in out or "&lt;c&gt;" in out
+    assert 'title="' in out and "&#10;" in out
+
+
+def test_cli_app_defaults_to_localhost():
+    from app.cli import build_parser
+
+    args = build_parser().parse_args(["app"])
+    assert args.host == "127.0.0.1" and args.func.__name__ == "cmd_app"
+
+
+# --- workspace names, background jobs, the Data & scoring page -------------------------
+
+@pytest.mark.parametrize("name", ["run1", "my-run.v2", "A_b"])
+def test_safe_name_accepts(name):
+    from app.workspace import safe_name
+
+    assert safe_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "..", "../x", "a/b", "a\\b", "/abs", ".hidden", "a..b",
+                                  "x" * 101, "a b", "~"])
+def test_safe_name_rejects(name, workspace):
+    from app.workspace import inside, safe_name
+
+    with pytest.raises(InfosftError):
+        safe_name(name)
+    with pytest.raises(InfosftError):
+        inside(workspace, name)
+
+
+def wait_for(job, states, timeout=120.0):
+    import time
+
+    from app import jobs
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = jobs.status(jobs.load(job.id))  # the record, as the page reads it
+        if st["state"] in states:
+            return st
+        time.sleep(0.5)
+    raise AssertionError(f"job still {st['state']} after {timeout}s; log:\n{jobs.log_tail(job)}")
+
+
+def test_failed_job_shows_the_cli_error(tmp_path, workspace):
+    from app import jobs
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{oops\n')
+    job = jobs.launch_score("bad-run", str(bad))
+    st = wait_for(job, {"failed", "complete"})
+    assert st["state"] == "failed"
+    assert "line 2" in st["message"] and "Traceback" not in st["message"]
+    assert jobs.list_jobs()[0].id == job.id
+    at = app("views/data.py")
+    assert not at.exception
+    assert any("Scoring failed" in e.value and "line 2" in e.value for e in at.error)
+
+
+def test_cancel_stops_a_job(workspace):
+    import sys
+
+    from app import jobs
+
+    job = jobs.launch("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+                      workspace / "runs" / "sleeper")
+    assert jobs.status(job)["state"] == "starting"
+    jobs.cancel(job)
+    st = wait_for(job, {"cancelled"}, timeout=20)
+    assert st["state"] == "cancelled" and not jobs.alive(job)
+
+
+def test_score_job_completes_and_becomes_a_run(tmp_path, workspace, tiny_model_dir):
+    from app import jobs
+
+    rows = [json.loads(line) for line in
+            (ROOT / "sample_data" / "sft_sample.jsonl").read_text().splitlines()[:4]]
+    data = tmp_path / "four.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    job = jobs.launch_score("tiny", str(data), model=str(tiny_model_dir), max_length=256)
+    st = wait_for(job, {"complete", "failed"}, timeout=180)
+    assert st["state"] == "complete", st.get("log")
+    assert Run(workspace / "runs" / "tiny").meta()["counts"]["examples"] == 4
+    at = app("views/data.py")
+    assert not at.exception
+    assert str(workspace / "runs" / "tiny") in at.selectbox(key="run_pick").options
+    at.selectbox(key="run_pick").set_value(str(workspace / "runs" / "tiny")).run()
+    at.button(key="run_activate").click().run()
+    at.switch_page("views/tune.py").run()
+    ok(at)
+    assert at.session_state["run_path"] == str(workspace / "runs" / "tiny")
+    with pytest.raises(InfosftError):  # the name is taken now
+        jobs.launch_score("tiny", str(data))
+
+
+def test_data_page_preview_and_bad_mapping(tmp_path):
+    at = app("views/data.py")
+    ok(at)
+    assert any("pair" in i.value for i in at.info)
+    at.selectbox(key="data_format").set_value("messages").run()  # 'prompt' is not a list
+    assert not at.exception and at.error
+    assert at.button(key="score_go").disabled
+
+
+def test_data_page_unreadable_file(tmp_path):
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    at = app("views/data.py")
+    at.radio(key="data_kind").set_value("Local path").run()
+    at.text_input(key="data_path").set_value(str(bad)).run()
+    assert not at.exception
+    assert at.error and "broken.parquet" in at.error[0].value
+
+
+def test_preview_detects_and_checks_mapping(tmp_path):
+    from analysis.preview import preview
+
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"q": "hi", "a": "there"}\n{"q": "x", "a": 3}\n')
+    pv = preview(str(p))
+    assert pv.kind is None and "cannot tell" in pv.problems[0]
+    pv = preview(str(p), fields={"prompt": "q", "response": "a"})
+    assert pv.kind == "pair" and pv.problems == ["line 2, field 'a': expected a string, got int"]
+
+
+def test_running_job_shows_progress_eta_and_cancel(workspace):
+    """A live process + the scorer's status files: progress bar, ETA, Cancel button."""
+    import sys
+
+    from app import jobs
+
+    run = workspace / "runs" / "live"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text(json.dumps({"status": "running"}))
+    (run / "progress-000.json").write_text(json.dumps(
+        {"done_tokens": 1000, "total_tokens": 4000, "elapsed_s": 10.0, "eta_s": 30.0}))
+    job = jobs.launch("live", [sys.executable, "-c", "import time; time.sleep(60)"], run)
+    st = jobs.status(job)
+    assert st["state"] == "running" and st["fraction"] == 0.25 and st["eta_s"] == 30.0
+    at = app("views/data.py")
+    ok(at)
+    bars = at.get("progress")
+    assert bars and "1,000 / 4,000 tokens · ETA 30s" in bars[0].proto.text
+    at.button(key=f"cancel_{job.id}").click().run()
+    assert not at.exception
+    assert wait_for(job, {"cancelled"}, timeout=20)["state"] == "cancelled"

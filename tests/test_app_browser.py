@@ -1,0 +1,265 @@
+"""End to end in a real headless Chromium (Debian's chromium + chromium-driver, driven
+by Selenium): start ``infosft app``, visit every page, move the C slider, hover a token
+and read its tooltip. Screenshots go to ``test-artifacts/``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)),
+                       reason="needs Debian's chromium and chromium-driver "
+                       "(apt-get install -y chromium chromium-driver)"),
+]
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs `pip install selenium`")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+# The default page (Overview) is served at the root URL.
+PAGES = {"data": "Data & scoring", "": "Overview", "tune": "Tune",
+         "examples": "Examples", "tokens": "Token view", "export": "Export"}
+#: Text that shows the page has finished its first run.
+READY = {"data": "Start scoring", "": "Hard (q < 0.1)", "tune": "Effective tokens",
+         "examples": "Open in Token view", "tokens": "Side by side", "export": "Export"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``infosft app`` on a free port with a fresh workspace; yields the base URL."""
+    port = free_port()
+    ws = tmp_path_factory.mktemp("ws")
+    exe = shutil.which("infosft", path=str(Path(sys.executable).parent))
+    argv = ([exe] if exe else [sys.executable, "-m", "app.cli"]) + [
+        "app", "--port", str(port), "--workspace", str(ws)]
+    log = open(tmp_path_factory.mktemp("log") / "app.log", "wb")
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"the app did not start: {Path(log.name).read_text()[-2000:]}")
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=1600,1100"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    ARTIFACTS.mkdir(exist_ok=True)
+    yield d
+    d.quit()
+
+
+def wait(d, timeout=60):
+    return WebDriverWait(d, timeout)
+
+
+def open_page(d, url: str, path: str) -> None:
+    d.get(f"{url}/{path}")
+    wait(d).until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), PAGES[path]))
+    wait(d).until(lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-testid="stSpinner"]'))
+    wait(d).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), READY[path]))
+    time.sleep(1.0)  # let charts and the last deltas draw before a screenshot
+
+
+def no_errors(d) -> None:
+    assert not d.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    text = d.find_element(By.TAG_NAME, "body").text
+    assert "Traceback" not in text and "Page not found" not in text
+
+
+_MISSING = object()
+
+
+def metric(d, label: str, default=_MISSING) -> str:
+    for m in d.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
+        if m.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text.strip() == label:
+            return m.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text.strip()
+    if default is _MISSING:
+        raise AssertionError(f"no metric {label!r}")
+    return default
+
+
+def test_every_page_renders(server, browser):
+    for path in PAGES:
+        open_page(browser, server, path)
+        no_errors(browser)
+        if path in ("", "tune"):
+            wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR,
+                                                              ".js-plotly-plot")) >= 2)
+            time.sleep(1.0)
+        browser.save_screenshot(str(ARTIFACTS / f"page-{path or 'overview'}.png"))
+
+
+SLIDER = '[data-testid="stSlider"] input[type="range"]'
+
+
+def slider_value(d) -> float:
+    """The C slider's value (the first slider on the Tune page)."""
+    return float(d.find_element(By.CSS_SELECTOR, SLIDER).get_attribute("value"))
+
+
+def test_c_slider_updates_metrics(server, browser):
+    from analysis.stats import Targets
+    from app.render import summary_cards
+
+    open_page(browser, server, "tune")
+    before = metric(browser, "Mean weight")
+    start = slider_value(browser)
+    # the thumb wraps a visually hidden <input type=range>: click the thumb, then use
+    # the keyboard like a user would
+    thumb = browser.find_element(By.CSS_SELECTOR, SLIDER).find_element(By.XPATH, "../..")
+    ActionChains(browser).click(thumb).perform()
+    ActionChains(browser).send_keys(Keys.ARROW_LEFT * 40).perform()
+    wait(browser).until(lambda d: metric(d, "Mean weight") != before)
+    time.sleep(1.5)  # the last key's rerun
+    C = slider_value(browser)
+    assert C < start
+    expected = dict(summary_cards(Targets.from_run(ROOT / "sample_data" / "runs" / "sample")
+                                  .summary("infosft", C=C)))
+    wait(browser, 20).until(lambda d: metric(d, "Mean weight") == expected["Mean weight"])
+    assert metric(browser, "Effective tokens") == expected["Effective tokens"]
+    no_errors(browser)
+    browser.save_screenshot(str(ARTIFACTS / "tune-after-slider.png"))
+
+
+def test_hover_token_shows_tooltip(server, browser):
+    open_page(browser, server, "tokens")
+    spans = browser.find_elements(By.CSS_SELECTOR, ".tv span.t")
+    assert spans, "no highlighted target tokens"
+    token = spans[5]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", token)
+    ActionChains(browser).move_to_element(token).perform()
+    title = token.get_attribute("title")
+    assert "q " in title and "logp" in title and "rank" in title and "entropy" in title
+    assert "InfoSFT" in title and "ProFit" in title and "top-k:" in title
+    # prompt tokens are grey and say so
+    prompt = browser.find_elements(By.CSS_SELECTOR, ".tv span.p")[0]
+    assert "not trained on" in prompt.get_attribute("title")
+    browser.save_screenshot(str(ARTIFACTS / "token-view-hover.png"))
+    (ARTIFACTS / "token-view-hover.txt").write_text(title)
+
+
+def test_unreadable_upload_shows_a_message(server, browser, tmp_path):
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 not really parquet")
+    open_page(browser, server, "data")
+    browser.find_element(By.XPATH, "//label[.//p[text()='Upload a file']]").click()
+    upload = wait(browser).until(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, '[data-testid="stFileUploader"] input[type="file"]')))
+    upload.send_keys(str(bad))
+    wait(browser).until(EC.text_to_be_present_in_element(
+        (By.TAG_NAME, "body"), "not a readable Parquet file"))
+    no_errors(browser)
+    browser.save_screenshot(str(ARTIFACTS / "data-bad-upload.png"))
+    # the app keeps working
+    open_page(browser, server, "")
+    no_errors(browser)
+
+
+def test_score_a_dataset_in_the_background(server, browser, tiny_model_dir):
+    """Bundled sample, first 5 rows, a tiny local model: progress, completion, make active."""
+    open_page(browser, server, "data")
+    browser.find_element(By.XPATH, "//label[.//p[text()='Local path']]"
+                         "[ancestor::*[@data-testid='stRadio'][.//p[text()='Model']]]").click()
+    box = wait(browser).until(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, 'input[aria-label="Model directory"]')))
+    box.send_keys(str(tiny_model_dir), Keys.ENTER)
+    limit = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Only the first N rows (0 = all)"]')
+    limit.send_keys(Keys.CONTROL, "a")
+    limit.send_keys("5", Keys.ENTER)
+    name = browser.find_element(By.CSS_SELECTOR,
+                                'input[aria-label="Run name (a folder in the workspace\'s runs/)"]')
+    name.send_keys(Keys.CONTROL, "a")
+    name.send_keys("e2e-run", Keys.ENTER)
+    time.sleep(1.5)
+    browser.find_element(By.XPATH, "//button[.//p[text()='Start scoring']]").click()
+    try:
+        wait(browser, 180).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"),
+                                                                  "e2e-run · complete"))
+    finally:
+        browser.save_screenshot(str(ARTIFACTS / "data-job.png"))
+    browser.save_screenshot(str(ARTIFACTS / "data-job-complete.png"))
+    button = browser.find_element(By.CSS_SELECTOR, '[class*="st-key-activate_"] button')
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+    time.sleep(0.5)
+    button.click()
+    wait(browser).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, '[data-testid="stSidebar"]'), "e2e-run"))
+    # in-app navigation keeps the session (a full page load would start a new one)
+    browser.find_element(By.XPATH, "//a[@data-testid='stSidebarNavLink'][.//p[text()='Overview']]"
+                         ).click()
+    wait(browser).until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Overview"))
+    wait(browser).until(lambda d: metric(d, "Examples", None) == "5")
+    no_errors(browser)
+    browser.save_screenshot(str(ARTIFACTS / "overview-new-run.png"))
+
+
+def test_clicking_an_example_row_opens_the_token_view(server, browser):
+    open_page(browser, server, "examples")
+    grid = browser.find_element(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')
+    r = grid.rect
+    # the grid is a canvas: click the selection checkbox of the third row (example 2);
+    # rows are 35 px high under a 35 px header
+    ActionChains(browser).move_to_element_with_offset(
+        grid, -r["width"] / 2 + 18, -r["height"] / 2 + 35 + 35 * 2 + 17).click().perform()
+    wait(browser).until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Token view"))
+    wait(browser).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), "Side by side"))
+    # example 2 of the sample is the bookstore question
+    wait(browser).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, ".tv"), "A bookstore starts the day with 184 books"))
+    no_errors(browser)
+    browser.save_screenshot(str(ARTIFACTS / "examples-row-to-token-view.png"))
+
+
+def test_export_in_the_browser(server, browser):
+    open_page(browser, server, "export")
+    name = browser.find_element(By.CSS_SELECTOR, 'input[aria-label^="File name"]')
+    name.send_keys(Keys.CONTROL, "a")
+    name.send_keys("e2e-export", Keys.ENTER)
+    time.sleep(1.0)
+    browser.find_element(By.XPATH, "//button[.//p[text()='Export']]").click()
+    wait(browser).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"),
+                                                         "e2e-export.parquet"))
+    wait(browser).until(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, '[data-testid="stDownloadButton"]')))
+    assert "load_dataset" in browser.find_element(By.TAG_NAME, "body").text
+    no_errors(browser)
+    browser.save_screenshot(str(ARTIFACTS / "export-done.png"))
