@@ -204,6 +204,11 @@ class WeightedLoss:
                                             mask.sum().float()]))
         return weighted_nll(logp, w, mask, num_items_in_batch)
 
+    def skip_calls(self, n: int) -> None:
+        """Start the call count at ``n``: a resumed run (``n`` = micro-batches already
+        trained) draws the same ProFit-random patterns as an uninterrupted one."""
+        self._calls = n
+
     def pop_stats(self) -> dict[str, float | int | None]:
         """Mean weight and zero-weight share over the supervised tokens seen since
         the last call: ``{"mean_weight", "zero_weight_share", "target_tokens"}``."""

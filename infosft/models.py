@@ -156,7 +156,9 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
 
     Args:
         name: None / "default" for the embedded SmolLM2-135M-Instruct, else a local
-            directory or a Hugging Face hub id.
+            directory or a Hugging Face hub id. A training run's ``final/`` directory
+            holding a LoRA adapter (see ``infosft.train``) loads its base model with the
+            adapter merged in.
         device: "cpu", "cuda", "mps"...; default: the best available.
         dtype: torch dtype name ("float32", "bfloat16"); default: bf16 on CUDA, fp32 else.
 
@@ -165,6 +167,10 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
     """
     from transformers import AutoModelForCausalLM
 
+    adapter = _adapter_info(name)
+    if adapter is not None:
+        return _load_adapter(name, adapter, device=device, dtype=dtype,
+                             trust_remote_code=trust_remote_code)
     path, revision = _resolve(name)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dev, dtype)
@@ -180,4 +186,34 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
     if revision is None:
         revision = getattr(model.config, "_commit_hash", None)
     info = ModelInfo(name or "default", str(path), revision, dev, str(torch_dtype).split(".")[-1])
+    return model, tokenizer, info
+
+
+MODEL_INFO = "infosft_model.json"
+
+
+def _adapter_info(name: str | None) -> dict | None:
+    """``infosft_model.json`` of a trained LoRA adapter directory, else None."""
+    if not name or not (Path(name) / MODEL_INFO).is_file():
+        return None
+    info = json.loads((Path(name) / MODEL_INFO).read_text())
+    return info if info.get("adapter") else None
+
+
+def _load_adapter(name: str, info: dict, *, device: str | None, dtype: str | None,
+                  trust_remote_code: bool):
+    """The base model of a trained LoRA adapter with the adapter merged in; the tokenizer
+    saved with the adapter."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise InfosftError(f"{name} holds a LoRA adapter; loading it needs peft: "
+                           "pip install 'infosft[train]'") from None
+    base, _, base_info = load_model(info.get("base_model"), device=device, dtype=dtype,
+                                    trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, name).merge_and_unload().eval()
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    weights = Path(name) / "adapter_model.safetensors"
+    revision = f"sha256:{_file_sha256(weights)}" if weights.is_file() else None
+    info = ModelInfo(str(name), str(name), revision, base_info.device, base_info.dtype)
     return model, tokenizer, info

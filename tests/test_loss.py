@@ -153,6 +153,8 @@ def test_profit_random_draws_a_new_pattern_each_step():
     assert 0.4 < masks[1].mean() < 0.6
     g = make_loss_func("profit", direction="random", threshold=0.5, seed=3)
     assert torch.equal(g.weights_for(torch.zeros(400)), masks[0])   # seeded: repeatable
+    g.skip_calls(1)                      # a run resumed after one micro-batch
+    assert torch.equal(g.weights_for(torch.zeros(400)), masks[1])
 
 
 # --- against the analysis core, on the real default model ---------------------------

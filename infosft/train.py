@@ -1,0 +1,703 @@
+"""Weighted fine-tuning with the Hugging Face Trainer: ``train(cfg) -> RUN/final``.
+
+The loss is :mod:`infosft.loss` (online weights from the trained model's own q, or
+static weights from an exported dataset); everything else is the stock Trainer, so
+``accelerate launch -m app.cli train ...`` and ``torchrun`` work unchanged (DDP, FSDP,
+DeepSpeed). Records become tokens through :func:`infosft.data.prepare`, the same code
+that scoring uses, so a static export lines up with training tokens exactly.
+
+The run directory layout and the status/metrics files are defined in
+:mod:`infosft.train_status`. ``eval_loss`` is always the plain mean token NLL (the
+``sft`` loss) of the held-out examples, whatever the training scheme, so that runs
+with different schemes are comparable; it is averaged per eval batch (weighted by the
+batch's examples), as the Trainer averages losses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from infosft import train_status as ts
+from infosft.errors import InfosftError
+from infosft.train_config import TrainConfig, dump
+
+log = logging.getLogger("infosft.train")
+EXPORT_COLUMNS = ("input_ids", "labels", "weights")
+IGNORE_INDEX = -100
+TRUNCATED = "no target token left after truncation"  # infosft.data.prepare's reason
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class TrainData:
+    """Examples as ``{"input_ids": (T,) long, "labels": (T,) long, "weights": (T,) float}``
+    (``weights`` only for exported datasets)."""
+
+    train: list[dict[str, torch.Tensor]]
+    eval: list[dict[str, torch.Tensor]]
+    kind: str                                  # raw | exported
+    source: dict[str, Any]                     # provenance, saved as RUN/data/source.json
+    eval_records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def is_exported(rows: list[tuple[int, dict[str, Any]]]) -> bool:
+    """Whether records carry the token columns of an ``infosft export`` dataset."""
+    return bool(rows) and all(c in rows[0][1] for c in EXPORT_COLUMNS)
+
+
+def export_meta(path: str | Path) -> dict[str, Any] | None:
+    """Scheme, knobs and provenance of an exported dataset: the Parquet key ``infosft``
+    or the ``PATH.meta.json`` sidecar; None when neither exists."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet" and path.is_file():
+        import pyarrow.parquet as pq
+
+        md = pq.read_schema(path).metadata or {}
+        if b"infosft" in md:
+            return json.loads(md[b"infosft"])
+    side = path.with_name(path.name + ".meta.json")
+    return json.loads(side.read_text()) if side.is_file() else None
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, eval) row indices: a seeded shuffle, ``round(fraction * n)`` (at least 1 when
+    fraction > 0) held out, each part kept in source order."""
+    if fraction <= 0:
+        return list(range(n)), []
+    n_eval = max(1, round(fraction * n))
+    if n_eval >= n:
+        raise InfosftError(f"config field 'eval_split': {fraction} of {n} rows leaves no "
+                           "training rows; lower it or set 0")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    held = sorted(order[:n_eval])
+    held_set = set(held)
+    return [i for i in range(n) if i not in held_set], held
+
+
+def _as_tensor(value: Any, dtype: torch.dtype, raw, row: int, name: str) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(value, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise raw.error(f"expected a list of numbers, got {type(value).__name__}", row,
+                        name) from None
+    if t.dim() != 1:
+        raise raw.error("expected a flat list of numbers", row, name)
+    return t
+
+
+def exported_examples(raw, max_length: int, with_weights: bool) -> list[dict[str, torch.Tensor]]:
+    """Token rows of an exported dataset, checked and cut to ``max_length``.
+
+    Raises:
+        InputError: naming the file, the row and the field (lengths differ, bad values,
+            no target left).
+    """
+    out = []
+    for row, rec in raw.rows:
+        ex = {"input_ids": _as_tensor(rec.get("input_ids"), torch.long, raw, row, "input_ids"),
+              "labels": _as_tensor(rec.get("labels"), torch.long, raw, row, "labels")}
+        names = ("labels", "weights") if with_weights else ("labels",)
+        if with_weights:
+            ex["weights"] = _as_tensor(rec.get("weights"), torch.float32, raw, row, "weights")
+            if not (torch.isfinite(ex["weights"]).all() and (ex["weights"] >= 0).all()):
+                raise raw.error("weights must be finite and >= 0", row, "weights")
+        for name in names:
+            if len(ex[name]) != len(ex["input_ids"]):
+                raise raw.error(f"{len(ex[name])} values for {len(ex['input_ids'])} input_ids",
+                                row, name)
+        ex = {k: v[:max_length] for k, v in ex.items()}
+        # Position 0 is predicted by nothing, so it is never a target; as for raw records,
+        # an example with nothing left to learn from is dropped.
+        if (ex["labels"][1:] != IGNORE_INDEX).any():
+            out.append(ex)
+    if len(out) < len(raw.rows):
+        log.warning("%s: %d rows have no target token within max_length %d and are left out",
+                    raw.source, len(raw.rows) - len(out), max_length)
+    if not out:
+        raise raw.error(f"no row has a target token within max_length {max_length}")
+    return out
+
+
+def raw_examples(raw, tokenizer, cfg: TrainConfig) -> tuple[list[dict[str, torch.Tensor]],
+                                                              list[dict[str, Any]]]:
+    """Tokenized examples of raw records (as scoring tokenizes them) and their records."""
+    from infosft.data import prepare
+
+    skipped: list[dict[str, Any]] = []
+    _, prepared = prepare(raw.rows, tokenizer, max_length=cfg.max_length,
+                          use_template=cfg.use_template, fields=cfg.fields, source=raw.source,
+                          unit=raw.unit, skip_invalid=True, skipped=skipped)
+    # A bad row is an error, as in scoring; one whose response lies past max_length is
+    # only dropped (it has nothing to learn from), as long prompts are common.
+    bad = [s for s in skipped if not s["reason"].startswith(TRUNCATED)]
+    if bad:
+        raise raw.error(bad[0]["reason"], bad[0]["row"], bad[0]["field"])
+    if skipped:
+        log.warning("%s: %d rows have no target token within max_length %d and are left out "
+                    "(first: %s %d)", raw.source, len(skipped), cfg.max_length, raw.unit,
+                    skipped[0]["row"])
+    examples = [{"input_ids": torch.tensor(p.tokens.input_ids, dtype=torch.long),
+                 "labels": torch.tensor(p.tokens.labels(), dtype=torch.long)} for p in prepared]
+    return examples, [p.record for p in prepared]
+
+
+def read_source(source: str, cfg: TrainConfig, limit: int | None = None):
+    from infosft.records import read_records
+
+    return read_records(source, limit=limit, split=cfg.split)
+
+
+def load_data(cfg: TrainConfig, tokenizer_fn) -> TrainData:
+    """The train and eval examples of ``cfg``; ``tokenizer_fn()`` is called only for raw data.
+
+    Static mode with a raw dataset is an error, raised before the tokenizer is loaded.
+    """
+    raw = read_source(cfg.data, cfg, cfg.limit)
+    exported = is_exported(raw.rows)
+    if cfg.mode == "static" and not exported:
+        check_static_source(cfg)
+    static = cfg.mode == "static"
+    tokenizers = []  # loaded once, on first need
+
+    def examples_of(r) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]] | None]:
+        """(examples, their raw records, or None for an exported dataset)."""
+        if is_exported(r.rows):
+            return exported_examples(r, cfg.max_length, static), None
+        if static:
+            raise InfosftError(f"{r.source}: static mode needs eval data exported by "
+                               "`infosft export` too")
+        tokenizers[:] = tokenizers or [tokenizer_fn()]
+        return raw_examples(r, tokenizers[0], cfg)
+
+    examples, records = examples_of(raw)
+    source = {"data": cfg.data, "kind": "exported" if exported else "raw",
+              "content_hash": raw.content_hash, "rows": len(raw.rows),
+              "export_meta": export_meta(cfg.data) if exported else None}
+    if cfg.eval_data:
+        eval_raw = read_source(cfg.eval_data, cfg)
+        eval_examples, eval_records = examples_of(eval_raw)
+        source["eval_data"] = {"data": cfg.eval_data, "content_hash": eval_raw.content_hash}
+        train_ex = examples
+    else:
+        tr, ev = split_indices(len(examples), cfg.eval_split, cfg.seed)
+        train_ex = [examples[i] for i in tr]
+        eval_examples = [examples[i] for i in ev]
+        eval_records = None if records is None else [records[i] for i in ev]
+    source.update(train_examples=len(train_ex), eval_examples=len(eval_examples))
+    return TrainData(train_ex, eval_examples, source["kind"], source, eval_records or [])
+
+
+def check_static_source(cfg: TrainConfig) -> None:
+    """Static weights need an exported dataset: checked on its first row."""
+    from infosft.records import read_records
+
+    if not is_exported(read_records(cfg.data, limit=1, split=cfg.split).rows):
+        raise InfosftError(f"config field 'mode': static weights need a dataset written by "
+                           f"`infosft export` (columns {', '.join(EXPORT_COLUMNS)}); "
+                           f"{cfg.data} has none, use mode online")
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    def __init__(self, examples: list[dict[str, torch.Tensor]]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.examples[i]
+
+
+class Collator:
+    """Right-pads a list of examples into a batch.
+
+    Returns ``input_ids`` ``(B, T)`` (pad id), ``attention_mask`` ``(B, T)`` (0 on pads),
+    ``labels`` ``(B, T)`` (-100 on pads) and, when the examples carry them, ``weights``
+    ``(B, T)`` float32 (0 on pads).
+    """
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        from torch.nn.utils.rnn import pad_sequence
+
+        def pad(key, value):
+            return pad_sequence([e[key] for e in examples], batch_first=True, padding_value=value)
+
+        batch = {"input_ids": pad("input_ids", self.pad_id), "labels": pad("labels", IGNORE_INDEX),
+                 "attention_mask": pad_sequence([torch.ones_like(e["input_ids"]) for e in examples],
+                                                batch_first=True, padding_value=0)}
+        if "weights" in examples[0]:
+            batch["weights"] = pad("weights", 0.0)
+        return batch
+
+
+def pad_id_of(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    return 0
+
+
+# ---------------------------------------------------------------- loss
+
+
+def mean_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The plain SFT loss: mean ``-log p`` over supervised tokens.
+
+    Args:
+        logits: ``(B, T, V)``; labels: ``(B, T)`` unshifted, -100 = ignored.
+    """
+    from infosft.loss import target_logprobs
+
+    logp, mask = target_logprobs(logits, labels)
+    return -(logp * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class WeightedTrainer(Trainer):
+        """The Trainer with the weighted loss; ``weights`` ride in the batch (static mode).
+
+        The loss is normalized by ``num_items_in_batch`` (the supervised tokens of the
+        whole optimizer step, summed across devices), so it is already scaled for
+        gradient accumulation, and it is multiplied by the number of processes under
+        ``average_tokens_across_devices`` exactly as ``Trainer.compute_loss`` does,
+        because DDP averages gradients across processes.
+        """
+
+        loss_is_scaled_for_ga = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            weights = inputs.pop("weights", None)
+            # No labels to the model: it would compute a full-vocabulary loss of its own.
+            outputs = model(**inputs)
+            if not model.training:
+                loss = mean_token_nll(outputs.logits, labels)
+                return (loss, outputs) if return_outputs else loss
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch,
+                                          weights=weights)
+            if num_items_in_batch is None:  # normalized per micro-batch: scale for GA here
+                loss = loss / self.current_gradient_accumulation_steps
+            elif self.args.average_tokens_across_devices:
+                tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+                loss = loss * (self.accelerator.num_processes // tp if self.args.n_gpu <= 1
+                               else self.args.n_gpu)
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedTrainer
+
+
+# ---------------------------------------------------------------- stop / status
+
+
+class StopRequest:
+    """Set by SIGTERM / SIGINT: the trainer checkpoints and stops at the next step end.
+    A second SIGINT interrupts at once (KeyboardInterrupt)."""
+
+    def __init__(self, run_dir: Path, is_main: bool):
+        self.run_dir, self.is_main = run_dir, is_main
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.is_main:
+            ts.write_status(self.run_dir, state="stopping")
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals only reach the main thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """``flag`` OR-ed across processes, so all ranks stop at the same step."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _callback_class():
+    from transformers import TrainerCallback
+
+    class RunWriter(TrainerCallback):
+        """Writes ``status.json`` every step and a ``metrics.jsonl`` line per log."""
+
+        def __init__(self, run_dir: Path, loss_fn, stop: StopRequest, prior_elapsed: float):
+            self.run_dir, self.loss_fn, self.stop = run_dir, loss_fn, stop
+            self.prior_elapsed = prior_elapsed
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = self.t_mark = time.time()
+            self.step0 = state.global_step
+            self.tokens_mark = state.num_input_tokens_seen
+            self.loss_fn.skip_calls(state.global_step * args.gradient_accumulation_steps)
+            if state.is_world_process_zero:
+                ts.write_status(self.run_dir, state=self._state(), step=state.global_step,
+                                total_steps=state.max_steps, epoch=state.epoch)
+
+        def _state(self) -> str:
+            return "stopping" if self.stop.requested else "running"
+
+        def on_step_end(self, args, state, control, **kw):
+            if _any_rank(self.stop.requested, args.device):
+                self.stop.requested = True
+                control.should_save = True
+                control.should_training_stop = True
+            if state.is_world_process_zero:
+                now = time.time()
+                done = state.global_step - self.step0
+                rate = done / max(now - self.t0, 1e-9)
+                eta = (state.max_steps - state.global_step) / rate if done else None
+                ts.write_status(self.run_dir, state=self._state(), step=state.global_step,
+                                total_steps=state.max_steps, epoch=state.epoch,
+                                elapsed_s=self.prior_elapsed + now - self.t0, eta_s=eta)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            now = time.time()
+            if "loss" in logs:
+                tokens = state.num_input_tokens_seen - self.tokens_mark
+                tps = tokens / max(now - self.t_mark, 1e-9)
+                self.t_mark, self.tokens_mark = now, state.num_input_tokens_seen
+                stats = self.loss_fn.pop_stats()
+                line = {"step": state.global_step, "epoch": logs.get("epoch", state.epoch),
+                        "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                        "grad_norm": logs.get("grad_norm"), "tokens_per_s": tps,
+                        "mean_weight": stats["mean_weight"],
+                        "zero_weight_share": stats["zero_weight_share"], "time": now}
+            elif "eval_loss" in logs:
+                line = {"step": state.global_step, "epoch": state.epoch,
+                        "eval_loss": logs["eval_loss"], "time": now}
+            else:
+                return
+            if state.is_world_process_zero:
+                ts.append_metrics(self.run_dir, line)
+                log.info(" ".join(f"{k} {_fmt(v)}" for k, v in line.items() if k != "time"))
+
+        def on_save(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                ckpt = ts.last_checkpoint(self.run_dir)
+                ts.write_status(self.run_dir, last_checkpoint=str(ckpt) if ckpt else None,
+                                resumable=ckpt is not None)
+
+    return RunWriter
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------- run directory
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
+    """Check (and on ``overwrite`` clear) the run directory; the checkpoint to resume from."""
+    if resume:
+        if not (run_dir / ts.CONFIG).is_file():
+            raise InfosftError(f"{run_dir}: no training run to resume (no {ts.CONFIG})")
+        status = ts.read_status(run_dir)
+        if status["state"] in ts.ACTIVE_STATES:
+            raise InfosftError(f"{run_dir}: the run is still {status['state']} "
+                               f"(pid {status['pid']} on {status['host']})")
+        if status["state"] == "finished":
+            raise InfosftError(f"{run_dir}: the run has already finished")
+        return ts.last_checkpoint(run_dir)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if not overwrite:
+            raise InfosftError(f"{run_dir} already exists; use --resume to continue it or "
+                               "--overwrite to replace it")
+        status = ts.read_status(run_dir)
+        if status["state"] in ts.ACTIVE_STATES:
+            raise InfosftError(f"{run_dir}: cannot overwrite a run that is still "
+                               f"{status['state']} (pid {status['pid']})")
+        if run_dir.is_dir():
+            shutil.rmtree(run_dir)
+        else:
+            run_dir.unlink()
+    return None
+
+
+class _OneLine(logging.Formatter):
+    """The message alone: tracebacks go to train.log, not the console."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
+def _attach_log(run_dir: Path) -> list[tuple[logging.Logger, logging.Handler]]:
+    """train.log for infosft's and transformers' messages; infosft's also on stdout."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    file_handler = logging.FileHandler(run_dir / ts.LOG, encoding="utf-8")
+    file_handler.setFormatter(fmt)
+    stdout = logging.StreamHandler(sys.stdout)
+    stdout.setFormatter(_OneLine("%(message)s"))
+    ours = logging.getLogger("infosft")
+    ours.setLevel(logging.INFO)
+    attached = [(ours, file_handler), (ours, stdout),
+                (logging.getLogger("transformers"), file_handler)]
+    for logger, handler in attached:
+        logger.addHandler(handler)
+    return attached
+
+
+def _detach_log(attached) -> None:
+    for logger, handler in attached:
+        logger.removeHandler(handler)
+    for handler in {h for _, h in attached}:
+        handler.close()
+
+
+def one_line(e: BaseException) -> str:
+    if isinstance(e, InfosftError):
+        return str(e)
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0]}" if msg else type(e).__name__
+
+
+def write_model_info(final: Path, cfg: TrainConfig, knobs: dict[str, Any]) -> None:
+    """``final/infosft_model.json``: what :func:`infosft.models.load_model` needs to rebuild
+    the model, plus how it was trained."""
+    base = cfg.model
+    if base is not None and Path(base).exists():
+        base = str(Path(base).resolve())  # a relative path would break when loaded elsewhere
+    ts.atomic_write_text(final / ts.MODEL_INFO, json.dumps({
+        "base_model": base, "adapter": cfg.lora, "scheme": cfg.scheme, "knobs": knobs,
+        "mode": cfg.mode, "data": cfg.data}, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(cfg: TrainConfig, device: str):
+    """The model to train (LoRA-wrapped or full) and its tokenizer, loaded on CPU: the
+    Trainer places it on the device of its process."""
+    from transformers import set_seed
+
+    from infosft.models import load_model, pick_dtype
+
+    dtype = str(pick_dtype(device, cfg.dtype)).split(".")[-1]
+    model, tokenizer, _ = load_model(cfg.model, device="cpu", dtype=dtype,
+                                     trust_remote_code=cfg.trust_remote_code)
+    model.config.use_cache = False  # no KV cache while training (and with checkpointing)
+    if not cfg.lora:
+        return model, tokenizer
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise InfosftError("LoRA needs peft: pip install 'infosft[train]' (or set lora: "
+                           "false)") from None
+    set_seed(cfg.seed)  # the LoRA init
+    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout, target_modules="all-linear")
+    model = get_peft_model(model, lora)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model, tokenizer
+
+
+def training_args(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
+    from transformers import TrainingArguments
+
+    from infosft.models import pick_dtype
+
+    dtype = pick_dtype(device, cfg.dtype)
+    on_cuda = device.startswith("cuda")
+    return TrainingArguments(
+        output_dir=str(run_dir / ts.CHECKPOINTS),
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+        warmup_steps=float(cfg.warmup_ratio), weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps, logging_strategy="steps",
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
+        eval_strategy="steps" if (cfg.eval_steps and has_eval) else "no",
+        eval_steps=cfg.eval_steps, save_only_model=False, seed=cfg.seed, data_seed=cfg.seed,
+        use_cpu=device == "cpu", bf16=on_cuda and dtype == torch.bfloat16,
+        fp16=on_cuda and dtype == torch.float16,
+        # Only when asked: the names are deprecated (and warn) in newer transformers.
+        **({"gradient_checkpointing": True,
+            "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+           if cfg.gradient_checkpointing else {}),
+        report_to=cfg.report_to, dataloader_num_workers=0, remove_unused_columns=False,
+        label_names=["labels"], prediction_loss_only=True,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not sys.stdout.isatty(),
+    )
+
+
+# ---------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Fine-tune ``cfg.model`` on ``cfg.data`` with the weighted loss.
+
+    Args:
+        resume: continue ``cfg.out`` from its last checkpoint (same data order, optimizer,
+            scheduler and RNG state). The caller passes the run's stored config
+            (:func:`infosft.train_config.resume_config`).
+        overwrite: replace an existing ``cfg.out``; without it an existing run is an error.
+
+    Returns:
+        The run directory. ``status.json`` says ``finished`` (model in ``RUN/final``) or
+        ``stopped`` (SIGTERM/SIGINT: checkpointed, resumable).
+
+    Raises:
+        InfosftError: bad data or config, before any model is loaded; any training error
+            is recorded in ``status.json`` as ``failed`` and re-raised.
+    """
+    run_dir = Path(cfg.out)
+    is_main = _is_main_process()
+    if cfg.mode == "static":  # a config error: say so before a run directory exists
+        check_static_source(cfg)
+    ckpt = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite) if is_main else (
+        ts.last_checkpoint(run_dir) if resume else None)
+    if resume and ckpt is None:
+        raise InfosftError(f"{run_dir}: no complete checkpoint to resume from; start over with "
+                           "--overwrite")
+    previous = ts.read_status(run_dir) if resume else {}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        dump(cfg, run_dir / ts.CONFIG)
+        if resume:
+            ts.truncate_metrics(run_dir, ts.checkpoint_step(ckpt))
+        ts.write_status(run_dir, state="queued", pid=os.getpid(), host=socket.gethostname(),
+                        started_at=previous.get("started_at") or time.time(), error=None,
+                        step=previous.get("step") or 0, total_steps=previous.get("total_steps"),
+                        epoch=previous.get("epoch"), elapsed_s=previous.get("elapsed_s"),
+                        eta_s=None, final_model=None,
+                        last_checkpoint=str(ckpt) if ckpt else None, resumable=ckpt is not None)
+    attached = _attach_log(run_dir) if is_main else []
+    stop = StopRequest(run_dir, is_main)
+    stop.install()
+    try:
+        return _train(cfg, run_dir, ckpt, stop, is_main, previous)
+    except BaseException as e:
+        if is_main:
+            log.error("training failed: %s", one_line(e),
+                      exc_info=not isinstance(e, (InfosftError, KeyboardInterrupt)))
+            last = ts.last_checkpoint(run_dir)
+            ts.write_status(run_dir, state="failed", error=one_line(e) or "interrupted",
+                            eta_s=None, last_checkpoint=str(last) if last else None,
+                            resumable=last is not None)
+        raise
+    finally:
+        stop.uninstall()
+        _detach_log(attached)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest,
+           is_main: bool, previous: dict[str, Any]) -> Path:
+    from transformers.trainer_callback import PrinterCallback
+
+    from infosft.loss import make_loss_func
+    from infosft.models import load_tokenizer, pick_device
+
+    knobs = cfg.knobs()
+    loss_fn = make_loss_func(cfg.scheme, cfg.mode, **cfg.knob_args())
+    data = load_data(cfg, lambda: load_tokenizer(cfg.model,
+                                                 trust_remote_code=cfg.trust_remote_code))
+    _check_resume_source(run_dir, data.source, ckpt)
+    if is_main:
+        ts.atomic_write_text(run_dir / "data" / "source.json",
+                             json.dumps(data.source, indent=1, default=str) + "\n")
+        if data.eval_records:
+            ts.atomic_write_text(run_dir / ts.EVAL_DATA, "".join(
+                json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                for r in data.eval_records))
+    meta = data.source.get("export_meta") or {}
+    if cfg.mode == "static" and meta.get("scheme") not in (None, cfg.scheme):
+        log.warning("static weights come from the export (scheme %s %s); the config's scheme "
+                    "%s only labels the run", meta.get("scheme"), meta.get("knobs"), cfg.scheme)
+    device = pick_device(cfg.device)
+    log.info("training %s on %s: %d train / %d eval examples (%s data), scheme %s %s, mode %s, "
+             "%s, device %s", cfg.model or "the default model", cfg.data, len(data.train),
+             len(data.eval), data.kind, cfg.scheme, knobs, cfg.mode,
+             "LoRA" if cfg.lora else "full fine-tune", device)
+    if stop.requested:
+        return _stopped(run_dir, is_main)
+    model, tokenizer = build_model(cfg, device)
+    trainer = _trainer_class()(
+        model=model, args=training_args(cfg, run_dir, device, bool(data.eval)),
+        train_dataset=ExampleDataset(data.train),
+        eval_dataset=ExampleDataset(data.eval) if data.eval else None,
+        data_collator=Collator(pad_id_of(tokenizer)), processing_class=tokenizer,
+        compute_loss_func=loss_fn,
+        callbacks=[_callback_class()(run_dir, loss_fn, stop, previous.get("elapsed_s") or 0.0)])
+    trainer.remove_callback(PrinterCallback)  # RunWriter logs each step in one line
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    # A stop that comes after the last step only delays the final save by seconds.
+    if stop.requested and trainer.state.global_step < trainer.state.max_steps:
+        return _stopped(run_dir, is_main)
+    step = trainer.state.global_step
+    if data.eval and not any(h.get("step") == step and "eval_loss" in h
+                             for h in trainer.state.log_history):
+        trainer.evaluate()  # the final eval_loss, unless eval_steps just produced it
+    final = run_dir / ts.FINAL
+    trainer.save_model(str(final))  # the model or adapter, and the tokenizer
+    if is_main:
+        write_model_info(final, cfg, knobs)
+        last = ts.last_checkpoint(run_dir)
+        ts.write_status(run_dir, state="finished", final_model=str(final), eta_s=0.0,
+                        last_checkpoint=str(last) if last else None, resumable=False)
+        log.info("finished: the model is in %s", final)
+    return run_dir
+
+
+def _stopped(run_dir: Path, is_main: bool) -> Path:
+    if is_main:
+        last = ts.last_checkpoint(run_dir)
+        ts.write_status(run_dir, state="stopped", eta_s=None,
+                        last_checkpoint=str(last) if last else None, resumable=last is not None)
+        log.info("stopped%s", f"; resume from {last} with --resume" if last else "")
+    return run_dir
+
+
+def _check_resume_source(run_dir: Path, source: dict[str, Any], ckpt: Path | None) -> None:
+    """A resumed run must see the same data it started with (same order, same examples)."""
+    path = run_dir / "data" / "source.json"
+    if ckpt is None or not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    for key in ("content_hash", "train_examples", "eval_examples"):
+        if before.get(key) != source.get(key):
+            raise InfosftError(f"--resume: the data changed since the run started ({key} "
+                               f"{before.get(key)} -> {source.get(key)}); start a new run")

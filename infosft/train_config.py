@@ -1,0 +1,288 @@
+"""The configuration of a weighted fine-tune: one dataclass, read from YAML/JSON and flags.
+
+Precedence: a flag given on the command line beats the config file, which beats the
+defaults below. Everything is validated here, before any data or model is loaded, with
+a one-line message naming the field and what it accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from infosft.errors import InfosftError
+from infosft.weights import SCHEMES, resolve_knobs
+
+MODES = ("online", "static")
+DTYPES = ("float32", "bfloat16", "float16")
+LORA_LR, FULL_LR = 2e-4, 2e-5
+# Fields that a resumed run may change: they do not affect what is learned.
+RESUME_FREE = frozenset({"out", "logging_steps", "save_steps", "eval_steps", "report_to",
+                         "device", "trust_remote_code"})
+
+
+def _f(default: Any, help: str, **kw: Any):
+    """A dataclass field with a one-line help (shown by ``infosft train --help``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (recorded as ``RUN/config.yaml``)."""
+
+    data: str | None = _f(None, "required: a dataset file/dir/hub name (as `infosft score` "
+                          "reads it) or a weighted dataset written by `infosft export`")
+    out: str | None = _f(None, "required: the run directory to create")
+    model: str | None = _f(None, "base model: a local path or hub id (default: the embedded "
+                           "SmolLM2-135M-Instruct)")
+    scheme: str = _f("infosft", "token weighting: sft, dft, infosft or profit")
+    C: float | None = _f(None, "InfoSFT: C > 0 (or give P)")
+    P: float | None = _f(None, "InfoSFT: P in (0.5, 1), C = log(P/(1-P)); default 0.93")
+    threshold: float | list[float] | None = _f(
+        None, "ProFit: tau in [0, 1] (default 0.1), or [low, high] for direction middle")
+    direction: str | None = _f(None, "ProFit: higher (default), lower, middle or random")
+    mode: str = _f("online", "online: weights from the trained model's own q at every step "
+                   "(the papers' method); static: the per-token weights of an exported dataset")
+    lora: bool = _f(True, "train a LoRA adapter (default: fast on CPU, small to save); "
+                    "false = full fine-tune")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: float = _f(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = _f(0.05, "LoRA dropout in [0, 1)")
+    lr: float | None = _f(None, f"peak learning rate (default {LORA_LR:g} with LoRA, "
+                          f"{FULL_LR:g} for a full fine-tune)")
+    epochs: float = _f(1, "passes over the training data")
+    max_steps: int | None = _f(None, "optimizer steps to train; overrides epochs")
+    batch_size: int = _f(4, "examples per device per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    max_length: int = _f(1024, "tokens per example; longer ones are cut from the right")
+    logging_steps: int = _f(5, "log loss and weight statistics every N steps")
+    save_steps: int | None = _f(None, "checkpoint every N steps (default: only when stopped; "
+                                "the final model is always saved)")
+    eval_steps: int | None = _f(None, "evaluate every N steps (default: only at the end)")
+    seed: int = _f(0, "seed of the data order, LoRA init, eval split and ProFit random")
+    eval_split: float = _f(0.05, "fraction of rows held out for eval_loss; 0 = no eval")
+    eval_data: str | None = _f(None, "a separate eval dataset (then nothing is held out)")
+    limit: int | None = _f(None, "use only the first N rows of data")
+    split: str = _f("train", "split of a dataset directory or hub name")
+    fields: dict[str, str] | None = _f(None, "column mapping, e.g. {prompt: q, response: a}")
+    use_template: bool = _f(True, "apply the tokenizer's chat template (false: prompt + "
+                            "response)")
+    trust_remote_code: bool = _f(False, "allow model repos to run their own code")
+    report_to: list[str] = _f(["none"], "experiment trackers (wandb, tensorboard, ...) "
+                              "passed to transformers")
+    device: str | None = _f(None, "cpu, cuda, mps (default: the best available)")
+    dtype: str | None = _f(None, "model weights: float32, bfloat16 (default: bf16 on CUDA, "
+                           "fp32 elsewhere; for a full fine-tune on GPU prefer float32)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward (less memory)")
+    warmup_ratio: float = _f(0.0, "fraction of steps of linear warmup")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+
+    def knob_args(self) -> dict[str, Any]:
+        """The knobs as given (None = default), for ``make_loss_func`` / ``resolve_knobs``."""
+        return {"C": self.C, "P": self.P, "threshold": self.threshold,
+                "direction": self.direction, "seed": self.seed}
+
+    def knobs(self) -> dict[str, Any]:
+        """The scheme's canonical knobs (see :func:`infosft.weights.resolve_knobs`)."""
+        return resolve_knobs(self.scheme, **self.knob_args())
+
+
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in fields(TrainConfig)}
+
+
+def field_default(name: str) -> Any:
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML or JSON config file; unknown keys are an error naming them."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InfosftError(f"{path}: no such config file") from None
+    try:
+        values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InfosftError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
+                           f" ({first})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InfosftError(f"{path}: expected a mapping of config fields, got "
+                           f"{type(values).__name__}")
+    _check_keys(values, str(path))
+    return values
+
+
+def _check_keys(values: dict[str, Any], where: str) -> None:
+    unknown = sorted(str(k) for k in values if k not in FIELD_NAMES)
+    if unknown:
+        raise InfosftError(f"{where}: unknown config key {unknown[0]!r} (known: "
+                           f"{', '.join(FIELD_NAMES)})")
+
+
+def resolve(file_values: dict[str, Any] | None = None,
+            overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A validated TrainConfig: defaults < ``file_values`` < ``overrides``.
+
+    ``None`` in ``overrides`` means "not given" (argparse's default), so only the flags
+    a user typed override the file. The learning rate, when not given, follows ``lora``.
+    """
+    file_values = dict(file_values or {})
+    _check_keys(file_values, "config")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_keys(given, "flags")
+    values = file_values | given
+    if isinstance(values.get("report_to"), str):
+        values["report_to"] = [values["report_to"]]
+    if isinstance(values.get("threshold"), (list, tuple)) and len(values["threshold"]) == 1:
+        values["threshold"] = values["threshold"][0]
+    cfg = TrainConfig(**values)
+    if cfg.lr is None and isinstance(cfg.lora, bool):
+        cfg.lr = LORA_LR if cfg.lora else FULL_LR
+    validate(cfg)
+    return cfg
+
+
+def _bad(name: str, expected: str, value: Any) -> InfosftError:
+    return InfosftError(f"config field {name!r}: expected {expected}, got {value!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every field; raise :class:`InfosftError` naming the first bad one."""
+    for name in ("data", "out"):
+        v = getattr(cfg, name)
+        if not isinstance(v, str) or not v.strip():
+            raise InfosftError(f"config field {name!r} is required (a "
+                               f"{'dataset' if name == 'data' else 'run directory'} path)")
+    for name in ("model", "eval_data", "device", "direction"):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise _bad(name, "a non-empty string", v)
+    for name in ("data", "eval_data"):
+        v = getattr(cfg, name)
+        # A name with a file suffix must be a local file; others may be hub names.
+        if v is not None and Path(v).suffix and not Path(v).exists():
+            raise InfosftError(f"config field {name!r}: no such file {v}")
+    if cfg.scheme not in SCHEMES:
+        raise _bad("scheme", f"one of {', '.join(SCHEMES)}", cfg.scheme)
+    if cfg.mode not in MODES:
+        raise _bad("mode", f"one of {', '.join(MODES)}", cfg.mode)
+    for name in ("lora", "use_template", "trust_remote_code", "gradient_checkpointing"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise _bad(name, "true or false", getattr(cfg, name))
+    for name in ("C", "P", "lr", "lora_alpha"):
+        v = getattr(cfg, name)
+        if v is not None and not _is_num(v):
+            raise _bad(name, "a number", v)
+    if not _is_int(cfg.seed):
+        raise _bad("seed", "an integer", cfg.seed)
+    try:
+        cfg.knobs()
+    except ValueError as e:
+        raise InfosftError(f"config: {e}") from None
+    _positive_ints(cfg, ("lora_r", "batch_size", "grad_accum", "logging_steps"),
+                   ("max_steps", "save_steps", "eval_steps", "limit"))
+    if not _is_int(cfg.max_length) or cfg.max_length < 2:
+        raise _bad("max_length", "an integer >= 2", cfg.max_length)
+    if cfg.lr is None or cfg.lr <= 0:
+        raise _bad("lr", "a number > 0", cfg.lr)
+    if cfg.lora_alpha <= 0:
+        raise _bad("lora_alpha", "a number > 0", cfg.lora_alpha)
+    _in_range(cfg, "epochs", 0, math.inf, low_open=True)
+    _in_range(cfg, "lora_dropout", 0, 1, high_open=True)
+    _in_range(cfg, "eval_split", 0, 1, high_open=True)
+    _in_range(cfg, "warmup_ratio", 0, 1, high_open=True)
+    _in_range(cfg, "weight_decay", 0, math.inf)
+    if cfg.dtype is not None and cfg.dtype not in DTYPES:
+        raise _bad("dtype", f"one of {', '.join(DTYPES)}", cfg.dtype)
+    if cfg.dtype == "float16" and not cfg.lora:
+        raise InfosftError("config field 'dtype': float16 weights only train with LoRA (the "
+                           "gradient scaler needs fp32 trainable weights); use float32 or "
+                           "bfloat16")
+    if not isinstance(cfg.split, str) or not cfg.split:
+        raise _bad("split", "a split name", cfg.split)
+    if cfg.fields is not None and not (isinstance(cfg.fields, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in cfg.fields.items())):
+        raise _bad("fields", "a mapping of names to column names", cfg.fields)
+    if not (isinstance(cfg.report_to, list) and all(isinstance(r, str) for r in cfg.report_to)):
+        raise _bad("report_to", "a list of tracker names (or none)", cfg.report_to)
+
+
+def _positive_ints(cfg: TrainConfig, required: tuple[str, ...], optional: tuple[str, ...]):
+    for name in required + optional:
+        v = getattr(cfg, name)
+        if v is None and name in optional:
+            continue
+        if not _is_int(v) or v < 1:
+            raise _bad(name, "an integer >= 1" + (" or null" if name in optional else ""), v)
+
+
+def _in_range(cfg: TrainConfig, name: str, low: float, high: float, *,
+              low_open: bool = False, high_open: bool = False) -> None:
+    v = getattr(cfg, name)
+    ok = _is_num(v) and (v > low if low_open else v >= low) and (
+        v < high if high_open else v <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise _bad(name, f"a number in {interval}", v)
+
+
+def as_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def dump(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically; returns ``path``."""
+    import yaml
+
+    from infosft.train_status import atomic_write_text
+
+    path = Path(path)
+    atomic_write_text(path, yaml.safe_dump(as_dict(cfg), sort_keys=False,
+                                           default_flow_style=None, allow_unicode=True))
+    return path
+
+
+def resume_config(stored: dict[str, Any], file_values: dict[str, Any] | None = None,
+                  overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of a resumed run: the stored one, with only resume-free fields changed.
+
+    Raises:
+        InfosftError: naming the first field whose new value would change what is learned.
+    """
+    base = resolve(stored)
+    new = {k: v for k, v in (dict(file_values or {}) | {
+        k: v for k, v in (overrides or {}).items() if v is not None}).items()}
+    _check_keys(new, "flags")
+    changed = resolve(stored, new)
+    for name in FIELD_NAMES:
+        if name in RESUME_FREE or name not in new:
+            continue
+        if getattr(changed, name) != getattr(base, name):
+            raise InfosftError(f"--resume: {name!r} of the run is {getattr(base, name)!r}; "
+                               f"it cannot change to {getattr(changed, name)!r} (start a new "
+                               "run, or drop the flag)")
+    return changed
