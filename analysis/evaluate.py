@@ -1,0 +1,710 @@
+"""Before/after evaluation of finished training runs: what a fine-tune learned and what
+it forgot.
+
+For a training run ``RUN`` (``config.yaml``, ``status.json`` saying finished, the
+model in ``final/``), two data sets are scored under the base model and under the
+tuned one:
+
+* the task set: held-out examples of the training task (``RUN/data/eval.jsonl``, the
+  run's eval split, or a file the user gives), with the training run's fields,
+  max_length and template, so the tokens are the ones training saw;
+* the prior-capability set: things the base model already does well (the bundled
+  ``sample_data/prior.jsonl``, plus any user files).
+
+Layout, next to the training run's own files::
+
+    RUN/eval/base-task/  tuned-task/  base-prior/  tuned-prior/   ordinary scored runs
+    RUN/eval/kl-prior.parquet     example_id, position, kl: KL(base || tuned) per prior target
+    RUN/eval/accuracy.parquet     greedy answers on a few math examples (math data only)
+    RUN/eval/report.json          the numbers, the settings, status running | complete | failed
+    RUN/eval/progress.json        stage, done, total, fraction, eta_s (while it runs)
+    RUN/eval/data/prior.jsonl     the prior sets combined (only when there are several)
+
+Numbers (all token-level means over every target token of a set, like the loss):
+``learned`` = tuned - base of mean NLL (negative: learned) and of mean q on the task
+set; ``forgot`` = tuned - base of mean NLL on the prior set (positive: forgot) and
+the mean per-token KL(base || tuned) there.
+
+Base scores of the same data under the same base model are copied from a sibling
+run's evaluation instead of being recomputed (runs compared in one plot usually share
+both), and so are the base model's greedy answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+
+from analysis.accuracy import (accuracy_items, accuracy_summary, greedy_generate, prompt_ids,
+                               stop_ids, with_answers)
+from analysis.delta import check_same_tokens, set_numbers
+from analysis.kl import KL_SCHEMA, joint_kl, kl_summary
+from analysis.score import ScoreConfig, load_examples, versions, score_dataset
+from analysis.store import Run, atomic_write_bytes, atomic_write_json, atomic_write_parquet
+from infosft.data import RecordError, detect_format, normalize
+from infosft.errors import InfosftError, InputError
+from infosft.records import read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PRIOR = ROOT / "sample_data" / "prior.jsonl"
+
+EVAL = "eval"
+REPORT = "report.json"
+PROGRESS = "progress.json"
+KL_FILE = "kl-prior.parquet"
+ACCURACY = "accuracy.parquet"
+SETS = ("task", "prior")
+SCORED = ("base-task", "tuned-task", "base-prior", "tuned-prior")
+#: Relative cost of one generated token against one scored token (a decode step uses
+#: the model far less efficiently than a batched forward); only for the ETA.
+GEN_COST = 3.0
+TRAINING_KEYS = ("scheme", "C", "P", "threshold", "direction", "mode", "lora", "data", "model",
+                 "max_length", "seed")
+
+
+@dataclass
+class EvalConfig:
+    """Settings of an evaluation (recorded in the report)."""
+
+    task_data: str | None = None             # default: RUN/data/eval.jsonl
+    prior_data: list[str] = field(default_factory=list)
+    default_prior: bool = True               # include sample_data/prior.jsonl
+    accuracy_limit: int = 20
+    max_new_tokens: int = 256
+    limit: int | None = None                 # at most N rows of each data file
+    overwrite: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    token_budget: int | None = None
+    gen_batch_size: int = 8
+
+
+# --- the training run ----------------------------------------------------------------
+
+@dataclass
+class TrainingRun:
+    """A finished training run directory."""
+
+    path: Path
+    config: dict[str, Any]
+    status: dict[str, Any]
+
+    @property
+    def base_model(self) -> str | None:
+        """The base model as training got it (None: the embedded default)."""
+        return self.config.get("model") or None
+
+    @property
+    def final(self) -> Path:
+        return self.path / "final"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / EVAL
+
+    def training(self) -> dict[str, Any]:
+        """The training settings that tell runs apart (scheme, knobs, mode, lora, ...)."""
+        return {k: self.config.get(k) for k in TRAINING_KEYS}
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """``config.yaml`` as a dict; one-line errors for a missing or malformed file."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InfosftError(f"{path.parent}: not a training run (no {path.name})") from None
+    except yaml.YAMLError as e:
+        raise InfosftError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise InfosftError(f"{path}: expected a mapping of settings, got "
+                           f"{type(config).__name__}")
+    return config
+
+
+def check_config(config: dict[str, Any], path: Path) -> None:
+    """The settings evaluation takes from a training config have usable types."""
+    ml = config.get("max_length")
+    if ml is not None and (not isinstance(ml, int) or isinstance(ml, bool) or ml < 2):
+        raise InfosftError(f"{path}: field 'max_length': expected an integer >= 2, got {ml!r}")
+    fields = config.get("fields")
+    if fields is not None and not (isinstance(fields, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in fields.items())):
+        raise InfosftError(f"{path}: field 'fields': expected a mapping NAME: COLUMN, "
+                           f"got {fields!r}")
+    ut = config.get("use_template")
+    if ut is not None and not isinstance(ut, bool):
+        raise InfosftError(f"{path}: field 'use_template': expected true or false, got {ut!r}")
+    model = config.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InfosftError(f"{path}: field 'model': expected a path or id, got {model!r}")
+
+
+def check_settings(cfg: EvalConfig) -> None:
+    """One-line errors for evaluation settings out of range."""
+    if cfg.accuracy_limit < 0:
+        raise InfosftError(f"--accuracy-limit must be >= 0, got {cfg.accuracy_limit}")
+    if cfg.max_new_tokens < 1:
+        raise InfosftError(f"--max-new-tokens must be >= 1, got {cfg.max_new_tokens}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise InfosftError(f"--limit must be >= 1, got {cfg.limit}")
+
+
+def open_training_run(path: str | Path) -> TrainingRun:
+    """A finished training run, or a one-line error saying why it cannot be evaluated."""
+    from infosft.train_status import read_status
+
+    p = Path(path)
+    if not p.is_dir():
+        raise InfosftError(f"{p}: no such training run directory")
+    config = read_config(p / "config.yaml")
+    status = read_status(p)
+    state = status.get("state")
+    if state != "finished":
+        hint = f" ({status['error']})" if status.get("error") else ""
+        raise InfosftError(f"{p}: training is not finished (state {state!r}{hint}); "
+                           "evaluate it once status.json says finished")
+    check_config(config, p / "config.yaml")
+    run = TrainingRun(p, config, status)
+    if not run.final.is_dir():
+        raise InfosftError(f"{p}: no final model ({run.final} is missing)")
+    return run
+
+
+def is_finished(path: str | Path) -> bool:
+    """Whether a directory is a training run that finished with a final model."""
+    from infosft.train_status import read_status
+
+    p = Path(path)
+    return ((p / "config.yaml").is_file() and (p / "final").is_dir()
+            and read_status(p).get("state") == "finished")
+
+
+def task_source(run: TrainingRun, task_data: str | None) -> str:
+    """The held-out task data: the given file, else the run's eval split, else its
+    ``eval_data`` setting."""
+    if task_data:
+        return str(task_data)
+    split = run.path / "data" / "eval.jsonl"
+    if split.is_file():
+        return str(split)
+    if run.config.get("eval_data"):
+        return str(run.config["eval_data"])
+    raise InfosftError(f"{run.path}: no held-out task data (data/eval.jsonl is missing: train "
+                       "with an eval split, or pass --task-data FILE)")
+
+
+def prior_sources(cfg: EvalConfig) -> list[str]:
+    out = ([str(DEFAULT_PRIOR)] if cfg.default_prior else []) + [str(p) for p in cfg.prior_data]
+    if not out:
+        raise InfosftError("no prior-capability data: keep the bundled set or give --prior-data")
+    return out
+
+
+def combine_prior(sources: list[str], out: Path, limit: int | None) -> Path:
+    """Several prior sets as one JSONL of conversations (or of texts): each record
+    normalized (so sets of different formats combine), with ``prior_source`` and
+    ``prior_row`` saying where it came from. At most ``limit`` rows of each set."""
+    rows, kinds = [], set()
+    for src in sources:
+        raw = read_records(src, limit=limit)
+        fmt = detect_format(dict.fromkeys(k for _, r in raw.rows for k in r), None, raw.source)
+        kinds.add("text" if fmt.kind == "text" else "messages")
+        for row, record in raw.rows:
+            try:
+                content = normalize(record, fmt)
+            except RecordError as e:
+                raise InputError(e.reason, file=raw.source, row=row, field=e.field,
+                                 unit=raw.unit) from None
+            key = "text" if isinstance(content, str) else "messages"
+            rows.append({key: content, "prior_source": src, "prior_row": row})
+    if len(kinds) > 1:
+        raise InfosftError(f"the prior-capability sets mix plain text and conversations "
+                           f"({', '.join(sources)}); evaluate them in separate runs")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write_bytes(out, text.encode("utf-8"))
+    return out
+
+
+# --- progress --------------------------------------------------------------------------
+
+class Progress:
+    """``RUN/eval/progress.json``: the stage, its done/total and an ETA, for the app's
+    progress bar. Each stage has a weight (its cost in scored-token units), so the
+    overall fraction moves at a roughly even pace."""
+
+    def __init__(self, path: Path, weights: dict[str, float]):
+        self.path, self.weights = path, {k: float(v) for k, v in weights.items()}
+        self.t0 = time.time()
+        self.completed: list[str] = []
+        self._last = 0.0
+
+    def update(self, stage: str, done: float = 0, total: float | None = None,
+               force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last < 0.5:
+            return  # at most two writes a second
+        self._last = now
+        atomic_write_json(self.path, {
+            "stage": stage, "stages": list(self.weights), "weights": self.weights,
+            "completed": self.completed, "done": done, "total": total,
+            "started_at": self.t0, "updated_at": now})
+
+    def finish(self, stage: str) -> None:
+        self.completed.append(stage)
+        self.update(stage, 1, 1, force=True)
+
+
+def read_progress(eval_dir: str | Path) -> dict[str, Any] | None:
+    """The progress of a running evaluation: ``stage``, ``done``, ``total``, ``fraction``
+    (0..1 over all stages), ``elapsed_s``, ``eta_s``; None before it starts. During a
+    scoring stage, done/total are the scored run's tokens (its ``progress-*.json``)."""
+    eval_dir = Path(eval_dir)
+    try:
+        p = json.loads((eval_dir / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return None
+    stage, done, total = p.get("stage"), p.get("done") or 0, p.get("total")
+    if stage in SCORED and stage not in p.get("completed", []):
+        parts = sorted((eval_dir / stage).glob("progress-*.json"))
+        try:
+            x = [json.loads(f.read_text()) for f in parts]
+            done, total = (sum(y["done_tokens"] for y in x),
+                           sum(y["total_tokens"] for y in x)) if x else (0, None)
+        except (OSError, ValueError, KeyError):
+            pass
+    weights = p.get("weights") or {}
+    all_w = sum(weights.values()) or 1.0
+    w_done = sum(weights.get(s, 0) for s in p.get("completed", []))
+    if stage not in p.get("completed", []) and total:
+        w_done += weights.get(stage, 0) * min(done / total, 1.0)
+    fraction = min(w_done / all_w, 1.0)
+    elapsed = time.time() - p.get("started_at", time.time())
+    eta = elapsed / fraction * (1 - fraction) if fraction > 0.01 else None
+    return {"stage": stage, "done": done, "total": total, "fraction": fraction,
+            "elapsed_s": elapsed, "eta_s": eta}
+
+
+# --- reuse of base scores ----------------------------------------------------------------
+
+def _jsonish(x: Any) -> Any:
+    return json.loads(json.dumps(x))
+
+
+def reusable_scores(cfg: ScoreConfig, content_hash: str, candidates: list[Path]) -> Path | None:
+    """A complete scored run among ``candidates`` with the same settings (all but the
+    source path) and the same data content, scored by the same model in the same dtype."""
+    from infosft.models import default_model_dir, pick_device, pick_dtype
+
+    dtype = str(pick_dtype(pick_device(cfg.device), cfg.dtype)).split(".")[-1]
+    revision = None
+    if cfg.model in (None, "", "default"):
+        revision = f"sha256:{default_model_dir()[1]}"
+    for c in candidates:
+        try:
+            meta = Run(c).meta()
+        except InfosftError:
+            continue
+        if meta.get("status") != "complete" or not Run(c).examples_path.exists():
+            continue
+        old = meta.get("config", {})
+        if any(old.get(k) != _jsonish(getattr(cfg, k)) for k in ScoreConfig.RESULT_FIELDS
+               if k != "source"):
+            continue
+        model = meta.get("model", {})
+        if (meta.get("dataset", {}).get("content_hash") != content_hash
+                or model.get("dtype") != dtype
+                or (revision and model.get("revision") != revision)):
+            continue
+        return Path(c)
+    return None
+
+
+def sibling_evals(run: TrainingRun, others: list[Path]) -> list[Path]:
+    """Evaluation directories that may hold reusable base scores: the other runs of this
+    invocation and the training runs next to this one."""
+    found = [Path(o) / EVAL for o in others]
+    parent = run.path.parent
+    if parent.is_dir():
+        found += sorted(p / EVAL for p in parent.iterdir() if p.is_dir())
+    me = run.eval_dir.resolve()
+    return [p for p in dict.fromkeys(found) if p.is_dir() and p.resolve() != me]
+
+
+# --- the evaluation --------------------------------------------------------------------
+
+def check_eval_dir(run: TrainingRun, overwrite: bool) -> None:
+    """Raise unless ``RUN/eval`` may be (re)written: absent or empty, left by a failed or
+    killed evaluation, or complete and ``overwrite`` given. Never while another process
+    on this machine is evaluating the run."""
+    from infosft.train_status import pid_alive
+
+    d = run.eval_dir
+    if not d.exists() or not any(d.iterdir()):
+        return
+    if not ((d / REPORT).exists() or (d / PROGRESS).exists()):
+        raise InfosftError(f"{d} exists and is not an evaluation; refusing to overwrite it")
+    try:
+        old = json.loads((d / REPORT).read_text())
+    except (OSError, ValueError):
+        old = {}
+    pid = old.get("pid")
+    if (old.get("status") == "running" and isinstance(pid, int) and pid != os.getpid()
+            and old.get("host") == socket.gethostname() and pid_alive(pid)):
+        raise InfosftError(f"{run.path} is being evaluated right now (pid {pid})")
+    if old.get("status") == "complete" and not overwrite:
+        raise InfosftError(f"{d} already exists; use --overwrite to evaluate again")
+
+
+def _prepare_eval_dir(run: TrainingRun, overwrite: bool) -> Path:
+    check_eval_dir(run, overwrite)
+    if run.eval_dir.exists():
+        shutil.rmtree(run.eval_dir)
+    run.eval_dir.mkdir(parents=True)
+    return run.eval_dir
+
+
+def _check_tokenizers(base_tok, tuned_tok, run: TrainingRun) -> None:
+    if base_tok.get_vocab() != tuned_tok.get_vocab():
+        raise InfosftError(f"{run.final}: its tokenizer differs from the base model's; "
+                           "the before/after comparison needs the same tokens")
+
+
+def _say(show: bool, msg: str) -> None:
+    if show:
+        print(msg, flush=True)
+
+
+def evaluate_run(path: str | Path, cfg: EvalConfig, *, others: list[Path] | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Evaluate one finished training run into ``RUN/eval`` (see the module docstring).
+
+    The data are read and tokenized before any model is loaded, so bad input fails
+    fast with one line. ``others``: further run directories whose base scores may be
+    reused. Returns the report (also written to ``RUN/eval/report.json``).
+    """
+    from infosft.models import load_tokenizer
+
+    check_settings(cfg)
+    run = open_training_run(path)
+    base_name, tuned_name = run.base_model, str(run.final)
+    base_tok = load_tokenizer(base_name)
+    _check_tokenizers(base_tok, load_tokenizer(tuned_name), run)
+    eval_dir = _prepare_eval_dir(run, cfg.overwrite)
+    started = time.time()
+    report: dict[str, Any] = {
+        "status": "running", "run": str(run.path), "name": run.path.name,
+        "training": run.training(), "base_model": base_name or "default",
+        "tuned_model": tuned_name, "settings": _jsonish(asdict(cfg)),
+        "pid": os.getpid(), "host": socket.gethostname(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions()}
+    atomic_write_json(eval_dir / REPORT, report)
+    try:
+        _evaluate(run, cfg, eval_dir, base_tok, report, others or [], progress)
+    except BaseException as e:
+        report.update(status="failed", error=(str(e).splitlines() or [type(e).__name__])[0]
+                      if not isinstance(e, KeyboardInterrupt) else "interrupted")
+        atomic_write_json(eval_dir / REPORT, report)
+        raise
+    report.update(status="complete", seconds=time.time() - started,
+                  completed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    atomic_write_json(eval_dir / REPORT, report)
+    (eval_dir / PROGRESS).unlink(missing_ok=True)
+    return report
+
+
+def _score_cfg(run: TrainingRun, cfg: EvalConfig, source: str, out: Path, model: str | None,
+               *, task: bool, limit: int | None) -> ScoreConfig:
+    c = run.config
+    return ScoreConfig(source=source, out=str(out), model=model,
+                       max_length=int(c.get("max_length") or 2048), limit=limit,
+                       fields=(c.get("fields") or None) if task else None,
+                       use_template=c.get("use_template") is not False,
+                       device=cfg.device, dtype=cfg.dtype, token_budget=cfg.token_budget,
+                       part_tokens=8192)  # finer parts: more frequent progress updates
+
+
+@dataclass
+class _Sets:
+    """The task and prior sets, read and tokenized, with the score configs of the four
+    scored runs."""
+
+    sources: dict[str, str]
+    prepared: dict[str, tuple]          # set -> (RawRecords, RecordFormat, examples)
+    score_cfgs: dict[str, ScoreConfig]  # base-task, tuned-task, base-prior, tuned-prior
+
+
+def _prepare_sets(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer) -> _Sets:
+    """Read and tokenize both sets (bad rows fail here, before any model is loaded)."""
+    priors = prior_sources(cfg)
+    prior_src, prior_limit = priors[0], cfg.limit
+    if len(priors) > 1:  # the limit then applies per file, inside combine_prior
+        prior_src = str(combine_prior(priors, eval_dir / "data" / "prior.jsonl", cfg.limit))
+        prior_limit = None
+    sources = {"task": task_source(run, cfg.task_data), "prior": prior_src}
+    limits = {"task": cfg.limit, "prior": prior_limit}
+    prepared, score_cfgs = {}, {}
+    for s in SETS:
+        for who, model in (("base", run.base_model), ("tuned", str(run.final))):
+            score_cfgs[f"{who}-{s}"] = _score_cfg(run, cfg, sources[s], eval_dir / f"{who}-{s}",
+                                                  model, task=s == "task", limit=limits[s])
+        prepared[s] = load_examples(score_cfgs[f"base-{s}"], tokenizer, [])
+    return _Sets(sources, prepared, score_cfgs)
+
+
+def _reusable_base(run: TrainingRun, sets: _Sets, others: list[Path]) -> dict[str, Path]:
+    """``base-task`` / ``base-prior`` -> a sibling's identical scored run, where one exists."""
+    candidates = sibling_evals(run, others)
+    out = {}
+    for s in SETS:
+        name = f"base-{s}"
+        src = reusable_scores(sets.score_cfgs[name], sets.prepared[s][0].content_hash,
+                              [d / name for d in candidates])
+        if src is not None:
+            out[name] = src
+    return out
+
+
+def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
+              report: dict[str, Any], others: list[Path], show: bool) -> None:
+    from infosft.models import load_model
+
+    sets = _prepare_sets(run, cfg, eval_dir, tokenizer)
+    task_examples, prior_examples = sets.prepared["task"][2], sets.prepared["prior"][2]
+    report["task"] = {"source": sets.sources["task"], "examples": len(task_examples)}
+    report["prior"] = {"sources": prior_sources(cfg), "scored_source": sets.sources["prior"],
+                       "examples": len(prior_examples)}
+    style, items = accuracy_items(task_examples, sets.prepared["task"][1], cfg.accuracy_limit)
+    acc_settings = {"style": style, "limit": cfg.accuracy_limit,
+                    "max_new_tokens": cfg.max_new_tokens}
+    reused = _reusable_base(run, sets, others)
+    base_answers = _reusable_answers(reused.get("base-task"), acc_settings, items)
+
+    n_tok = {s: sum(ex.tokens.n_tokens for ex in sets.prepared[s][2]) for s in SETS}
+    gen = items.height * cfg.max_new_tokens * GEN_COST
+    weights = {name: 0.0 if name in reused else n_tok[name.split("-")[1]] for name in SCORED}
+    weights |= {"kl-prior": 2.0 * n_tok["prior"],
+                "accuracy-base": 0.0 if base_answers is not None else gen,
+                "accuracy-tuned": gen}
+    prog = Progress(eval_dir / PROGRESS, weights)
+
+    for name in SCORED:
+        prog.update(name, force=True)
+        if name in reused:
+            _say(show, f"{run.path.name}: {name}: reusing {reused[name]}")
+            shutil.copytree(reused[name], eval_dir / name)
+        else:
+            _say(show, f"{run.path.name}: scoring {name}")
+            score_dataset(sets.score_cfgs[name], progress=show)
+        prog.finish(name)
+    for s in SETS:
+        check_same_tokens(Run(eval_dir / f"base-{s}"), Run(eval_dir / f"tuned-{s}"))
+
+    _say(show, f"{run.path.name}: loading the base and the tuned model")
+    models = {}
+    for who in ("base", "tuned"):
+        models[who], _, info = load_model(sets.score_cfgs[f"{who}-task"].model,
+                                          device=cfg.device, dtype=cfg.dtype)
+        report.setdefault("models", {})[who] = info.as_dict()
+
+    _say(show, f"{run.path.name}: KL(base || tuned) on the prior set")
+    with _bar(show, n_tok["prior"], "kl", "tok") as bar:
+        kl = joint_kl(models["base"], models["tuned"], tokenizer, prior_examples,
+                      token_budget=cfg.token_budget,
+                      on_batch=_tick(bar, lambda d, t: prog.update("kl-prior", d, t)))
+    atomic_write_parquet(kl, eval_dir / KL_FILE)
+    prog.finish("kl-prior")
+
+    if style and items.height:
+        outputs = {"base": base_answers} if base_answers is not None else {}
+        for who in ("base", "tuned"):
+            stage = f"accuracy-{who}"
+            if who not in outputs:
+                _say(show, f"{run.path.name}: greedy answers of the {who} model "
+                     f"({items.height} examples)")
+                with _bar(show, items.height, stage, "ex") as bar:
+                    outputs[who] = _answers(models[who], tokenizer, task_examples, items, cfg,
+                                            _tick(bar, lambda d, t, st=stage: prog.update(st, d, t)))
+            prog.finish(stage)
+        acc = with_answers(with_answers(items, outputs["base"], "base"), outputs["tuned"], "tuned")
+        atomic_write_parquet(acc, eval_dir / ACCURACY)
+    models.clear()
+    for key, value in report_numbers(eval_dir).items():
+        report[key] = {**report.get(key, {}), **value}
+    report["accuracy"] = ({**accuracy_summary(pl.read_parquet(eval_dir / ACCURACY)), **acc_settings}
+                          if (eval_dir / ACCURACY).exists() else None)
+    report["reused"] = {k: str(v) for k, v in reused.items()}
+    if base_answers is not None:
+        report["reused"]["accuracy-base"] = str(reused["base-task"].parent / ACCURACY)
+
+
+def _answers(model, tokenizer, examples, items: pl.DataFrame, cfg: EvalConfig,
+             on_batch: Callable[[int, int], None]) -> list[str]:
+    """Greedy answers of ``model`` to the examples listed in ``items``."""
+    by_id = {ex.example_id: ex for ex in examples}
+    prompts = [prompt_ids(by_id[i]) for i in items["example_id"].to_list()]
+    return greedy_generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                           stop=stop_ids(examples, tokenizer), batch_size=cfg.gen_batch_size,
+                           on_batch=on_batch)
+
+
+def _reusable_answers(base_task: Path | None, settings: dict, items: pl.DataFrame
+                      ) -> list[str] | None:
+    """The base model's greedy answers from the evaluation the base scores came from,
+    when it answered the same examples with the same settings."""
+    if base_task is None or not items.height:
+        return None
+    src = base_task.parent
+    try:
+        old = json.loads((src / REPORT).read_text())
+        acc = pl.read_parquet(src / ACCURACY)
+    except (OSError, ValueError, pl.exceptions.PolarsError):
+        return None
+    old_settings = {k: (old.get("accuracy") or {}).get(k) for k in settings}
+    if old.get("status") != "complete" or old_settings != settings:
+        return None
+    if acc["example_id"].to_list() != items["example_id"].to_list():
+        return None
+    return acc["base_output"].to_list()
+
+
+class _bar:
+    """A tqdm bar (or nothing when quiet), as a context manager."""
+
+    def __init__(self, show: bool, total: int, desc: str, unit: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not show)
+
+    def __enter__(self):
+        return self.bar
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+def _tick(bar, update: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    def on_batch(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+        update(done, total)
+    return on_batch
+
+
+def report_numbers(eval_dir: str | Path) -> dict[str, Any]:
+    """The learned / forgot numbers from the four scored runs and the KL file.
+
+    Returns ``task`` and ``prior`` (each ``base`` / ``tuned`` with ``mean_nll``, ``mean_q``,
+    ``target_tokens``), ``learned`` (``delta_nll``, ``delta_q``) and ``forgot``
+    (``delta_nll``, ``mean_kl``, ``median_kl``, ``p95_kl``).
+    """
+    d = Path(eval_dir)
+    nums = {name: set_numbers(Run(d / name)) for name in SCORED}
+    kl = pl.read_parquet(d / KL_FILE) if (d / KL_FILE).exists() else pl.DataFrame(schema=KL_SCHEMA)
+    ks = kl_summary(kl)
+    out: dict[str, Any] = {}
+    for s in SETS:
+        out[s] = {"base": nums[f"base-{s}"], "tuned": nums[f"tuned-{s}"]}
+    t, p = out["task"], out["prior"]
+    out["learned"] = {"delta_nll": t["tuned"]["mean_nll"] - t["base"]["mean_nll"],
+                      "delta_q": t["tuned"]["mean_q"] - t["base"]["mean_q"]}
+    out["forgot"] = {"delta_nll": p["tuned"]["mean_nll"] - p["base"]["mean_nll"],
+                     "mean_kl": ks["mean_kl"], "median_kl": ks["median_kl"],
+                     "p95_kl": ks["p95_kl"]}
+    return out
+
+
+def evaluate_runs(paths: list[str | Path], cfg: EvalConfig, *, progress: bool = True
+                  ) -> list[dict[str, Any]]:
+    """Evaluate several training runs one after the other. All are checked (finished,
+    not evaluated yet unless ``overwrite``, see :func:`check_eval_dir`) before the first
+    starts, so a typo in the third name does not surface an hour later."""
+    check_settings(cfg)
+    runs = [open_training_run(p) for p in paths]
+    for r in runs:
+        check_eval_dir(r, cfg.overwrite)
+    return [evaluate_run(r.path, cfg, others=[o.path for o in runs if o is not r],
+                         progress=progress) for r in runs]
+
+
+# --- reading reports ------------------------------------------------------------------
+
+def read_report(run_dir: str | Path) -> dict[str, Any] | None:
+    """``RUN/eval/report.json``, or None when the run was never evaluated."""
+    path = Path(run_dir) / EVAL / REPORT
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise InfosftError(f"{path}: unreadable ({e})") from None
+
+
+def knobs_label(training: dict[str, Any]) -> str:
+    """The scheme's knobs as the Train page shows them, plus the mode and LoRA, e.g.
+    ``C=2.587, online, LoRA``."""
+    from analysis.training import knobs_label as label, knobs_of
+
+    parts = [label(knobs_of(training))]
+    if training.get("mode") and training.get("scheme") not in ("sft", None):
+        parts.append(str(training["mode"]))
+    if training.get("lora"):
+        parts.append("LoRA")
+    return ", ".join(p for p in parts if p)
+
+
+REPORT_COLUMNS = {
+    "run": pl.String, "path": pl.String, "status": pl.String, "scheme": pl.String,
+    "knobs": pl.String, "task_delta_nll": pl.Float64, "task_delta_q": pl.Float64,
+    "prior_delta_nll": pl.Float64, "prior_kl": pl.Float64, "task_nll_base": pl.Float64,
+    "task_nll_tuned": pl.Float64, "prior_nll_base": pl.Float64, "prior_nll_tuned": pl.Float64,
+    "acc_n": pl.Int64, "acc_base": pl.Float64, "acc_tuned": pl.Float64,
+}
+
+
+def report_row(report: dict[str, Any]) -> dict[str, Any]:
+    """One table row of a report (numbers None until it is complete)."""
+    tr = report.get("training") or {}
+    row = {k: None for k in REPORT_COLUMNS}
+    row.update(run=report.get("name"), path=report.get("run"), status=report.get("status"),
+               scheme=tr.get("scheme"), knobs=knobs_label(tr))
+    if report.get("status") == "complete":
+        t, p = report["task"], report["prior"]
+        acc = report.get("accuracy") or {}
+        row.update(task_delta_nll=report["learned"]["delta_nll"],
+                   task_delta_q=report["learned"]["delta_q"],
+                   prior_delta_nll=report["forgot"]["delta_nll"],
+                   prior_kl=report["forgot"]["mean_kl"],
+                   task_nll_base=t["base"]["mean_nll"], task_nll_tuned=t["tuned"]["mean_nll"],
+                   prior_nll_base=p["base"]["mean_nll"], prior_nll_tuned=p["tuned"]["mean_nll"],
+                   acc_n=acc.get("n"), acc_base=acc.get("base"), acc_tuned=acc.get("tuned"))
+    return row
+
+
+def report_table(reports: list[dict[str, Any]]) -> pl.DataFrame:
+    """One row per evaluated run (see ``REPORT_COLUMNS``), in the given order."""
+    return pl.DataFrame([report_row(r) for r in reports], schema=REPORT_COLUMNS)
+
+
+def read_reports(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """The reports of the runs that have one (unreadable ones are skipped)."""
+    out = []
+    for d in run_dirs:
+        try:
+            rep = read_report(d)
+        except InfosftError:
+            continue
+        if rep is not None:
+            out.append(rep)
+    return out

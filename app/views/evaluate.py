@@ -1,0 +1,181 @@
+"""Evaluate: what each fine-tune learned (held-out task) and forgot (prior-capability
+set). Launch evaluations as background jobs, compare runs in a table and on the
+learned-vs-forgot plot, and see which tokens moved in any example."""
+
+from pathlib import Path
+
+import polars as pl
+import streamlit as st
+
+from analysis import evaluate as ev
+from analysis.delta import example_delta, example_deltas, token_movers, top_movers
+from analysis.store import Run
+from analysis.training import find_train_runs
+from app import charts, jobs, state, workspace
+from app.render_delta import delta_html, delta_legend
+
+SETS = {"task": "Held-out task", "prior": "Prior capability"}
+
+
+def run_dirs() -> list[Path]:
+    """Training runs of the workspace plus the ones added by path (or by the Train page's
+    "evaluate this run", which puts them in ``eval_runs``)."""
+    extra = [Path(p) for p in st.session_state.get("eval_paths", [])]
+    extra += [Path(p) for p in st.session_state.get("eval_runs", [])]
+    return list(dict.fromkeys([*find_train_runs([workspace.subdir("trainings")]), *extra]))
+
+
+def launch_form(runs: list[Path]) -> None:
+    st.subheader("Evaluate a training run")
+    added = st.text_input("Add a run directory by path (optional)", key="ev_add").strip()
+    if added and st.button("Add", key="ev_add_go"):
+        ev.open_training_run(added)  # one-line error if it is not a finished run
+        st.session_state.setdefault("eval_paths", []).append(str(Path(added).resolve()))
+        st.rerun()
+    finished = [str(p) for p in runs if ev.is_finished(p)]
+    wanted = [p for p in map(str, st.session_state.get("eval_runs", [])) if p in finished]
+    pick = st.multiselect("Finished runs", finished, default=wanted, key="ev_pick",
+                          format_func=lambda p: Path(p).name)
+    a, b, c = st.columns(3)
+    acc_limit = a.number_input("Accuracy: examples (math data)", 0, 10_000, 20, key="ev_acc")
+    max_new = b.number_input("Accuracy: max new tokens", 8, 4096, 256, key="ev_new")
+    limit = c.number_input("Rows per data file (0 = all)", 0, 10_000_000, 0, key="ev_limit")
+    task_data = st.text_input("Task data (empty: the run's held-out split)",
+                              key="ev_task").strip() or None
+    prior = st.text_input("More prior-capability data (a file; the bundled set is always "
+                          "used)", key="ev_prior").strip()
+    overwrite = st.checkbox("Overwrite existing evaluations", key="ev_overwrite")
+    if st.button("Start evaluation", type="primary", disabled=not pick, key="ev_go"):
+        job = jobs.launch_eval(pick, task_data=task_data, prior_data=[prior] if prior else None,
+                               accuracy_limit=int(acc_limit), max_new_tokens=int(max_new),
+                               limit=int(limit) or None, overwrite=overwrite)
+        st.success(f"Started job {job.id}: evaluating {len(pick)} run(s)")
+
+
+def _eta(seconds) -> str:
+    if seconds is None:
+        return "estimating..."
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+@st.fragment(run_every=2)
+def jobs_panel() -> None:
+    """Evaluation jobs; refreshes itself every 2 s without rerunning the page."""
+    all_jobs = jobs.list_jobs(kind="eval", limit=10)
+    if not all_jobs:
+        return
+    st.subheader("Evaluation jobs")
+    for job in all_jobs:
+        s = jobs.status(job)
+        with st.container(border=True):
+            a, b = st.columns([5, 1])
+            a.markdown(f"**{job.name}** · {s['state']}")
+            if s["state"] in ("starting", "running"):
+                a.progress(s["fraction"], text=f"{s['stage'] or 'loading data and models...'}"
+                           f" · ETA {_eta(s['eta_s'])}")
+                b.button("Cancel", key=f"ev_cancel_{job.id}", on_click=jobs.cancel, args=(job,))
+            elif s["state"] == "failed":
+                a.error(f"Evaluation failed: {s['message']}")
+                with a.expander("Log"):
+                    st.code(s.get("log") or "(empty)")
+
+
+def results(reports: list[dict]) -> list[dict]:
+    """The table and the trade-off plot; returns the complete reports."""
+    st.subheader("Runs: learned vs forgot")
+    table = ev.report_table(reports)
+    st.caption("Token-level means over all target tokens. Learned: Δ task NLL (tuned − base, "
+               "negative = learned) and Δ mean q. Forgot: Δ prior NLL (positive = forgot) and "
+               "the mean per-token KL(base ‖ tuned) on the prior set. Accuracy: exact match "
+               "of greedy final answers (math data only).")
+    st.dataframe(table.drop("path"), hide_index=True, key="ev_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                for c in table.columns if table[c].dtype == pl.Float64})
+    x = st.radio("Forgetting axis", list(charts.FORGOT_AXES), horizontal=True, key="ev_x",
+                 format_func=lambda c: "KL(base ‖ tuned)" if c == "prior_kl" else "Δ prior NLL")
+    st.plotly_chart(charts.tradeoff_scatter(table, x), key="ev_scatter")
+    return [r for r in reports if r.get("status") == "complete"]
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _example_deltas(base: str, tuned: str, mtime: float) -> pl.DataFrame:
+    return example_deltas(Run(base), Run(tuned))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _movers(base: str, tuned: str, mtime: float) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return top_movers(Run(base), Run(tuned), 10), token_movers(Run(base), Run(tuned), 10)
+
+
+def delta_view(done: list[dict]) -> None:
+    st.subheader("Which tokens moved (Δlogp = tuned − base)")
+    names = {r["run"]: r["name"] for r in done}
+    a, b, c = st.columns([2, 2, 1])
+    run = a.selectbox("Run", list(names), format_func=names.get, key="ev_run")
+    which = b.radio("Set", list(SETS), format_func=SETS.get, horizontal=True, key="ev_set")
+    scale = c.slider("Colour scale (±nats)", 0.1, 5.0, 2.0, 0.1, key="ev_scale")
+    eval_dir = Path(run) / ev.EVAL
+    base, tuned = eval_dir / f"base-{which}", eval_dir / f"tuned-{which}"
+    mtime = (eval_dir / ev.REPORT).stat().st_mtime
+    per_ex = _example_deltas(str(base), str(tuned), mtime)
+    top, by_token = _movers(str(base), str(tuned), mtime)
+    left, right = st.columns(2)
+    left.caption("Single tokens that moved most")
+    left.dataframe(top, hide_index=True, key="ev_top")
+    right.caption("Token texts that moved most on average (≥ 3 occurrences)")
+    right.dataframe(by_token, hide_index=True, key="ev_by_token")
+    ids = per_ex["example_id"].to_list()
+    if not ids:
+        st.info("This set has no target tokens.")
+        return
+    example_id = st.selectbox("Example (most changed first)", ids, key="ev_example",
+                              format_func=lambda i: f"{i}  (max |Δ| "
+                              f"{per_ex.filter(pl.col('example_id') == i)['max_abs_delta'][0]:.2f})")
+    kl = (pl.read_parquet(eval_dir / ev.KL_FILE)
+          if which == "prior" and (eval_dir / ev.KL_FILE).exists() else None)
+    view = example_delta(Run(base), Run(tuned), example_id, kl)
+    tgt = view.filter(pl.col("is_target"))
+    cols = st.columns(4)
+    cols[0].metric("Target tokens", f"{tgt.height:,}")
+    cols[1].metric("Mean Δlogp", f"{tgt['delta'].mean():+.4f}")
+    cols[2].metric("Mean q base → tuned", f"{tgt['q_base'].mean():.3f} → {tgt['q_tuned'].mean():.3f}")
+    cols[3].metric("Mean KL", f"{tgt['kl'].mean():.4f}" if kl is not None else "–")
+    st.html(delta_legend(scale))
+    st.html(delta_html(view, scale))
+    if st.button("Open the tuned scores of this set in the other pages", key="ev_activate"):
+        state.set_active_run(tuned)
+        st.rerun()
+
+
+def accuracy_section(done: list[dict]) -> None:
+    with_acc = [r for r in done if r.get("accuracy")]
+    if not with_acc:
+        return
+    with st.expander("Greedy answers (accuracy)"):
+        names = {r["run"]: r["name"] for r in with_acc}
+        run = st.selectbox("Run", list(names), format_func=names.get, key="ev_acc_run")
+        path = Path(run) / ev.EVAL / ev.ACCURACY
+        st.dataframe(pl.read_parquet(path).drop("reference_text"), hide_index=True,
+                     key="ev_acc_table")
+
+
+def body() -> None:
+    st.title("Evaluate")
+    st.caption("What a fine-tune learned (held-out task examples) and what it forgot (things "
+               "the base model already did well), both scored under the base and the tuned "
+               "model.")
+    runs = run_dirs()
+    state.guard(jobs_panel)
+    reports = ev.read_reports(runs)
+    if reports:
+        done = results(reports)
+        if done:
+            state.guard(lambda: delta_view(done))
+            state.guard(lambda: accuracy_section(done))
+    else:
+        st.info("No evaluated runs yet: start one below, or run `infosft eval RUN`.")
+    state.guard(lambda: launch_form(runs))
+
+
+state.guard(body)

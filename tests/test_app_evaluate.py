@@ -1,0 +1,155 @@
+"""The Evaluate page under AppTest on prepared evaluations (table, trade-off scatter data,
+Delta view), the Delta HTML, and evaluation jobs' status (``app.jobs``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from analysis.delta import example_delta, example_deltas  # noqa: E402
+from analysis.evaluate import (EVAL, REPORT, EvalConfig, evaluate_run, read_reports,  # noqa: E402
+                               report_table)
+from analysis.store import Run  # noqa: E402
+from app import jobs  # noqa: E402
+from app.render_delta import delta_colors, delta_html  # noqa: E402
+from test_evaluate import CODE_ROWS, MATH_ROWS, make_training_run, perturbed  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = str(ROOT / "app" / "main.py")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, tiny_model_dir, tokenizer) -> Path:
+    """A workspace with two evaluated training runs: ``alpha`` (evaluated for real) and
+    ``beta`` (alpha's evaluation with other numbers and scheme, for a second point)."""
+    ws = tmp_path_factory.mktemp("ws")
+    trainings = ws / "trainings"
+    alpha = make_training_run(trainings / "alpha", perturbed(tiny_model_dir, 0.05, "layers.1"),
+                              tokenizer, base=str(tiny_model_dir),
+                              eval_rows=MATH_ROWS[:2] + CODE_ROWS[:1])
+    evaluate_run(alpha, EvalConfig(limit=3, accuracy_limit=2, max_new_tokens=4), progress=False)
+    beta = make_training_run(trainings / "beta", None, None, base=str(tiny_model_dir),
+                             eval_rows=MATH_ROWS[:2], scheme="profit", C=None, threshold=0.1,
+                             direction="higher")
+    shutil.copytree(alpha / "final", beta / "final")
+    shutil.copytree(alpha / EVAL, beta / EVAL)
+    rep = json.loads((beta / EVAL / REPORT).read_text())
+    rep.update(name="beta", run=str(beta), training={**rep["training"], "scheme": "profit",
+                                                     "C": None, "threshold": 0.1,
+                                                     "direction": "higher"})
+    rep["learned"]["delta_nll"] = -0.5
+    rep["forgot"]["mean_kl"] = 0.25
+    (beta / EVAL / REPORT).write_text(json.dumps(rep))
+    return ws
+
+
+@pytest.fixture(autouse=True)
+def workspace_env(ws, monkeypatch):
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(ws))
+
+
+def page(**state) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    at.switch_page("views/evaluate.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def runs(ws: Path) -> list[Path]:
+    return [ws / "trainings" / "alpha", ws / "trainings" / "beta"]
+
+
+def test_table_and_scatter_show_the_reports(ws):
+    at = page()
+    assert at.title[0].value == "Evaluate"
+    want = report_table(read_reports(runs(ws)))
+    shown = at.dataframe[0].value  # the runs table comes first
+    assert list(shown["run"]) == ["alpha", "beta"]
+    assert list(shown["task_delta_nll"]) == pytest.approx(want["task_delta_nll"].to_list())
+    assert list(shown["prior_kl"]) == pytest.approx(want["prior_kl"].to_list())
+    assert shown["knobs"][1] == "threshold=0.1, direction=higher, online"
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    points = {(t["text"][0], t["x"][0], t["y"][0]) for t in fig["data"] if t.get("text")}
+    assert points == {(r, x, -y) for r, x, y in
+                      want.select("run", "prior_kl", "task_delta_nll").rows()}
+    at.radio(key="ev_x").set_value("prior_delta_nll").run()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    xs = sorted(t["x"][0] for t in fig["data"] if t.get("text"))
+    assert xs == pytest.approx(sorted(want["prior_delta_nll"].to_list()))
+
+
+def test_delta_view_matches_analysis(ws):
+    at = page()
+    alpha = ws / "trainings" / "alpha"
+    assert at.selectbox(key="ev_run").value == str(alpha)
+    for which in ("task", "prior"):
+        at.radio(key="ev_set").set_value(which).run()
+        base, tuned = Run(alpha / EVAL / f"base-{which}"), Run(alpha / EVAL / f"tuned-{which}")
+        first = example_deltas(base, tuned)["example_id"][0]
+        assert at.selectbox(key="ev_example").value == first
+        view = example_delta(base, tuned, first)
+        tgt = view.filter(pl.col("is_target"))
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["Mean Δlogp"] == f"{tgt['delta'].mean():+.4f}"
+        assert (metrics["Mean KL"] == "–") == (which == "task")
+        html = " ".join(h.proto.body for h in at.get("html"))
+        assert html.count('class="t"') == tgt.height and "Δlogp" in html
+        assert not at.exception and not at.error
+
+
+def test_open_in_other_pages_sets_the_active_run(ws):
+    at = page()
+    at.button(key="ev_activate").click().run()
+    assert at.session_state["run_path"] == str(ws / "trainings" / "alpha" / EVAL / "tuned-task")
+
+
+def test_launch_form_preselects_runs_from_the_train_page(ws):
+    alpha = str(ws / "trainings" / "alpha")
+    at = page(eval_runs=[alpha])
+    ms = at.multiselect(key="ev_pick")
+    assert ms.value == [alpha]
+    assert set(ms.options) == {"alpha", "beta"}
+    at.button(key="ev_go").click().run()  # already evaluated and no overwrite: one line
+    assert at.error and "already exists; use --overwrite" in at.error[0].value
+
+
+def test_delta_html_colours():
+    assert delta_colors([0.0, -5.0, 5.0, float("nan")], 2.0) == [
+        "rgb(255,255,255)", "rgb(215,48,39)", "rgb(26,152,80)", "rgb(255,255,255)"]
+    view = pl.DataFrame({"position": [0, 1], "token": ["<a>", "b\n"], "is_target": [False, True],
+                         "logp_base": [None, -1.0], "logp_tuned": [None, -0.5],
+                         "q_base": [None, 0.37], "q_tuned": [None, 0.61], "delta": [None, 0.5],
+                         "kl": [None, 0.01]})
+    out = delta_html(view)
+    assert "&lt;a&gt;" in out and "↵" in out and "Δlogp +0.500" in out and "KL(base‖tuned)" in out
+
+
+def _job(ws: Path, argv_runs: list[Path], created_at: float) -> jobs.Job:
+    log = ws / "jobs" / f"test-{created_at}.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text("infosft: error: something broke\n")
+    return jobs.Job("t", "eval", "eval", jobs.eval_argv(argv_runs), 2 ** 22 + 12345,
+                    str(argv_runs[0]), str(log), created_at)
+
+
+def test_eval_job_status(ws):
+    both = runs(ws)
+    assert jobs.eval_runs(_job(ws, both, 0)) == both
+    argv = jobs.eval_argv(both, prior_data=["p.jsonl"], limit=3, overwrite=True)
+    assert argv[4:6] == [str(p) for p in both] and "--overwrite" in argv
+    assert jobs.status(_job(ws, both, 0))["state"] == "complete"
+    # reports older than the job belong to the evaluation being replaced: they do not count
+    st = jobs.status(_job(ws, both, time.time() + 60))
+    assert st["state"] == "failed" and st["message"] == "something broke"

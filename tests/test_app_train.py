@@ -1,0 +1,424 @@
+"""The Train page under Streamlit's AppTest: the form prefilled from Tune and the active
+run, name and value errors as one line, fake run directories in every state (progress,
+ETA, error, Stop and Resume), the runs table and comparison chart, the training-job
+helpers of ``app.jobs``, and one real tiny training launched from the page."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from analysis.tune import Settings  # noqa: E402
+from infosft.errors import InfosftError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = str(ROOT / "app" / "main.py")
+SAMPLE_DATA = ROOT / "sample_data" / "sft_sample.jsonl"
+PAGE = "views/train.py"
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch) -> Path:
+    ws = tmp_path / "ws"
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(ws))
+    return ws
+
+
+def app(**state) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    at.switch_page(PAGE).run()
+    return at
+
+
+def ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _array(v) -> list[float]:
+    """A trace's x or y: a list, or Plotly's typed binary ``{"dtype", "bdata"}``."""
+    if isinstance(v, dict):
+        import base64
+
+        import numpy as np
+
+        v = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return [float(x) for x in v]
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """The traces of each Plotly figure on the page, by chart key: ``{"data": [{"name",
+    "x", "y"}, ...]}`` with plain lists."""
+    return {c.key: {"data": [{"name": t.get("name"), "x": _array(t.get("x", [])),
+                              "y": _array(t.get("y", []))}
+                             for t in json.loads(c.proto.spec)["data"]]}
+            for c in at.get("plotly_chart")}
+
+
+def fake_run(ws: Path, name: str, *, status: dict, config: dict | None = None,
+             metrics: list | None = None, final: bool = False, ckpt: bool = False) -> Path:
+    """A training run directory written by hand, as the trainer lays it out."""
+    run = ws / "trainings" / name
+    run.mkdir(parents=True)
+    cfg = {"data": "d.jsonl", "scheme": "infosft", "C": 2.0, "mode": "online", "lora": True,
+           **(config or {})}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "status.json").write_text(json.dumps(
+        {"host": socket.gethostname(), "started_at": time.time(), **status}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics or []))
+    (run / "train.log").write_text(f"log of {name}\nlast line of {name}\n")
+    if final:
+        (run / "final").mkdir()
+        (run / "final" / "adapter_config.json").write_text("{}")
+    if ckpt:
+        (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+        (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    return run
+
+
+def losses(values, weights=None, eval_at=None):
+    out = [{"step": i + 1, "loss": v, "mean_weight": (weights or [0.5] * len(values))[i],
+            "zero_weight_share": 0.1, "tokens_per_s": 50.0} for i, v in enumerate(values)]
+    return out + ([{"step": eval_at[0], "eval_loss": eval_at[1]}] if eval_at else [])
+
+
+# --- the form -------------------------------------------------------------------------
+
+def test_prefilled_from_the_active_run_and_settings():
+    at = app()
+    ok(at)
+    assert at.title[0].value == "Train"
+    assert at.text_input(key="train_data").value == str(SAMPLE_DATA)
+    assert at.text_input(key="train_model").value == ""  # scored with the default model
+    assert at.number_input(key="train_max_len").value == 2048  # as scored
+    assert at.selectbox(key="train_scheme").value == "infosft"
+    assert at.slider(key="train_C").value == pytest.approx(Settings().C)
+    assert at.number_input(key="train_lr").value == pytest.approx(2e-4)
+    at.toggle(key="train_lora").set_value(False).run()
+    assert at.number_input(key="train_lr").value == pytest.approx(2e-5)  # full fine-tune
+
+
+def test_prefilled_from_train_settings():
+    s = Settings(scheme="profit", threshold=0.3, direction="lower")
+    at = app(train_settings=s)
+    ok(at)
+    assert at.selectbox(key="train_scheme").value == "profit"
+    assert at.slider(key="train_threshold").value == pytest.approx(0.3)
+    assert at.selectbox(key="train_direction").value == "lower"
+
+
+def test_tune_save_for_train_reaches_the_form():
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.run()
+    at.switch_page(PAGE).run()  # the form first shows the current settings
+    assert at.slider(key="train_C").value == pytest.approx(Settings().C)
+    at.switch_page("views/tune.py").run()
+    at.slider(key="tune_C").set_value(1.5).run()
+    at.button(key="to_train").click().run()
+    at.switch_page(PAGE).run()
+    ok(at)
+    assert at.slider(key="train_C").value == pytest.approx(1.5)
+    # values typed into the form survive a visit to another page
+    at.text_input(key="train_name").set_value("keep-me").run()
+    at.switch_page("views/overview.py").run()
+    at.switch_page(PAGE).run()
+    assert at.text_input(key="train_name").value == "keep-me"
+    assert at.slider(key="train_C").value == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("../evil", None, "not allowed"),
+    ("a/b", None, "not allowed"),
+    ("taken", None, "already exists"),
+    ("fine", "/nonexistent/data.jsonl", "no such file"),
+    ("fine", "", "Choose the training data"),
+])
+def test_bad_input_is_one_error_line(workspace, name, data, message):
+    (workspace / "trainings" / "taken").mkdir(parents=True)
+    at = app()
+    at.text_input(key="train_name").set_value(name)
+    if data is not None:
+        at.text_input(key="train_data").set_value(data)
+    at.run()
+    at.button(key="train_go").click().run()
+    assert not at.exception
+    assert at.error and message in at.error[0].value and "Traceback" not in at.error[0].value
+    assert not (workspace.parent / "evil").exists()
+    assert not list((workspace / "jobs").glob("*.json"))  # nothing launched
+
+
+def test_bad_saved_knobs_are_one_error_line(workspace):
+    at = app(train_settings=Settings(C=-1.0))
+    assert not at.exception and at.error and "C must be" in at.error[0].value
+
+
+def capture_launches(monkeypatch) -> list:
+    """Replace the job launcher: record (name, argv, run_dir, kind), start nothing."""
+    from app import jobs
+
+    launched = []
+    monkeypatch.setattr(jobs, "launch", lambda name, argv, run_dir, kind="score":
+                        launched.append((name, argv, run_dir, kind)) or
+                        jobs.Job("j1", name, kind, argv, os.getpid(), str(run_dir), "x.log", 0))
+    return launched
+
+
+def test_static_mode_trains_on_an_export(workspace, monkeypatch):
+    from analysis.export import export_weighted
+
+    at = app()
+    at.radio(key="train_mode").set_value("static").run()
+    assert not at.exception and at.warning and at.button(key="train_go").disabled
+    out = export_weighted(ROOT / "sample_data" / "runs" / "sample",
+                          workspace / "exports" / "w.parquet", "infosft", C=2.0)
+    launched = capture_launches(monkeypatch)
+    at.run()
+    assert any("InfoSFT (C=2)" in c.value for c in at.caption)
+    at.text_input(key="train_name").set_value("static-run").run()
+    at.button(key="train_go").click().run()
+    ok(at)
+    (name, argv, run_dir, kind), = launched
+    line = " ".join(argv)
+    assert f"--data {out} " in line and "--mode static" in line and "--C 2.0" in line
+    assert "--P" not in line and "--field" not in line  # C only; tokens come from the export
+    assert run_dir == workspace / "trainings" / "static-run"
+
+
+# --- runs in every state -----------------------------------------------------------------
+
+@pytest.fixture
+def fake_runs(workspace) -> dict[str, Path]:
+    return {
+        "running": fake_run(workspace, "running", status={
+            "state": "running", "pid": os.getpid(), "step": 3, "total_steps": 10,
+            "epoch": 0.3, "eta_s": 30.0}, metrics=losses([3.0, 2.8, 2.5], [0.6, 0.5, 0.4])),
+        "failed": fake_run(workspace, "failed", ckpt=True, status={
+            "state": "failed", "step": 2, "total_steps": 10, "error": "CUDA out of memory",
+            "resumable": True, "last_checkpoint": "checkpoints/checkpoint-2"},
+            config={"scheme": "sft", "C": None}),
+        "stopped": fake_run(workspace, "stopped", ckpt=True, status={
+            "state": "stopped", "step": 2, "total_steps": 10, "resumable": True},
+            metrics=losses([2.0, 1.9])),
+        "finished": fake_run(workspace, "finished", final=True, status={
+            "state": "finished", "step": 4, "total_steps": 4, "final_model": None},
+            metrics=losses([2.0, 1.6, 1.4, 1.2], eval_at=(4, 1.3)),
+            config={"scheme": "profit", "C": None, "threshold": 0.2, "direction": "higher"}),
+    }
+
+
+def pick(at: AppTest, run: Path) -> AppTest:
+    return at.selectbox(key="train_pick").set_value(str(run)).run()
+
+
+def test_running_run_shows_progress_eta_and_stop(fake_runs):
+    at = app()
+    pick(at, fake_runs["running"])
+    ok(at)
+    bars = at.get("progress")
+    assert bars and "step 3 / 10 · epoch 0.30 · ETA 30s" in bars[0].proto.text
+    assert bars[0].proto.value == 30  # percent
+    assert at.button(key="train_stop")  # (not clicked: its pid is this test process)
+    assert not [b for b in at.button if b.key == "train_resume"]
+    figs = charts(at)
+    loss = figs["train_loss_chart"]["data"][0]
+    assert loss["x"] == [1, 2, 3] and loss["y"] == [3.0, 2.8, 2.5]
+    assert figs["train_weight_chart"]["data"][0]["y"] == [0.6, 0.5, 0.4]
+    assert {m.label: m.value for m in at.metric}["Loss"] == "2.5"
+    assert any("last line of running" in c.value for c in at.code)
+
+
+def test_failed_run_shows_error_and_resume(fake_runs):
+    at = app()
+    pick(at, fake_runs["failed"])
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Training failed: CUDA out of memory"]
+    assert at.button(key="train_resume") and not at.get("progress")
+
+
+def test_dead_process_is_failed(workspace):
+    run = fake_run(workspace, "dead", status={"state": "running", "pid": 2**22 + 4321,
+                                              "step": 1, "total_steps": 5})
+    at = app()
+    pick(at, run)
+    assert at.error and "died without finishing" in at.error[0].value
+    assert not [b for b in at.button if b.key in ("train_stop", "train_resume")]
+
+
+def test_stopped_run_resumes_with_the_resume_flag(fake_runs, monkeypatch):
+    launched = capture_launches(monkeypatch)
+    at = app()
+    pick(at, fake_runs["stopped"])
+    ok(at)
+    assert any("Stopped at step 2 of 10" in i.value for i in at.info)
+    at.button(key="train_resume").click().run()
+    assert not at.exception
+    (name, argv, run_dir, kind), = launched
+    assert kind == "train" and name == "stopped" and run_dir == fake_runs["stopped"]
+    assert argv[1:4] == ["-m", "app.cli", "train"] and "--resume" in argv
+    assert argv[argv.index("--out") + 1] == str(fake_runs["stopped"])
+
+
+def test_a_resumed_run_is_queued_until_the_trainer_writes(fake_runs, workspace):
+    from app import jobs
+
+    run = fake_runs["stopped"]
+    job = jobs.launch("stopped", [sys.executable, "-c", "import time; time.sleep(60)"], run,
+                      kind="train")
+    try:
+        assert jobs.train_status(run)["state"] == "queued"  # not the stale "stopped"
+        with pytest.raises(InfosftError, match="still queued"):
+            jobs.resume_train(run)  # a second click starts nothing
+    finally:
+        jobs.stop_train(run)
+
+
+def test_finished_run_shows_the_model_and_how_to_load_it(fake_runs):
+    at = app()
+    pick(at, fake_runs["finished"])
+    ok(at)
+    final = fake_runs["finished"] / "final"
+    assert any(str(final) in s.value for s in at.success)
+    code = "\n".join(c.value for c in at.code)
+    assert f'load_model("{final}")' in code
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{final}")' in code
+    figs = charts(at)
+    assert figs["train_loss_chart"]["data"][1]["y"] == [1.3]  # eval loss
+    assert {m.label: m.value for m in at.metric}["Eval loss"] == "1.3"
+
+
+def test_evaluate_this_run_launches_an_evaluation_and_opens_the_page(fake_runs, monkeypatch):
+    launched = capture_launches(monkeypatch)
+    at = app()
+    pick(at, fake_runs["finished"])
+    at.button(key="train_evaluate").click().run()
+    assert not at.exception
+    (name, argv, run_dir, kind), = launched
+    assert kind == "eval" and run_dir == fake_runs["finished"]
+    assert argv[3:5] == ["eval", str(fake_runs["finished"])]
+    assert at.title[0].value == "Evaluate"
+    assert at.session_state["eval_runs"] == [str(fake_runs["finished"])]
+
+
+def test_runs_table_and_comparison(fake_runs):
+    at = app()
+    assert not at.exception
+    table = at.dataframe[0].value
+    states = dict(zip(table["name"], table["state"]))
+    assert states == {"running": "running", "failed": "failed", "stopped": "stopped",
+                      "finished": "finished"}
+    finals = dict(zip(table["name"], table["final_loss"]))
+    assert finals["finished"] == 1.2 and finals["stopped"] == 1.9
+    assert dict(zip(table["name"], table["knobs"]))["finished"] == "threshold=0.2, direction=higher"
+    # the runs with a logged loss are offered for comparison
+    compare = at.multiselect(key="train_compare")
+    assert set(compare.options) == {"running", "stopped", "finished"}  # shown by name
+    compare.set_value([str(fake_runs["finished"]), str(fake_runs["stopped"])]).run()
+    fig = charts(at)["train_compare_chart"]  # eval loss first: comparable across schemes
+    assert [(t["name"], t["y"]) for t in fig["data"]] == [("finished", [1.3])]
+    at.radio(key="train_compare_y").set_value("loss").run()
+    fig = charts(at)["train_compare_chart"]
+    assert {t["name"]: t["y"] for t in fig["data"]} == {"finished": [2.0, 1.6, 1.4, 1.2],
+                                                        "stopped": [2.0, 1.9]}
+
+
+# --- the job helpers ------------------------------------------------------------------
+
+def test_train_argv_carries_every_option(tmp_path):
+    from app.jobs import train_argv
+
+    argv = train_argv("d.jsonl", tmp_path / "out", scheme="profit",
+                      knobs=Settings(scheme="profit", direction="middle",
+                                     middle=(0.25, 0.75)).knobs(),
+                      mode="online", lora=False, lr=1e-5, max_steps=7, batch_size=2,
+                      grad_accum=3, max_length=128, eval_split=0.1, logging_steps=1,
+                      fields={"prompt": "q"}, no_template=True, model="m")
+    line = " ".join(argv[1:])
+    assert line.startswith("-m app.cli train --data d.jsonl --out ")
+    for part in ("--scheme profit", "--mode online", "--no-lora", "--threshold 0.25 0.75",
+                 "--direction middle", "--seed 0", "--lr 1e-05", "--max-steps 7",
+                 "--batch-size 2", "--grad-accum 3", "--max-length 128",
+                 "--eval-split 0.1", "--logging-steps 1", "--field prompt=q",
+                 "--no-template", "--model m"):
+        assert part in line, part
+    with pytest.raises(TypeError):
+        train_argv("d", tmp_path, bogus=1)
+
+
+def test_stop_sends_sigterm_to_the_job(workspace):
+    from app import jobs
+
+    run = workspace / "trainings" / "sleepy"
+    job = jobs.launch("sleepy", [sys.executable, "-c", "import time; time.sleep(60)"], run,
+                      kind="train")
+    assert jobs.train_status(run)["state"] == "queued"  # no status.json yet
+    assert jobs.list_jobs() == [] and jobs.list_jobs(kind="train")[0].id == job.id
+    jobs.stop_train(run)
+    deadline = time.time() + 20
+    while jobs.alive(jobs.load(job.id)) and time.time() < deadline:  # the fresh record
+        time.sleep(0.2)
+    assert not jobs.alive(jobs.load(job.id))
+    assert jobs.train_status(run)["state"] == "stopped"
+    with pytest.raises(InfosftError):
+        jobs.stop_train(run)  # nothing to stop
+
+
+def test_cli_error_before_the_trainer_starts_is_the_failure_reason(workspace):
+    from app import jobs
+
+    run = workspace / "trainings" / "bad"
+    jobs.launch("bad", [sys.executable, "-c", "print('infosft: error: data.jsonl, line 3: "
+                        "oops'); raise SystemExit(2)"], run, kind="train")
+    deadline = time.time() + 20
+    while (st := jobs.train_status(run))["state"] == "queued" and time.time() < deadline:
+        time.sleep(0.2)
+    assert st["state"] == "failed" and st["message"] == "data.jsonl, line 3: oops"
+
+
+# --- a real training from the page -------------------------------------------------------
+
+def test_launch_a_tiny_training_from_the_page(tmp_path, workspace, tiny_model_dir):
+    from app import jobs
+
+    data = tmp_path / "six.jsonl"
+    data.write_text("".join(SAMPLE_DATA.read_text().splitlines(keepends=True)[:6]))
+    at = app()
+    for key, value in (("train_data", str(data)), ("train_model", str(tiny_model_dir)),
+                       ("train_name", "tiny")):
+        at.text_input(key=key).set_value(value)
+    at.radio(key="train_by").set_value("steps").run()
+    for key, value in (("train_max_steps", 2), ("train_log_every", 1), ("train_batch", 2),
+                       ("train_max_len", 256), ("train_eval_split", 0.2)):
+        at.number_input(key=key).set_value(value)
+    at.run()
+    at.button(key="train_go").click().run()
+    ok(at)
+    run = workspace / "trainings" / "tiny"
+    assert at.success and at.selectbox(key="train_pick").value == str(run)
+    deadline = time.time() + 90
+    while (st := jobs.train_status(run))["state"] not in ("finished", "failed", "stopped"):
+        assert time.time() < deadline, f"still {st['state']}; log:\n{st['log']}"
+        time.sleep(1)
+    assert st["state"] == "finished", st["message"] or st["log"]
+    assert (run / "final" / "adapter_config.json").exists()
+    at.run()
+    ok(at)
+    assert any("final" in s.value for s in at.success)
+    table = at.dataframe[0].value
+    assert table["state"].to_list() == ["finished"] and table["progress"][0] == "2/2"
+    assert table["final_eval_loss"][0] is not None
+    at.text_input(key="train_name").set_value("tiny").run()
+    at.button(key="train_go").click().run()
+    assert at.error and "already exists" in at.error[0].value

@@ -1,0 +1,300 @@
+"""Before/after evaluation (``analysis.evaluate``, ``infosft eval``): the layout is
+ordinary scored runs, the report's numbers equal a direct recomputation from their
+Parquet, KL matches a full-softmax torch computation, a model against itself is all
+zero, bad input is one line; plus one short end-to-end run on the default model."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+
+from analysis.answers import extract_answer
+from analysis.delta import example_delta, example_deltas, top_movers
+from analysis.evaluate import (ACCURACY, EVAL, KL_FILE, PROGRESS, REPORT, SCORED, EvalConfig,
+                               combine_prior, evaluate_run, read_progress, report_table)
+from analysis.stats import Targets
+from analysis.store import Run
+from app.cli import main
+from infosft.errors import InfosftError
+from conftest import SAMPLE, write_jsonl
+
+SAMPLE_ROWS = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+MATH_ROWS = [r for r in SAMPLE_ROWS if r["task"] == "math"]
+CODE_ROWS = [r for r in SAMPLE_ROWS if r["task"] == "code"]
+TINY_EVAL = dict(limit=5, accuracy_limit=3, max_new_tokens=6)
+
+
+def make_training_run(path: Path, final_model, tokenizer, *, base: str | None,
+                      eval_rows: list[dict], state: str = "finished", **config) -> Path:
+    """A training run directory as ``infosft train`` leaves it: config.yaml, status.json,
+    metrics.jsonl, final/ (a full model + tokenizer) and data/eval.jsonl."""
+    path.mkdir(parents=True)
+    cfg = {"data": str(SAMPLE), "model": base, "scheme": "infosft", "C": 2.0, "P": None,
+           "threshold": None, "direction": None, "mode": "online", "lora": False,
+           "max_length": 512, "fields": None, "use_template": True, "eval_split": 0.1,
+           "eval_data": None, "seed": 0, "out": str(path), **config}
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (path / "status.json").write_text(json.dumps({"state": state}))
+    (path / "metrics.jsonl").write_text("")
+    if final_model is not None:
+        final_model.save_pretrained(path / "final")
+        tokenizer.save_pretrained(path / "final")
+    (path / "data").mkdir()
+    write_jsonl(path / "data" / "eval.jsonl", eval_rows)
+    return path
+
+
+def perturbed(model_dir: Path, scale: float, layer_filter: str):
+    """The model in ``model_dir`` with seeded Gaussian noise added to some weights."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if layer_filter in name:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.fixture(scope="module")
+def trainings(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("trainings")
+
+
+@pytest.fixture(scope="module")
+def tuned_run(trainings, tiny_model_dir, tokenizer) -> Path:
+    """The tiny model with its second layer perturbed, evaluated on 3 math + 2 code rows."""
+    run = make_training_run(trainings / "tuned", perturbed(tiny_model_dir, 0.05, "layers.1"),
+                            tokenizer, base=str(tiny_model_dir),
+                            eval_rows=MATH_ROWS[:3] + CODE_ROWS[:2])
+    evaluate_run(run, EvalConfig(**TINY_EVAL), progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def same_run(trainings, tuned_run, tiny_model_dir, tokenizer) -> Path:
+    """A "fine-tune" that is the base model itself, next to ``tuned_run`` (whose base
+    scores it reuses)."""
+    from transformers import AutoModelForCausalLM
+
+    run = make_training_run(trainings / "same",
+                            AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
+                            base=str(tiny_model_dir), eval_rows=MATH_ROWS[:3] + CODE_ROWS[:2],
+                            scheme="sft", C=None)
+    evaluate_run(run, EvalConfig(**TINY_EVAL), progress=False)
+    return run
+
+
+def report(run: Path) -> dict:
+    return json.loads((run / EVAL / REPORT).read_text())
+
+
+def test_layout_is_scored_runs_the_app_can_open(tuned_run):
+    rep = report(tuned_run)
+    assert rep["status"] == "complete"
+    for name in SCORED:
+        r = Run(tuned_run / EVAL / name)
+        meta = r.require_complete()
+        assert meta["max_length"] == 512
+        assert len(Targets.from_run(r)) == meta["counts"]["target_tokens"] > 0
+        assert r.read_examples().height == 5
+    assert not (tuned_run / EVAL / PROGRESS).exists()
+    assert rep["task"]["source"] == str(tuned_run / "data" / "eval.jsonl")
+    assert rep["training"]["scheme"] == "infosft" and rep["training"]["C"] == 2.0
+
+
+def _direct(run_dir: Path) -> tuple[float, float, int]:
+    """Mean NLL, mean q and count of target tokens, straight from the Parquet parts."""
+    lp = (pl.read_parquet(run_dir / "tokens" / "*.parquet").filter(pl.col("is_target"))
+          ["logp"].to_numpy().astype(np.float64))
+    return float(-lp.mean()), float(np.exp(lp).mean()), len(lp)
+
+
+def test_report_numbers_equal_direct_recomputation(tuned_run):
+    rep, d = report(tuned_run), tuned_run / EVAL
+    nums = {name: _direct(d / name) for name in SCORED}
+    for s in ("task", "prior"):
+        for who in ("base", "tuned"):
+            nll, q, n = nums[f"{who}-{s}"]
+            got = rep[s][who]
+            assert got["mean_nll"] == pytest.approx(nll, rel=1e-9)
+            assert got["mean_q"] == pytest.approx(q, rel=1e-9)
+            assert got["target_tokens"] == n
+    assert rep["learned"]["delta_nll"] == pytest.approx(
+        nums["tuned-task"][0] - nums["base-task"][0], rel=1e-9, abs=1e-12)
+    assert rep["learned"]["delta_q"] == pytest.approx(
+        nums["tuned-task"][1] - nums["base-task"][1], rel=1e-9, abs=1e-15)
+    assert rep["forgot"]["delta_nll"] == pytest.approx(
+        nums["tuned-prior"][0] - nums["base-prior"][0], rel=1e-9, abs=1e-12)
+    kl = pl.read_parquet(d / KL_FILE)
+    assert kl.height == nums["base-prior"][2]
+    assert rep["forgot"]["mean_kl"] == pytest.approx(kl["kl"].cast(pl.Float64).mean(), rel=1e-9)
+    assert rep["forgot"]["mean_kl"] > 0
+    acc = pl.read_parquet(d / ACCURACY)
+    assert rep["accuracy"]["n"] == acc.height == 3
+    assert rep["accuracy"]["tuned"] == pytest.approx(acc["tuned_correct"].mean())
+    row = report_table([rep]).row(0, named=True)
+    assert row["task_delta_nll"] == rep["learned"]["delta_nll"]
+    assert row["prior_kl"] == rep["forgot"]["mean_kl"] and row["knobs"].startswith("C=2")
+
+
+def test_kl_matches_full_softmax_torch(tuned_run, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    d = tuned_run / EVAL
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    tuned = AutoModelForCausalLM.from_pretrained(tuned_run / "final", dtype=torch.float32).eval()
+    tokens = (pl.read_parquet(d / "base-prior" / "tokens" / "*.parquet")
+              .filter(pl.col("example_id") == 2).sort("position"))
+    ids = torch.tensor([tokens["token_id"].to_list()])
+    with torch.no_grad():
+        lb = torch.log_softmax(base(ids).logits[0].double(), -1)    # (T, V)
+        lt = torch.log_softmax(tuned(ids).logits[0].double(), -1)
+    kl = pl.read_parquet(d / KL_FILE).filter(pl.col("example_id") == 2).sort("position")
+    pos = torch.tensor(kl["position"].to_list())
+    assert pos.tolist() == tokens.filter(pl.col("is_target"))["position"].to_list()
+    want = (lb[pos - 1].exp() * (lb[pos - 1] - lt[pos - 1])).sum(-1)
+    np.testing.assert_allclose(kl["kl"].to_numpy(), want.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_model_against_itself_is_all_zero(same_run):
+    rep, d = report(same_run), same_run / EVAL
+    assert rep["learned"] == {"delta_nll": 0.0, "delta_q": 0.0}
+    assert rep["forgot"]["delta_nll"] == 0.0
+    assert pl.read_parquet(d / KL_FILE)["kl"].abs().max() < 1e-6
+    for s in ("task", "prior"):
+        base, tuned = Run(d / f"base-{s}"), Run(d / f"tuned-{s}")
+        per = example_deltas(base, tuned)
+        assert per["max_abs_delta"].max() == 0.0
+        view = example_delta(base, tuned, int(per["example_id"][0]))
+        assert view.filter(pl.col("is_target"))["delta"].abs().max() == 0.0
+        assert view.filter(~pl.col("is_target"))["delta"].null_count() == \
+            view.filter(~pl.col("is_target")).height
+        assert top_movers(base, tuned).height == 0
+    acc = pl.read_parquet(d / ACCURACY)
+    assert acc["base_output"].to_list() == acc["tuned_output"].to_list()
+
+
+def test_base_scores_and_answers_are_reused_from_a_sibling(tuned_run, same_run):
+    rep, other = report(same_run), report(tuned_run)
+    assert set(rep["reused"]) == {"base-task", "base-prior", "accuracy-base"}
+    for s in ("task", "prior"):
+        assert rep[s]["base"] == other[s]["base"]
+    a = pl.read_parquet(same_run / EVAL / ACCURACY)
+    b = pl.read_parquet(tuned_run / EVAL / ACCURACY)
+    assert a["base_output"].to_list() == b["base_output"].to_list()
+
+
+def test_accuracy_file_answers_math_rows_only(tuned_run):
+    acc = pl.read_parquet(tuned_run / EVAL / ACCURACY)
+    assert set(acc.columns) >= {"example_id", "reference", "base_answer", "tuned_answer",
+                                "base_correct", "tuned_correct"}
+    assert acc["example_id"].to_list() == [0, 1, 2]  # the three math rows, not the code
+    assert acc["reference"].to_list() == [extract_answer(r["response"]) for r in MATH_ROWS[:3]]
+    for who in ("base", "tuned"):
+        same = (acc[f"{who}_answer"] == acc["reference"]).fill_null(False)
+        assert acc[f"{who}_correct"].to_list() == same.to_list()
+
+
+def test_progress_fraction_and_eta(tmp_path):
+    (tmp_path / PROGRESS).write_text(json.dumps({
+        "stage": "kl-prior", "weights": {"base-task": 10, "tuned-task": 10, "kl-prior": 20},
+        "completed": ["base-task", "tuned-task"], "done": 5, "total": 10,
+        "started_at": 0}))
+    p = read_progress(tmp_path)
+    assert p["stage"] == "kl-prior" and p["fraction"] == pytest.approx(0.75)
+    assert p["eta_s"] == pytest.approx(p["elapsed_s"] / 3, rel=1e-3)
+    assert read_progress(tmp_path / "missing") is None
+
+
+def test_prior_sets_of_different_formats_combine(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"question": "Hi?", "answer": "Hello."}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"messages": [{"role": "user", "content": "x"},
+                                                         {"role": "assistant", "content": "y"}]}])
+    out = combine_prior([str(a), str(b)], tmp_path / "prior.jsonl", limit=None)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["messages"][-1]["content"] for r in rows] == ["Hello.", "y"]
+    assert [r["prior_source"] for r in rows] == [str(a), str(b)]
+    t = write_jsonl(tmp_path / "t.jsonl", [{"text": "plain"}])
+    with pytest.raises(InfosftError, match="mix plain text and conversations"):
+        combine_prior([str(a), str(t)], tmp_path / "p2.jsonl", limit=None)
+
+
+def _cli_error(capsys, *argv) -> str:
+    assert main(["eval", *map(str, argv), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_cli_one_line_errors(tmp_path, capsys, tuned_run, tiny_model_dir):
+    assert "no such training run directory" in _cli_error(capsys, tmp_path / "nope")
+    (tmp_path / "scored").mkdir()
+    assert "not a training run (no config.yaml)" in _cli_error(capsys, tmp_path / "scored")
+    running = make_training_run(tmp_path / "running", None, None, base=str(tiny_model_dir),
+                                eval_rows=MATH_ROWS[:2], state="running")
+    err = _cli_error(capsys, running)
+    assert "training is not finished (state 'running')" in err
+    # all runs are checked before the first starts: the finished one is left untouched
+    assert "training is not finished" in _cli_error(capsys, tuned_run, running, "--overwrite")
+    assert report(tuned_run)["status"] == "complete"
+    assert "already exists; use --overwrite" in _cli_error(capsys, tuned_run)
+    (running / "status.json").write_text('{"state": "finished"}')
+    assert "no final model" in _cli_error(capsys, running)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "response": ""}])
+    shutil.copytree(tuned_run / "final", running / "final")
+    err = _cli_error(capsys, running, "--task-data", bad)
+    assert err == f"infosft: error: {bad}, line 1, field 'response': empty"
+    assert "--max-new-tokens must be >= 1" in _cli_error(capsys, running, "--max-new-tokens", 0)
+    cfg = yaml.safe_load((running / "config.yaml").read_text())
+    (running / "config.yaml").write_text(yaml.safe_dump({**cfg, "max_length": "long"}))
+    assert "config.yaml: field 'max_length': expected an integer" in _cli_error(capsys, running)
+    (running / "config.yaml").write_text("model: [unclosed")
+    assert "config.yaml: not valid YAML" in _cli_error(capsys, running)
+
+
+@pytest.mark.slow
+def test_end_to_end_default_model(tmp_path, default_model, tokenizer, capsys):
+    """base = the embedded default model, tuned = the same with its last MLP perturbed;
+    6 math task rows, 6 prior rows, greedy answers on 2."""
+    model = default_model[0]
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if "layers.29.mlp" in n}
+    g = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in saved:
+                    p.add_(0.02 * torch.randn(p.shape, generator=g))
+        run = make_training_run(tmp_path / "run", model, tokenizer, base=None,
+                                eval_rows=MATH_ROWS[:6], max_length=1024)
+    finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n])
+    assert main(["eval", str(run), "--limit", "6", "--accuracy-limit", "2",
+                 "--max-new-tokens", "48", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "learned: task NLL" in out and "accuracy" in out
+    rep = report(run)
+    assert rep["status"] == "complete" and rep["base_model"] == "default"
+    assert rep["task"]["examples"] == rep["prior"]["examples"] == 6
+    assert rep["models"]["base"]["revision"].startswith("sha256:")
+    for key in ("delta_nll", "delta_q"):
+        assert math.isfinite(rep["learned"][key])
+    assert rep["forgot"]["mean_kl"] > 0 and math.isfinite(rep["forgot"]["delta_nll"])
+    assert rep["accuracy"]["n"] == 2 and rep["accuracy"]["style"] == "marker"
+    acc = pl.read_parquet(run / EVAL / ACCURACY)
+    assert acc["base_output"].str.len_chars().min() > 0
+    # the base model's numbers on the task set equal a plain scoring of the same rows
+    direct = _direct(run / EVAL / "base-task")
+    assert rep["task"]["base"]["mean_nll"] == pytest.approx(direct[0], rel=1e-9)
