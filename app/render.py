@@ -31,7 +31,7 @@ CSS = """<style>
 </style>"""
 
 
-def _interp(x: np.ndarray, stops: np.ndarray) -> np.ndarray:
+def interp(x: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """``(n, 3)`` RGB for values ``x (n,)`` in [0, 1] along colour ``stops``."""
     x = np.clip(np.nan_to_num(x, nan=0.0), 0, 1)
     return np.stack([np.interp(x, stops[:, 0], stops[:, c]) for c in (1, 2, 3)], axis=1)
@@ -52,11 +52,21 @@ def color_values(view: pl.DataFrame, color_by: str, scheme: str = "infosft") -> 
 
 def colors(values: np.ndarray, color_by: str) -> list[str]:
     """CSS ``rgb()`` strings for values in [0, 1]."""
-    rgb = _interp(values, _W_STOPS if color_by == "weight" else _Q_STOPS).round().astype(int)
+    rgb = interp(values, _W_STOPS if color_by == "weight" else _Q_STOPS).round().astype(int)
     return [f"rgb({r},{g},{b})" for r, g, b in rgb]
 
 
-def _num(x: Any, fmt: str) -> str:
+def duration(seconds) -> str:
+    """``1h 02m``, ``3m 05s``, ``12s``; ``estimating...`` when unknown."""
+    if seconds is None:
+        return "estimating..."
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def number_text(x: Any, fmt: str) -> str:
+    """``x`` formatted with ``fmt``; a dash for a missing value (None or NaN)."""
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
@@ -64,18 +74,18 @@ def tooltip(row: dict[str, Any]) -> str:
     """The hover text of one token: q, logp, rank, entropy, all schemes' weights, top-k."""
     if not row["is_target"]:
         return f"{row['token']!r}: prompt / template token (not trained on)"
-    lines = [f"{row['token']!r}  q {_num(row['q'], '.4f')}  logp {_num(row['logp'], '.3f')}",
-             f"rank {row['rank']}  entropy {_num(row['entropy'], '.3f')} nats",
-             "weights: " + "  ".join(f"{SCHEME_LABELS[s]} {_num(row[f'w_{s}'], '.3f')}"
+    lines = [f"{row['token']!r}  q {number_text(row['q'], '.4f')}  logp {number_text(row['logp'], '.3f')}",
+             f"rank {row['rank']}  entropy {number_text(row['entropy'], '.3f')} nats",
+             "weights: " + "  ".join(f"{SCHEME_LABELS[s]} {number_text(row[f'w_{s}'], '.3f')}"
                                      for s in SCHEMES)]
     pieces, probs = row.get("top_pieces") or [], row.get("top_probs") or []
     if pieces:
-        lines.append("top-k: " + ", ".join(f"{p!r} {_num(pr, '.3f')}"
+        lines.append("top-k: " + ", ".join(f"{p!r} {number_text(pr, '.3f')}"
                                            for p, pr in zip(pieces, probs)))
     return "\n".join(lines)
 
 
-def _piece_html(token: str) -> str:
+def piece_html(token: str) -> str:
     """A token's text, escaped; a newline shows as a visible ↵ and then breaks the line."""
     parts = html.escape(token or "").split("\n")
     return '<span class="nl">↵</span>\n'.join(parts)
@@ -95,10 +105,10 @@ def token_html(view: pl.DataFrame, color_by: str = "q", scheme: str = "infosft",
         title = html.escape(tooltip(row), quote=True).replace("\n", "&#10;")
         if row["is_target"]:
             out.append(f'<span class="t" data-pos="{row["position"]}" title="{title}" '
-                       f'style="background:{color}">{_piece_html(row["token"])}</span>')
+                       f'style="background:{color}">{piece_html(row["token"])}</span>')
         else:
             out.append(f'<span class="p" data-pos="{row["position"]}" title="{title}">'
-                       f'{_piece_html(row["token"])}</span>')
+                       f'{piece_html(row["token"])}</span>')
     return f'{CSS}<div class="tv">{"".join(out)}</div>'
 
 
@@ -114,7 +124,7 @@ def legend_html(color_by: str, scheme: str = "infosft") -> str:
 
 
 def pct(x: float) -> str:
-    return _num(100 * x if x is not None else None, ".1f") + "%"
+    return number_text(100 * x if x is not None else None, ".1f") + "%"
 
 
 def summary_cards(s: dict[str, Any]) -> list[tuple[str, str]]:

@@ -6,13 +6,12 @@ markup and CSS as the token view (``app.render``)."""
 from __future__ import annotations
 
 import html
-import math
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from app.render import CSS, _interp, _piece_html
+from app.render import CSS, interp, number_text, piece_html
 
 #: Diverging colour stops: red (delta <= -scale) - white (0) - green (delta >= +scale).
 DELTA_STOPS = np.array([[0.0, 215, 48, 39], [0.5, 255, 255, 255], [1.0, 26, 152, 80]])
@@ -21,23 +20,20 @@ DELTA_STOPS = np.array([[0.0, 215, 48, 39], [0.5, 255, 255, 255], [1.0, 26, 152,
 def delta_colors(delta: np.ndarray, scale: float) -> list[str]:
     """CSS ``rgb()`` strings for deltas ``(n,)`` (NaN: white), clipped at +-``scale``."""
     x = 0.5 + np.clip(np.nan_to_num(delta, nan=0.0), -scale, scale) / (2 * scale)
-    rgb = _interp(x, DELTA_STOPS).round().astype(int)
+    rgb = interp(x, DELTA_STOPS).round().astype(int)
     return [f"rgb({r},{g},{b})" for r, g, b in rgb]
-
-
-def _f(x: Any, fmt: str) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
 def delta_tooltip(row: dict[str, Any]) -> str:
     """Hover text of one token of :func:`analysis.delta.example_delta`'s frame."""
     if not row["is_target"]:
         return f"{row['token']!r}: prompt / template token (not scored)"
-    lines = [f"{row['token']!r}  Δlogp {_f(row['delta'], '+.3f')}",
-             f"logp base {_f(row['logp_base'], '.3f')} → tuned {_f(row['logp_tuned'], '.3f')}",
-             f"q base {_f(row['q_base'], '.4f')} → tuned {_f(row['q_tuned'], '.4f')}"]
+    n = number_text
+    lines = [f"{row['token']!r}  Δlogp {n(row['delta'], '+.3f')}",
+             f"logp base {n(row['logp_base'], '.3f')} → tuned {n(row['logp_tuned'], '.3f')}",
+             f"q base {n(row['q_base'], '.4f')} → tuned {n(row['q_tuned'], '.4f')}"]
     if row.get("kl") is not None:
-        lines.append(f"KL(base‖tuned) {_f(row['kl'], '.4f')} nats")
+        lines.append(f"KL(base‖tuned) {number_text(row['kl'], '.4f')} nats")
     return "\n".join(lines)
 
 
@@ -50,10 +46,10 @@ def delta_html(view: pl.DataFrame, scale: float = 2.0) -> str:
         title = html.escape(delta_tooltip(row), quote=True).replace("\n", "&#10;")
         if row["is_target"]:
             out.append(f'<span class="t" data-pos="{row["position"]}" title="{title}" '
-                       f'style="background:{color}">{_piece_html(row["token"])}</span>')
+                       f'style="background:{color}">{piece_html(row["token"])}</span>')
         else:
             out.append(f'<span class="p" data-pos="{row["position"]}" title="{title}">'
-                       f'{_piece_html(row["token"])}</span>')
+                       f'{piece_html(row["token"])}</span>')
     return f'{CSS}<div class="tv">{"".join(out)}</div>'
 
 

@@ -275,7 +275,7 @@ def test_a_resumed_run_is_queued_until_the_trainer_writes(fake_runs, workspace):
     from app import jobs
 
     run = fake_runs["stopped"]
-    job = jobs.launch("stopped", [sys.executable, "-c", "import time; time.sleep(60)"], run,
+    jobs.launch("stopped", [sys.executable, "-c", "import time; time.sleep(60)"], run,
                       kind="train")
     try:
         assert jobs.train_status(run)["state"] == "queued"  # not the stale "stopped"

@@ -10,6 +10,7 @@ import streamlit as st
 from analysis.preview import preview
 from analysis.runs import list_runs
 from app import jobs, state, workspace
+from app.render import duration
 
 SOURCES = ("Bundled sample", "Upload a file", "Local path", "Hugging Face dataset")
 MODELS = ("Embedded default (SmolLM2-135M-Instruct)", "Local path", "Hugging Face id")
@@ -121,13 +122,6 @@ def scoring_form() -> None:
         st.success(f"Started job {job.id}: scoring into `{job.run_dir}`")
 
 
-def _eta(seconds) -> str:
-    if seconds is None:
-        return "estimating..."
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m {s:02d}s" if m else f"{s}s"
-
-
 @st.fragment(run_every=2)
 def jobs_panel() -> None:
     """Refreshes itself every 2 s without rerunning the rest of the page."""
@@ -141,7 +135,7 @@ def jobs_panel() -> None:
             a, b = st.columns([5, 1])
             a.markdown(f"**{job.name}** · {stt['state']} · `{job.run_dir}`")
             if stt["state"] in ("starting", "running"):
-                label = (f"{stt['done']:,} / {stt['total']:,} tokens · ETA {_eta(stt['eta_s'])}"
+                label = (f"{stt['done']:,} / {stt['total']:,} tokens · ETA {duration(stt['eta_s'])}"
                          if stt["total"] else f"loading data and model... "
                          f"({stt['elapsed_s']:.0f}s)")
                 a.progress(stt["fraction"], text=label)

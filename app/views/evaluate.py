@@ -12,6 +12,7 @@ from analysis.delta import example_delta, example_deltas, token_movers, top_move
 from analysis.store import Run
 from analysis.training import find_train_runs
 from app import charts, jobs, state, workspace
+from app.render import duration
 from app.render_delta import delta_html, delta_legend
 
 SETS = {"task": "Held-out task", "prior": "Prior capability"}
@@ -52,13 +53,6 @@ def launch_form(runs: list[Path]) -> None:
         st.success(f"Started job {job.id}: evaluating {len(pick)} run(s)")
 
 
-def _eta(seconds) -> str:
-    if seconds is None:
-        return "estimating..."
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m {s:02d}s" if m else f"{s}s"
-
-
 @st.fragment(run_every=2)
 def jobs_panel() -> None:
     """Evaluation jobs; refreshes itself every 2 s without rerunning the page."""
@@ -73,7 +67,7 @@ def jobs_panel() -> None:
             a.markdown(f"**{job.name}** · {s['state']}")
             if s["state"] in ("starting", "running"):
                 a.progress(s["fraction"], text=f"{s['stage'] or 'loading data and models...'}"
-                           f" · ETA {_eta(s['eta_s'])}")
+                           f" · ETA {duration(s['eta_s'])}")
                 b.button("Cancel", key=f"ev_cancel_{job.id}", on_click=jobs.cancel, args=(job,))
             elif s["state"] == "failed":
                 a.error(f"Evaluation failed: {s['message']}")

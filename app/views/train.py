@@ -9,21 +9,12 @@ import streamlit as st
 from analysis.export import read_export_meta
 from analysis.training import list_train_runs, metrics_frame, tail_lines
 from app import charts, jobs, knobs, state, workspace
-from app.render import knobs_text
+from app.render import duration, knobs_text
 from infosft.train_config import FULL_LR, LORA_LR, field_default
 from infosft.train_status import ACTIVE_STATES, LOG
 
 FORM = "train_form_settings"  # the form's knobs (a Settings), bound to the knob widgets
 SAVED = "_train_inputs"  # the form's other values, kept while the page is not shown
-
-
-def duration(seconds) -> str:
-    """``1h 02m``, ``3m 05s``, ``12s``; ``estimating...`` when unknown."""
-    if seconds is None:
-        return "estimating..."
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
 
 
 # --- the form ----------------------------------------------------------------------------
