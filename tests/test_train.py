@@ -272,3 +272,25 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, short_data, tiny_
     assert [m["loss"] for m in accum] == pytest.approx([m["loss"] for m in big], rel=1e-4)
     assert [m["grad_norm"] for m in accum] == pytest.approx([m["grad_norm"] for m in big],
                                                             rel=1e-3)
+
+
+def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_model_dir):
+    """Data-parallel under the standard launcher: 2 ranks x batch 2 give the gradient of
+    one process with batch 4. The rows differ in length, so the ranks hold different
+    token counts and only a loss normalized by the tokens of all ranks agrees."""
+    rows = [{"text": " ".join(["word"] * n)} for n in (3, 12, 40, 90)]
+    data = write_jsonl(tmp_path / "uneven.jsonl", rows)
+    values = tiny_cfg(data, tmp_path / "one", tiny_model_dir, max_steps=1, batch_size=4)
+    one = subprocess.run([sys.executable, "-m", "app.cli", "train", *cli_args(values)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    values = {**values, "out": str(tmp_path / "two"), "batch_size": 2}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                          "2", "--master_port", "29531", "-m", "app.cli", "train",
+                          *cli_args(values)], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    (m1,), (m2,) = ([m for m in ts.read_metrics(tmp_path / d) if "loss" in m]
+                    for d in ("one", "two"))
+    assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
+    assert ts.read_status(tmp_path / "two")["state"] == "finished"
