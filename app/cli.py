@@ -107,7 +107,8 @@ def cmd_app(args) -> int:
         env["INFOSFT_WORKSPACE"] = str(Path(args.workspace).resolve())
     argv = [sys.executable, "-m", "streamlit", "run", str(main_py),
             "--server.address", args.host, "--server.port", str(args.port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "minimal"]  # no "Deploy": a local tool
     print(f"infosft app on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
     try:
         return subprocess.call(argv, env=env)

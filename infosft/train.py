@@ -25,7 +25,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -529,11 +528,7 @@ def build_model(cfg: TrainConfig, device: str):
     set_seed(cfg.seed)  # the LoRA init
     lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                       lora_dropout=cfg.lora_dropout, target_modules="all-linear")
-    with warnings.catch_warnings():
-        # peft reads a property that transformers 5 deprecated: noise for our users
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated",
-                                FutureWarning)
-        model = get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return model, tokenizer

@@ -77,10 +77,12 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--disable-background-networking", "--disable-component-update",
+              "--no-first-run", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
               "--window-size=1600,1100"):
         opts.add_argument(a)
     d = webdriver.Chrome(service=Service(DRIVER), options=opts)
