@@ -83,8 +83,10 @@ def loss_curve(metrics: pl.DataFrame) -> go.Figure:
                              name="eval loss (plain NLL)", mode="lines+markers",
                              marker=dict(size=9, symbol="diamond"),
                              line=dict(color="#1f77b4", dash="dot")), secondary_y=True)
+    _train_layout(fig, "loss per supervised token", "train loss")
+    # after the shared layout, which titles every y axis
     fig.update_yaxes(title="eval loss", secondary_y=True, showgrid=False)
-    return _train_layout(fig, "loss per supervised token", "train loss")
+    return fig
 
 
 def mean_weight_curve(metrics: pl.DataFrame) -> go.Figure:

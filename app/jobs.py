@@ -318,12 +318,7 @@ def stop_train(run_dir: str | Path) -> None:
     its process group may be the user's shell."""
     job = train_job(run_dir)
     if job is not None and alive(job):
-        job.cancelled = True
-        job.save()
-        try:
-            os.killpg(job.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
+        cancel(job)
         return
     st = ts.read_status(run_dir)
     pid, here = st.get("pid"), st.get("host") in (None, socket.gethostname())

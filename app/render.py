@@ -99,10 +99,15 @@ def token_html(view: pl.DataFrame, color_by: str = "q", scheme: str = "infosft",
     ``targets_only`` the prompt tokens are left out (for narrow side-by-side columns)."""
     if targets_only:
         view = view.filter(pl.col("is_target"))
-    bg = colors(color_values(view, color_by, scheme), color_by)
+    return spans_html(view, colors(color_values(view, color_by, scheme), color_by), tooltip)
+
+
+def spans_html(view: pl.DataFrame, backgrounds, title_of) -> str:
+    """One ``<span>`` per token row of ``view``: targets on their background colour,
+    prompt tokens grey, each with ``title_of(row)`` as its hover text."""
     out = []
-    for row, color in zip(view.iter_rows(named=True), bg):
-        title = html.escape(tooltip(row), quote=True).replace("\n", "&#10;")
+    for row, color in zip(view.iter_rows(named=True), backgrounds):
+        title = html.escape(title_of(row), quote=True).replace("\n", "&#10;")
         if row["is_target"]:
             out.append(f'<span class="t" data-pos="{row["position"]}" title="{title}" '
                        f'style="background:{color}">{piece_html(row["token"])}</span>')

@@ -5,13 +5,12 @@ markup and CSS as the token view (``app.render``)."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from app.render import CSS, interp, number_text, piece_html
+from app.render import CSS, interp, number_text, spans_html
 
 #: Diverging colour stops: red (delta <= -scale) - white (0) - green (delta >= +scale).
 DELTA_STOPS = np.array([[0.0, 215, 48, 39], [0.5, 255, 255, 255], [1.0, 26, 152, 80]])
@@ -38,19 +37,10 @@ def delta_tooltip(row: dict[str, Any]) -> str:
 
 
 def delta_html(view: pl.DataFrame, scale: float = 2.0) -> str:
-    """One example as HTML, target tokens coloured by delta (one Python pass over this
-    one example's tokens, like ``app.render.token_html``)."""
+    """One example as HTML, target tokens coloured by delta, hover text per token
+    (the same markup as ``app.render.token_html``)."""
     bg = delta_colors(view["delta"].cast(pl.Float64).fill_null(np.nan).to_numpy(), scale)
-    out = []
-    for row, color in zip(view.iter_rows(named=True), bg):
-        title = html.escape(delta_tooltip(row), quote=True).replace("\n", "&#10;")
-        if row["is_target"]:
-            out.append(f'<span class="t" data-pos="{row["position"]}" title="{title}" '
-                       f'style="background:{color}">{piece_html(row["token"])}</span>')
-        else:
-            out.append(f'<span class="p" data-pos="{row["position"]}" title="{title}">'
-                       f'{piece_html(row["token"])}</span>')
-    return f'{CSS}<div class="tv">{"".join(out)}</div>'
+    return spans_html(view, bg, delta_tooltip)
 
 
 def delta_legend(scale: float = 2.0) -> str:

@@ -296,6 +296,12 @@ def test_finished_run_shows_the_model_and_how_to_load_it(fake_runs):
     assert f'AutoPeftModelForCausalLM.from_pretrained("{final}")' in code
     figs = charts(at)
     assert figs["train_loss_chart"]["data"][1]["y"] == [1.3]  # eval loss
+    # on its own axis, titled as such (the scales differ: weighted vs plain NLL)
+    spec = json.loads(next(c for c in at.get("plotly_chart")
+                           if c.key == "train_loss_chart").proto.spec)
+    assert spec["data"][1]["yaxis"] == "y2"
+    assert (spec["layout"]["yaxis"]["title"]["text"], spec["layout"]["yaxis2"]["title"]["text"]) \
+        == ("train loss", "eval loss")
     assert {m.label: m.value for m in at.metric}["Eval loss"] == "1.3"
 
 
