@@ -180,12 +180,10 @@ def cmd_train(args) -> int:
               f"{Path(cfg.out) / ts.LOG})", file=sys.stderr)
         return 1
     status = ts.read_status(run)
-    if status["state"] == "stopped":
+    if status["state"] == "stopped":  # (a finished run was announced by the trainer's log)
         print(f"stopped at step {status['step']}; continue with: infosft train --out {run} "
               "--resume" if status["resumable"] else f"stopped at step {status['step']} "
               "before any checkpoint")
-    else:
-        print(f"finished {status['step']} steps; the model is in {status['final_model']}")
     return 0
 
 
