@@ -63,8 +63,7 @@ def weight_share_histogram(hist: pl.DataFrame, *, log_x: bool,
 
 def _train_layout(fig: go.Figure, title: str, y_title: str) -> go.Figure:
     fig.update_xaxes(title="optimizer step")
-    fig.update_yaxes(title=y_title)
-    fig.update_layout(height=340, margin=dict(l=10, r=10, t=60, b=10), title=title,
+    fig.update_layout(yaxis_title=y_title, height=340, margin=dict(l=10, r=10, t=60, b=10), title=title,
                       legend=dict(orientation="h", y=-0.3))
     return fig
 
@@ -83,10 +82,8 @@ def loss_curve(metrics: pl.DataFrame) -> go.Figure:
                              name="eval loss (plain NLL)", mode="lines+markers",
                              marker=dict(size=9, symbol="diamond"),
                              line=dict(color="#1f77b4", dash="dot")), secondary_y=True)
-    _train_layout(fig, "loss per supervised token", "train loss")
-    # after the shared layout, which titles every y axis
     fig.update_yaxes(title="eval loss", secondary_y=True, showgrid=False)
-    return fig
+    return _train_layout(fig, "loss per supervised token", "train loss")
 
 
 def mean_weight_curve(metrics: pl.DataFrame) -> go.Figure:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -102,9 +102,11 @@ def token_html(view: pl.DataFrame, color_by: str = "q", scheme: str = "infosft",
     return spans_html(view, colors(color_values(view, color_by, scheme), color_by), tooltip)
 
 
-def spans_html(view: pl.DataFrame, backgrounds, title_of) -> str:
-    """One ``<span>`` per token row of ``view``: targets on their background colour,
-    prompt tokens grey, each with ``title_of(row)`` as its hover text."""
+def spans_html(view: pl.DataFrame, backgrounds: Sequence[str],
+               title_of: Callable[[dict[str, Any]], str]) -> str:
+    """One ``<span>`` per token row of ``view``: targets on their background colour
+    (``backgrounds``, one CSS colour per row), prompt tokens grey, each with
+    ``title_of(row)`` as its hover text."""
     out = []
     for row, color in zip(view.iter_rows(named=True), backgrounds):
         title = html.escape(title_of(row), quote=True).replace("\n", "&#10;")

@@ -263,7 +263,7 @@ def test_cli_one_line_errors(tmp_path, capsys, tuned_run, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_end_to_end_default_model(tmp_path, default_model, capsys):
+def test_end_to_end_default_model(tmp_path, default_dir, capsys):
     """A real ``infosft train`` run (LoRA, a few steps, the embedded default model) on
     math rows, then ``infosft eval`` of it: the adapter is loaded onto its base, the held-out
     task NLL drops, the prior set moves (KL > 0) and greedy answers are scored."""
