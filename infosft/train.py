@@ -351,6 +351,16 @@ def _any_rank(flag: bool, device) -> bool:
     return bool(t.item())
 
 
+def _close_process_group() -> None:
+    """Under a launcher, wait for every rank, then close the process group: rank 0 hosts
+    the rendezvous store, and a rank still using it when rank 0 exits aborts (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _callback_class():
     from transformers import TrainerCallback
 
@@ -609,7 +619,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     stop = StopRequest(run_dir, is_main)
     stop.install()
     try:
-        return _train(cfg, run_dir, ckpt, stop, is_main, previous)
+        out = _train(cfg, run_dir, ckpt, stop, is_main, previous)
+        _close_process_group()
+        return out
     except BaseException as e:
         if is_main:
             log.error("training failed: %s", one_line(e),
