@@ -19,6 +19,7 @@ import torch
 from analysis.score import ScoreConfig, Scorer, batches_by_budget, shared_prefix
 from infosft.data import PreparedExample
 from infosft.errors import InfosftError
+from infosft.packed_linear import packed_linears
 
 KL_SCHEMA = {"example_id": pl.Int32, "position": pl.Int32, "kl": pl.Float32}
 
@@ -102,20 +103,20 @@ def joint_kl(base_model, tuned_model, tokenizer, examples: list[PreparedExample]
     """
     if not examples:
         return pl.DataFrame(schema=KL_SCHEMA)
-    cfg = ScoreConfig(source="", out="", head_chunk=head_chunk)
+    cfg = ScoreConfig(source="", out="", token_budget=token_budget, head_chunk=head_chunk)
     prefix = shared_prefix(examples)
     # pieces=[]: the token texts are not needed here and take seconds to decode.
     base = Scorer(base_model, tokenizer, cfg, prefix=prefix, pieces=[])
     tuned = Scorer(tuned_model, tokenizer, cfg, prefix=prefix, pieces=[])
-    budget = token_budget or (2048 if base.device.type == "cpu" else 16384)
     total = sum(ex.tokens.n_tokens for ex in examples)
     done, frames = 0, []
-    for batch_idx in batches_by_budget([ex.tokens.n_tokens for ex in examples], budget):
-        batch = [examples[j] for j in batch_idx]
-        frames.append(kl_batch(base, tuned, batch))
-        done += sum(ex.tokens.n_tokens for ex in batch)
-        if on_batch:
-            on_batch(done, total)
+    with packed_linears(base_model, base.budget), packed_linears(tuned_model, tuned.budget):
+        for batch_idx in batches_by_budget([ex.tokens.n_tokens for ex in examples], base.budget):
+            batch = [examples[j] for j in batch_idx]
+            frames.append(kl_batch(base, tuned, batch))
+            done += sum(ex.tokens.n_tokens for ex in batch)
+            if on_batch:
+                on_batch(done, total)
     return pl.concat(frames).sort("example_id", "position")
 
 

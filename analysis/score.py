@@ -29,6 +29,7 @@ from analysis.store import TOKEN_SCHEMA, Run, atomic_write_json, atomic_write_pa
 from infosft.data import PreparedExample, has_template, prepare
 from infosft.errors import InfosftError
 from infosft.models import load_model, load_tokenizer
+from infosft.packed_linear import packed_linears
 from infosft.records import read_records
 
 
@@ -57,6 +58,17 @@ class ScoreConfig:
     RESULT_FIELDS = ("source", "model", "max_length", "limit", "fields", "use_template",
                      "skip_invalid", "split", "top_k")
 
+    def check(self) -> None:
+        """Raise a one-line ``InfosftError`` naming the first knob out of range."""
+        minimum = {"max_length": 2, "top_k": 1, "part_tokens": 1, "head_chunk": 1,
+                   "limit": 1, "token_budget": 1}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < low):
+                raise InfosftError(f"--{name.replace('_', '-')} must be an integer of at "
+                                   f"least {low}, got {value!r}")
+
 
 def versions() -> dict[str, str]:
     """Versions of the packages that decide the scores (recorded in meta.json)."""
@@ -82,6 +94,27 @@ def batches_by_budget(lengths: list[int], budget: int) -> list[list[int]]:
     return out
 
 
+def target_rank(logits: torch.Tensor, tgt: torch.Tensor, top_vals: torch.Tensor) -> torch.Tensor:
+    """1 + the number of logits strictly above the target's (1 = argmax; ties share).
+
+    Args:
+        logits: ``(n, V)``.
+        tgt: ``(n,)`` the target's logit in each row.
+        top_vals: ``(n, k)`` each row's k largest logits, descending.
+
+    Returns:
+        ``(n,)`` int32. A target at or above the k-th largest logit is ranked from
+        ``top_vals`` alone (every larger logit is among them); only the other rows
+        are compared with the whole vocabulary.
+    """
+    rank = (top_vals > tgt[:, None]).sum(-1, dtype=torch.int32) + 1
+    outside = (tgt < top_vals[:, -1]).nonzero().squeeze(1)
+    if outside.numel():
+        rows = logits.index_select(0, outside)
+        rank[outside] = (rows > tgt[outside, None]).sum(-1, dtype=torch.int32) + 1
+    return rank
+
+
 @torch.inference_mode()
 def target_stats(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.Module, *,
                  top_k: int, chunk: int, softcap: float | None = None) -> dict[str, torch.Tensor]:
@@ -103,19 +136,24 @@ def target_stats(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.
         logits = lm_head(hidden[s:s + chunk]).float()                     # (n, V)
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
-        y = targets[s:s + chunk]
-        probs = torch.softmax(logits, dim=-1)                             # (n, V)
         top_vals, top_ids = logits.topk(top_k, dim=-1)                    # (n, k)
-        # log-sum-exp from the top token: p_max >= 1/V never underflows, and it saves
-        # a second pass over the vocabulary.
-        lse = top_vals[:, 0] - probs.gather(1, top_ids[:, :1]).squeeze(1).log()
-        tgt = logits.gather(1, y[:, None])                                # (n, 1)
-        mean_logit = (probs * logits).sum(-1)  # a bmm is faster but loses ~4e-3 nats
-        out["entropy"].append((lse - mean_logit).cpu())
-        out["logp"].append((tgt.squeeze(1) - lse).cpu())
-        out["rank"].append(((logits > tgt).sum(-1, dtype=torch.int32) + 1).cpu())
+        tgt = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)     # (n,)
+        rank = target_rank(logits, tgt, top_vals)                         # (n,)
+        top = top_vals[:, 0]
+        z = logits.sub_(top[:, None])                                     # (n, V), <= 0
+        probs = torch.softmax(z, dim=-1)                                  # (n, V)
+        # log sum exp(z) from the top token's probability: p_max >= 1/V never
+        # underflows, and it saves a pass over the vocabulary.
+        log_sum = -probs.gather(1, top_ids[:, :1]).squeeze(1).log()       # (n,)
+        # Entropy = log_sum - E[z]. On the shifted logits the two terms do not cancel,
+        # so a fast dot product is as exact as an elementwise sum (on raw logits it
+        # loses ~4e-3 nats).
+        mean_z = torch.bmm(probs[:, None, :], z[:, :, None]).view(-1)     # (n,)
+        out["entropy"].append((log_sum - mean_z).cpu())
+        out["logp"].append((tgt - top - log_sum).cpu())
+        out["rank"].append(rank.cpu())
         out["top_ids"].append(top_ids.cpu())
-        out["top_logps"].append((top_vals - lse[:, None]).cpu())
+        out["top_logps"].append((top_vals - (top + log_sum)[:, None]).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -130,13 +168,18 @@ class Scorer:
         self.lm_head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # padded tokens per batch: big enough to keep the GEMMs efficient
+        self.budget = cfg.token_budget or (2048 if self.device.type == "cpu" else 16384)
         if pieces is None:
             pieces = vocab_pieces(tokenizer, max(len(tokenizer), model.config.vocab_size))
         self.pieces = np.array(pieces, dtype=object)
         self.prefix_len, self.prefix_cache = 0, None
         if prefix:
-            out = self.decoder(input_ids=torch.tensor([prefix], device=self.device),
-                               use_cache=True)
+            # inference mode: the cache must not hold an autograd graph (and through it
+            # the dense weights that packed_linears frees)
+            with torch.inference_mode():
+                out = self.decoder(input_ids=torch.tensor([prefix], device=self.device),
+                                   use_cache=True)
             self.prefix_len = len(prefix)
             self.prefix_cache = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
@@ -289,6 +332,7 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
     scores the examples with ``example_id % WORLD_SIZE == RANK`` into its own part series;
     rank 0 prepares the directory and writes ``examples.parquet`` at the end.
     """
+    cfg.check()
     run = Run(cfg.out)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     old_meta = _prepare_out(run, cfg, resume, overwrite) if rank == 0 else None
@@ -301,6 +345,8 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                         trust_remote_code=cfg.trust_remote_code)
     pieces = vocab_pieces(tokenizer, max(len(tokenizer), model.config.vocab_size))
+    if cfg.top_k > len(pieces):
+        raise InfosftError(f"--top-k {cfg.top_k} exceeds the model's vocabulary ({len(pieces)})")
     if rank == 0:
         run.path.mkdir(parents=True, exist_ok=True)
         run.remove_partial_files()
@@ -315,7 +361,8 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
     todo = [ex for ex in remaining if ex.example_id % world == rank]
     scorer = Scorer(model, tokenizer, cfg, prefix=shared_prefix(todo), pieces=pieces)
     started = time.perf_counter()
-    _write_parts(run, scorer, todo, rank, progress)
+    with packed_linears(model, batch_hint=scorer.budget):
+        _write_parts(run, scorer, todo, rank, progress)
     _barrier(world)
     seconds = time.perf_counter() - started
     if rank == 0:
@@ -382,8 +429,7 @@ def _write_parts(run: Run, scorer: Scorer, todo: list[PreparedExample], rank: in
     pending_tokens = written = 0
     t0 = time.perf_counter()
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc="scoring", disable=not show_progress)
-    budget = scorer.cfg.token_budget or (2048 if scorer.device.type == "cpu" else 16384)
-    batches = batches_by_budget([ex.tokens.n_tokens for ex in todo], budget)
+    batches = batches_by_budget([ex.tokens.n_tokens for ex in todo], scorer.budget)
     for i, batch_idx in enumerate(batches):
         batch = [todo[j] for j in batch_idx]
         df = scorer.score_batch(batch)

@@ -152,6 +152,14 @@ def _resolve(name: str | None) -> tuple[str, str | None]:
     if name in (None, "", "default", DEFAULT_MODEL):
         path, sha = default_model_dir()
         return str(path), f"sha256:{sha}"
+    # A hub id is "name" or "owner/name"; anything else is meant as a local path, and
+    # a missing one should say so rather than fail hub-id validation.
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
+        local = Path(name).expanduser()
+        if not local.is_dir():
+            raise InfosftError(f"{name}: no such model directory (give a local directory or a "
+                               "hub id such as HuggingFaceTB/SmolLM2-135M-Instruct)")
+        return str(local), None
     return name, None
 
 
@@ -181,8 +189,12 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
     torch_dtype = pick_dtype(dev, dtype)
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     try:
+        # On CPU the weights are read into memory, not memory-mapped: scoring swaps the
+        # dense weights for packed copies (infosft.packed_linear), and a mapped file
+        # would keep all its pages resident besides them (+0.5 GB for the default model).
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code,
+                                                     disable_mmap=dev == "cpu")
     except OSError as e:
         raise InfosftError(f"cannot load model {name!r}: {str(e).splitlines()[0]} (give a local "
                            "directory, a reachable hub id, or nothing for the default model)"

@@ -275,6 +275,32 @@ def test_missing_file(tmp_path, score, forbid_model_load):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flag,value,low", [("--top-k", "0", 1), ("--max-length", "1", 2),
+                                             ("--limit", "-1", 1), ("--token-budget", "0", 1),
+                                             ("--part-tokens", "0", 1)])
+def test_out_of_range_number_is_one_line_error(tmp_path, score, forbid_model_load, flag,
+                                                value, low):
+    data = write_jsonl(tmp_path / "data.jsonl", [good_row(0)])
+    out = tmp_path / "run"
+
+    rc, _, err = score(data, out, flag, value)
+
+    assert rc == 2
+    assert error_line(err) == (f"infosft: error: {flag} must be an integer of at least {low}, "
+                               f"got {value}")
+    assert not out.exists()
+
+
+def test_top_k_beyond_the_vocabulary(tmp_path, score):
+    data = write_jsonl(tmp_path / "data.jsonl", [good_row(0)])
+
+    rc, _, err = score(data, tmp_path / "run", "--top-k", "100000")
+
+    assert rc == 2
+    assert "--top-k 100000 exceeds the model's vocabulary (49152)" in error_line(err)
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------ other formats
 
 CSV_HEADER = "prompt,response\n"

@@ -36,6 +36,21 @@ def test_missing_local_model_is_one_line(tmp_path):
     assert "\n" not in str(err.value) and "nope" in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["/no/such/model", "./no-such-model", "~/no-such-model",
+                                  "a/b/c"])
+def test_missing_path_is_named_as_a_directory_not_a_hub_id(name):
+    for load in (models.load_model, models.load_tokenizer):
+        with pytest.raises(InfosftError) as err:
+            load(name)
+        assert str(err.value).startswith(f"{name}: no such model directory")
+
+
+def test_existing_relative_path_loads(tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(tiny_model_dir.parent)
+    tok = models.load_tokenizer(f"./{tiny_model_dir.name}")
+    assert len(tok) == 49152
+
+
 @pytest.mark.slow
 def test_fp32_cache_equals_the_dequantized_gguf(default_model):
     """The cached safetensors copy gives the logits of the GGUF loaded directly."""

@@ -15,7 +15,8 @@ import polars as pl
 import pytest
 import torch
 
-from analysis.score import ScoreConfig, batches_by_budget, score_dataset, shared_prefix
+from analysis.score import (ScoreConfig, batches_by_budget, score_dataset, shared_prefix,
+                            target_stats)
 from analysis.store import Run
 from tests.conftest import ROOT, SAMPLE, write_jsonl
 
@@ -204,3 +205,35 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_model_dir):
     assert got["token_id"].to_list() == ref["token_id"].to_list()
     np.testing.assert_allclose(got["logp"].to_numpy(), ref["logp"].to_numpy(), atol=1e-5)
     assert run.read_examples()["example_id"].to_list() == list(range(12))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_target_stats_match_float64_on_a_random_head(chunk):
+    """Every statistic against an independent float64 computation, including targets
+    outside the top-k (ranked over the whole vocabulary) and tied logits."""
+    g = torch.Generator().manual_seed(1)
+    V, H, N, k = 500, 16, 40, 5
+    head = torch.nn.Linear(H, V, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(V, H, generator=g))
+        head.weight[7] = head.weight[3]          # tokens 3 and 7 always tie
+    hidden = torch.randn(N, H, generator=g)
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[:5] = 7                               # ties with token 3
+    logits64 = hidden.double() @ head.weight.detach().double().T
+    targets[5:10] = logits64[5:10].argmax(-1)     # rank 1
+    targets[10:15] = logits64[10:15].topk(4).indices[:, 3]  # inside the top-k
+    got = target_stats(hidden, targets, head, top_k=k, chunk=chunk)
+
+    logp_all = torch.log_softmax(logits64, -1)
+    want_logp = logp_all.gather(1, targets[:, None]).squeeze(1)
+    want_rank = (logits64 > logits64.gather(1, targets[:, None])).sum(-1) + 1
+    np.testing.assert_allclose(got["logp"].numpy(), want_logp.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["entropy"].numpy(),
+                               -(logp_all.exp() * logp_all).sum(-1).numpy(), atol=1e-5)
+    assert got["rank"].tolist() == want_rank.tolist()
+    assert (want_rank > k).sum() > 10              # the full-vocabulary path ran
+    np.testing.assert_allclose(got["top_logps"].numpy(), logp_all.topk(k).values.numpy(),
+                               atol=1e-5)
+    assert torch.equal(torch.sort(got["top_ids"], -1).values,
+                       torch.sort(logp_all.topk(k).indices, -1).values)
