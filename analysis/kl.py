@@ -19,6 +19,7 @@ import torch
 from analysis.score import ScoreConfig, Scorer, batches_by_budget, shared_prefix
 from infosft.data import PreparedExample
 from infosft.errors import InfosftError
+from infosft.memory import release_freed_memory
 from infosft.packed_linear import packed_linears
 
 KL_SCHEMA = {"example_id": pl.Int32, "position": pl.Int32, "kl": pl.Float32}
@@ -97,6 +98,8 @@ def joint_kl(base_model, tuned_model, tokenizer, examples: list[PreparedExample]
     Both models must share the tokenizer the examples were prepared with. The shared
     token prefix (a chat template's system prompt) runs once per model, as in scoring.
     ``on_batch(done_tokens, total_tokens)`` is called after every batch (for progress).
+    On CPU the models' linear layers run on packed weights while this runs
+    (``infosft.packed_linear``): do not use the models from another thread meanwhile.
 
     Returns:
         ``example_id`` (i32), ``position`` (i32), ``kl`` (f32), sorted.
@@ -114,6 +117,7 @@ def joint_kl(base_model, tuned_model, tokenizer, examples: list[PreparedExample]
         for batch_idx in batches_by_budget([ex.tokens.n_tokens for ex in examples], base.budget):
             batch = [examples[j] for j in batch_idx]
             frames.append(kl_batch(base, tuned, batch))
+            release_freed_memory()
             done += sum(ex.tokens.n_tokens for ex in batch)
             if on_batch:
                 on_batch(done, total)

@@ -10,6 +10,7 @@ written atomically), which is what makes ``resume`` after a kill exact.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ from transformers import DynamicCache
 from analysis.store import TOKEN_SCHEMA, Run, atomic_write_json, atomic_write_parquet
 from infosft.data import PreparedExample, has_template, prepare
 from infosft.errors import InfosftError
+from infosft.memory import release_freed_memory
 from infosft.models import load_model, load_tokenizer
 from infosft.packed_linear import packed_linears
 from infosft.records import read_records
@@ -174,6 +176,10 @@ class Scorer:
             pieces = vocab_pieces(tokenizer, max(len(tokenizer), model.config.vocab_size))
         self.pieces = np.array(pieces, dtype=object)
         self.prefix_len, self.prefix_cache = 0, None
+        # transformers >= 5.2x calls the KV-cache argument and output field ``cache``
+        # (``past_key_values`` before; the old name now warns)
+        self._cache_arg = ("cache" if "cache" in inspect.signature(self.decoder.forward).parameters
+                           else "past_key_values")
         if prefix:
             # inference mode: the cache must not hold an autograd graph (and through it
             # the dense weights that packed_linears frees)
@@ -181,7 +187,7 @@ class Scorer:
                 out = self.decoder(input_ids=torch.tensor([prefix], device=self.device),
                                    use_cache=True)
             self.prefix_len = len(prefix)
-            self.prefix_cache = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            self.prefix_cache = [(layer.keys, layer.values) for layer in out[self._cache_arg].layers]
 
     def body(self, ids: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``(B, T - prefix_len, H)`` for right-padded ``ids (B, T)``.
@@ -197,8 +203,8 @@ class Scorer:
         cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
                                              for k, v in self.prefix_cache],
                              config=self.model.config)
-        return self.decoder(input_ids=suffix, past_key_values=cache,
-                            use_cache=True).last_hidden_state
+        return self.decoder(input_ids=suffix, use_cache=True,
+                            **{self._cache_arg: cache}).last_hidden_state
 
     @torch.inference_mode()
     def score_batch(self, batch: list[PreparedExample]) -> pl.DataFrame:
@@ -433,6 +439,7 @@ def _write_parts(run: Run, scorer: Scorer, todo: list[PreparedExample], rank: in
     for i, batch_idx in enumerate(batches):
         batch = [todo[j] for j in batch_idx]
         df = scorer.score_batch(batch)
+        release_freed_memory()  # else fragmentation grows RSS with every new batch shape
         pending.append(df)
         pending_tokens += df.height
         bar.update(df.height)

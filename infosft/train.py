@@ -690,7 +690,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
         last = ts.last_checkpoint(run_dir)
         ts.write_status(run_dir, state="finished", final_model=str(final), eta_s=0.0,
                         last_checkpoint=str(last) if last else None, resumable=False)
-        log.info("finished %d steps; the model is in %s", trainer.state.global_step, final)
+        steps = trainer.state.global_step
+        log.info("finished %d step%s; the model is in %s", steps, "" if steps == 1 else "s", final)
     return run_dir
 
 

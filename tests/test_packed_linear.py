@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -79,10 +83,51 @@ def test_off_for_other_dtypes_and_by_environment(monkeypatch):
 def test_default_model_logprobs_move_only_by_rounding(default_model):
     """The 30-layer model in the block: log-probs within fp32 summation noise."""
     model, _, _ = default_model
-    ids = torch.randint(0, model.config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 64), generator=g)
     with torch.inference_mode():
         ref = torch.log_softmax(model(input_ids=ids).logits, -1)
         with packed_linears(model) as n:
             got = torch.log_softmax(model(input_ids=ids).logits, -1)
     assert n == 30 * 7 + 1  # q k v o gate up down per layer, and the output projection
     assert (got - ref).abs().max() < 2e-3
+
+
+_GROWTH_SCRIPT = """
+import os, sys
+{env}
+import torch
+from infosft.memory import release_freed_memory
+from infosft.packed_linear import pack_weight, packed_linear
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) // 1024
+
+p = pack_weight(torch.randn(256, 128), 512)
+packed_linear(torch.randn(1, 128), p, None)
+release_freed_memory()
+start = rss_mb()
+for rows in range(2, 802, 2):  # a new input shape every call, as scoring batches have
+    packed_linear(torch.randn(rows, 128), p, None)
+    release_freed_memory()
+print(rss_mb() - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, glibc trim")
+def test_memory_stays_flat_over_many_input_shapes():
+    """oneDNN's per-shape caches are capped on import: 400 shapes cost a few MB, not
+    the ~200 MB they do with oneDNN's default capacities."""
+    def growth(env: str) -> int:
+        code = _GROWTH_SCRIPT.format(env=env)
+        clean = {k: v for k, v in os.environ.items()  # this process set them on import
+                 if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, env=clean)
+        return int(out.stdout.split()[-1])
+
+    uncapped = growth('os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"\n'
+                      'os.environ["LRU_CACHE_CAPACITY"] = "1024"')
+    capped = growth("")
+    assert capped < 30 and uncapped > 100, (capped, uncapped)
