@@ -33,13 +33,6 @@ SAMPLE = ROOT / "sample_data" / "sft_sample.jsonl"
 SCHEMES = {"ce": {}, "sft": {}, "dft": {}, "infosft": {"P": 0.93}, "profit": {"threshold": 0.1}}
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def batch(tokenizer, rows: int, seq: int):
     """``rows`` examples cut to ``seq`` tokens, right-padded: ids, mask, labels ``(B, seq)``."""
     import torch
@@ -65,6 +58,7 @@ def worker(scheme: str, args) -> dict:
     import torch
 
     from infosft.loss import make_loss_func
+    from infosft.memory import rss_mb
     from infosft.models import load_model
 
     torch.manual_seed(0)
@@ -86,7 +80,7 @@ def worker(scheme: str, args) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     step()                                                 # warm-up (allocator, kernels)
     if cuda:
         torch.cuda.reset_peak_memory_stats()

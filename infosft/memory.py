@@ -10,9 +10,9 @@ sits well above its live memory. ``malloc_trim(0)`` releases the free pages. Ove
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import sys
+from pathlib import Path
 
 
 @functools.cache
@@ -20,8 +20,7 @@ def _malloc_trim():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim  # glibc only: musl and others lack it
+        return ctypes.CDLL(None).malloc_trim  # the loaded libc; glibc only (musl lacks it)
     except (OSError, AttributeError):
         return None
 
@@ -33,3 +32,13 @@ def release_freed_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MiB (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return float("nan")
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines()
+                 if line.startswith("VmRSS:")), float("nan"))

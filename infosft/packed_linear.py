@@ -5,16 +5,17 @@ stored. oneDNN, which every x86 PyTorch wheel bundles, multiplies against a weig
 reordered once into its own blocked layout, and on the development machine (2 AMD
 EPYC cores) that is ~1.3x faster on a transformer's shapes (~200 instead of ~150
 GFLOP/s) and ~1.8x on the vocabulary projection. Scoring is ~80% such products, so
-it runs inside ``packed_linears``. Results move only by fp32 summation order (|Δ logp| ~1e-5).
+it runs inside ``packed_linears``. Results move only by fp32 summation order
+(|Δ logp| ~1e-5).
 
 ``INFOSFT_PACKED_LINEAR=0`` turns it off (plain ``nn.Linear``), e.g. to rule it out
 when results differ between machines.
 
 oneDNN and its wrapper ideep cache a compiled primitive per input shape, up to 1024
 each by default. Scoring batches have a new row count almost every time, so those
-caches grew the process by ~35 MB a minute over a full GSM8K run. A batch uses about six shapes,
-so both caches are capped at 16 here (the variables are read at oneDNN's first use,
-and a value set by the user wins).
+caches grew the process by ~35 MB a minute over a full GSM8K run. A batch uses about
+six shapes, so both caches are capped at 16 here (the variables are read at oneDNN's
+first use, and a value set by the user wins).
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ from typing import Iterator
 
 import torch
 
-_CACHE_CAPACITY = "16"
-for _name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
-    os.environ.setdefault(_name, _CACHE_CAPACITY)
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+os.environ.setdefault("LRU_CACHE_CAPACITY", "16")  # ideep's
 
 
 def supported() -> bool:

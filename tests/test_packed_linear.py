@@ -97,12 +97,8 @@ _GROWTH_SCRIPT = """
 import os, sys
 {env}
 import torch
-from infosft.memory import release_freed_memory
+from infosft.memory import release_freed_memory, rss_mb
 from infosft.packed_linear import pack_weight, packed_linear
-
-def rss_mb():
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) // 1024
 
 p = pack_weight(torch.randn(256, 128), 512)
 packed_linear(torch.randn(1, 128), p, None)
@@ -111,7 +107,7 @@ start = rss_mb()
 for rows in range(2, 802, 2):  # a new input shape every call, as scoring batches have
     packed_linear(torch.randn(rows, 128), p, None)
     release_freed_memory()
-print(rss_mb() - start)
+print(round(rss_mb() - start))
 """
 
 
