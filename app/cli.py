@@ -97,23 +97,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_app(args) -> int:
-    """Start the browser app: ``streamlit run app/main.py`` bound to ``--host``."""
-    import os
-    import subprocess
+    """Start the browser app (Streamlit in this process, see :mod:`app.serve`)."""
+    from app.serve import serve
 
-    main_py = Path(__file__).resolve().parent / "main.py"
-    env = dict(os.environ)
-    if args.workspace:
-        env["INFOSFT_WORKSPACE"] = str(Path(args.workspace).resolve())
-    argv = [sys.executable, "-m", "streamlit", "run", str(main_py),
-            "--server.address", args.host, "--server.port", str(args.port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "minimal"]  # no "Deploy": a local tool
-    print(f"infosft app on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
-    try:
-        return subprocess.call(argv, env=env)
-    except KeyboardInterrupt:
-        return 0
+    return serve(args.host, args.port, args.workspace, getattr(args, "allow_host", None))
 
 
 # How each TrainConfig field becomes a flag; the rest are taken from the annotation.
