@@ -6,6 +6,7 @@ a workspace that cannot be left through a symlink, and pages on a damaged run.""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -69,6 +70,26 @@ def ws_status(port: int, host: str, origin: str) -> int:
     return http_status(port, host, "/_stcore/stream", {
         "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
         "Sec-WebSocket-Key": key, "Origin": origin})
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    ws = tmp_path / "ws"
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(ws))
+    return ws
+
+
+def page(script: str | None = None, **state):
+    """An AppTest of the app (optionally switched to a page), with session state set."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    if script:
+        at.switch_page(script).run()
+    return at
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +180,91 @@ def test_sigterm_stops_the_server(tmp_path):
         except ProcessLookupError:
             pass
         proc.wait(timeout=20)
+
+
+# --- 3. previews cost what they show, not what the file expands to ---------------------
+
+_WRITE_BOMB = """
+import sys, pyarrow as pa, pyarrow.parquet as pq
+n = int(sys.argv[2])
+data = pa.py_buffer(b"x" * n)  # one n-byte string, plain-encoded in one page
+col = pa.LargeStringArray.from_buffers(1, pa.py_buffer(pa.array([0, n], pa.int64()).buffers()[1]), data)
+pq.write_table(pa.table({"text": col}), sys.argv[1], compression="zstd", use_dictionary=False,
+               data_page_size=1 << 31 - 1)
+"""
+
+_MEASURE = """
+import json, resource, sys, time
+import pyarrow.parquet  # noqa: F401 - the readers' own memory is not the preview's
+from analysis.preview import preview
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.time()
+pv = preview(sys.argv[1])
+print(json.dumps({"grew_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+                  "s": time.time() - t, "rows": pv.rows.height, "problems": pv.problems,
+                  "cell": max((len(v) for v in pv.rows.to_dicts()[0].values()), default=0)
+                  if pv.rows.height else 0}))
+"""
+
+
+def measure_preview(path: Path) -> dict:
+    """``preview(path)`` in a fresh process: how much its peak RSS grew, and the result."""
+    import json
+
+    r = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]  # no exception escapes
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bomb") / "bomb.parquet"
+    subprocess.run([sys.executable, "-c", _WRITE_BOMB, str(path), str(200 << 20)], check=True,
+                   timeout=120)
+    assert path.stat().st_size < 64 << 10  # KB on disk, 200 MB decompressed
+    return path
+
+
+def test_parquet_bomb_preview_is_a_message_not_memory(bomb):
+    got = measure_preview(bomb)
+    assert got["grew_mb"] < 50, got
+    assert got["s"] < 10 and got["rows"] == 0
+    assert "too large to preview" in got["problems"][0] and "bomb.parquet" in got["problems"][0]
+
+
+def test_data_page_shows_the_bomb_as_one_line(bomb, workspace):
+    at = page("views/data.py")
+    at.radio(key="data_kind").set_value("Local path").run()
+    at.text_input(key="data_path").set_value(str(bomb)).run()
+    assert not at.exception
+    assert [e.value for e in at.error if "too large to preview" in e.value]
+    assert at.button(key="score_go").disabled
+
+
+def test_text_preview_reads_only_the_head(tmp_path):
+    """JSONL with a 150 MB tail: the first rows show, the tail is never read; a first
+    record longer than the head is a message."""
+    big = tmp_path / "big.jsonl"
+    with open(big, "w") as f:
+        for i in range(5):
+            f.write(f'{{"prompt": "p{i}", "response": "{"r" * 5000}"}}\n')
+        f.write('{"prompt": "tail", "response": "' + "y" * (150 << 20) + '"}\n')
+    got = measure_preview(big)
+    assert got["grew_mb"] < 30 and got["rows"] == 5 and not got["problems"], got
+    assert got["cell"] < 5000  # long cells are cut for display
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"prompt": "' + "z" * (20 << 20) + '", "response": "r"}\n')
+    got = measure_preview(one)
+    assert got["rows"] == 0 and "longer than" in got["problems"][0], got
+
+
+def test_json_array_preview_reads_only_the_head(tmp_path):
+    from analysis import preview as pvm
+
+    p = tmp_path / "arr.json"
+    rows = [{"prompt": f"p{i}", "response": "r" * 1000} for i in range(20_000)]
+    p.write_text(json.dumps(rows))
+    assert p.stat().st_size > pvm.HEAD_BYTES
+    pv = pvm.preview(str(p))
+    assert pv.rows.height == 5 and pv.kind == "pair" and not pv.problems

@@ -69,7 +69,8 @@ def mapping_editor(columns: list[str], detected_kind: str | None,
     return mapping
 
 
-@st.cache_data(max_entries=16, show_spinner="Reading the first rows...")
+# few entries: each holds only the first rows, but of as many files as there are entries
+@st.cache_data(max_entries=4, show_spinner="Reading the first rows...")
 def cached_preview(source: str, mtime: float, split: str, fields: tuple | None):
     return preview(source, split=split, fields=dict(fields) if fields else None)
 
@@ -82,6 +83,9 @@ def dataset_section() -> tuple[str | None, str, dict | None, bool]:
     p = Path(source)
     mtime = p.stat().st_mtime if p.exists() else 0.0
     first = cached_preview(source, mtime, split, None)
+    if not first.columns:  # too large to preview: the reason, no rows
+        st.error(first.problems[0])
+        return source, split, None, False
     fields = mapping_editor(first.columns, first.kind, first.fields)
     pv = cached_preview(source, mtime, split, tuple(sorted(fields.items())) if fields else None)
     st.caption(f"First rows of `{pv.source}`")
