@@ -10,12 +10,18 @@ plain text, then tokenized:
   tokens and the eos as targets;
 * plain text: ``[doc start] + text``, every text token a target.
 
-Sequences longer than ``max_length`` are cut from the right and flagged.
+Sequences longer than ``max_length`` are cut from the right and flagged. Only a
+prefix of a long text is tokenized, as long as it provably gives the same first
+tokens (see :func:`_encode`), so memory is bounded by ``max_length``, not the record.
+
+User text holding a special token's text (``<|im_end|>``...) is refused: the tokenizer
+would read it as the control token itself, and a row could fake a turn.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -120,6 +126,19 @@ class RecordError(ValueError):
         self.reason, self.field = reason, field
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(value: str, field: str) -> str:
+    """``value`` unless it holds a lone surrogate (a JSON escape such as ``\\ud800``, or
+    an undecodable byte kept by surrogateescape): no tokenizer can encode it."""
+    bad = _SURROGATE.search(value)
+    if bad:
+        raise RecordError(f"not valid Unicode (lone surrogate {bad.group()!r} at character "
+                          f"{bad.start() + 1})", field)
+    return value
+
+
 def _string(record: dict[str, Any], key: str, *, required: bool = True,
             nonempty: bool = False) -> str:
     if key not in record or record[key] is None:
@@ -131,7 +150,7 @@ def _string(record: dict[str, Any], key: str, *, required: bool = True,
         raise RecordError(f"expected a string, got {type(value).__name__}", key)
     if nonempty and not value.strip():
         raise RecordError("empty", key)
-    return value
+    return _check_unicode(value, key)
 
 
 def normalize(record: dict[str, Any], fmt: RecordFormat) -> list[dict[str, str]] | str:
@@ -164,19 +183,65 @@ def normalize(record: dict[str, Any], fmt: RecordFormat) -> list[dict[str, str]]
         if not isinstance(m, dict):
             raise RecordError(f"expected an object, got {type(m).__name__}", where)
         role = m.get("role", m.get("from"))
-        content = m.get("content", m.get("value"))
-        role = {"human": "user", "gpt": "assistant"}.get(role, role)
+        role = {"human": "user", "gpt": "assistant"}.get(role, role) if isinstance(
+            role, str) else role
         if role not in ROLES:
-            raise RecordError(f"unknown role {role!r} (use {', '.join(ROLES)})", f"{where}.role")
-        if not isinstance(content, str):
-            raise RecordError(f"expected a string, got {type(content).__name__}",
-                              f"{where}.content")
+            shown = repr(role) if len(repr(role)) <= 40 else repr(role)[:37] + "..."
+            raise RecordError(f"unknown role {shown} (use {', '.join(ROLES)})", f"{where}.role")
+        content = _content(m.get("content", m.get("value")), f"{where}.content")
         if role == "assistant" and not content.strip():
             raise RecordError("empty assistant content", f"{where}.content")
         out.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in out):
         raise RecordError("no assistant turn to learn from", key)
     return out
+
+
+def _content(content: Any, where: str) -> str:
+    """A message's content as one string: a string, or OpenAI-style parts
+    ``[{"type": "text", "text": ...}, ...]`` joined as they are (only text parts)."""
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise RecordError(f"only text parts {{\"type\": \"text\", \"text\": ...}} are "
+                                  f"supported, got {str(kind)[:40]!r}", f"{where}[{j}]")
+            parts.append(part["text"])
+        content = "".join(parts)
+    if not isinstance(content, str):
+        raise RecordError(f"expected a string, got {type(content).__name__}", where)
+    return _check_unicode(content, where)
+
+
+def special_texts(tokenizer) -> list[str]:
+    """The text of every special token: the named ones and added tokens marked special."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    texts = set(tokenizer.all_special_tokens) | {
+        str(t) for t in added.values() if getattr(t, "special", False)}
+    return sorted((t for t in texts if t), key=len, reverse=True)
+
+
+def check_specials(record: dict[str, Any], fmt: RecordFormat,
+                   content: list[dict[str, str]] | str, specials: list[str]) -> None:
+    """Refuse user text that holds a special token's text: the tokenizer would read it as
+    the control token itself (``<|im_end|>\\n<|im_start|>assistant`` in a prompt fakes an
+    assistant turn), with or without a chat template."""
+    if fmt.kind == "messages":
+        key = fmt.fields["messages"]
+        texts = [(f"{key}[{i}].content", m["content"]) for i, m in enumerate(content)]
+    else:
+        texts = [(col, record.get(col)) for col in fmt.fields.values()]
+    for field, text in texts:
+        if not isinstance(text, str):
+            continue
+        for tok in specials:
+            at = text.find(tok)
+            if at >= 0:
+                raise RecordError(f"contains the special token {tok!r} at character {at + 1}; "
+                                  "the tokenizer would read it as a control token, not text",
+                                  field)
 
 
 def doc_start_id(tokenizer) -> int | None:
@@ -195,10 +260,10 @@ def has_template(tokenizer) -> bool:
 def tokenize(content: list[dict[str, str]] | str, tokenizer, *, max_length: int,
              use_template: bool = True) -> TokenizedExample:
     """Tokenize a normalized record (see :func:`normalize`) with its target mask."""
+    start = doc_start_id(tokenizer)
+    prefix = [] if start is None else [start]
     if isinstance(content, str):
-        ids = _encode(tokenizer, content)
-        start = doc_start_id(tokenizer)
-        prefix = [] if start is None else [start]
+        ids, _ = _encode(tokenizer, content, max_length - len(prefix))
         return _truncate(prefix + ids, [False] * len(prefix) + [True] * len(ids), max_length,
                          content)
     if use_template and has_template(tokenizer):
@@ -208,28 +273,79 @@ def tokenize(content: list[dict[str, str]] | str, tokenizer, *, max_length: int,
         raise RecordError("without a chat template only a single final assistant turn "
                           "is supported", "messages")
     response = content[-1]["content"]
-    start = doc_start_id(tokenizer)
-    p_ids = ([] if start is None else [start]) + _encode(tokenizer, prompt)
-    r_ids = _encode(tokenizer, response)
+    p_ids = prefix + _encode(tokenizer, prompt, max_length - len(prefix))[0]
+    r_ids = _encode(tokenizer, response, max(0, max_length - len(p_ids)))[0]
     eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     ids = p_ids + r_ids + eos
     mask = [False] * len(p_ids) + [True] * (len(r_ids) + len(eos))
     return _truncate(ids, mask, max_length, prompt + response)
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+# Tokenizing costs memory in proportion to the text (a 50 MB record took 9 GB), though
+# only max_length tokens are kept. So a long text is tokenized from a prefix that ends
+# at a word end ("x| y": a non-space followed by a space), growing geometrically from
+# this many characters per token wanted until it yields enough tokens. Every token of
+# such a prefix is a token of the whole text: added tokens are split off first (none
+# here can hold "x y", checked), the pre-tokenizer then always splits at such a point
+# (checked on a probe; GPT-2/Llama-3/Qwen byte-level regexes, Metaspace with split,
+# whitespace splitters) and the model tokenizes each piece alone. Other tokenizers
+# (one BPE over whole segments, normalizers that rewrite spaces) get the whole text.
+_CHARS_PER_TOKEN = 8
+_WORD_END = re.compile(r".*\S(?= )", re.S)   # greedy: the last word end
+_PER_CHAR_NORMALIZERS = {"Sequence", "NFC", "NFD", "NFKC", "NFKD", "Lowercase",
+                         "StripAccents", "BertNormalizer"}
+_PROBE = "ab cd, 12 ef! (g) 'h i\tj k.\nl m"
+
+
+def _encode(tokenizer, text: str, limit: int, offsets: bool = False
+            ) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """``tokenizer(text)``'s ids (and offsets) as tokenizing all of ``text`` gives them:
+    all of them when there are at most ``limit``, else at least the first ``limit + 1``
+    (enough to tell that it was truncated)."""
+    n = _CHARS_PER_TOKEN * (limit + 2)
+    if len(text) > n and _splits_at_word_ends(tokenizer):
+        while n < len(text):
+            found = _WORD_END.match(text, 0, n)
+            if found:
+                ids, offs = _run(tokenizer, text[:found.end()], offsets)
+                # The last token's offsets may still differ (an added token with rstrip
+                # would take the following spaces), so it is never kept.
+                if len(ids) >= limit + 2:
+                    return ids[:limit + 1], offs and offs[:limit + 1]
+            n *= 2
+    return _run(tokenizer, text, offsets)
+
+
+def _run(tokenizer, text: str, offsets: bool):
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
+    return list(enc["input_ids"]), (list(enc["offset_mapping"]) if offsets else None)
+
+
+def _splits_at_word_ends(tokenizer) -> bool:
+    """Whether every token of ``text[:b]`` is one of ``text``'s when ``text[b-1:b+1]`` is
+    a non-space followed by a space (see ``_CHARS_PER_TOKEN``)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.pre_tokenizer is None:
+        return False
+    if backend.normalizer is not None:
+        kinds = re.findall(r'"type":\s*"(\w+)"', backend.normalizer.__getstate__().decode())
+        if set(kinds) - _PER_CHAR_NORMALIZERS:
+            return False
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    if any(re.search(r"\S ", str(t)) for t in added.values()):
+        return False
+    starts = {a for _, (a, _) in backend.pre_tokenizer.pre_tokenize_str(_PROBE)}
+    return all(m.end() - 1 in starts for m in re.finditer(r"\S ", _PROBE))
 
 
 def _tokenize_chat(messages: list[dict[str, str]], tokenizer, max_length: int) -> TokenizedExample:
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = _assistant_spans(messages, rendered, tokenizer)
-    enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
-    mask = [any(a < end and b > start for start, end in spans) and b > a
-            for a, b in enc["offset_mapping"]]
+    ids, offsets = _encode(tokenizer, rendered, max_length, offsets=True)
+    mask = [any(a < end and b > start for start, end in spans) and b > a for a, b in offsets]
     if mask:
         mask[0] = False
-    return _truncate(list(enc["input_ids"]), mask, max_length, rendered)
+    return _truncate(ids, mask, max_length, rendered)
 
 
 def _assistant_spans(messages: list[dict[str, str]], rendered: str,
@@ -301,9 +417,12 @@ def prepare(rows: Iterable[tuple[int, dict[str, Any]]], tokenizer, *, max_length
     # rather than an undetectable format.
     fmt = detect_format(dict.fromkeys(k for _, rec in rows for k in rec), fields, source)
     out: list[PreparedExample] = []
+    specials = special_texts(tokenizer)
     for row, record in rows:
         try:
-            tokens = tokenize(normalize(record, fmt), tokenizer, max_length=max_length,
+            content = normalize(record, fmt)
+            check_specials(record, fmt, content, specials)
+            tokens = tokenize(content, tokenizer, max_length=max_length,
                               use_template=use_template)
             if not any(tokens.target_mask):
                 raise RecordError("no target token left after truncation to max_length "
