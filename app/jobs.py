@@ -7,7 +7,10 @@
 * a process that is gone while its run is not complete has failed: its log tail
   says why;
 * Cancel sends SIGTERM to the job's process group (the run's whole parts stay, so
-  ``infosft score --resume`` can finish it).
+  ``infosft score --resume`` can finish it);
+* a job's process is its pid *and* start time (:mod:`infosft.process`): once it is gone
+  the kernel may give its pid to a stranger, who must neither look like the job nor get
+  its signals. Records from before start times were stored are checked by pid alone.
 
 Training jobs (kind ``train``) write ``WORKSPACE/trainings/NAME``; their state comes
 from :func:`infosft.train_status.read_status` (the trainer's ``status.json``), and the
@@ -21,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from typing import Any
 
 from analysis.store import Run, atomic_write_json
 from app import workspace
+from infosft import process
 from infosft import train_status as ts
 from infosft.errors import InfosftError
 
@@ -51,6 +53,8 @@ class Job:
     created_at: float
     cancelled: bool = False
     returncode: int | None = None
+    started: float | None = None  # the process's start time: with pid, its identity
+    host: str | None = None
 
     @property
     def record_path(self) -> Path:
@@ -90,7 +94,8 @@ def launch(name: str, argv: list[str], run_dir: Path, kind: str = "score") -> Jo
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=workspace.ROOT, env=env,
                                 start_new_session=True)
-    job = Job(job_id, name, kind, list(argv), proc.pid, str(run_dir), str(log), time.time())
+    job = Job(job_id, name, kind, list(argv), proc.pid, str(run_dir), str(log), time.time(),
+              started=process.start_time(proc.pid), host=process.current()["host"])
     job.save()
     return job
 
@@ -131,25 +136,18 @@ def load(job_id: str) -> Job:
 def alive(job: Job) -> bool:
     """Whether the job's process still runs (reaping it, and keeping its exit code, if
     it is our child)."""
-    try:
-        pid, status = os.waitpid(job.pid, os.WNOHANG)
-        if pid == job.pid:
-            job.returncode = os.waitstatus_to_exitcode(status)
-            job.save()
-            return False
-    except ChildProcessError:  # not our child (app restarted) or already reaped
-        pass
-    try:
-        os.kill(job.pid, 0)
-    except ProcessLookupError:
+    if job.returncode is not None:  # reaped already: its pid may be anyone's by now
         return False
-    except PermissionError:
-        return True
-    try:  # an exited child nobody has reaped yet is a zombie, i.e. finished
-        stat = Path(f"/proc/{job.pid}/stat").read_text()
-        return stat.rsplit(") ", 1)[-1][:1] != "Z"
-    except OSError:
-        return True  # no /proc (macOS): trust kill(0)
+    if process.on_this_host(job.host):
+        try:
+            pid, status = os.waitpid(job.pid, os.WNOHANG)
+            if pid == job.pid:
+                job.returncode = os.waitstatus_to_exitcode(status)
+                job.save()
+                return False
+        except ChildProcessError:  # not our child (app restarted) or already reaped
+            pass
+    return process.alive(job.pid, job.started, job.host)
 
 
 def log_tail(job: Job, lines: int = 15) -> str:
@@ -208,13 +206,15 @@ def status(job: Job) -> dict[str, Any]:
 
 
 def cancel(job: Job) -> None:
-    """SIGTERM to the job's process group; the record remembers it was cancelled."""
+    """SIGTERM to the job's process group, if its process is still the job's; the record
+    remembers it was cancelled."""
     job.cancelled = True
     job.save()
-    try:
-        os.killpg(job.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
+    if job.returncode is None:
+        try:
+            process.terminate(job.pid, job.started, job.host, group=True)
+        except PermissionError:
+            pass
 
 
 # --- training jobs ----------------------------------------------------------------------
@@ -321,13 +321,9 @@ def stop_train(run_dir: str | Path) -> None:
         cancel(job)
         return
     st = ts.read_status(run_dir)
-    pid, here = st.get("pid"), st.get("host") in (None, socket.gethostname())
-    if st["state"] not in ts.ACTIVE_STATES or not isinstance(pid, int) or not here:
+    if (st["state"] not in ts.ACTIVE_STATES or not process.on_this_host(st.get("host"))
+            or not process.terminate(st.get("pid"), st.get("started"), st.get("host"))):
         raise InfosftError(f"{Path(run_dir).name}: not running here, nothing to stop")
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
 
 
 def resume_train(run_dir: str | Path) -> Job:

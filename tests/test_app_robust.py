@@ -268,3 +268,81 @@ def test_json_array_preview_reads_only_the_head(tmp_path):
     assert p.stat().st_size > pvm.HEAD_BYTES
     pv = pvm.preview(str(p))
     assert pv.rows.height == 5 and pv.kind == "pair" and not pv.problems
+
+
+# --- 4. a job's pid, reused by a stranger, is not the job ------------------------------
+
+@pytest.fixture
+def stranger():
+    """An unrelated process leading its own process group, as a reused pid would be."""
+    proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def stranger_job(workspace, stranger, kind="score", **extra):
+    """A job record (as a killed job leaves it) whose pid now names ``stranger``."""
+    from app import jobs
+    from infosft import process
+
+    jobs_dir = workspace / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    run = workspace / ("trainings" if kind == "train" else "runs") / "gone"
+    job = jobs.Job("20260101-000000-abcdef", "gone", kind, ["infosft"], stranger.pid,
+                   str(run), str(jobs_dir / "20260101-000000-abcdef.log"), time.time() - 600,
+                   started=process.start_time(stranger.pid) - 500, host=process.current()["host"],
+                   **extra)
+    job.save()
+    return job
+
+
+def test_a_stranger_with_the_jobs_pid_is_not_the_job(workspace, stranger):
+    from app import jobs
+
+    job = stranger_job(workspace, stranger)
+    assert not jobs.alive(job)
+    assert jobs.status(jobs.list_jobs()[0])["state"] == "failed"
+    jobs.cancel(job)
+    time.sleep(0.3)
+    assert stranger.poll() is None, "Cancel signalled a process that is not the job"
+
+
+def test_stop_train_spares_a_stranger(workspace, stranger):
+    from app import jobs
+    from infosft import process
+
+    job = stranger_job(workspace, stranger, kind="train")
+    run = Path(job.run_dir)
+    run.mkdir(parents=True)
+    status = {"state": "running", "step": 1, "total_steps": 10, "pid": stranger.pid,
+              "started": process.start_time(stranger.pid) - 500,
+              "host": process.current()["host"], "updated_at": time.time()}
+    (run / "status.json").write_text(json.dumps(status))
+    with pytest.raises(Exception, match="nothing to stop"):
+        jobs.stop_train(run)
+    time.sleep(0.3)
+    assert stranger.poll() is None, "Stop signalled a process that is not the training"
+
+
+def test_job_identity_is_stored_and_old_records_still_read(workspace):
+    from app import jobs
+    from infosft import process
+
+    job = jobs.launch("live", [sys.executable, "-c", "import time; time.sleep(30)"],
+                      workspace / "runs" / "live")
+    try:
+        rec = json.loads(job.record_path.read_text())
+        assert rec["started"] == process.start_time(job.pid) and rec["host"]
+        assert jobs.alive(job)
+        for key in ("started", "host"):  # a record written before identities were stored
+            rec.pop(key)
+        job.record_path.write_text(json.dumps(rec))
+        old = jobs.load(job.id)
+        assert old.started is None and jobs.alive(old)
+    finally:
+        jobs.cancel(job)
+    deadline = time.time() + 10
+    while jobs.alive(job) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not jobs.alive(job)
