@@ -68,8 +68,10 @@ def score_argv(source: str, run_dir: Path, *, model: str | None = None,
                max_length: int = 2048, fields: dict[str, str] | None = None,
                limit: int | None = None, split: str = "train",
                no_template: bool = False) -> list[str]:
-    """The ``infosft score`` command line (an argument list, never a shell string)."""
-    argv = [sys.executable, "-m", "app.cli", "score", str(source), "--out", str(run_dir),
+    """The ``infosft score`` command line (an argument list, never a shell string); local
+    paths absolute (:func:`app.workspace.local_path`)."""
+    source, model = workspace.local_path(str(source)), workspace.local_path(model)
+    argv = [sys.executable, "-m", "app.cli", "score", source, "--out", str(run_dir),
             "--max-length", str(int(max_length)), "--part-tokens", str(PART_TOKENS),
             "--split", split, "--quiet"]
     if model:
@@ -231,11 +233,15 @@ def train_argv(data: str, out: Path, *, scheme: str = "infosft",
     """The ``infosft train`` command line (an argument list, never a shell string).
 
     ``knobs`` are a scheme's knobs as :meth:`analysis.tune.Settings.knobs` gives them;
-    ``options`` are :data:`_TRAIN_OPTIONS` (None or "" leaves the CLI's default)."""
+    ``options`` are :data:`_TRAIN_OPTIONS` (None or "" leaves the CLI's default). Local
+    paths are made absolute (:func:`app.workspace.local_path`)."""
     unknown = sorted(set(options) - set(_TRAIN_OPTIONS))
     if unknown:
         raise TypeError(f"unknown training option {unknown[0]!r}")
-    argv = [sys.executable, "-m", "app.cli", "train", "--data", str(data), "--out", str(out),
+    if options.get("model"):
+        options["model"] = workspace.local_path(options["model"])
+    argv = [sys.executable, "-m", "app.cli", "train", "--data", workspace.local_path(str(data)),
+            "--out", str(out),
             "--scheme", scheme, "--mode", mode, "--lora" if lora else "--no-lora"]
     for name, value in (knobs or {}).items():
         if value is None:
@@ -346,14 +352,18 @@ def eval_argv(run_dirs: list[str | Path], *, task_data: str | None = None,
               max_new_tokens: int = 256, limit: int | None = None,
               overwrite: bool = False) -> list[str]:
     """The ``infosft eval`` command line (an argument list, never a shell string); the
-    run directories come first, right after ``eval`` (:func:`eval_runs` reads them back)."""
-    argv = [sys.executable, "-m", "app.cli", "eval", *map(str, run_dirs),
+    run directories come first, right after ``eval`` (:func:`eval_runs` reads them back).
+    Local paths are made absolute (:func:`app.workspace.local_path`)."""
+    run_dirs = [workspace.local_path(str(d)) for d in run_dirs]
+    task_data = workspace.local_path(task_data)
+    prior_data = [workspace.local_path(p) for p in prior_data or []]
+    argv = [sys.executable, "-m", "app.cli", "eval", *run_dirs,
             "--accuracy-limit", str(int(accuracy_limit)),
             "--max-new-tokens", str(int(max_new_tokens)), "--quiet"]
     if task_data:
         argv += ["--task-data", str(task_data)]
-    for p in prior_data or []:
-        argv += ["--prior-data", str(p)]
+    for p in prior_data:
+        argv += ["--prior-data", p]
     if limit:
         argv += ["--limit", str(int(limit))]
     if overwrite:

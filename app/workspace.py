@@ -26,6 +26,17 @@ def workspace_dir() -> Path:
     return path
 
 
+def local_path(text: str | None) -> str | None:
+    """What the user typed as a data or model path, made absolute against the app's
+    working directory (where ``infosft app`` was started) when it names something there;
+    a hub name (or nothing) unchanged. Jobs run in the repository root and an app
+    restarted elsewhere reads their records: a relative path would name another file."""
+    if not text:
+        return text
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.exists() else text
+
+
 def subdir(kind: str) -> Path:
     """``WORKSPACE/kind`` (runs, exports, uploads, jobs, trainings), created on first use."""
     path = workspace_dir() / kind

@@ -346,3 +346,33 @@ def test_job_identity_is_stored_and_old_records_still_read(workspace):
     while jobs.alive(job) and time.time() < deadline:
         time.sleep(0.1)
     assert not jobs.alive(job)
+
+
+# --- 5. a relative path means one file, in the preview and in the job -------------------
+
+def test_relative_paths_reach_jobs_absolute(tmp_path, workspace, monkeypatch):
+    """The app started in ``tmp_path``: ``data/d.jsonl`` is previewed and scored as
+    ``tmp_path/data/d.jsonl``, although jobs run in the repository root."""
+    from app import jobs
+
+    (tmp_path / "data").mkdir()
+    data = tmp_path / "data" / "d.jsonl"
+    data.write_text('{"prompt": "hi", "response": "there"}\n')
+    monkeypatch.chdir(tmp_path)
+    launched = []
+    monkeypatch.setattr(jobs, "launch", lambda name, argv, run_dir, kind="score":
+                        launched.append(argv) or jobs.Job("j", name, kind, argv, 0, str(run_dir),
+                                                          "x.log", 0.0))
+    at = page("views/data.py")
+    at.radio(key="data_kind").set_value("Local path").run()
+    at.text_input(key="data_path").set_value("data/d.jsonl").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(str(data) in c.value for c in at.caption)  # the preview names the file
+    at.button(key="score_go").click().run()
+    assert launched and launched[0][4] == str(data)  # score SOURCE
+    argv = jobs.train_argv("data/d.jsonl", workspace / "t", model="data")
+    assert argv[argv.index("--data") + 1] == str(data)
+    assert argv[argv.index("--model") + 1] == str(tmp_path / "data")
+    argv = jobs.eval_argv(["data"], task_data="data/d.jsonl", prior_data=["data/d.jsonl"])
+    assert argv[4] == str(tmp_path / "data") and argv.count(str(data)) == 2
+    assert jobs.train_argv("openai/gsm8k", workspace / "t")[5] == "openai/gsm8k"  # a hub name

@@ -41,7 +41,8 @@ def pick_source() -> tuple[str | None, str]:
         return (str(save_upload(up)) if up is not None else None), split
     if kind == "Local path":
         path = st.text_input("File or dataset directory", key="data_path").strip()
-        return (path or None), split
+        # absolute here, so the preview and the job (run elsewhere) read one file
+        return (workspace.local_path(path) or None), split
     name = st.text_input("Dataset name (e.g. openai/gsm8k)", key="data_hf").strip()
     split = st.text_input("Split", "train", key="data_split").strip() or "train"
     if name and not st.toggle("Load a preview (needs a reachable hub)", key="data_hf_go"):
@@ -102,7 +103,8 @@ def model_section() -> dict:
     kind = st.radio("Model", MODELS, horizontal=True, key="model_kind")
     model = None
     if kind == "Local path":
-        model = st.text_input("Model directory", key="model_path").strip() or None
+        model = workspace.local_path(st.text_input("Model directory", key="model_path").strip()) \
+            or None
     elif kind == "Hugging Face id":
         model = st.text_input("Model id (e.g. HuggingFaceTB/SmolLM2-360M-Instruct)",
                               key="model_id").strip() or None
