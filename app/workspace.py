@@ -7,10 +7,12 @@ cannot escape it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
 
+from infosft.atomic import atomic_write_bytes
 from infosft.errors import InfosftError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,4 +61,17 @@ def inside(parent: Path, name: str, what: str = "name") -> Path:
     path = (parent / safe_name(name, what)).resolve()
     if path.parent != parent.resolve():
         raise InfosftError(f"{what} {name!r} would leave {parent}")
+    return path
+
+
+def save_upload(name: str, data: bytes) -> Path:
+    """Store an uploaded file as ``uploads/HASH/NAME`` (HASH: 12 hex digits of its
+    SHA-256): the same content is the same file (its mtime, the preview cache key,
+    stays put however often the page reruns), and another file of the same name never
+    replaces it, so the runs scored from an upload keep naming what they read."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip("._") or "upload"
+    folder = inside(subdir("uploads"), hashlib.sha256(data).hexdigest()[:12], "upload")
+    path = inside(folder, stem[:100], "file name")
+    if not (path.is_file() and path.stat().st_size == len(data)):
+        atomic_write_bytes(path, data)  # (a reader sees no half-written upload)
     return path

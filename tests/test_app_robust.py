@@ -376,3 +376,20 @@ def test_relative_paths_reach_jobs_absolute(tmp_path, workspace, monkeypatch):
     argv = jobs.eval_argv(["data"], task_data="data/d.jsonl", prior_data=["data/d.jsonl"])
     assert argv[4] == str(tmp_path / "data") and argv.count(str(data)) == 2
     assert jobs.train_argv("openai/gsm8k", workspace / "t")[5] == "openai/gsm8k"  # a hub name
+
+
+# --- 6. uploads are content-addressed ------------------------------------------------------
+
+def test_uploads_of_one_name_never_replace_each_other(workspace):
+    from app.workspace import save_upload
+
+    first = save_upload("data.jsonl", b'{"prompt": "a", "response": "1"}\n')
+    mtime = first.stat().st_mtime_ns
+    second = save_upload("data.jsonl", b'{"prompt": "b", "response": "2"}\n')
+    assert first != second and first.name == second.name == "data.jsonl"
+    assert first.read_bytes() == b'{"prompt": "a", "response": "1"}\n'  # still what run 1 read
+    again = save_upload("data.jsonl", b'{"prompt": "a", "response": "1"}\n')
+    assert again == first and again.stat().st_mtime_ns == mtime  # reused, not rewritten
+    assert first.parent.parent == second.parent.parent == workspace / "uploads"
+    odd = save_upload("../../we ird.jsonl", b"x")
+    assert odd.name == "we_ird.jsonl" and odd.parent.parent == workspace / "uploads"

@@ -1,7 +1,6 @@
 """Data & scoring: pick a dataset and model, score it in the background, follow the
 jobs, and choose the active run."""
 
-import re
 import time
 from pathlib import Path
 
@@ -17,18 +16,6 @@ MODELS = ("Embedded default (SmolLM2-135M-Instruct)", "Local path", "Hugging Fac
 FIELDS = {"pair": ("prompt", "response", "input"), "messages": ("messages",), "text": ("text",)}
 
 
-def save_upload(upload) -> Path:
-    """Store an uploaded file under ``WORKSPACE/uploads/`` with a safe name."""
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(upload.name).name).lstrip("._") or "upload"
-    path = workspace.inside(workspace.subdir("uploads"), stem, "file name")
-    data = upload.getvalue()
-    # every rerun sees the upload again: rewrite only when it changed, so the file's
-    # mtime (the preview cache key) stays put
-    if not path.exists() or path.stat().st_size != len(data) or path.read_bytes() != data:
-        path.write_bytes(data)
-    return path
-
-
 def pick_source() -> tuple[str | None, str]:
     """The dataset source the user chose (None until there is one) and its split."""
     kind = st.radio("Dataset", SOURCES, horizontal=True, key="data_kind")
@@ -38,7 +25,8 @@ def pick_source() -> tuple[str | None, str]:
     if kind == "Upload a file":
         up = st.file_uploader("JSONL, JSON, CSV or Parquet", key="data_upload",
                               type=["jsonl", "ndjson", "json", "csv", "parquet"])
-        return (str(save_upload(up)) if up is not None else None), split
+        return (str(workspace.save_upload(up.name, up.getvalue())) if up is not None
+                else None), split
     if kind == "Local path":
         path = st.text_input("File or dataset directory", key="data_path").strip()
         # absolute here, so the preview and the job (run elsewhere) read one file
