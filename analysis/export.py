@@ -6,11 +6,16 @@ same length. Load it with ``datasets.load_dataset("parquet", data_files=PATH)``
 (or ``"json"`` for JSONL). The scheme, knobs and provenance are stored in the
 Parquet key-value metadata under ``infosft`` and, for both formats, in a
 ``PATH.meta.json`` sidecar.
+
+Both files are written atomically, so a failed export (``--overwrite`` included) leaves
+the previous one as it was.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,10 +24,16 @@ import numpy as np
 import polars as pl
 
 from analysis.stats import weights
-from analysis.store import Run, atomic_write_bytes, atomic_write_json, atomic_write_parquet
+from analysis.store import Run
 from infosft import __version__
+from infosft.atomic import TEMP_GLOB, atomic_write
 from infosft.errors import InfosftError
 from infosft.weights import resolve_knobs
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; leftover temporary files stay
+    fcntl = None
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
 COLUMNS = ("input_ids", "labels", "weights")
@@ -59,6 +70,10 @@ def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,
     fmt = FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise InfosftError(f"{out}: choose a .parquet or .jsonl output file")
+    if _is_run_file(run, out):
+        raise InfosftError(f"{out} is a file of the run {run.path}; choose another --out")
+    if out.is_dir():
+        raise InfosftError(f"{out} is a directory; choose a file name for --out")
     if out.exists() and not overwrite:
         raise InfosftError(f"{out} already exists; use --overwrite to replace it")
     resolved = resolve_knobs(scheme, **knobs)
@@ -74,12 +89,71 @@ def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,
         "n_targets": meta["counts"]["target_tokens"], "infosft_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    _remove_dead_temps(out)
     if fmt == "parquet":
-        atomic_write_parquet(table, out, metadata={"infosft": json.dumps(info)})
+        _write_locked(out, lambda tmp: table.write_parquet(tmp, metadata={
+            "infosft": json.dumps(info)}))
     else:
-        atomic_write_bytes(out, table.write_ndjson().encode())
-    atomic_write_json(sidecar(out), info)
+        _write_locked(out, table.write_ndjson)
+    _write_locked(sidecar(out), lambda tmp: tmp.write_text(
+        json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8"))
     return out
+
+
+def _is_run_file(run: Run, out: Path) -> bool:
+    """Whether ``out`` would replace one of the run's own files (its examples table, a
+    token part: --overwrite would destroy the run being exported)."""
+    out = out.resolve()
+    return (out in (run.examples_path.resolve(), run.vocab_path.resolve())
+            or out.parent == run.tokens_dir.resolve())
+
+
+# Leftover temporary files. An export killed mid-write leaves ``.NAME.XXXXXXXX.tmp`` next
+# to its target, and the directory is the user's (not a run directory with a lock), so
+# another export of the same name may be writing there right now. A writer therefore
+# holds an flock on its temporary file until the file is renamed into place, and the
+# cleaner deletes only the temporary files of this target and its sidecar whose flock it
+# can take: their writer is gone (the kernel drops a dead process's locks).
+
+def _write_locked(path: Path, write) -> None:
+    """:func:`infosft.atomic.atomic_write`, holding an flock on the temporary file until
+    it is in place (the lock stays with the file through the rename)."""
+    held: list[int] = []
+
+    def locked(tmp: Path) -> None:
+        held.append(os.open(tmp, os.O_RDWR))
+        if fcntl is not None:
+            fcntl.flock(held[-1], fcntl.LOCK_EX)
+        write(tmp)
+
+    try:
+        atomic_write(path, locked)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _remove_dead_temps(out: Path) -> None:
+    if fcntl is None or not out.parent.is_dir():
+        return
+    # mkstemp's random part has no dot, so ".w.parquet.*" never matches another target's
+    # (".w.parquet.x.parquet.*") and the sidecar's only match its own pattern.
+    mine = [re.compile(re.escape(f".{name}.") + r"[^.]+\.tmp") for name in
+            (out.name, sidecar(out).name)]
+    for tmp in out.parent.glob(TEMP_GLOB):
+        if not any(p.fullmatch(tmp.name) for p in mine):
+            continue
+        try:
+            fd = os.open(tmp, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a live export is writing it
+        finally:
+            os.close(fd)
 
 
 def sidecar(path: str | Path) -> Path:

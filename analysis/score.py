@@ -14,11 +14,12 @@ import inspect
 import json
 import os
 import platform
-import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,13 +27,15 @@ import polars as pl
 import torch
 from transformers import DynamicCache
 
-from analysis.store import TOKEN_SCHEMA, Run, atomic_write_json, atomic_write_parquet
+from analysis.store import (TOKEN_SCHEMA, Run, atomic_write_json, atomic_write_parquet,
+                           read_part)
 from infosft.data import PreparedExample, has_template, prepare
 from infosft.errors import InfosftError
 from infosft.memory import release_freed_memory
 from infosft.models import load_model, load_tokenizer
 from infosft.packed_linear import packed_linears
 from infosft.records import read_records
+from infosft.runlock import RunLock, clear_dir, is_empty
 
 
 @dataclass
@@ -301,30 +304,60 @@ def load_examples(cfg: ScoreConfig, tokenizer, skipped: list) -> tuple[Any, Any,
     return raw, fmt, examples
 
 
-def _prepare_out(run: Run, cfg: ScoreConfig, resume: bool, overwrite: bool) -> dict | None:
-    """Check ``out`` against resume/overwrite; the previous meta when resuming."""
+def _local_path(value: Any) -> str | None:
+    """The resolved path of a local file or directory, None for anything else (a hub name)."""
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else None
+
+
+def _same_setting(name: str, old: dict, cfg: ScoreConfig) -> bool:
+    """Whether ``cfg.name`` is what the run in ``old`` (its meta) was scored with. A local
+    data file or model directory is the same however it is spelled (``./data.jsonl``,
+    an absolute path); changed content is caught by the dataset's content hash."""
+    before, now = old["config"].get(name), getattr(cfg, name)
+    if name in ("source", "model") and (path := _local_path(now)):
+        # the path recorded at the start holds even if the relative one moved with the cwd
+        recorded = (old.get("dataset") or {}).get("path") if name == "source" else None
+        if path in (recorded, _local_path(before)):
+            return True
+    return before == json.loads(json.dumps(now))
+
+
+def _check_out(run: Run, cfg: ScoreConfig, resume: bool, overwrite: bool) -> dict | None:
+    """Check ``out`` against resume/overwrite, changing nothing; the previous meta when
+    resuming."""
     if run.path.exists() and not run.path.is_dir():
         raise InfosftError(f"{run.path} exists and is not a directory; choose another --out")
     if resume:
         if not run.exists():
-            if run.path.exists() and any(run.path.iterdir()):
+            if not is_empty(run.path):
                 raise InfosftError(f"{run.path}: cannot resume, not a scored run")
             return None  # nothing to resume: start fresh
         old = run.meta()
+        if not isinstance(old.get("config"), dict):
+            raise InfosftError(f"{run.meta_path}: cannot resume, no scoring config recorded; "
+                               "use --overwrite")
         for name in ScoreConfig.RESULT_FIELDS:
-            if old["config"].get(name) != json.loads(json.dumps(getattr(cfg, name))):
+            if not _same_setting(name, old, cfg):
                 raise InfosftError(f"{run.path}: cannot resume with a different {name!r} "
                                    f"({old['config'].get(name)!r} before, "
                                    f"{getattr(cfg, name)!r} now); use --overwrite")
         return old
-    if run.path.exists() and any(run.path.iterdir()):
+    if not is_empty(run.path):
         if not overwrite:
             raise InfosftError(f"{run.path} already exists; use --resume to finish it or "
                                "--overwrite to replace it")
         if not run.exists():
             raise InfosftError(f"{run.path} exists and is not a scored run; refusing to "
                                "overwrite it")
-        shutil.rmtree(run.path)
+        inside = run.path.resolve()
+        for what, value in (("data", cfg.source), ("model", cfg.model)):
+            local = _local_path(value)
+            if local and Path(local).is_relative_to(inside):
+                raise InfosftError(f"{value}: the {what} is inside {run.path}, which "
+                                   "--overwrite would delete; move it or choose another --out")
     return None
 
 
@@ -332,20 +365,34 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
                   progress: bool = True) -> Run:
     """Score ``cfg.source`` into the run directory ``cfg.out``; returns the finished run.
 
-    The data is read and validated before the model is loaded, so bad input fails fast.
-    ``resume`` continues a killed run: examples already in a part are skipped.
+    The data is read and validated and the model loaded before anything in ``out``
+    changes, so bad input or a bad model fails fast and ``--overwrite`` keeps the old
+    run until the new one can be scored. One process writes a run: scoring holds the
+    run's lock (:class:`infosft.runlock.RunLock`) throughout. ``resume`` continues a
+    killed run: parts are repaired first (:func:`repair_parts`), examples already in a
+    part are skipped, and the rest are scored.
     Under ``torchrun`` / ``accelerate launch`` (``RANK`` / ``WORLD_SIZE`` set), each rank
     scores the examples with ``example_id % WORLD_SIZE == RANK`` into its own part series;
-    rank 0 prepares the directory and writes ``examples.parquet`` at the end.
+    rank 0 holds the lock, prepares the directory and writes ``examples.parquet`` at the end.
     """
     cfg.check()
     run = Run(cfg.out)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    old_meta = _prepare_out(run, cfg, resume, overwrite) if rank == 0 else None
+    if rank == 0:
+        # Refuse before taking the lock, so a directory we may not touch gets no lock file.
+        _check_out(run, cfg, resume, overwrite)
+    with RunLock(run.path, "scoring into it") if rank == 0 else nullcontext():
+        # Again under the lock: another process may have changed it since the first check.
+        old_meta = _check_out(run, cfg, resume, overwrite) if rank == 0 else None
+        return _score_locked(run, cfg, old_meta, rank, world, progress)
+
+
+def _score_locked(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, world: int,
+                  progress: bool) -> Run:
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     skipped: list[dict] = []
     raw, fmt, examples = load_examples(cfg, tokenizer, skipped)
-    if old_meta and old_meta["dataset"]["content_hash"] != raw.content_hash:
+    if old_meta and (old_meta.get("dataset") or {}).get("content_hash") != raw.content_hash:
         raise InfosftError(f"{run.path}: cannot resume, the dataset {cfg.source} changed since "
                            "scoring started; use --overwrite")
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
@@ -354,13 +401,18 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
     if cfg.top_k > len(pieces):
         raise InfosftError(f"--top-k {cfg.top_k} exceeds the model's vocabulary ({len(pieces)})")
     if rank == 0:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.remove_partial_files()
-        run.write_meta(old_meta or _initial_meta(cfg, raw, fmt, examples, skipped, info,
-                                                 tokenizer, world))
-        if not run.vocab_path.exists():
-            atomic_write_parquet(pl.DataFrame({"token_id": np.arange(len(pieces), dtype=np.int32),
-                                               "token": pieces}), run.vocab_path)
+        if old_meta is None:
+            clear_dir(run.path)  # the run --overwrite replaces, only now that we can score
+        run.remove_partial_files()  # we hold the lock: no live writer owns them
+        meta = old_meta or _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer,
+                                         world)
+        meta["status"] = "running"  # until the parts are whole again
+        run.write_meta(meta)
+        # Always rewritten: cheap, and it repairs a damaged one.
+        atomic_write_parquet(pl.DataFrame({"token_id": np.arange(len(pieces), dtype=np.int32),
+                                           "token": pieces}), run.vocab_path)
+        if old_meta:
+            repair_parts(run, examples)
     _barrier(world)
     done = _done_examples(run)
     remaining = [ex for ex in examples if ex.example_id not in done]
@@ -380,6 +432,41 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
         _finalize(run, meta, examples)
     _barrier(world)
     return run
+
+
+def repair_parts(run: Run, examples: list[PreparedExample]) -> int:
+    """Leave at most one whole copy of each example in the parts, so that resuming scores
+    exactly the rest; how many parts were rewritten or removed.
+
+    A part that cannot be read is removed; a copy of an example that is incomplete, a
+    second copy (two writers, or parts written with different ``--part-tokens``) and rows
+    of examples not in the data are dropped, the part rewritten atomically without them.
+    """
+    want = {ex.example_id: ex.tokens.n_tokens for ex in examples}
+    kept: set[int] = set()
+    changed = 0
+    for part in run.part_paths():  # sorted: the first whole copy is kept
+        try:
+            df = read_part(part)
+        except InfosftError:
+            part.unlink()
+            changed += 1
+            continue
+        per = df.group_by("example_id").agg(pl.len().alias("n"),
+                                            pl.col("position").n_unique().alias("unique"),
+                                            pl.col("position").max().alias("last"))
+        whole = [e for e, n, unique, last in per.iter_rows()
+                 if e not in kept and n == unique == last + 1 == want.get(e)]
+        kept.update(whole)
+        if len(whole) == per.height:
+            continue
+        changed += 1
+        df = df.filter(pl.col("example_id").is_in(whole))
+        if df.height:
+            atomic_write_parquet(df, part)
+        else:
+            part.unlink()
+    return changed
 
 
 def _barrier(world: int) -> None:
@@ -402,7 +489,8 @@ def _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer, world) -> d
         "template": {"used": template is not None, "chat_template": template},
         "format": {"kind": fmt.kind, "fields": fmt.fields},
         "max_length": cfg.max_length,
-        "dataset": {"source": str(cfg.source), "kind": raw.kind, "content_hash": raw.content_hash,
+        "dataset": {"source": str(cfg.source), "path": _local_path(cfg.source), "kind": raw.kind,
+                    "content_hash": raw.content_hash,
                     "rows_read": len(raw.rows) + len(raw.skipped), "limit": cfg.limit},
         "counts": {"examples": len(examples), "skipped": len(skipped), "tokens": n_tok,
                    "target_tokens": sum(ex.tokens.n_target for ex in examples),

@@ -8,20 +8,26 @@
     RUN/tokens/part-*.parquet  one row per token, whole examples per part
     RUN/vocab.parquet          token_id -> text piece, for top-k alternatives
 
-Every file is written under a temporary name and renamed into place, so a
-killed writer leaves only whole files.
+Every file is written through :mod:`infosft.atomic` (temporary name, fsync, rename),
+so a killed writer leaves only whole files. Readers check what they read: a part, the
+examples table, the vocabulary or ``meta.json`` that is unreadable, of the wrong shape
+or at odds with the run's counts raises one :class:`InfosftError` naming the file, never
+a smaller table or a library traceback.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+# atomic_write_bytes / atomic_write_json are re-exported: other modules import them from here.
+from infosft.atomic import atomic_write, atomic_write_bytes, atomic_write_json  # noqa: F401
+from infosft.atomic import remove_temp_files
 from infosft.errors import InfosftError
 
 META = "meta.json"
@@ -44,34 +50,43 @@ TOKEN_SCHEMA = {
 }
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+EXAMPLE_COLUMNS = ("example_id", "source_row", "n_tokens", "truncated", "text", "record")
+VOCAB_COLUMNS = ("token_id", "token")
+
+#: What reading a damaged Parquet file raises (pyarrow's errors are ValueErrors too).
+READ_ERRORS = (OSError, ValueError, pl.exceptions.PolarsError, pa.ArrowException)
+
+
+def atomic_write_parquet(df: pl.DataFrame, path: Path, **kwargs) -> Path:
+    return atomic_write(path, lambda tmp: df.write_parquet(tmp, **kwargs))
+
+
+def damaged(path: Path, reason: Any, advice: str = "rescore with --resume") -> InfosftError:
+    """The one-line error for a run file that cannot be used as it is."""
+    text = str(reason).strip()
+    text = text.splitlines()[0] if text else type(reason).__name__
+    return InfosftError(f"{path}: damaged ({text}); {advice}")
+
+
+def read_part(path: Path) -> pl.DataFrame:
+    """One token part, whole; :func:`damaged` if it is unreadable or not a token part."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        df = pl.read_parquet(path)
+    except READ_ERRORS as e:
+        raise damaged(path, e) from None
+    _check_schema(path, df.schema)
+    return df
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, ensure_ascii=False).encode())
+def _check_schema(path: Path, schema) -> None:
+    if list(schema.items()) != list(TOKEN_SCHEMA.items()):
+        raise damaged(path, f"not a token part: columns {', '.join(schema)}")
 
 
-def atomic_write_parquet(df: pl.DataFrame, path: Path, **kwargs) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        df.write_parquet(tmp, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# Parts already checked, per tokens directory: (stat key, parts). Readers call
+# scan_tokens often (the token view, once per example); a stat of each part is cheap, a
+# footer read of each part is not.
+_checked: dict[Path, tuple[tuple, list[Path]]] = {}
 
 
 class Run:
@@ -97,15 +112,21 @@ class Run:
         return self.path / VOCAB
 
     def exists(self) -> bool:
-        return self.meta_path.exists()
+        return self.meta_path.is_file()
 
     def meta(self) -> dict[str, Any]:
-        if not self.meta_path.exists():
+        if not self.exists():
             raise InfosftError(f"{self.path}: not a scored run (no {META})")
         try:
-            return json.loads(self.meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InfosftError(f"{self.meta_path}: unreadable ({e})") from None
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise InfosftError(f"{self.meta_path}: unreadable ({e.strerror or e})") from None
+        except ValueError as e:  # bad JSON, bad UTF-8
+            raise damaged(self.meta_path, e, "rescore with --overwrite") from None
+        if not isinstance(meta, dict):
+            raise damaged(self.meta_path, f"a JSON {type(meta).__name__}, not an object",
+                          "rescore with --overwrite")
+        return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_json(self.meta_path, meta)
@@ -122,25 +143,74 @@ class Run:
         return path
 
     def remove_partial_files(self) -> None:
-        """Temporary files a killed writer left behind."""
-        for tmp in self.path.rglob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        """Temporary files a killed writer left behind (only under the run's lock)."""
+        remove_temp_files(self.path)
+
+    def counts(self) -> dict[str, Any]:
+        """``meta.json``'s counts of a complete run, {} for a run still being scored
+        (whose parts are not all there yet)."""
+        meta = self.meta() if self.exists() else {}
+        counts = meta.get("counts") if meta.get("status") == "complete" else None
+        return counts if isinstance(counts, dict) else {}
+
+    def check_parts(self) -> list[Path]:
+        """The token parts, each checked from its footer (readable, token columns) and,
+        in a complete run, their rows against meta.json's token count: an empty,
+        truncated, foreign, missing or duplicated part raises :func:`damaged`."""
+        parts = self.part_paths()
+        key = tuple((p.name, st.st_size, st.st_mtime_ns)
+                    for p, st in ((p, p.stat()) for p in [self.meta_path, *parts]
+                                  if p.is_file()))
+        hit = _checked.get(self.tokens_dir.resolve())
+        if hit and hit[0] == key:
+            return hit[1]
+        rows = 0
+        for part in parts:
+            try:
+                with pq.ParquetFile(part) as f:
+                    n = f.metadata.num_rows
+                    schema = pl.from_arrow(f.schema_arrow.empty_table()).schema
+            except READ_ERRORS as e:
+                raise damaged(part, e) from None
+            _check_schema(part, schema)
+            rows += n
+        want = self.counts().get("tokens")
+        if isinstance(want, int) and rows != want:
+            raise damaged(self.tokens_dir, f"{rows} token rows in {len(parts)} parts, "
+                                           f"{META} counts {want}")
+        _checked[self.tokens_dir.resolve()] = (key, parts)
+        return parts
 
     def scan_tokens(self) -> pl.LazyFrame:
-        """All token rows, lazily. Raises if the run has no parts yet."""
-        if not self.part_paths():
+        """All token rows, lazily, from checked parts (:meth:`check_parts`). Raises if
+        the run has no parts yet."""
+        parts = self.check_parts()
+        if not parts:
             raise InfosftError(f"{self.path}: no scored tokens yet")
-        return pl.scan_parquet(self.tokens_dir / "*.parquet")
+        return pl.scan_parquet(parts)
+
+    def _read_table(self, path: Path, columns: tuple[str, ...]) -> pl.DataFrame:
+        try:
+            df = pl.read_parquet(path)
+        except READ_ERRORS as e:
+            raise damaged(path, e) from None
+        if missing := [c for c in columns if c not in df.columns]:
+            raise damaged(path, f"no column {', '.join(missing)}")
+        return df
 
     def read_examples(self) -> pl.DataFrame:
         if not self.examples_path.exists():
             status = self.meta().get("status")
             raise InfosftError(f"{self.path}: scoring is not complete (status {status!r}); "
                                "finish it with `infosft score ... --resume`")
-        return pl.read_parquet(self.examples_path)
+        df = self._read_table(self.examples_path, EXAMPLE_COLUMNS)
+        want = self.counts().get("examples")
+        if isinstance(want, int) and df.height != want:
+            raise damaged(self.examples_path, f"{df.height} examples, {META} counts {want}")
+        return df
 
     def read_vocab(self) -> pl.DataFrame:
-        return pl.read_parquet(self.vocab_path)
+        return self._read_table(self.vocab_path, VOCAB_COLUMNS)
 
     def require_complete(self) -> dict[str, Any]:
         meta = self.meta()

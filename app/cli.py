@@ -55,8 +55,9 @@ def cmd_score(args) -> int:
                         progress=not args.quiet)
     meta = run.meta()
     c = meta["counts"]
+    rate = meta.get("tokens_per_s")  # none when a resume found every part already scored
     print(f"scored {c['examples']} examples ({c['target_tokens']} target tokens of "
-          f"{c['tokens']}) into {run.path} at {meta['tokens_per_s']:.0f} tokens/s"
+          f"{c['tokens']}) into {run.path}" + (f" at {rate:.0f} tokens/s" if rate else "")
           + (f"; skipped {c['skipped']} rows (listed in meta.json)" if c["skipped"] else ""))
     return 0
 
