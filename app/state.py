@@ -3,6 +3,7 @@ and the per-run caches (loaded once per run, keyed by path + meta.json mtime).""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -103,6 +104,17 @@ def guard(body: Callable[[], None]) -> None:
         body()
     except USER_ERRORS as e:
         st.error(error_line(e))
+
+
+def fragment(run_every: float | None = None):
+    """``st.fragment`` with a guarded body: a fragment reruns on its own, outside the
+    page's :func:`guard`, so it needs its own."""
+    def wrap(fn: Callable[..., None]):
+        @functools.wraps(fn)
+        def body(*args, **kwargs) -> None:
+            guard(lambda: fn(*args, **kwargs))
+        return st.fragment(body, run_every=run_every)
+    return wrap
 
 
 def error_line(e: BaseException) -> str:

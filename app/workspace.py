@@ -39,9 +39,20 @@ def local_path(text: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else text
 
 
+def within(path: Path) -> Path:
+    """``path`` resolved, if it is the workspace or inside it; else :class:`InfosftError`.
+    A folder of the workspace replaced by a symlink must not carry writes elsewhere."""
+    root, real = workspace_dir(), Path(path).resolve()
+    if real != root and root not in real.parents:
+        raise InfosftError(f"{path} leads outside the workspace (to {real}); remove the "
+                           "link or choose another --workspace")
+    return real
+
+
 def subdir(kind: str) -> Path:
-    """``WORKSPACE/kind`` (runs, exports, uploads, jobs, trainings), created on first use."""
-    path = workspace_dir() / kind
+    """``WORKSPACE/kind`` (runs, exports, uploads, jobs, trainings), created on first use;
+    refused when it leads outside the workspace."""
+    path = within(workspace_dir() / kind)  # checked before mkdir follows a link
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -57,11 +68,12 @@ def safe_name(name: str, what: str = "name") -> str:
 
 
 def inside(parent: Path, name: str, what: str = "name") -> Path:
-    """``parent / name`` after validating ``name`` (and checking the result really is inside)."""
+    """``parent / name`` after validating ``name`` (and checking the result really is
+    inside ``parent``, and inside the workspace)."""
     path = (parent / safe_name(name, what)).resolve()
     if path.parent != parent.resolve():
         raise InfosftError(f"{what} {name!r} would leave {parent}")
-    return path
+    return within(path)
 
 
 def save_upload(name: str, data: bytes) -> Path:

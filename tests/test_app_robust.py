@@ -393,3 +393,39 @@ def test_uploads_of_one_name_never_replace_each_other(workspace):
     assert first.parent.parent == second.parent.parent == workspace / "uploads"
     odd = save_upload("../../we ird.jsonl", b"x")
     assert odd.name == "we_ird.jsonl" and odd.parent.parent == workspace / "uploads"
+
+
+# --- 7. a workspace folder replaced by a symlink does not carry writes out --------------
+
+@pytest.mark.parametrize("kind", ["runs", "exports", "uploads", "jobs", "trainings"])
+def test_a_symlinked_workspace_folder_is_refused(tmp_path, workspace, kind):
+    from app import workspace as wsm
+    from infosft.errors import InfosftError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    workspace.mkdir()
+    (workspace / kind).symlink_to(elsewhere)
+    with pytest.raises(InfosftError, match="leads outside the workspace"):
+        wsm.subdir(kind)
+    (workspace / kind).unlink()
+    (workspace / kind).symlink_to(tmp_path / "dangling")  # mkdir would follow it
+    with pytest.raises(InfosftError, match="leads outside the workspace"):
+        wsm.subdir(kind)
+    assert not (tmp_path / "dangling").exists() and not any(elsewhere.iterdir())
+
+
+def test_a_symlinked_folder_is_one_line_on_the_pages(tmp_path, workspace):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    workspace.mkdir()
+    for kind in ("runs", "exports", "trainings", "jobs"):
+        (workspace / kind).symlink_to(elsewhere)
+    for script in ("views/data.py", "views/train.py", "views/evaluate.py"):
+        at = page(script)
+        assert not at.exception, (script, [e.value for e in at.exception])
+        assert any("leads outside the workspace" in e.value for e in at.error), script
+    at = page("views/export.py")
+    at.button(key="export_go").click().run()
+    assert not at.exception and any("leads outside the workspace" in e.value for e in at.error)
+    assert not any(elsewhere.iterdir())

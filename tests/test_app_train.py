@@ -83,6 +83,7 @@ def fake_run(ws: Path, name: str, *, status: dict, config: dict | None = None,
     if final:
         (run / "final").mkdir()
         (run / "final" / "adapter_config.json").write_text("{}")
+        (run / "final" / "adapter_model.safetensors").write_bytes(b"")  # as a finished run has
     if ckpt:
         (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
         (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")

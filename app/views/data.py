@@ -116,7 +116,7 @@ def scoring_form() -> None:
         st.success(f"Started job {job.id}: scoring into `{job.run_dir}`")
 
 
-@st.fragment(run_every=2)
+@state.fragment(run_every=2)
 def jobs_panel() -> None:
     """Refreshes itself every 2 s without rerunning the rest of the page."""
     st.subheader("Jobs")

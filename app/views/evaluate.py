@@ -53,7 +53,7 @@ def launch_form(runs: list[Path]) -> None:
         st.success(f"Started job {job.id}: evaluating {len(pick)} run(s)")
 
 
-@st.fragment(run_every=2)
+@state.fragment(run_every=2)
 def jobs_panel() -> None:
     """Evaluation jobs; refreshes itself every 2 s without rerunning the page."""
     all_jobs = jobs.list_jobs(kind="eval", limit=10)

@@ -276,25 +276,23 @@ def curves(run_dir: str) -> None:
     st.plotly_chart(charts.mean_weight_curve(m), key="train_weight_chart")
 
 
-@st.fragment(run_every=2)
+@state.fragment(run_every=2)
 def live_panel(run_dir: str) -> None:
     """Refreshes itself every 2 s without rerunning the rest of the page."""
-    def body():
-        stt = jobs.train_status(run_dir)
-        st.markdown(f"**{Path(run_dir).name}** · {stt['state']} · `{run_dir}`")
-        controls(run_dir, stt)
-        if stt["state"] == "finished":
-            final_model(run_dir, stt)
-        curves(run_dir)
-        log = tail_lines(Path(run_dir) / LOG, 30) or stt.get("log") or ""
-        with st.expander("Log (last lines)"):
-            st.code(log or "(empty)")
-        # when a run ends, refresh the whole page once so the runs table catches up
-        seen = st.session_state.setdefault("_train_seen", {})
-        was, seen[run_dir] = seen.get(run_dir), stt["state"]
-        if was in ACTIVE_STATES and stt["state"] not in ACTIVE_STATES:
-            st.rerun()
-    state.guard(body)
+    stt = jobs.train_status(run_dir)
+    st.markdown(f"**{Path(run_dir).name}** · {stt['state']} · `{run_dir}`")
+    controls(run_dir, stt)
+    if stt["state"] == "finished":
+        final_model(run_dir, stt)
+    curves(run_dir)
+    log = tail_lines(Path(run_dir) / LOG, 30) or stt.get("log") or ""
+    with st.expander("Log (last lines)"):
+        st.code(log or "(empty)")
+    # when a run ends, refresh the whole page once so the runs table catches up
+    seen = st.session_state.setdefault("_train_seen", {})
+    was, seen[run_dir] = seen.get(run_dir), stt["state"]
+    if was in ACTIVE_STATES and stt["state"] not in ACTIVE_STATES:
+        st.rerun()
 
 
 # --- all runs --------------------------------------------------------------------------
