@@ -41,8 +41,9 @@ COLUMNS = ("input_ids", "labels", "weights")
 
 def weighted_frame(run: Run, scheme: str, **knobs: Any) -> pl.DataFrame:
     """``example_id``, ``input_ids``, ``labels``, ``weights`` (lists, aligned by position)."""
-    tokens = (run.scan_tokens().select("example_id", "position", "token_id", "is_target", "logp")
-              .sort("example_id", "position").collect())
+    tokens = run.collect(run.scan_tokens()
+                         .select("example_id", "position", "token_id", "is_target", "logp")
+                         .sort("example_id", "position"))
     # Weights of the targets alone, in load_targets' order, so ProFit's seeded random
     # drop matches what `stats` and the app preview.
     is_target = tokens["is_target"].to_numpy()
@@ -59,8 +60,41 @@ def weighted_frame(run: Run, scheme: str, **knobs: Any) -> pl.DataFrame:
 def _record_columns(examples: pl.DataFrame) -> pl.DataFrame:
     """The original record fields as columns (names clashing with ours get ``_original``)."""
     records = [json.loads(r) for r in examples["record"]]
-    df = pl.DataFrame(records, infer_schema_length=None)
+    names = dict.fromkeys(k for r in records for k in r)
+    df = pl.DataFrame([_field_column(n, [r.get(n) for r in records]) for n in names])
     return df.rename({c: f"{c}_original" for c in df.columns if c in COLUMNS + ("example_id",)})
+
+
+def _field_column(name: str, values: list) -> pl.Series:
+    """One record field as a column of the type its values share; a field whose values
+    share none (a number in one record, a list in another), or that only a 128-bit
+    integer holds (which Arrow readers such as ``datasets`` cannot load), becomes JSON
+    text. polars would otherwise fail, or quietly convert values (to text, or by the
+    first record's type), so the check is that every value comes back as it went in."""
+    try:
+        col = pl.DataFrame([{name: v} for v in values], infer_schema_length=None).to_series()
+        if not _wide_int(col.dtype) and _no_nulls(col.to_list()) == _no_nulls(values):
+            return col
+    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+        pass
+    return pl.Series(name, [None if v is None else json.dumps(v, ensure_ascii=False)
+                            for v in values], dtype=pl.String)
+
+
+def _no_nulls(value: Any) -> Any:
+    """``value`` without null struct fields (a struct column has every record's keys)."""
+    if isinstance(value, dict):
+        return {k: _no_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_no_nulls(v) for v in value]
+    return value
+
+
+def _wide_int(dtype: pl.DataType) -> bool:
+    if dtype in (pl.Int128, pl.UInt128):
+        return True
+    inner, fields = getattr(dtype, "inner", None), getattr(dtype, "fields", None) or ()
+    return (inner is not None and _wide_int(inner)) or any(_wide_int(f.dtype) for f in fields)
 
 
 def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,

@@ -504,7 +504,7 @@ def _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer, world) -> d
 def _done_examples(run: Run) -> set[int]:
     if not run.part_paths():
         return set()
-    ids = run.scan_tokens().select(pl.col("example_id").unique()).collect()
+    ids = run.collect(run.scan_tokens().select(pl.col("example_id").unique()))
     return set(ids["example_id"].to_list())
 
 
@@ -545,9 +545,8 @@ def _write_parts(run: Run, scorer: Scorer, todo: list[PreparedExample], rank: in
 
 def _finalize(run: Run, meta: dict, examples: list[PreparedExample]) -> None:
     """examples.parquet from the parts + the prepared examples; meta status complete."""
-    t = run.scan_tokens()
     q = pl.col("logp").exp()
-    per_ex = t.group_by("example_id").agg(
+    per_ex = run.collect(run.scan_tokens().group_by("example_id").agg(
         pl.len().cast(pl.Int32).alias("n_tokens_scored"),
         pl.col("is_target").sum().cast(pl.Int32).alias("n_target"),
         pl.col("logp").mean().alias("mean_logp"),
@@ -556,7 +555,7 @@ def _finalize(run: Run, meta: dict, examples: list[PreparedExample]) -> None:
         q.min().alias("min_q"),
         pl.col("entropy").mean().alias("mean_entropy"),
         (pl.col("rank") == 1).mean().alias("top1_share"),
-    ).collect()
+    ))
     info = pl.DataFrame({
         "example_id": pl.Series([ex.example_id for ex in examples], dtype=pl.Int32),
         "source_row": pl.Series([ex.source_row for ex in examples], dtype=pl.Int32),

@@ -31,9 +31,9 @@ def load_targets(run: str | Path | Run) -> pl.DataFrame:
     """Target tokens of a run: ``example_id`` (i32), ``position`` (i32), ``logp`` (f32),
     sorted by example and position."""
     run = run if isinstance(run, Run) else Run(run)
-    return (run.scan_tokens().filter(pl.col("is_target"))
-            .select("example_id", "position", "logp")
-            .sort("example_id", "position").collect())
+    return run.collect(run.scan_tokens().filter(pl.col("is_target"))
+                       .select("example_id", "position", "logp")
+                       .sort("example_id", "position"))
 
 
 def weights(logp: np.ndarray | pl.Series, scheme: str, **knobs: Any) -> np.ndarray:

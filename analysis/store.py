@@ -50,6 +50,7 @@ TOKEN_SCHEMA = {
 }
 
 
+COUNTS = ("examples", "skipped", "tokens", "target_tokens", "truncated")
 EXAMPLE_COLUMNS = ("example_id", "source_row", "n_tokens", "truncated", "text", "record")
 VOCAB_COLUMNS = ("token_id", "token")
 
@@ -189,6 +190,17 @@ class Run:
             raise InfosftError(f"{self.path}: no scored tokens yet")
         return pl.scan_parquet(parts)
 
+    def collect(self, query: pl.LazyFrame) -> pl.DataFrame:
+        """``query`` (built on :meth:`scan_tokens`) collected. A part whose data, not only
+        its footer, is damaged fails only here: it is found and named, not left to
+        surface as a polars error."""
+        try:
+            return query.collect()
+        except READ_ERRORS:
+            for part in self.part_paths():
+                read_part(part)  # raises damaged() naming the first bad part
+            raise
+
     def _read_table(self, path: Path, columns: tuple[str, ...]) -> pl.DataFrame:
         try:
             df = pl.read_parquet(path)
@@ -213,8 +225,15 @@ class Run:
         return self._read_table(self.vocab_path, VOCAB_COLUMNS)
 
     def require_complete(self) -> dict[str, Any]:
+        """The meta of a complete run, with what its readers use (raises otherwise)."""
         meta = self.meta()
         if meta.get("status") != "complete":
             raise InfosftError(f"{self.path}: scoring is not complete (status "
                                f"{meta.get('status')!r}); finish it with --resume")
+        counts = meta.get("counts") if isinstance(meta.get("counts"), dict) else {}
+        missing = [f"counts.{k}" for k in COUNTS if not isinstance(counts.get(k), int)]
+        missing += [k for k in ("model", "dataset", "template")
+                    if not isinstance(meta.get(k), dict)]
+        if missing:
+            raise damaged(self.meta_path, f"no {', '.join(missing)}", "rescore with --overwrite")
         return meta

@@ -20,8 +20,8 @@ from infosft.weights import SCHEMES
 
 def example_tokens(run: Run, example_id: int) -> pl.DataFrame:
     """All token rows of one example, sorted by position."""
-    df = (run.scan_tokens().filter(pl.col("example_id") == example_id)
-          .sort("position").collect())
+    df = run.collect(run.scan_tokens().filter(pl.col("example_id") == example_id)
+                     .sort("position"))
     if not df.height:
         raise InfosftError(f"{run.path}: no example {example_id}")
     return df

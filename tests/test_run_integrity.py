@@ -383,3 +383,66 @@ def test_runs_and_exports_get_normal_permissions(tmp_path, capsys, tiny_model_di
     for p in made:
         want = 0o755 if p.is_dir() else 0o644
         assert stat.S_IMODE(p.stat().st_mode) == want, p
+
+
+def test_export_keeps_record_fields_of_mixed_types(tmp_path, capsys, tiny_model_dir):
+    """Extra fields scoring ignores may differ in type between records; the export keeps
+    every value (as JSON text where no column type holds them all) and stays loadable."""
+    import datasets
+
+    extra = [{"meta": 1, "tags": [1, 2], "big": 2 ** 70, "score": 1, "info": {"b": [1]}},
+             {"meta": "x", "tags": "s", "big": 3, "score": 2.5, "info": {"b": ["x"]}},
+             {"score": None}]
+    rows = [{**good_row(i), **e} for i, e in enumerate(extra, 1)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    assert cli(capsys, *score_argv(data, tmp_path / "run", tiny_model_dir))[0] == 0
+    for suffix, loader in ((".parquet", "parquet"), (".jsonl", "json")):
+        out = tmp_path / f"w{suffix}"
+        rc, _, err = cli(capsys, "export", tmp_path / "run", "--out", out)
+        assert rc == 0, err
+        ds = datasets.load_dataset(loader, data_files=str(out), split="train")
+        assert ds["score"] == [1.0, 2.5, None]  # one type holds them: kept as numbers
+        for field in ("meta", "tags", "big", "info"):
+            assert [None if v is None else json.loads(v) for v in ds[field]] == \
+                [r.get(field) for r in rows], field
+
+
+def _corrupt_data(part: Path) -> None:
+    """Flip bytes inside the data (the footer intact) where polars then fails to read the
+    columns an export reads."""
+    good = part.read_bytes()
+    for offset in range(4, len(good) - 2000, 97):
+        bad = bytearray(good)
+        bad[offset:offset + 8] = bytes(b ^ 0xFF for b in bad[offset:offset + 8])
+        part.write_bytes(bad)
+        try:
+            pl.read_parquet(part, columns=["example_id", "position", "token_id", "logp"])
+        except pl.exceptions.PolarsError:
+            return
+    raise AssertionError("no corruption that polars detects")
+
+
+def test_damaged_data_inside_a_part_is_named_and_resume_repairs_it(capsys, clean, run,
+                                                                   tiny_model_dir):
+    part = Run(run).part_paths()[1]
+    _corrupt_data(part)
+    Run(run).check_parts()  # the footer still reads: only reading the data finds it
+
+    rc, _, err = cli(capsys, "export", run, "--out", run.parent / "w.parquet")
+    assert rc == 2 and f"{part}: damaged" in error_line(err)
+
+    rc, _, err = cli(capsys, *score_argv(data_of(run), run, tiny_model_dir, "--resume",
+                                         *SMALL_PARTS))
+    assert rc == 0, err
+    assert_same_run(run, clean)
+
+
+def test_meta_without_what_readers_use_is_one_line(tmp_path, capsys, run):
+    meta = Run(run).meta()
+    del meta["model"], meta["counts"]["target_tokens"]
+    Run(run).write_meta(meta)
+    for argv in (["stats", run], ["export", run, "--out", tmp_path / "w.parquet"]):
+        rc, _, err = cli(capsys, *argv)
+        assert rc == 2
+        assert error_line(err) == (f"infosft: error: {run / 'meta.json'}: damaged (no "
+                                   "counts.target_tokens, model); rescore with --overwrite")
