@@ -106,8 +106,9 @@ def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,
         raise InfosftError(f"{out}: choose a .parquet or .jsonl output file")
     if _is_run_file(run, out):
         raise InfosftError(f"{out} is a file of the run {run.path}; choose another --out")
-    if out.is_dir():
-        raise InfosftError(f"{out} is a directory; choose a file name for --out")
+    for path in (out, sidecar(out)):
+        if path.is_dir():
+            raise InfosftError(f"{path} is a directory; choose another file name for --out")
     if out.exists() and not overwrite:
         raise InfosftError(f"{out} already exists; use --overwrite to replace it")
     resolved = resolve_knobs(scheme, **knobs)
@@ -124,13 +125,25 @@ def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     _remove_dead_temps(out)
-    if fmt == "parquet":
-        _write_locked(out, lambda tmp: table.write_parquet(tmp, metadata={
-            "infosft": json.dumps(info)}))
-    else:
-        _write_locked(out, table.write_ndjson)
-    _write_locked(sidecar(out), lambda tmp: tmp.write_text(
+    # Two files, renamed one after the other. The sidecar goes first and is put back if
+    # the data fails, so a failed export leaves the old pair as it was (a .jsonl has no
+    # other metadata: new data under the old sidecar would mislabel its weights).
+    side = sidecar(out)
+    old_side = side.read_bytes() if side.is_file() else None
+    _write_locked(side, lambda tmp: tmp.write_text(
         json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8"))
+    try:
+        if fmt == "parquet":
+            _write_locked(out, lambda tmp: table.write_parquet(tmp, metadata={
+                "infosft": json.dumps(info)}))
+        else:
+            _write_locked(out, table.write_ndjson)
+    except BaseException:
+        if old_side is None:
+            side.unlink(missing_ok=True)
+        else:
+            _write_locked(side, lambda tmp: tmp.write_bytes(old_side))
+        raise
     return out
 
 

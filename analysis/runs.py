@@ -23,11 +23,20 @@ def run_row(path: Path) -> dict:
         meta = Run(path).meta()
     except InfosftError:
         return row
-    counts = meta.get("counts") or {}
-    row.update(status=str(meta.get("status")), model=(meta.get("model") or {}).get("name"),
-               dataset=(meta.get("dataset") or {}).get("source"),
-               examples=counts.get("examples"), target_tokens=counts.get("target_tokens"),
-               created_at=meta.get("created_at"))
+    # A hand-edited meta.json may hold anything: a field of the wrong type is left out
+    # rather than failing the whole list.
+    def section(key):
+        return meta.get(key) if isinstance(meta.get(key), dict) else {}
+
+    def typed(value, kind):
+        return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+    counts = section("counts")
+    row.update(status=str(meta.get("status")), model=typed(section("model").get("name"), str),
+               dataset=typed(section("dataset").get("source"), str),
+               examples=typed(counts.get("examples"), int),
+               target_tokens=typed(counts.get("target_tokens"), int),
+               created_at=typed(meta.get("created_at"), str))
     return row
 
 

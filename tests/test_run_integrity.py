@@ -311,14 +311,15 @@ def test_full_disk_during_export_names_the_file_and_keeps_the_old_one(tmp_path, 
                                                                       clean, request):
     out = tmp_path / "w.parquet"
     assert cli(capsys, "export", clean, "--out", out)[0] == 0
-    before = out.read_bytes()
+    before, side = out.read_bytes(), (tmp_path / "w.parquet.meta.json").read_bytes()
     request.getfixturevalue("full_disk")
 
-    rc, _, err = cli(capsys, "export", clean, "--out", out, "--overwrite")
+    rc, _, err = cli(capsys, "export", clean, "--out", out, "--overwrite", "--scheme", "dft")
 
     assert rc == 2
     assert error_line(err) == f"infosft: error: {out}: no space left on the device"
     assert out.read_bytes() == before
+    assert (tmp_path / "w.parquet.meta.json").read_bytes() == side  # the pair as it was
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.parquet", "w.parquet.meta.json"]
 
 
@@ -342,9 +343,12 @@ def test_export_refuses_the_runs_own_files_and_a_directory(tmp_path, capsys, run
     for target in (run / "examples.parquet", run / "tokens" / "w.parquet"):
         rc, _, err = cli(capsys, "export", run, "--out", target, "--overwrite")
         assert rc == 2 and "is a file of the run" in error_line(err)
-    (tmp_path / "d.parquet").mkdir()
-    rc, _, err = cli(capsys, "export", run, "--out", tmp_path / "d.parquet", "--overwrite")
-    assert rc == 2 and f"{tmp_path / 'd.parquet'} is a directory" in error_line(err)
+    for directory in (tmp_path / "d.parquet", tmp_path / "e.jsonl.meta.json"):
+        directory.mkdir()
+        rc, _, err = cli(capsys, "export", run, "--out", directory.parent / directory.name
+                         .removesuffix(".meta.json"), "--overwrite")
+        assert rc == 2 and f"{directory} is a directory" in error_line(err)
+    assert not (tmp_path / "e.jsonl").exists()
     assert files(run) == before
     nested = tmp_path / "new" / "dir" / "w.jsonl"  # a missing directory is created
     assert cli(capsys, "export", run, "--out", nested)[0] == 0
@@ -446,3 +450,12 @@ def test_meta_without_what_readers_use_is_one_line(tmp_path, capsys, run):
         assert rc == 2
         assert error_line(err) == (f"infosft: error: {run / 'meta.json'}: damaged (no "
                                    "counts.target_tokens, model); rescore with --overwrite")
+
+
+def test_run_list_survives_a_meta_of_odd_types(tmp_path, run):
+    Run(run).write_meta({"status": "complete", "model": "m", "dataset": ["d"],
+                         "counts": {"examples": "12", "target_tokens": 5}, "created_at": 1})
+    rows = list_runs([run]).to_dicts()
+    assert rows == [{"name": "run", "path": str(run), "status": "complete", "model": None,
+                     "dataset": None, "examples": None, "target_tokens": 5,
+                     "created_at": None}]
