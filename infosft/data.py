@@ -173,8 +173,9 @@ def normalize(record: dict[str, Any], fmt: RecordFormat) -> list[dict[str, str]]
     if isinstance(msgs, str):  # CSV cells and some exports hold the list as JSON text
         try:
             msgs = json.loads(msgs)
-        except json.JSONDecodeError:
-            raise RecordError("expected a list of {role, content}, got unparseable text", key)
+        except (json.JSONDecodeError, RecursionError):  # (nested beyond the parser's limit)
+            raise RecordError("expected a list of {role, content}, got unparseable text",
+                              key) from None
     if not isinstance(msgs, list) or not msgs:
         raise RecordError("expected a non-empty list of {role, content}", key)
     out = []
@@ -236,12 +237,11 @@ def check_specials(record: dict[str, Any], fmt: RecordFormat,
     for field, text in texts:
         if not isinstance(text, str):
             continue
-        for tok in specials:
-            at = text.find(tok)
-            if at >= 0:
-                raise RecordError(f"contains the special token {tok!r} at character {at + 1}; "
-                                  "the tokenizer would read it as a control token, not text",
-                                  field)
+        found = [(at, tok) for tok in specials if (at := text.find(tok)) >= 0]
+        if found:  # the first in the text (specials are longest first: ties go to the longest)
+            at, tok = min(found, key=lambda f: f[0])
+            raise RecordError(f"contains the special token {tok!r} at character {at + 1}; "
+                              "the tokenizer would read it as a control token, not text", field)
 
 
 def doc_start_id(tokenizer) -> int | None:

@@ -51,11 +51,11 @@ def cache_dir() -> Path:
 
 
 def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else cuda, then mps, then cpu."""
+    """``device`` if given (checked, see :func:`check_device`), else cuda, then mps, then cpu."""
     import torch
 
-    if device:
-        return device
+    if device is not None:
+        return check_device(device)
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -63,12 +63,40 @@ def pick_device(device: str | None = None) -> str:
     return "cpu"
 
 
+def check_device(name: str) -> str:
+    """``name`` as torch spells it, if this machine has that device; else an
+    :class:`InfosftError` on one line (torch's own errors are assertions and
+    multi-line lists, raised only once a model is being moved)."""
+    import torch
+
+    hint = "use cpu, cuda, cuda:N or mps, or leave it out for the best available"
+    try:
+        dev = torch.device(name.strip()) if name.strip() else None
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None:
+        raise InfosftError(f"unknown device {name!r}: {hint}")
+    if dev.type == "cpu":
+        return str(dev)
+    backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+    if not (hasattr(backend, "is_available") and backend.is_available()):
+        raise InfosftError(f"device {name!r} is not available on this machine: {hint}")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if dev.index is not None and dev.index >= count:
+        raise InfosftError(f"device {name!r} does not exist: this machine has {count} "
+                           f"{dev.type} device{'s' if count != 1 else ''} (0..{count - 1})")
+    return str(dev)
+
+
 def pick_dtype(device: str, dtype: str | None = None):
     """bf16 on CUDA (where supported), fp32 elsewhere: on AVX2 CPUs bf16 is ~5x slower."""
     import torch
 
     if dtype:
-        return getattr(torch, dtype)
+        value = getattr(torch, dtype, None) if dtype.isidentifier() else None
+        if not (isinstance(value, torch.dtype) and value.is_floating_point):
+            raise InfosftError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+        return value
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
@@ -141,10 +169,35 @@ def load_tokenizer(name: str | None = None, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path, _ = _resolve(name)
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise InfosftError(f"{name}: no tokenizer in this model directory (none of "
+                           f"{', '.join(TOKENIZER_FILES)})")
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise InfosftError(f"cannot load tokenizer {name!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - loaders fail in many types (OSError, ValueError...)
+        raise InfosftError(f"cannot load tokenizer {name!r}: {_first_line(e)}") from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Pickle checkpoints run code when unpickled: only safetensors weights are loaded.
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _first_line(e: BaseException) -> str:
+    line = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def _check_model_dir(name: str, path: Path) -> None:
+    """A local model directory must hold a config and safetensors weights."""
+    if not (path / "config.json").is_file():
+        raise InfosftError(f"{name}: not a model directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(f.name for pattern in PICKLE_WEIGHTS for f in path.glob(pattern))
+        if pickles:
+            raise InfosftError(f"{name}: only pickle weights ({pickles[0]}), which can run "
+                               "code when loaded; refused: convert them to safetensors")
+        raise InfosftError(f"{name}: no model weights (*.safetensors)")
 
 
 def _resolve(name: str | None) -> tuple[str, str | None]:
@@ -187,6 +240,8 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
     path, revision = _resolve(name)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dev, dtype)
+    if Path(path).is_dir():
+        _check_model_dir(name or DEFAULT_MODEL, Path(path))
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     try:
         # On CPU the weights are read into memory, not memory-mapped: scoring swaps the
@@ -194,9 +249,10 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
         # would keep all its pages resident besides them (+0.5 GB for the default model).
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
                                                      trust_remote_code=trust_remote_code,
-                                                     disable_mmap=dev == "cpu")
-    except OSError as e:
-        raise InfosftError(f"cannot load model {name!r}: {str(e).splitlines()[0]} (give a local "
+                                                     disable_mmap=dev == "cpu",
+                                                     use_safetensors=True)
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError, SafetensorError, KeyError...
+        raise InfosftError(f"cannot load model {name!r}: {_first_line(e)} (give a local "
                            "directory, a reachable hub id, or nothing for the default model)"
                            ) from None
     model.to(dev).eval()
@@ -226,6 +282,8 @@ def _load_adapter(name: str, info: dict, *, device: str | None, dtype: str | Non
     except ImportError:
         raise InfosftError(f"{name} holds a LoRA adapter; loading it needs peft: "
                            "pip install 'infosft[train]'") from None
+    if not (Path(name) / "adapter_model.safetensors").is_file():
+        raise InfosftError(f"{name}: no adapter_model.safetensors (pickle adapters are refused)")
     base, _, base_info = load_model(info.get("base_model"), device=device, dtype=dtype,
                                     trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base, name).merge_and_unload().eval()

@@ -79,20 +79,30 @@ def _full(out: RawRecords, limit: int | None) -> bool:
     return limit is not None and len(out.rows) >= limit
 
 
+def _loads(text: str):
+    """``json.loads``, with nesting deeper than Python's recursion limit as a JSON error."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+
+
 def _read_jsonl(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | None) -> None:
-    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+    # One line at a time (not data.split: a second copy of the whole file at once).
+    for lineno, raw in enumerate(io.BytesIO(data), start=1):
         if _full(out, limit):
             return
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw.decode("utf-8"))
+            # A byte-order mark on any line: files concatenated with cat keep theirs.
+            obj = _loads(raw.decode("utf-8").removeprefix("\ufeff"))
         except UnicodeDecodeError as e:
             _reject(out, skip_invalid, f"not valid UTF-8 (byte {e.start})", lineno)
             continue
         except json.JSONDecodeError as e:
-            _reject(out, skip_invalid, f"malformed JSON ({e.msg} at column {e.colno})", lineno)
+            where = f" at column {e.colno}" if e.pos else ""
+            _reject(out, skip_invalid, f"malformed JSON ({e.msg}{where})", lineno)
             continue
         if not isinstance(obj, dict):
             _reject(out, skip_invalid, f"expected a JSON object, got {type(obj).__name__}", lineno)
@@ -112,15 +122,20 @@ def _decode(data: bytes, out: RawRecords) -> str:
 def _read_json(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | None) -> None:
     text = _decode(data, out)
     try:
-        obj = json.loads(text)
+        obj = _loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines in a .json file
             out.kind, out.unit = "jsonl", "line"
             return _read_jsonl(data, out, skip_invalid, limit)
+        if not e.pos:  # nested too deeply: no position to name
+            raise out.error(f"malformed JSON ({e.msg})") from None
         raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", file=out.source,
                          row=e.lineno, unit="line") from None
+    if isinstance(obj, dict):  # one record, as a one-line JSON Lines file would be
+        obj = [obj]
     if not isinstance(obj, list):
-        raise out.error("expected a JSON array of objects (or JSON Lines)")
+        raise out.error(f"expected a JSON array of objects (or JSON Lines), got "
+                        f"{type(obj).__name__}")
     for i, rec in enumerate(obj, start=1):
         if _full(out, limit):
             return
@@ -135,7 +150,14 @@ def _read_csv(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | Non
     # error of the row (and field) that holds it, not of the whole file.
     text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    # csv refuses cells over 128 KiB by default: a long response is valid data. (The limit
+    # is process-wide, hence restored.)
+    old_limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     try:
+        header = reader.fieldnames or []
+        dup = next((c for i, c in enumerate(header) if c in header[:i]), None)
+        if dup is not None:  # DictReader would keep the last column of that name only
+            raise out.error("duplicate column name in the header", field=dup)
         for i, rec in enumerate(reader, start=1):
             if _full(out, limit):
                 return
@@ -151,6 +173,8 @@ def _read_csv(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | Non
             out.rows.append((i, rec))
     except csv.Error as e:
         raise out.error(f"malformed CSV ({e})", reader.line_num) from None
+    finally:
+        csv.field_size_limit(old_limit)
 
 
 def _has_surrogate(s: str | None) -> bool:

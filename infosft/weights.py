@@ -85,43 +85,62 @@ def resolve_knobs(scheme: str, **knobs: Any) -> dict[str, Any]:
     return {}
 
 
+# Weights are float32: C is used in float32 arithmetic, so it must be a normal float32.
+# Above C_MAX, C rounds to inf (and logit(1) / C to NaN); from C_MIN up, q * logit(q) / C
+# stays below 0.28 / C_MIN, finite (see token_weights). P in (0.5, 1) always gives such a C.
+C_MIN = float(torch.finfo(torch.float32).tiny)   # ~1.2e-38
+C_MAX = float(torch.finfo(torch.float32).max)    # ~3.4e38
+
+
 def _resolve_infosft(C: float | None, P: float | None) -> dict[str, float]:
     if C is not None and P is not None:
         raise ValueError("give InfoSFT's C or P, not both (C = log(P / (1 - P)))")
     if C is not None:
-        C = float(C)
+        C = _number("C", C)
         if not (C > 0 and math.isfinite(C)):
             raise ValueError(f"C must be a finite number > 0, got {C}")
+        if not C_MIN <= C <= C_MAX:
+            raise ValueError(f"C must be between {C_MIN:.3g} and {C_MAX:.3g} (float32's "
+                             f"normal range), got {C}")
         return {"C": C, "P": p_from_c(C)}
-    P = DEFAULT_P if P is None else float(P)
+    P = DEFAULT_P if P is None else _number("P", P)
     if not 0.5 < P < 1:
         raise ValueError(f"P must be in (0.5, 1) (exclusive), got {P}")
     return {"C": c_from_p(P), "P": P}
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range
+        raise ValueError(f"{name} must be a finite number, got {value}") from None
 
 
 def _resolve_profit(threshold: Any, direction: str, seed: Any) -> dict[str, Any]:
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown ProFit direction {direction!r}: choose one of "
                          f"{', '.join(DIRECTIONS)}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -2 ** 63 <= seed < 2 ** 63:
+        raise ValueError(f"seed must be a 64-bit integer, got {seed!r}")
     if direction == "middle":
         if threshold is None:
             threshold = DEFAULT_MIDDLE
         if isinstance(threshold, (int, float)) or len(threshold) != 2:
             raise ValueError("threshold for direction 'middle' must be a (low, high) pair "
                              f"with 0 <= low < high <= 1, got {threshold!r}")
-        low, high = (float(t) for t in threshold)
+        low, high = (_number("threshold", t) for t in threshold)
         if not 0 <= low < high <= 1:
             raise ValueError("threshold for direction 'middle' must satisfy "
                              f"0 <= low < high <= 1, got ({low}, {high})")
         return {"threshold": [low, high], "direction": direction, "seed": seed}
     if threshold is None:
         threshold = DEFAULT_THRESHOLD
-    if not isinstance(threshold, (int, float)):
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise ValueError(f"threshold for direction {direction!r} must be one number in "
                          f"[0, 1], got {threshold!r}")
-    threshold = float(threshold)
+    threshold = _number("threshold", threshold)
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     return {"threshold": threshold, "direction": direction, "seed": seed}
@@ -160,9 +179,12 @@ def token_weights(logp: torch.Tensor, scheme: str, **knobs: Any) -> torch.Tensor
     if scheme == "dft":
         return q
     if scheme == "infosft":
-        factor = (1 - stable_logit(logp) / k["C"]).clamp(min=0.0)
+        # q - q * logit(q) / C, not q * (1 - logit(q) / C): logit(q) / C alone overflows
+        # float32 for tiny C (logit(1e-30) / 1e-38), while q * logit(q) stays within
+        # [-0.28, 0] where the weight is positive, so the weight stays finite.
+        w = (q - q * stable_logit(logp) / k["C"]).clamp(min=0.0)
         # q == 0 (logp = -inf) would give 0 * inf; the limit is 0.
-        return torch.where(q > 0, q * factor, torch.zeros_like(q))
+        return torch.where(q > 0, w, torch.zeros_like(q))
     return _profit_keep(q, k).float()
 
 

@@ -202,3 +202,209 @@ def test_nul_characters_are_text(tokenizer):
     _, [ex] = prepare([(1, {"prompt": "a\x00b", "response": "c\x00"})], tokenizer,
                       max_length=64, use_template=False)
     assert tokenizer.decode(ex.tokens.input_ids[1:]) == "a\x00bc\x00<|im_end|>"
+
+
+# ------------------------------------------------------ records: valid but unusual files
+
+import polars as pl  # noqa: E402
+
+from app.cli import main  # noqa: E402
+
+
+@pytest.fixture
+def score(tmp_path, capsys, tiny_model_dir):
+    """``score(data, *flags)`` through the real CLI with the tiny model: (rc, stderr, the
+    examples frame or None)."""
+    def run(data, *flags):
+        out = tmp_path / "run"
+        capsys.readouterr()
+        rc = main(["score", str(data), "--out", str(out), "--model", str(tiny_model_dir),
+                   "--quiet", "--max-length", "64", *map(str, flags)])
+        err = capsys.readouterr().err
+        if rc != 0:
+            assert rc == 2 and "Traceback" not in err
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("infosft: error: "), err
+            assert not out.exists()
+            return rc, lines[0], None
+        return rc, err, pl.read_parquet(out / "examples.parquet").sort("example_id")
+    return run
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_csv_cell_beyond_the_csv_modules_field_limit(tmp_path, score):
+    # Python's csv refuses fields over 128 KiB unless told otherwise.
+    long = "word " * 60_000
+    data = _write(tmp_path / "d.csv", f"prompt,response\nWrite.,{long}\nq2,a2\n".encode())
+
+    rc, err, ex = score(data)
+
+    assert rc == 0, err
+    assert ex["source_row"].to_list() == [1, 2]
+    assert ex["truncated"].to_list() == [True, False]
+
+
+def test_csv_duplicate_column_names_are_refused(tmp_path, score):
+    # csv.DictReader would silently keep only the last 'response' column.
+    data = _write(tmp_path / "d.csv", b"prompt,response,response\nq,a1,a2\n")
+
+    rc, msg, _ = score(data)
+
+    assert rc == 2 and str(data) in msg and "field 'response'" in msg and "duplicate" in msg
+
+
+def test_json_file_holding_one_object_is_one_record(tmp_path, score):
+    data = _write(tmp_path / "d.json", json.dumps({"prompt": "q", "response": "a"}).encode())
+
+    rc, err, ex = score(data)
+
+    assert rc == 0, err
+    assert ex["source_row"].to_list() == [1]
+
+
+def test_json_scalar_is_one_line_error(tmp_path, score):
+    rc, msg, _ = score(_write(tmp_path / "d.json", b"42"))
+
+    assert rc == 2 and "expected a JSON array of objects" in msg and "got int" in msg
+
+
+def test_jsonl_with_bom_on_every_part_crlf_and_blank_lines(tmp_path, score):
+    # Files concatenated with cat keep each one's byte-order mark.
+    bom = b"\xef\xbb\xbf"
+    data = _write(tmp_path / "d.jsonl", bom + b'{"prompt":"q1","response":"a1"}\r\n\r\n' + bom
+                  + b'{"prompt":"q3","response":"a3"}\r\n   \n{"prompt":"q5","response":"a5"}')
+
+    rc, err, ex = score(data)
+
+    assert rc == 0, err
+    assert ex["source_row"].to_list() == [1, 3, 5]
+    assert [json.loads(r)["prompt"] for r in ex["record"]] == ["q1", "q3", "q5"]
+
+
+def test_csv_with_crlf_and_blank_lines(tmp_path, score):
+    data = _write(tmp_path / "d.csv", b"prompt,response\r\nq1,a1\r\n\r\nq2,\"a\r\nb\"\r\n")
+
+    rc, err, ex = score(data)
+
+    assert rc == 0, err
+    assert [json.loads(r)["response"] for r in ex["record"]] == ["a1", "a\r\nb"]
+
+
+def test_deep_json_file_is_one_line_error(tmp_path, score):
+    rc, msg, _ = score(_write(tmp_path / "d.json", b"[" * 100_000 + b"]" * 100_000))
+
+    assert rc == 2 and str(tmp_path / "d.json") in msg and "nested too deeply" in msg
+
+
+def test_deep_messages_text_is_one_line_error(tmp_path, score):
+    data = _write(tmp_path / "d.jsonl", json.dumps({"messages": "[" * 100_000}).encode())
+
+    rc, msg, _ = score(data)
+
+    assert rc == 2 and "line 1, field 'messages'" in msg
+
+
+def test_parquet_with_nested_columns(tmp_path, score):
+    data = tmp_path / "d.parquet"
+    pl.DataFrame({
+        "messages": [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                     [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]],
+        "meta": [{"x": 1, "tags": ["p", "q"]}, {"x": None, "tags": []}],
+    }).write_parquet(data)
+
+    rc, err, ex = score(data)
+
+    assert rc == 0, err
+    assert ex.height == 2
+
+
+@pytest.mark.parametrize("prompts, row, reason", [
+    ([1, 2], 1, "expected a string, got int"),
+    ([["x"], ["y"]], 1, "expected a string, got list"),
+    (["q1", None], 2, "missing"),
+    ([{"a": "q"}, {"a": "r"}], 1, "expected a string, got dict"),
+], ids=["int", "list", "null", "struct"])
+def test_parquet_non_string_prompt(tmp_path, score, prompts, row, reason):
+    data = tmp_path / "d.parquet"
+    pl.DataFrame({"prompt": prompts, "response": ["a1", "a2"]}).write_parquet(data)
+
+    rc, msg, _ = score(data)
+
+    assert rc == 2 and f"row {row}, field 'prompt': {reason}" in msg
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("d.csv", b"", "the file is empty"),
+    ("d.json", b"  \n", "the file is empty"),
+    ("d.parquet", b"", "the file is empty"),
+    ("d.csv", b"prompt,response\n", "the dataset has no rows"),
+    ("d.json", b"[]", "the dataset has no rows"),
+    ("d.parquet", b"PAR1 garbage", "not a readable Parquet file"),
+])
+def test_empty_or_unreadable_files(tmp_path, score, name, content, reason):
+    rc, msg, _ = score(_write(tmp_path / name, content))
+
+    assert rc == 2 and str(tmp_path / name) in msg and reason in msg
+
+
+def test_directory_with_no_data(tmp_path, score):
+    (tmp_path / "empty").mkdir()
+
+    rc, msg, _ = score(tmp_path / "empty")
+
+    assert rc == 2 and str(tmp_path / "empty") in msg and "cannot load dataset" in msg
+
+
+def _messages(tmp_path: Path, *messages) -> Path:
+    return _write(tmp_path / "d.jsonl", json.dumps({"messages": list(messages)}).encode())
+
+
+@pytest.mark.parametrize("messages, field, reason", [
+    ([{"role": "developer", "content": "x"}, {"role": "assistant", "content": "y"}],
+     "messages[0].role", "unknown role 'developer'"),
+    ([{"role": ["user"], "content": "x"}, {"role": "assistant", "content": "y"}],
+     "messages[0].role", "unknown role ['user']"),
+    ([{"role": {"a": 1}, "content": "x"}, {"role": "assistant", "content": "y"}],
+     "messages[0].role", "unknown role {'a': 1}"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}],
+     "messages[1].content", "empty assistant content"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]},
+      {"role": "assistant", "content": "y"}], "messages[0].content[0]", "only text parts"),
+    ([{"role": "user", "content": None}, {"role": "assistant", "content": "y"}],
+     "messages[0].content", "expected a string, got NoneType"),
+], ids=["unknown-role", "list-role", "dict-role", "empty-assistant", "image-part", "null"])
+def test_unusual_messages_are_one_line_errors(tmp_path, score, messages, field, reason):
+    rc, msg, _ = score(_messages(tmp_path, *messages))
+
+    assert rc == 2 and f"line 1, field '{field}': {reason}" in msg
+
+
+def test_content_as_text_parts_tokenizes_like_the_joined_string(tmp_path, score, tokenizer):
+    rc, err, ex = score(_messages(
+        tmp_path, {"role": "user", "content": [{"type": "text", "text": "Hello, "},
+                                               {"type": "text", "text": "world."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hi!"}]}))
+
+    assert rc == 0, err
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hello, world."}, {"role": "assistant", "content": "Hi!"}],
+        tokenize=False)
+    assert ex["n_tokens"].to_list() == [len(tokenizer(rendered, add_special_tokens=False)
+                                            ["input_ids"])]
+
+
+def test_whitespace_only_text_is_empty(tmp_path, score):
+    rc, msg, _ = score(_write(tmp_path / "d.jsonl", b'{"text": " \\n\\t "}\n'))
+
+    assert rc == 2 and "line 1, field 'text': empty" in msg
+
+
+def test_nul_in_a_csv_cell_is_text(tmp_path, score):
+    rc, err, ex = score(_write(tmp_path / "d.csv", b"prompt,response\nq\x00,a\n"))
+
+    assert rc == 0, err
+    assert json.loads(ex["record"][0])["prompt"] == "q\x00"

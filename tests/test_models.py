@@ -67,3 +67,76 @@ def test_fp32_cache_equals_the_dequantized_gguf(default_model):
     assert torch.equal(a, b)
     assert info.dtype == "float32" and info.device == "cpu"
     assert "quantization_config" not in model.config.to_dict()
+
+
+# ---------------------------------------------------------------- devices and dtypes
+
+@pytest.mark.parametrize("name", ["foo", "", "  ", "cuda:99", "meta", "gpu", "cpu:x", "mps:7"])
+def test_unknown_or_absent_device_is_one_line(name):
+    if torch.cuda.is_available() and name == "cuda:99" and torch.cuda.device_count() > 99:
+        pytest.skip("a machine with 100 GPUs")
+    with pytest.raises(InfosftError) as err:
+        models.check_device(name)
+    assert "\n" not in str(err.value) and repr(name) in str(err.value)
+
+
+def test_known_devices_pass_as_torch_spells_them():
+    assert models.check_device("cpu") == "cpu"
+    assert models.check_device(" cpu:0 ") == "cpu:0"
+    if torch.cuda.is_available():
+        assert models.check_device("cuda:0") == "cuda:0"
+
+
+def test_load_model_checks_the_device_before_loading(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained",
+                        lambda *a, **k: pytest.fail("loaded a model for a bad device"))
+    with pytest.raises(InfosftError, match="unknown device 'foo'"):
+        models.load_model(str(tiny_model_dir), device="foo")
+
+
+@pytest.mark.parametrize("dtype", ["foo", "int8", "Tensor", "float 32", "__class__"])
+def test_unknown_dtype_is_one_line(dtype):
+    with pytest.raises(InfosftError, match=f"unknown dtype {dtype!r}"):
+        models.pick_dtype("cpu", dtype)
+
+
+# ---------------------------------------------------------------- broken model directories
+
+def _broken(tiny_model_dir, tmp_path, how: str):
+    import shutil
+
+    d = tmp_path / how
+    shutil.copytree(tiny_model_dir, d)
+    if how == "pickle-weights":
+        from safetensors.torch import load_file
+
+        torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin")
+        (d / "model.safetensors").unlink()
+    elif how == "garbage-config":
+        (d / "config.json").write_text("{not json")
+    elif how == "config-without-type":
+        (d / "config.json").write_text('{"hidden_size": 32}')
+    elif how == "no-config":
+        (d / "config.json").unlink()
+    elif how == "no-tokenizer":
+        for f in d.glob("tokenizer*"):
+            f.unlink()
+    elif how == "garbage-weights":
+        (d / "model.safetensors").write_bytes(b"not safetensors")
+    return d
+
+
+@pytest.mark.parametrize("how, words", [
+    ("pickle-weights", "pickle weights (pytorch_model.bin)"),
+    ("garbage-config", "config.json"),
+    ("config-without-type", "model_type"),
+    ("no-config", "no config.json"),
+    ("no-tokenizer", "no tokenizer"),
+    ("garbage-weights", "SafetensorError"),
+])
+def test_broken_model_directory_is_one_line(tiny_model_dir, tmp_path, how, words):
+    d = _broken(tiny_model_dir, tmp_path, how)
+    with pytest.raises(InfosftError) as err:
+        models.load_model(str(d), device="cpu")
+    msg = str(err.value)
+    assert "\n" not in msg and str(d) in msg and words in msg, msg

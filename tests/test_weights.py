@@ -460,3 +460,40 @@ def test_resolve_knobs_middle_default_and_none_knobs():
     # None means "not given"; knobs of another scheme are ignored.
     assert resolve_knobs("infosft", C=None, P=None) == resolve_knobs("infosft")
     assert resolve_knobs("sft", C=-1, threshold=5) == {}
+
+
+# ---------------------------------------------------------------- C at float32's limits
+
+# float32's smallest normal and largest values, written out.
+F32_TINY, F32_MAX = 2.0 ** -126, (2 - 2.0 ** -23) * 2.0 ** 127
+EXTREME_QS = [1e-30, 1e-6, 0.01, 0.2, 0.3, 0.45, 0.5, 0.55, 0.9, 0.999999, 1.0]
+
+
+@pytest.mark.parametrize("knobs", [
+    {"C": F32_TINY}, {"C": 1e-30}, {"C": 1e-10}, {"C": 1e30}, {"C": F32_MAX},
+    {"P": 0.9999999999}, {"P": 0.5000000001}, {"P": 0.5 + 2 ** -52},
+], ids=lambda k: ",".join(f"{n}={v:g}" for n, v in k.items()))
+def test_extreme_c_gives_finite_weights_equal_to_float64_formula(knobs):
+    C = knobs["C"] if "C" in knobs else math.log(knobs["P"] / (1 - knobs["P"]))
+    got = weights_of_q(EXTREME_QS, "infosft", **knobs)
+    assert torch.isfinite(got).all(), got
+    for q, w in zip(EXTREME_QS, got.tolist()):
+        # q * logit(q) / C written out in float64: finite up to 0.28 / 1.2e-38.
+        expected = 0.0 if q >= 1 else q * max(0.0, 1 - logit(q) / C)
+        assert close(w, expected, abs_tol=1e-6, rel_tol=1e-5), (q, w, expected)
+
+
+@pytest.mark.parametrize("knobs", [
+    {"C": 1e39}, {"C": 1e-39}, {"C": 1e-45}, {"C": INF}, {"C": -INF}, {"C": math.nan},
+    {"C": 10 ** 400}, {"C": "2.5"}, {"C": True}, {"P": 10 ** 400}, {"P": "0.9"},
+], ids=lambda k: ",".join(f"{n}={v!r}"[:20] for n, v in k.items()))
+def test_c_beyond_float32_is_an_error_naming_the_knob(knobs):
+    [name] = knobs
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        resolve_knobs("infosft", **knobs)
+
+
+@pytest.mark.parametrize("seed", [-2 ** 63 - 1, 2 ** 63, 2 ** 64])
+def test_profit_seed_out_of_range_names_the_seed(seed):
+    with pytest.raises(ValueError, match=r"^seed must be"):
+        token_weights(torch.zeros(3), "profit", direction="random", threshold=0.5, seed=seed)
