@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -265,6 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: object) -> str:
+    """A message on one line: errors that embed library text can span several."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def describe_error(e: BaseException) -> str:
+    """The one line the CLI prints for an error: ours as they are, a file error with its
+    file, anything else (a bug, or a library's failure) with its type."""
+    if isinstance(e, (InfosftError, ValueError)):
+        return _one_line(e)
+    first = next((line for line in str(e).splitlines() if line.strip()), "").strip()[:300]
+    if isinstance(e, OSError):  # disk full, permissions...: name the file
+        return _one_line(f"{e.filename}: {e.strerror or e}") if e.filename else (
+            e.strerror or first or type(e).__name__)
+    return (f"unexpected {type(e).__name__}" + (f": {first}" if first else "")
+            + " (set INFOSFT_DEBUG=1 for the traceback)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -272,15 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # our own bar shows scoring progress
     try:
         return args.func(args)
-    except (InfosftError, ValueError) as e:
-        print(f"infosft: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # disk full, permissions...: name the file, no traceback
-        print(f"infosft: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("infosft: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 2
+        if os.environ.get("INFOSFT_DEBUG"):
+            raise
+        print(f"infosft: error: {describe_error(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
