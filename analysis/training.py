@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import polars as pl
-import yaml
 
 from infosft import train_status as ts
+from infosft.errors import InfosftError
+from infosft.train_config import read_config_file
 from infosft.weights import resolve_knobs
 
 METRIC_SCHEMA = {"step": pl.Int64, "epoch": pl.Float64, "loss": pl.Float64,
@@ -30,7 +31,7 @@ RUN_SCHEMA = {"name": pl.String, "path": pl.String, "state": pl.String, "scheme"
 
 def is_train_run(path: Path) -> bool:
     """Whether ``path`` looks like a training run directory (config or status written)."""
-    return path.is_dir() and ((path / ts.STATUS).is_file() or (path / ts.CONFIG).is_file())
+    return path.is_dir() and ts.is_run(path)
 
 
 def find_train_runs(roots: Iterable[str | Path]) -> list[Path]:
@@ -44,12 +45,11 @@ def find_train_runs(roots: Iterable[str | Path]) -> list[Path]:
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     """``RUN/config.yaml`` as a dict; ``{}`` when missing or unreadable (a run that
-    failed before writing it still lists)."""
+    failed before writing it still lists; a damaged one too)."""
     try:
-        cfg = yaml.safe_load((Path(run_dir) / ts.CONFIG).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        return read_config_file(Path(run_dir) / ts.CONFIG)
+    except InfosftError:
         return {}
-    return cfg if isinstance(cfg, dict) else {}
 
 
 def knobs_of(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -95,13 +95,19 @@ def metrics_frame(run_dirs: Iterable[str | Path]) -> pl.DataFrame:
     sorted by run and step."""
     frames = []
     for d in map(Path, run_dirs):
-        lines = ts.read_metrics(d)
+        # a value of the wrong type (a damaged or hand-edited line) reads as null
+        lines = [{k: v for k, v in m.items() if k in METRIC_SCHEMA and _is_number(v)}
+                 for m in ts.read_metrics(d)]
         if lines:
             frames.append(pl.DataFrame(lines, schema=METRIC_SCHEMA, strict=False)
                           .with_columns(run=pl.lit(d.name), path=pl.lit(str(d))))
     empty = pl.DataFrame(schema={"run": pl.String, "path": pl.String, **METRIC_SCHEMA})
     return (pl.concat([empty, *frames], how="diagonal_relaxed")
             .select(empty.columns).sort("path", "step", maintain_order=True))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def final_metrics(metrics: pl.DataFrame) -> pl.DataFrame:

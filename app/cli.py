@@ -155,9 +155,10 @@ def cmd_train(args) -> int:
             raise InfosftError("--resume needs --out RUN, the run directory to continue")
         if not (Path(out) / ts.CONFIG).is_file():
             raise InfosftError(f"{out}: no training run to resume (no {ts.CONFIG})")
-        cfg = resume_config(load_config(Path(out) / ts.CONFIG), file_values, overrides)
+        stored = Path(out) / ts.CONFIG
+        cfg = resume_config(load_config(stored), file_values, overrides, source=stored)
     else:
-        cfg = resolve(file_values, overrides)
+        cfg = resolve(file_values, overrides, source=args.config)
     try:
         run = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (InfosftError, ValueError, OSError, KeyboardInterrupt):

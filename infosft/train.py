@@ -15,13 +15,12 @@ batch's examples), as the Trainer averages losses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
-import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -31,9 +30,11 @@ from typing import Any
 
 import torch
 
+from infosft import process, runlock
 from infosft import train_status as ts
+from infosft.atomic import atomic_write_text
 from infosft.errors import InfosftError
-from infosft.train_config import TrainConfig, dump
+from infosft.train_config import TrainConfig, dump, first_change, result_values
 
 log = logging.getLogger("infosft.train")
 EXPORT_COLUMNS = ("input_ids", "labels", "weights")
@@ -93,13 +94,16 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
 
 def _as_tensor(value: Any, dtype: torch.dtype, raw, row: int, name: str) -> torch.Tensor:
     try:
-        t = torch.as_tensor(value, dtype=dtype)
+        t = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
         raise raw.error(f"expected a list of numbers, got {type(value).__name__}", row,
                         name) from None
-    if t.dim() != 1:
+    if t.dim() != 1 or not (t.is_floating_point() or t.dtype in (torch.int64, torch.int32)):
         raise raw.error("expected a flat list of numbers", row, name)
-    return t
+    # a token id of 1.5 (or NaN) is no token: casting would silently make it 1 (or garbage)
+    if dtype == torch.long and t.is_floating_point() and not bool((t == t.trunc()).all()):
+        raise raw.error("expected whole numbers (token ids)", row, name)
+    return t.to(dtype)
 
 
 def exported_examples(raw, max_length: int, with_weights: bool) -> list[dict[str, torch.Tensor]]:
@@ -212,6 +216,21 @@ def check_static_source(cfg: TrainConfig) -> None:
         raise InfosftError(f"config field 'mode': static weights need a dataset written by "
                            f"`infosft export` (columns {', '.join(EXPORT_COLUMNS)}); "
                            f"{cfg.data} has none, use mode online")
+
+
+def check_token_ids(data: TrainData, vocab_size: int, cfg: TrainConfig) -> None:
+    """Token ids within the model's embeddings (an export made under another model, or a
+    tokenizer larger than its model, would fail mid-training with an index error)."""
+    for examples, source in ((data.train, cfg.data), (data.eval, cfg.eval_data or cfg.data)):
+        for ex in examples:
+            ids, labels = ex["input_ids"], ex["labels"]
+            bad = ids[(ids < 0) | (ids >= vocab_size)]
+            bad_labels = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab_size))]
+            if len(bad) or len(bad_labels):
+                value = int((bad if len(bad) else bad_labels)[0])
+                raise InfosftError(f"{source}: token id {value} is outside the model's "
+                                   f"vocabulary (0..{vocab_size - 1}); was it exported "
+                                   "under another model?")
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -439,8 +458,13 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
-    """Check (and on ``overwrite`` clear) the run directory; the checkpoint to resume from."""
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
+    """Check the run directory (its lock held); the checkpoint to resume from.
+
+    Deletes nothing: an ``overwrite`` clears the old run only once the new one's data and
+    model have loaded (:func:`train`), and only if it is a training run, so a typo in
+    ``--out`` cannot empty a directory of other files.
+    """
     if resume:
         if not (run_dir / ts.CONFIG).is_file():
             raise InfosftError(f"{run_dir}: no training run to resume (no {ts.CONFIG})")
@@ -450,19 +474,23 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | N
                                f"(pid {status['pid']} on {status['host']})")
         if status["state"] == "finished":
             raise InfosftError(f"{run_dir}: the run has already finished")
-        return ts.last_checkpoint(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        if not overwrite:
-            raise InfosftError(f"{run_dir} already exists; use --resume to continue it or "
-                               "--overwrite to replace it")
-        status = ts.read_status(run_dir)
-        if status["state"] in ts.ACTIVE_STATES:
-            raise InfosftError(f"{run_dir}: cannot overwrite a run that is still "
-                               f"{status['state']} (pid {status['pid']})")
-        if run_dir.is_dir():
-            shutil.rmtree(run_dir)
-        else:
-            run_dir.unlink()
+        ckpt = ts.last_checkpoint(run_dir)
+        if ckpt is None:
+            raise InfosftError(f"{run_dir}: no complete checkpoint to resume from; start "
+                               "over with --overwrite")
+        return ckpt
+    if runlock.is_empty(run_dir):
+        return None
+    if not overwrite:
+        raise InfosftError(f"{run_dir} already exists; use --resume to continue it or "
+                           "--overwrite to replace it")
+    if not ts.is_run(run_dir):
+        raise InfosftError(f"{run_dir} exists and is not a training run; refusing to "
+                           "overwrite it (choose another --out)")
+    status = ts.read_status(run_dir)
+    if status["state"] in ts.ACTIVE_STATES:
+        raise InfosftError(f"{run_dir}: cannot overwrite a run that is still "
+                           f"{status['state']} (pid {status['pid']})")
     return None
 
 
@@ -473,17 +501,20 @@ class _OneLine(logging.Formatter):
         return record.getMessage()
 
 
-def _attach_log(run_dir: Path) -> list[tuple[logging.Logger, logging.Handler]]:
-    """train.log for infosft's and transformers' messages; infosft's also on stdout."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    file_handler = logging.FileHandler(run_dir / ts.LOG, encoding="utf-8")
-    file_handler.setFormatter(fmt)
-    stdout = logging.StreamHandler(sys.stdout)
-    stdout.setFormatter(_OneLine("%(message)s"))
+def _attach_log(run_dir: Path | None) -> list[tuple[logging.Logger, logging.Handler]]:
+    """infosft's messages on stdout (``run_dir`` None), or in train.log with
+    transformers' messages (once the run directory is the new run's)."""
     ours = logging.getLogger("infosft")
     ours.setLevel(logging.INFO)
-    attached = [(ours, file_handler), (ours, stdout),
-                (logging.getLogger("transformers"), file_handler)]
+    if run_dir is None:
+        stdout = logging.StreamHandler(sys.stdout)
+        stdout.setFormatter(_OneLine("%(message)s"))
+        attached = [(ours, stdout)]
+    else:
+        file_handler = logging.FileHandler(run_dir / ts.LOG, encoding="utf-8")
+        file_handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        attached = [(ours, file_handler), (logging.getLogger("transformers"), file_handler)]
     for logger, handler in attached:
         logger.addHandler(handler)
     return attached
@@ -509,7 +540,7 @@ def write_model_info(final: Path, cfg: TrainConfig, knobs: dict[str, Any]) -> No
     base = cfg.model
     if base is not None and Path(base).exists():
         base = str(Path(base).resolve())  # a relative path would break when loaded elsewhere
-    ts.atomic_write_text(final / ts.MODEL_INFO, json.dumps({
+    atomic_write_text(final / ts.MODEL_INFO, json.dumps({
         "base_model": base, "adapter": cfg.lora, "scheme": cfg.scheme, "knobs": knobs,
         "mode": cfg.mode, "data": cfg.data}, indent=1) + "\n")
 
@@ -591,35 +622,54 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         ``stopped`` (SIGTERM/SIGINT: checkpointed, resumable).
 
     Raises:
-        InfosftError: bad data or config, before any model is loaded; any training error
-            is recorded in ``status.json`` as ``failed`` and re-raised.
+        InfosftError: bad data, model or config, or ``cfg.out`` in use by another process
+            (its lock, :mod:`infosft.runlock`); raised before anything in ``cfg.out`` is
+            touched. Any training error after that is recorded in ``status.json`` as
+            ``failed`` and re-raised.
     """
     run_dir = Path(cfg.out)
     is_main = _is_main_process()
     if cfg.mode == "static":  # a config error: say so before a run directory exists
         check_static_source(cfg)
-    ckpt = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite) if is_main else (
+    # Rank 0 holds the run's lock for the whole command (the other ranks work under its
+    # hold): a second trainer or an evaluation of the same directory fails at once.
+    with runlock.RunLock(run_dir, "training into it") if is_main else contextlib.nullcontext():
+        console = _attach_log(None) if is_main else []
+        try:
+            return _train_locked(cfg, run_dir, resume, overwrite, is_main)
+        finally:
+            _detach_log(console)
+
+
+def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool,
+                  is_main: bool) -> Path:
+    from infosft.loss import make_loss_func
+    from infosft.models import load_tokenizer, pick_device
+
+    ckpt = check_run_dir(run_dir, resume=resume, overwrite=overwrite) if is_main else (
         ts.last_checkpoint(run_dir) if resume else None)
-    if resume and ckpt is None:
-        raise InfosftError(f"{run_dir}: no complete checkpoint to resume from; start over with "
-                           "--overwrite")
     previous = ts.read_status(run_dir) if resume else {}
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Everything that can fail on bad input comes first, writing nothing: the data, the
+    # resume checks, the model. A bad data file or model leaves an old run as it was.
+    loss_fn = make_loss_func(cfg.scheme, cfg.mode, **cfg.knob_args())
+    data = load_data(cfg, lambda: load_tokenizer(cfg.model,
+                                                 trust_remote_code=cfg.trust_remote_code))
+    data.source["config"] = result_values(cfg)
+    if resume:
+        _check_resume_source(run_dir, data.source)
+    device = pick_device(cfg.device)
+    model, tokenizer = build_model(cfg, device)
+    check_token_ids(data, model.get_input_embeddings().num_embeddings, cfg)
     if is_main:
-        dump(cfg, run_dir / ts.CONFIG)
-        if resume:
-            ts.truncate_metrics(run_dir, ts.checkpoint_step(ckpt))
-        ts.write_status(run_dir, state="queued", pid=os.getpid(), host=socket.gethostname(),
-                        started_at=previous.get("started_at") or time.time(), error=None,
-                        step=previous.get("step") or 0, total_steps=previous.get("total_steps"),
-                        epoch=previous.get("epoch"), elapsed_s=previous.get("elapsed_s"),
-                        eta_s=None, final_model=None,
-                        last_checkpoint=str(ckpt) if ckpt else None, resumable=ckpt is not None)
+        if overwrite:
+            runlock.clear_dir(run_dir)  # the lock stays: nobody slips in meanwhile
+        _start_run_files(cfg, run_dir, ckpt, previous, data)
     attached = _attach_log(run_dir) if is_main else []
     stop = StopRequest(run_dir, is_main)
     stop.install()
     try:
-        out = _train(cfg, run_dir, ckpt, stop, is_main, previous)
+        out = _train(cfg, run_dir, ckpt, stop, is_main, previous, data, model, tokenizer,
+                     loss_fn, device)
         _close_process_group()
         return out
     except BaseException as e:
@@ -636,37 +686,41 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         _detach_log(attached)
 
 
+def _start_run_files(cfg: TrainConfig, run_dir: Path, ckpt: Path | None,
+                     previous: dict[str, Any], data: TrainData) -> None:
+    """config.yaml, a ``queued`` status naming this process, data/source.json and the
+    held-out records: the run directory is now the new run's."""
+    dump(cfg, run_dir / ts.CONFIG)
+    if ckpt is not None:
+        ts.truncate_metrics(run_dir, ts.checkpoint_step(ckpt))
+    ts.write_status(run_dir, state="queued", **process.current(),
+                    started_at=previous.get("started_at") or time.time(), error=None,
+                    step=previous.get("step") or 0, total_steps=previous.get("total_steps"),
+                    epoch=previous.get("epoch"), elapsed_s=previous.get("elapsed_s"),
+                    eta_s=None, final_model=None,
+                    last_checkpoint=str(ckpt) if ckpt else None, resumable=ckpt is not None)
+    atomic_write_text(run_dir / ts.SOURCE, json.dumps(data.source, indent=1, default=str) + "\n")
+    if data.eval_records:
+        atomic_write_text(run_dir / ts.EVAL_DATA, "".join(
+            json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in data.eval_records))
+
+
 def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest,
-           is_main: bool, previous: dict[str, Any]) -> Path:
+           is_main: bool, previous: dict[str, Any], data: TrainData, model, tokenizer,
+           loss_fn, device: str) -> Path:
     from transformers.trainer_callback import PrinterCallback
 
-    from infosft.loss import make_loss_func
-    from infosft.models import load_tokenizer, pick_device
-
     knobs = cfg.knobs()
-    loss_fn = make_loss_func(cfg.scheme, cfg.mode, **cfg.knob_args())
-    data = load_data(cfg, lambda: load_tokenizer(cfg.model,
-                                                 trust_remote_code=cfg.trust_remote_code))
-    _check_resume_source(run_dir, data.source, ckpt)
-    if is_main:
-        ts.atomic_write_text(run_dir / "data" / "source.json",
-                             json.dumps(data.source, indent=1, default=str) + "\n")
-        if data.eval_records:
-            ts.atomic_write_text(run_dir / ts.EVAL_DATA, "".join(
-                json.dumps(r, ensure_ascii=False, default=str) + "\n"
-                for r in data.eval_records))
     meta = data.source.get("export_meta") or {}
     if cfg.mode == "static" and meta.get("scheme") not in (None, cfg.scheme):
         log.warning("static weights come from the export (scheme %s %s); the config's scheme "
                     "%s only labels the run", meta.get("scheme"), meta.get("knobs"), cfg.scheme)
-    device = pick_device(cfg.device)
     log.info("training %s on %s: %d train / %d eval examples (%s data), scheme %s %s, mode %s, "
              "%s, device %s", cfg.model or "the default model", cfg.data, len(data.train),
              len(data.eval), data.kind, cfg.scheme, knobs, cfg.mode,
              "LoRA" if cfg.lora else "full fine-tune", device)
     if stop.requested:
         return _stopped(run_dir, is_main)
-    model, tokenizer = build_model(cfg, device)
     trainer = _trainer_class()(
         model=model, args=training_args(cfg, run_dir, device, bool(data.eval)),
         train_dataset=ExampleDataset(data.train),
@@ -704,13 +758,37 @@ def _stopped(run_dir: Path, is_main: bool) -> Path:
     return run_dir
 
 
-def _check_resume_source(run_dir: Path, source: dict[str, Any], ckpt: Path | None) -> None:
-    """A resumed run must see the same data it started with (same order, same examples)."""
-    path = run_dir / "data" / "source.json"
-    if ckpt is None or not path.is_file():
-        return
-    before = json.loads(path.read_text())
-    for key in ("content_hash", "train_examples", "eval_examples"):
-        if before.get(key) != source.get(key):
+def _check_resume_source(run_dir: Path, source: dict[str, Any]) -> None:
+    """A resumed run must see the data and settings it started with (same order, same
+    examples, same result-affecting config): data compared by content, not by the path's
+    spelling; a hand-edited ``config.yaml`` is caught against what the run recorded."""
+    path = run_dir / ts.SOURCE
+    if not path.is_file():
+        return  # a run from before provenance was recorded: nothing to compare
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    if not isinstance(before, dict):
+        raise InfosftError(f"{path}: damaged, cannot tell whether the data changed; delete "
+                           "it to resume without that check")
+
+    def facts(src: dict[str, Any]) -> dict[str, Any]:
+        eval_data = src.get("eval_data")
+        return {"content_hash": src.get("content_hash"),
+                "train_examples": src.get("train_examples"),
+                "eval_examples": src.get("eval_examples"),
+                "eval_data content_hash": eval_data.get("content_hash")
+                if isinstance(eval_data, dict) else None}
+
+    was, now = facts(before), facts(source)
+    for key, value in now.items():
+        if was[key] != value:
             raise InfosftError(f"--resume: the data changed since the run started ({key} "
-                               f"{before.get(key)} -> {source.get(key)}); start a new run")
+                               f"{was[key]} -> {value}); start a new run")
+    config = before.get("config")
+    name = first_change(config if isinstance(config, dict) else {}, source["config"])
+    if name is not None:
+        raise InfosftError(f"--resume: {run_dir / ts.CONFIG} was edited since the run "
+                           f"started: {name!r} was {before['config'][name]!r}, now "
+                           f"{source['config'][name]!r}; restore it or start a new run")

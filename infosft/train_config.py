@@ -7,6 +7,7 @@ a one-line message naming the field and what it accepts.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -104,28 +105,116 @@ def field_default(name: str) -> Any:
     return f.default_factory() if f.default is MISSING else f.default
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML or JSON config file; unknown keys are an error naming them."""
-    import yaml
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; anything near this is a mistake
 
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML or JSON file (a ``--config`` or a run's ``config.yaml``),
+    keys unchecked.
+
+    Raises:
+        InfosftError: one line naming the file (and the line where the parser knows it):
+            missing, unreadable, too large, not UTF-8, not valid YAML/JSON, an alias, a
+            duplicate key, too deeply nested, or not a mapping.
+    """
     path = Path(path)
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise InfosftError(f"{path}: {path.stat().st_size} bytes is too large for a "
+                               "config file")
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise InfosftError(f"{path}: no such config file") from None
+    except OSError as e:  # a directory, no permission, ...
+        raise InfosftError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise InfosftError(f"{path}: not a UTF-8 text file (byte 0x{e.object[e.start]:02x} "
+                           f"at offset {e.start})") from None
+    import yaml
+
     try:
-        values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InfosftError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
-                           f" ({first})") from None
-    if values is None:
+        values = (json.loads(text, object_pairs_hook=_json_mapping) if kind == "JSON"
+                  else yaml.load(text, Loader=_config_loader()))  # noqa: S506 - a SafeLoader
+    except json.JSONDecodeError as e:
+        raise InfosftError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise InfosftError(f"{path}: nested too deeply for a config file") from None
+    except (yaml.YAMLError, _DuplicateKey) as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = (getattr(e, "problem", None) or getattr(e, "reason", None)
+                   or (str(e).splitlines() or [type(e).__name__])[0])
+        raise InfosftError(f"{path}{line}: not valid {kind} ({problem})") from None
+    if values is None:  # an empty file (or only comments): no settings
         return {}
     if not isinstance(values, dict):
         raise InfosftError(f"{path}: expected a mapping of config fields, got "
                            f"{type(values).__name__}")
+    return values
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML or JSON config file; unknown keys are an error naming them."""
+    values = read_config_file(path)
     _check_keys(values, str(path))
     return values
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: Any, mark: Any = None):
+        self.problem, self.problem_mark = f"duplicate key {key!r}", mark
+        super().__init__(self.problem)
+
+
+def _json_mapping(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:  # json.loads would keep the last one silently
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+@functools.cache
+def _config_loader():
+    import re
+
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        """SafeLoader with three changes for config files:
+
+        * aliases (``*name``) are refused: a config needs none, and a few nested ones
+          expand a kilobyte into billions of values ("billion laughs") as soon as anything
+          walks or prints the result;
+        * a duplicate key is an error (YAML keeps the last one silently, so the first,
+          perhaps the one the user meant, would be ignored);
+        * ``2e-4`` is a number, as in JSON and YAML 1.2 (YAML 1.1 reads it as a string
+          and insists on ``2.0e-4``), because that is how learning rates are written.
+        """
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not allowed in a config file",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            self.flatten_mapping(node)  # merge keys (<<) first, as SafeLoader does
+            seen = []
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark)
+                seen.append(key)
+            return super().construct_mapping(node, deep=deep)
+
+    exponent = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+    ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", exponent,
+                                       list("-+0123456789."))
+    return ConfigLoader
 
 
 def _check_keys(values: dict[str, Any], where: str) -> None:
@@ -135,15 +224,29 @@ def _check_keys(values: dict[str, Any], where: str) -> None:
                            f"{', '.join(FIELD_NAMES)})")
 
 
+class ConfigError(InfosftError):
+    """A bad config value; ``field`` names it (None: several fields together)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+KNOB_FIELDS = ("scheme", "C", "P", "threshold", "direction", "seed")
+
+
 def resolve(file_values: dict[str, Any] | None = None,
-            overrides: dict[str, Any] | None = None) -> TrainConfig:
+            overrides: dict[str, Any] | None = None, *,
+            source: str | Path | None = None) -> TrainConfig:
     """A validated TrainConfig: defaults < ``file_values`` < ``overrides``.
 
     ``None`` in ``overrides`` means "not given" (argparse's default), so only the flags
     a user typed override the file. The learning rate, when not given, follows ``lora``.
+    ``source``: the file ``file_values`` came from; an error in one of its values names
+    it (``run.yaml: config field 'lr': ...``), so the user knows where to look.
     """
     file_values = dict(file_values or {})
-    _check_keys(file_values, "config")
+    _check_keys(file_values, str(source or "config"))
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     _check_keys(given, "flags")
     values = file_values | given
@@ -154,12 +257,29 @@ def resolve(file_values: dict[str, Any] | None = None,
     cfg = TrainConfig(**values)
     if cfg.lr is None and isinstance(cfg.lora, bool):
         cfg.lr = LORA_LR if cfg.lora else FULL_LR
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        from_file = set(file_values) - set(given)
+        if source and (e.field in from_file if e.field else bool(from_file & set(KNOB_FIELDS))):
+            raise ConfigError(f"{source}: {e}", e.field) from None
+        raise
     return cfg
 
 
-def _bad(name: str, expected: str, value: Any) -> InfosftError:
-    return InfosftError(f"config field {name!r}: expected {expected}, got {value!r}")
+def _short(value: Any) -> str:
+    """``repr`` cut to a readable length: a value in an error line may be huge."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = 80
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 6
+    r.maxlevel = 3
+    return r.repr(value)
+
+
+def _bad(name: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"config field {name!r}: expected {expected}, got {_short(value)}", name)
 
 
 def _is_int(v: Any) -> bool:
@@ -175,17 +295,18 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("data", "out"):
         v = getattr(cfg, name)
         if not isinstance(v, str) or not v.strip():
-            raise InfosftError(f"config field {name!r} is required (a "
-                               f"{'dataset' if name == 'data' else 'run directory'} path)")
+            raise ConfigError(f"config field {name!r} is required (a "
+                              f"{'dataset' if name == 'data' else 'run directory'} path)", name)
     for name in ("model", "eval_data", "device", "direction"):
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, str) or not v.strip()):
             raise _bad(name, "a non-empty string", v)
+    check_device(cfg.device)
     for name in ("data", "eval_data"):
         v = getattr(cfg, name)
         # A name with a file suffix must be a local file; others may be hub names.
         if v is not None and Path(v).suffix and not Path(v).exists():
-            raise InfosftError(f"config field {name!r}: no such file {v}")
+            raise ConfigError(f"config field {name!r}: no such file {v}", name)
     if cfg.scheme not in SCHEMES:
         raise _bad("scheme", f"one of {', '.join(SCHEMES)}", cfg.scheme)
     if cfg.mode not in MODES:
@@ -202,7 +323,7 @@ def validate(cfg: TrainConfig) -> None:
     try:
         cfg.knobs()
     except ValueError as e:
-        raise InfosftError(f"config: {e}") from None
+        raise ConfigError(f"config: {e}") from None
     _positive_ints(cfg, ("lora_r", "batch_size", "grad_accum", "logging_steps"),
                    ("max_steps", "save_steps", "eval_steps", "limit"))
     if not _is_int(cfg.max_length) or cfg.max_length < 2:
@@ -219,9 +340,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.dtype is not None and cfg.dtype not in DTYPES:
         raise _bad("dtype", f"one of {', '.join(DTYPES)}", cfg.dtype)
     if cfg.dtype == "float16" and not cfg.lora:
-        raise InfosftError("config field 'dtype': float16 weights only train with LoRA (the "
-                           "gradient scaler needs fp32 trainable weights); use float32 or "
-                           "bfloat16")
+        raise ConfigError("config field 'dtype': float16 weights only train with LoRA (the "
+                          "gradient scaler needs fp32 trainable weights); use float32 or "
+                          "bfloat16", "dtype")
     if not isinstance(cfg.split, str) or not cfg.split:
         raise _bad("split", "a split name", cfg.split)
     if cfg.fields is not None and not (isinstance(cfg.fields, dict) and all(
@@ -250,6 +371,29 @@ def _in_range(cfg: TrainConfig, name: str, low: float, high: float, *,
         raise _bad(name, f"a number in {interval}", v)
 
 
+TRAIN_DEVICES = ("cpu", "cuda", "mps")
+
+
+def check_device(device: str | None) -> None:
+    """Raise :class:`ConfigError` unless ``device`` (None: the best available) is one this
+    machine has (:func:`infosft.models.check_device`), before any data or model loads.
+
+    Training takes a device type only: the Trainer puts each process on its own GPU, so
+    the index of ``cuda:1`` would be ignored (``CUDA_VISIBLE_DEVICES`` chooses GPUs).
+    """
+    from infosft.models import check_device as on_this_machine
+
+    if device is None:
+        return
+    try:
+        dev = on_this_machine(device)
+    except InfosftError as e:
+        raise ConfigError(f"config field 'device': {e}", "device") from None
+    if dev not in TRAIN_DEVICES:
+        raise ConfigError(f"config field 'device': training takes {', '.join(TRAIN_DEVICES)}, "
+                          f"not {device!r} (choose GPUs with CUDA_VISIBLE_DEVICES)", "device")
+
+
 def as_dict(cfg: TrainConfig) -> dict[str, Any]:
     return asdict(cfg)
 
@@ -258,7 +402,7 @@ def dump(cfg: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically; returns ``path``."""
     import yaml
 
-    from infosft.train_status import atomic_write_text
+    from infosft.atomic import atomic_write_text
 
     path = Path(path)
     atomic_write_text(path, yaml.safe_dump(as_dict(cfg), sort_keys=False,
@@ -266,23 +410,54 @@ def dump(cfg: TrainConfig, path: str | Path) -> Path:
     return path
 
 
+# Fields that name a local file or directory (or a hub id / dataset name): equal when
+# they resolve to the same path, so `./data.jsonl` and `data.jsonl` are one dataset.
+PATH_FIELDS = ("data", "eval_data", "model")
+
+
+def same_value(name: str, a: Any, b: Any) -> bool:
+    """Whether two values of field ``name`` mean the same run."""
+    if a == b:
+        return True
+    if name in PATH_FIELDS and isinstance(a, str) and isinstance(b, str):
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    return False
+
+
+def result_values(cfg: TrainConfig) -> dict[str, Any]:
+    """The fields that decide what a run learns (all but RESUME_FREE), as JSON values:
+    recorded when a run starts, so a resume can tell that ``config.yaml`` was edited."""
+    return json.loads(json.dumps({k: v for k, v in as_dict(cfg).items()
+                                  if k not in RESUME_FREE}))
+
+
+def first_change(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """The first field of ``after`` whose value differs from ``before``'s, else None."""
+    return next((k for k in after if k in before and not same_value(k, before[k], after[k])),
+                None)
+
+
 def resume_config(stored: dict[str, Any], file_values: dict[str, Any] | None = None,
-                  overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The config of a resumed run: the stored one, with only resume-free fields changed.
+                  overrides: dict[str, Any] | None = None, *,
+                  source: str | Path | None = None) -> TrainConfig:
+    """The config of a resumed run: the stored one (read from ``source``, the run's
+    ``config.yaml``), with only resume-free fields changed.
 
     Raises:
         InfosftError: naming the first field whose new value would change what is learned.
     """
-    base = resolve(stored)
+    # The stored device may be one this machine lacks (the run moved here); it is
+    # resume-free, and the device the resumed run will use is checked below.
+    base = resolve({**stored, "device": None}, source=source)
     new = {k: v for k, v in (dict(file_values or {}) | {
         k: v for k, v in (overrides or {}).items() if v is not None}).items()}
     _check_keys(new, "flags")
-    changed = resolve(stored, new)
-    for name in FIELD_NAMES:
-        if name in RESUME_FREE or name not in new:
-            continue
-        if getattr(changed, name) != getattr(base, name):
-            raise InfosftError(f"--resume: {name!r} of the run is {getattr(base, name)!r}; "
-                               f"it cannot change to {getattr(changed, name)!r} (start a new "
-                               "run, or drop the flag)")
+    changed = resolve(stored, new, source=source)
+    name = first_change(vars(base), {k: getattr(changed, k) for k in new
+                                     if k not in RESUME_FREE})
+    if name is not None:
+        raise InfosftError(f"--resume: {name!r} of the run is {_short(getattr(base, name))}; "
+                           f"it cannot change to {_short(getattr(changed, name))} (start a "
+                           "new run, or drop the flag)")
     return changed

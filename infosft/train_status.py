@@ -11,6 +11,8 @@ Layout of a run directory ``RUN``::
     RUN/final/                         the final model (full model or LoRA adapter) + tokenizer,
                                        with infosft_model.json = {"base_model", "adapter"}
     RUN/data/eval.jsonl                held-out raw records of the eval split (raw datasets only)
+    RUN/data/source.json               data provenance and the result-affecting config
+    RUN/.lock                          held by the trainer while it runs (infosft.runlock)
 
 A training metrics line carries ``step``, ``epoch``, ``loss``, ``learning_rate``,
 ``grad_norm``, ``tokens_per_s``, ``mean_weight``, ``zero_weight_share``, ``time``;
@@ -20,18 +22,25 @@ an evaluation line carries ``step``, ``epoch``, ``eval_loss``, ``time`` and no `
 from __future__ import annotations
 
 import json
-import os
-import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from infosft import process
+from infosft.atomic import atomic_write_text
+
 STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 ACTIVE_STATES = ("queued", "running", "stopping")
 STATUS_FIELDS = ("state", "step", "total_steps", "epoch", "elapsed_s", "eta_s", "pid", "host",
-                 "started_at", "updated_at", "error", "last_checkpoint", "final_model",
-                 "resumable")
+                 "started", "started_at", "updated_at", "error", "last_checkpoint",
+                 "final_model", "resumable")
+# The type each field must have to be believed: a damaged or hand-edited status.json
+# reads as "unknown" (None) field by field instead of breaking its readers.
+_NUM = (int, float)
+FIELD_TYPES = {"state": str, "step": int, "total_steps": int, "epoch": _NUM,
+               "elapsed_s": _NUM, "eta_s": _NUM, "pid": int, "host": str, "started": _NUM,
+               "started_at": _NUM, "updated_at": _NUM, "error": str, "last_checkpoint": str,
+               "final_model": str, "resumable": bool}
 
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
@@ -41,28 +50,28 @@ CHECKPOINTS = "checkpoints"
 FINAL = "final"
 MODEL_INFO = "infosft_model.json"
 EVAL_DATA = "data/eval.jsonl"
+SOURCE = "data/source.json"
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; these files are for every reader
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def is_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` is a training run directory (the trainer wrote its config or
+    status), as opposed to any other directory a mistyped ``--out`` may name."""
+    return (Path(run_dir) / STATUS).is_file() or (Path(run_dir) / CONFIG).is_file()
 
 
 def _read_raw_status(run_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((run_dir / STATUS).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        status = json.loads((run_dir / STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # missing, garbage, not UTF-8, a directory
         return {}
+    if not isinstance(status, dict):
+        return {}
+    return {k: v for k, v in status.items() if k in FIELD_TYPES and _typed(v, FIELD_TYPES[k])}
+
+
+def _typed(value: Any, types) -> bool:
+    # bool is an int to Python, but `"step": true` is not a step
+    return isinstance(value, types) and (types is bool or not isinstance(value, bool))
 
 
 def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
@@ -82,20 +91,9 @@ def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     return status
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # it exited just now, or there is no procfs (macOS: trust os.kill)
-        return not Path("/proc").is_dir()
-    # The state letter follows the parenthesized command name, which may contain spaces.
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+def pid_alive(pid: int, started: float | None = None, host: str | None = None) -> bool:
+    """Deprecated name of :func:`infosft.process.alive` (pid + start time)."""
+    return process.alive(pid, started, host)
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
@@ -103,18 +101,23 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
     A run that claims to be active while its process is gone (killed, crashed, machine
     rebooted) is reported as ``failed`` with an explanatory ``error`` and ``resumable``
-    set when a checkpoint exists. Processes on another host cannot be checked and are
-    taken at their word.
+    set when a checkpoint exists. The process is identified by pid and start time
+    (:mod:`infosft.process`), so a stranger that inherited the pid does not keep a dead
+    run "running"; files written before start times were stored are checked by pid.
+    Processes on another host cannot be checked and are taken at their word. Fields of
+    the wrong type (a damaged file) read as None.
     """
     run_dir = Path(run_dir)
     status = {k: None for k in STATUS_FIELDS} | _read_raw_status(run_dir)
     pid = status.get("pid")
-    if (status.get("state") in ACTIVE_STATES and isinstance(pid, int)
-            and status.get("host") in (None, socket.gethostname()) and not pid_alive(pid)):
+    if (status.get("state") in ACTIVE_STATES and pid is not None  # no pid: cannot tell
+            and not process.alive(pid, status.get("started"), status.get("host"))):
         ckpt = last_checkpoint(run_dir)
         status.update(state="failed", eta_s=None,
                       error=f"the training process (pid {pid}) died without finishing",
                       last_checkpoint=str(ckpt) if ckpt else None, resumable=ckpt is not None)
+    if status.get("state") not in STATES:
+        status["state"] = None
     if status.get("resumable") is None:
         status["resumable"] = False
     return status
@@ -157,14 +160,23 @@ def last_checkpoint(run_dir: str | Path) -> Path | None:
     """The complete checkpoint with the highest step, or None.
 
     A checkpoint is complete once the Trainer wrote ``trainer_state.json`` (it does so
-    after the model, optimizer and scheduler), so one cut short by a kill is ignored.
+    after the model, optimizer and scheduler), so one cut short by a kill is ignored. The
+    Trainer writes that file in place, not atomically: a kill during that write leaves
+    a torn file, which does not count either (resuming from it would fail every time).
     """
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return None
     done = [(checkpoint_step(p), p) for p in root.iterdir()
-            if checkpoint_step(p) is not None and (p / "trainer_state.json").is_file()]
+            if checkpoint_step(p) is not None and _complete(p)]
     return max(done)[1] if done else None
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_bytes()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def truncate_metrics(run_dir: str | Path, max_step: int | None) -> None:
@@ -173,5 +185,7 @@ def truncate_metrics(run_dir: str | Path, max_step: int | None) -> None:
     path = Path(run_dir) / METRICS
     if max_step is None or not path.exists():
         return
-    kept = [m for m in read_metrics(run_dir) if not m.get("step", 0) > max_step]
+    # a line without an integer step (hand-edited, damaged) cannot be placed: dropped
+    kept = [m for m in read_metrics(run_dir) if _typed(m.get("step"), int)
+            and m["step"] <= max_step]
     atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in kept))
