@@ -32,12 +32,13 @@ both), and so are the base model's greedy answers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import socket
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -49,7 +50,9 @@ from analysis.accuracy import (accuracy_items, accuracy_summary, greedy_generate
 from analysis.delta import check_same_tokens, set_numbers
 from analysis.kl import KL_SCHEMA, joint_kl, kl_summary
 from analysis.score import ScoreConfig, load_examples, versions, score_dataset
-from analysis.store import Run, atomic_write_bytes, atomic_write_json, atomic_write_parquet
+from analysis.store import Run, atomic_write_parquet
+from infosft import process, runlock
+from infosft.atomic import atomic_write_bytes, atomic_write_json
 from infosft.data import RecordError, detect_format, normalize
 from infosft.errors import InfosftError, InputError
 from infosft.records import read_records
@@ -63,6 +66,9 @@ PROGRESS = "progress.json"
 KL_FILE = "kl-prior.parquet"
 ACCURACY = "accuracy.parquet"
 SETS = ("task", "prior")
+# What a saved model or LoRA adapter holds its weights in (sharded ones have an index).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 SCORED = ("base-task", "tuned-task", "base-prior", "tuned-prior")
 #: Relative cost of one generated token against one scored token (a decode step uses
 #: the model far less efficiently than a batched forward); only for the ETA.
@@ -117,19 +123,13 @@ class TrainingRun:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """``config.yaml`` as a dict; one-line errors for a missing or malformed file."""
-    import yaml
+    """``config.yaml`` as a dict; one-line errors for a missing or malformed file (as for
+    any config file: :func:`infosft.train_config.read_config_file`)."""
+    from infosft.train_config import read_config_file
 
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InfosftError(f"{path.parent}: not a training run (no {path.name})") from None
-    except yaml.YAMLError as e:
-        raise InfosftError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(config, dict):
-        raise InfosftError(f"{path}: expected a mapping of settings, got "
-                           f"{type(config).__name__}")
-    return config
+    if not path.is_file():
+        raise InfosftError(f"{path.parent}: not a training run (no {path.name})")
+    return read_config_file(path)
 
 
 def check_config(config: dict[str, Any], path: Path) -> None:
@@ -158,6 +158,10 @@ def check_settings(cfg: EvalConfig) -> None:
         raise InfosftError(f"--max-new-tokens must be >= 1, got {cfg.max_new_tokens}")
     if cfg.limit is not None and cfg.limit < 1:
         raise InfosftError(f"--limit must be >= 1, got {cfg.limit}")
+    if cfg.device is not None:
+        from infosft.models import check_device
+
+        check_device(cfg.device)
 
 
 def open_training_run(path: str | Path) -> TrainingRun:
@@ -178,16 +182,20 @@ def open_training_run(path: str | Path) -> TrainingRun:
     run = TrainingRun(p, config, status)
     if not run.final.is_dir():
         raise InfosftError(f"{p}: no final model ({run.final} is missing)")
+    if not any((run.final / name).is_file() for name in WEIGHT_FILES):
+        raise InfosftError(f"{run.final}: no model weights in it (no model.safetensors or "
+                           "adapter_model.safetensors); train the run again")
     return run
 
 
 def is_finished(path: str | Path) -> bool:
-    """Whether a directory is a training run that finished with a final model."""
-    from infosft.train_status import read_status
-
-    p = Path(path)
-    return ((p / "config.yaml").is_file() and (p / "final").is_dir()
-            and read_status(p).get("state") == "finished")
+    """Whether a directory is a training run that finished with a final model that can
+    be evaluated (see :func:`open_training_run`)."""
+    try:
+        open_training_run(path)
+    except InfosftError:
+        return False
+    return True
 
 
 def task_source(run: TrainingRun, task_data: str | None) -> str:
@@ -338,17 +346,27 @@ def sibling_evals(run: TrainingRun, others: list[Path]) -> list[Path]:
     if parent.is_dir():
         found += sorted(p / EVAL for p in parent.iterdir() if p.is_dir())
     me = run.eval_dir.resolve()
-    return [p for p in dict.fromkeys(found) if p.is_dir() and p.resolve() != me]
+    # an evaluation another process is writing (or clearing) now is no source to copy
+    return [p for p in dict.fromkeys(found)
+            if p.is_dir() and p.resolve() != me and not _held_by_another(p.parent)]
 
 
 # --- the evaluation --------------------------------------------------------------------
 
+def _held_by_another(run_dir: Path) -> bool:
+    """Whether another process holds the lock of ``run_dir`` (training or evaluating it)."""
+    return (runlock.is_locked(run_dir)
+            and (runlock.holder(run_dir) or {}).get("pid") != os.getpid())
+
+
 def check_eval_dir(run: TrainingRun, overwrite: bool) -> None:
     """Raise unless ``RUN/eval`` may be (re)written: absent or empty, left by a failed or
     killed evaluation, or complete and ``overwrite`` given. Never while another process
-    on this machine is evaluating the run."""
-    from infosft.train_status import pid_alive
-
+    holds the run's lock (evaluating or training it)."""
+    if _held_by_another(run.path):
+        raise InfosftError(f"{run.path} is in use by another infosft process (pid "
+                           f"{(runlock.holder(run.path) or {}).get('pid')}); wait for it to "
+                           "end or stop it")
     d = run.eval_dir
     if not d.exists() or not any(d.iterdir()):
         return
@@ -359,19 +377,28 @@ def check_eval_dir(run: TrainingRun, overwrite: bool) -> None:
     except (OSError, ValueError):
         old = {}
     pid = old.get("pid")
-    if (old.get("status") == "running" and isinstance(pid, int) and pid != os.getpid()
-            and old.get("host") == socket.gethostname() and pid_alive(pid)):
+    # (a writer from before run locks: identified by pid and start time, see infosft.process)
+    if (old.get("status") == "running" and pid != os.getpid()
+            and process.alive(pid, old.get("started"), old.get("host"))):
         raise InfosftError(f"{run.path} is being evaluated right now (pid {pid})")
     if old.get("status") == "complete" and not overwrite:
         raise InfosftError(f"{d} already exists; use --overwrite to evaluate again")
 
 
-def _prepare_eval_dir(run: TrainingRun, overwrite: bool) -> Path:
-    check_eval_dir(run, overwrite)
-    if run.eval_dir.exists():
-        shutil.rmtree(run.eval_dir)
-    run.eval_dir.mkdir(parents=True)
-    return run.eval_dir
+def _check_models_load(run: TrainingRun, cfg: EvalConfig) -> None:
+    """Load the base and the tuned model once, and free them: before an old evaluation
+    is replaced, a model that cannot load must fail while the old one is still there."""
+    from infosft.models import load_model
+    from infosft.train import one_line
+
+    for name in (run.base_model, str(run.final)):
+        try:
+            model = load_model(name, device=cfg.device, dtype=cfg.dtype)[0]
+        except InfosftError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged model file: one line naming it
+            raise InfosftError(f"cannot load model {name or 'default'}: {one_line(e)}") from None
+        del model
 
 
 def _check_tokenizers(base_tok, tuned_tok, run: TrainingRun) -> None:
@@ -389,29 +416,46 @@ def evaluate_run(path: str | Path, cfg: EvalConfig, *, others: list[Path] | None
                  progress: bool = True) -> dict[str, Any]:
     """Evaluate one finished training run into ``RUN/eval`` (see the module docstring).
 
-    The data are read and tokenized before any model is loaded, so bad input fails
-    fast with one line. ``others``: further run directories whose base scores may be
-    reused. Returns the report (also written to ``RUN/eval/report.json``).
+    The run's lock (:mod:`infosft.runlock`) is held throughout: the run itself, not only
+    ``RUN/eval``, because evaluation reads ``RUN/final``, which a ``train --overwrite``
+    of the same directory would delete. The data are read and tokenized before any model
+    is loaded, so bad input fails fast with one line, and a previous evaluation is
+    cleared only once everything has loaded. ``others``: further run directories whose
+    base scores may be reused. Returns the report (also written to ``RUN/eval/report.json``).
     """
-    from infosft.models import load_tokenizer
-
     check_settings(cfg)
     run = open_training_run(path)
+    with runlock.RunLock(run.path, "evaluating it"):
+        return _evaluate_locked(run, cfg, others or [], progress)
+
+
+def _evaluate_locked(run: TrainingRun, cfg: EvalConfig, others: list[Path],
+                     progress: bool) -> dict[str, Any]:
+    from infosft.models import load_tokenizer
+
+    check_eval_dir(run, cfg.overwrite)
     base_name, tuned_name = run.base_model, str(run.final)
     base_tok = load_tokenizer(base_name)
     _check_tokenizers(base_tok, load_tokenizer(tuned_name), run)
-    eval_dir = _prepare_eval_dir(run, cfg.overwrite)
+    with tempfile.TemporaryDirectory(prefix="infosft-eval-") as staging:
+        sets = _prepare_sets(run, cfg, base_tok, Path(staging))
+        if not runlock.is_empty(run.eval_dir):  # something to lose: load the models first
+            _check_models_load(run, cfg)
+        eval_dir = run.eval_dir
+        eval_dir.mkdir(exist_ok=True)
+        runlock.clear_dir(eval_dir)
+        if sets.staged is not None:
+            atomic_write_bytes(sets.sources["prior"], sets.staged.read_bytes())
     started = time.time()
     report: dict[str, Any] = {
         "status": "running", "run": str(run.path), "name": run.path.name,
         "training": run.training(), "base_model": base_name or "default",
-        "tuned_model": tuned_name, "settings": _jsonish(asdict(cfg)),
-        "pid": os.getpid(), "host": socket.gethostname(),
+        "tuned_model": tuned_name, "settings": _jsonish(asdict(cfg)), **process.current(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions()}
     atomic_write_json(eval_dir / REPORT, report)
     try:
-        _evaluate(run, cfg, eval_dir, base_tok, report, others or [], progress)
+        _evaluate(run, cfg, eval_dir, base_tok, report, others, progress, sets)
     except BaseException as e:
         report.update(status="failed", error=(str(e).splitlines() or [type(e).__name__])[0]
                       if not isinstance(e, KeyboardInterrupt) else "interrupted")
@@ -443,15 +487,18 @@ class _Sets:
     sources: dict[str, str]
     prepared: dict[str, tuple]          # set -> (RawRecords, RecordFormat, examples)
     score_cfgs: dict[str, ScoreConfig]  # base-task, tuned-task, base-prior, tuned-prior
+    staged: Path | None = None          # the combined prior set, until it moves to sources
 
 
-def _prepare_sets(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer) -> _Sets:
-    """Read and tokenize both sets (bad rows fail here, before any model is loaded)."""
+def _prepare_sets(run: TrainingRun, cfg: EvalConfig, tokenizer, staging: Path) -> _Sets:
+    """Read and tokenize both sets (bad rows fail here, before any model is loaded),
+    writing nothing into ``RUN/eval``: several prior sets are combined in ``staging``."""
+    eval_dir = run.eval_dir
     priors = prior_sources(cfg)
-    prior_src, prior_limit = priors[0], cfg.limit
+    prior_src, prior_limit, staged = priors[0], cfg.limit, None
     if len(priors) > 1:  # the limit then applies per file, inside combine_prior
-        prior_src = str(combine_prior(priors, eval_dir / "data" / "prior.jsonl", cfg.limit))
-        prior_limit = None
+        staged = combine_prior(priors, staging / "prior.jsonl", cfg.limit)
+        prior_src, prior_limit = str(eval_dir / "data" / "prior.jsonl"), None
     sources = {"task": task_source(run, cfg.task_data), "prior": prior_src}
     limits = {"task": cfg.limit, "prior": prior_limit}
     prepared, score_cfgs = {}, {}
@@ -459,8 +506,10 @@ def _prepare_sets(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer) 
         for who, model in (("base", run.base_model), ("tuned", str(run.final))):
             score_cfgs[f"{who}-{s}"] = _score_cfg(run, cfg, sources[s], eval_dir / f"{who}-{s}",
                                                   model, task=s == "task", limit=limits[s])
-        prepared[s] = load_examples(score_cfgs[f"base-{s}"], tokenizer, [])
-    return _Sets(sources, prepared, score_cfgs)
+        read_from = str(staged) if s == "prior" and staged else sources[s]
+        prepared[s] = load_examples(replace(score_cfgs[f"base-{s}"], source=read_from),
+                                    tokenizer, [])
+    return _Sets(sources, prepared, score_cfgs, staged)
 
 
 def _reusable_base(run: TrainingRun, sets: _Sets, others: list[Path]) -> dict[str, Path]:
@@ -477,10 +526,9 @@ def _reusable_base(run: TrainingRun, sets: _Sets, others: list[Path]) -> dict[st
 
 
 def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
-              report: dict[str, Any], others: list[Path], show: bool) -> None:
+              report: dict[str, Any], others: list[Path], show: bool, sets: _Sets) -> None:
     from infosft.models import load_model
 
-    sets = _prepare_sets(run, cfg, eval_dir, tokenizer)
     task_examples, prior_examples = sets.prepared["task"][2], sets.prepared["prior"][2]
     report["task"] = {"source": sets.sources["task"], "examples": len(task_examples)}
     report["prior"] = {"sources": prior_sources(cfg), "scored_source": sets.sources["prior"],
@@ -631,11 +679,18 @@ def evaluate_runs(paths: list[str | Path], cfg: EvalConfig, *, progress: bool = 
     not evaluated yet unless ``overwrite``, see :func:`check_eval_dir`) before the first
     starts, so a typo in the third name does not surface an hour later."""
     check_settings(cfg)
+    unique: dict[Path, str | Path] = {}  # a run named twice would meet its own lock
+    for p in paths:
+        unique.setdefault(Path(p).resolve(), p)
+    paths = list(unique.values())
     runs = [open_training_run(p) for p in paths]
     for r in runs:
         check_eval_dir(r, cfg.overwrite)
-    return [evaluate_run(r.path, cfg, others=[o.path for o in runs if o is not r],
-                         progress=progress) for r in runs]
+    with contextlib.ExitStack() as locks:  # all runs locked up front, held to the end
+        for r in runs:
+            locks.enter_context(runlock.RunLock(r.path, "evaluating it"))
+        return [_evaluate_locked(r, cfg, [o.path for o in runs if o is not r], progress)
+                for r in runs]
 
 
 # --- reading reports ------------------------------------------------------------------
@@ -644,11 +699,14 @@ def read_report(run_dir: str | Path) -> dict[str, Any] | None:
     """``RUN/eval/report.json``, or None when the run was never evaluated."""
     path = Path(run_dir) / EVAL / REPORT
     try:
-        return json.loads(path.read_text())
+        report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
-        raise InfosftError(f"{path}: unreadable ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise InfosftError(f"{path}: unreadable ({type(e).__name__})") from None
+    if not isinstance(report, dict):
+        raise InfosftError(f"{path}: unreadable (not a JSON object)")
+    return report
 
 
 def knobs_label(training: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -259,7 +260,7 @@ def test_cli_one_line_errors(tmp_path, capsys, tuned_run, tiny_model_dir):
     (running / "config.yaml").write_text(yaml.safe_dump({**cfg, "max_length": "long"}))
     assert "config.yaml: field 'max_length': expected an integer" in _cli_error(capsys, running)
     (running / "config.yaml").write_text("model: [unclosed")
-    assert "config.yaml: not valid YAML" in _cli_error(capsys, running)
+    assert "config.yaml, line 1: not valid YAML" in _cli_error(capsys, running)
 
 
 @pytest.mark.slow
@@ -290,3 +291,71 @@ def test_end_to_end_default_model(tmp_path, default_dir, capsys):
     # the base model's numbers on the task set equal a plain scoring of the same rows
     direct = _direct(run / EVAL / "base-task")
     assert rep["task"]["base"]["mean_nll"] == pytest.approx(direct[0], rel=1e-9)
+
+
+# --- nothing lost, nobody in (issue #13) ------------------------------------------------
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_overwrite_keeps_the_old_evaluation_until_the_new_one_can_run(tmp_path, capsys,
+                                                                       tuned_run):
+    """Bad task data, missing or damaged weights: one line, and the complete evaluation
+    (report, scored runs, KL) is still there."""
+    run = tmp_path / "tuned"
+    shutil.copytree(tuned_run, run, ignore=shutil.ignore_patterns(".lock"))
+    before, before_report = _snapshot(run), report(run)
+    assert before_report["status"] == "complete" and "eval/kl-prior.parquet" in before
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "response": "r"}, "{oops"])
+    assert f"{bad}, line 2" in _cli_error(capsys, run, "--overwrite", "--task-data", bad)
+    missing = tmp_path / "missing.jsonl"
+    assert str(missing) in _cli_error(capsys, run, "--overwrite", "--task-data", missing)
+    weights = run / "final" / "model.safetensors"
+    weights.write_bytes(b"\x00" * 64)  # damaged: it loads only in the model loader
+    assert "cannot load model" in _cli_error(capsys, run, "--overwrite")
+    weights.unlink()
+    assert "no model weights in it" in _cli_error(capsys, run, "--overwrite")
+    after = _snapshot(run)
+    assert {k: v for k, v in after.items() if not k.startswith("final/")} == {
+        k: v for k, v in before.items() if not k.startswith("final/")}
+    shutil.copy(tuned_run / "final" / "model.safetensors", weights)
+    assert main(["eval", str(run), "--overwrite", "--quiet", "--limit", "5",
+                 "--accuracy-limit", "3", "--max-new-tokens", "6"]) == 0
+    assert report(run)["status"] == "complete" and report(run)["pid"] == os.getpid()
+    assert report(run)["created_at"] >= before_report["created_at"]
+
+
+HOLD = ("import sys, time\nfrom infosft.runlock import RunLock\n"
+        "lock = RunLock(sys.argv[1], 'x').acquire()\nprint('locked', flush=True)\n"
+        "time.sleep(120)\n")
+
+
+def test_an_evaluation_holds_the_run(tmp_path, capsys, tuned_run):
+    """While another process holds the run (an evaluation, a trainer), `infosft eval`
+    fails at once naming it and leaves the old evaluation alone; the app's pre-check
+    (check_eval_dir) says so too."""
+    import subprocess
+    import sys
+
+    from analysis.evaluate import check_eval_dir, open_training_run
+    from conftest import ROOT
+
+    run = tmp_path / "tuned"
+    shutil.copytree(tuned_run, run, ignore=shutil.ignore_patterns(".lock"))
+    before = _snapshot(run)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        err = _cli_error(capsys, run, run, "--overwrite")  # named twice: evaluated once
+        assert f"in use by another infosft process (pid {holder.pid})" in err
+        with pytest.raises(InfosftError, match=f"pid {holder.pid}"):
+            check_eval_dir(open_training_run(run), True)
+        assert _snapshot(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    check_eval_dir(open_training_run(run), True)  # free again once its holder is gone
