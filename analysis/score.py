@@ -27,8 +27,8 @@ import polars as pl
 import torch
 from transformers import DynamicCache
 
-from analysis.store import (TOKEN_SCHEMA, Run, atomic_write_json, atomic_write_parquet,
-                           read_part)
+from analysis.store import (PART_NAME, TOKEN_SCHEMA, Run, atomic_write_json,
+                           atomic_write_parquet, read_part)
 from infosft.data import PreparedExample, has_template, prepare
 from infosft.errors import InfosftError
 from infosft.memory import release_freed_memory
@@ -509,8 +509,9 @@ def _done_examples(run: Run) -> set[int]:
 
 
 def _next_part_index(run: Run, rank: int) -> int:
-    mine = sorted(run.tokens_dir.glob(f"part-{rank:03d}-*.parquet"))
-    return int(mine[-1].stem.split("-")[-1]) + 1 if mine else 0
+    mine = [int(m[2]) for p in run.part_paths()
+            if (m := PART_NAME.fullmatch(p.name)) and int(m[1]) == rank]
+    return max(mine) + 1 if mine else 0
 
 
 def _write_parts(run: Run, scorer: Scorer, todo: list[PreparedExample], rank: int,

@@ -18,6 +18,7 @@ a smaller table or a library traceback.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ TOKEN_SCHEMA = {
 }
 
 
+PART_NAME = re.compile(r"part-(\d{3,})-(\d{6,})\.parquet")  # rank, index
 COUNTS = ("examples", "skipped", "tokens", "target_tokens", "truncated")
 EXAMPLE_COLUMNS = ("example_id", "source_row", "n_tokens", "truncated", "text", "record")
 VOCAB_COLUMNS = ("token_id", "token")
@@ -133,7 +135,10 @@ class Run:
         atomic_write_json(self.meta_path, meta)
 
     def part_paths(self) -> list[Path]:
-        return sorted(self.tokens_dir.glob("part-*.parquet"))
+        """The token parts, in name order. Only names :meth:`part_path` gives count: a
+        stray file (a copy such as ``part-000-000001 (1).parquet``) is not read as data."""
+        return sorted(p for p in self.tokens_dir.glob("part-*.parquet")
+                      if PART_NAME.fullmatch(p.name))
 
     def part_path(self, rank: int, index: int) -> Path:
         return self.tokens_dir / f"part-{rank:03d}-{index:06d}.parquet"

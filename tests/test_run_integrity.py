@@ -459,3 +459,15 @@ def test_run_list_survives_a_meta_of_odd_types(tmp_path, run):
     assert rows == [{"name": "run", "path": str(run), "status": "complete", "model": None,
                      "dataset": None, "examples": None, "target_tokens": 5,
                      "created_at": None}]
+
+
+def test_a_stray_copy_of_a_part_is_not_data(capsys, clean, run, tiny_model_dir):
+    """A file manager's copy of a part is not one of the run's parts: not read twice,
+    and --resume still numbers its new parts."""
+    part = Run(run).part_paths()[1]
+    shutil.copy(part, part.with_name(f"{part.stem} (copy).parquet"))
+    assert tokens(run).equals(tokens(clean))
+
+    rc, _, err = cli(capsys, *score_argv(data_of(run), run, tiny_model_dir, "--resume"))
+    assert rc == 0, err
+    assert_same_run(run, clean)
