@@ -4,6 +4,7 @@ and the per-run caches (loaded once per run, keyed by path + meta.json mtime).""
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ from infosft.errors import InfosftError
 
 #: Errors a page turns into a one-line ``st.error`` instead of a traceback.
 USER_ERRORS = (InfosftError, ValueError, OSError, pl.exceptions.PolarsError)
+_LOG = logging.getLogger("infosft.app")
 
 
 def init() -> None:
@@ -99,11 +101,18 @@ def suggested_c(run: Run) -> dict[str, Any]:
 
 
 def guard(body: Callable[[], None]) -> None:
-    """Run a page body; user errors become one ``st.error`` line, never a traceback."""
+    """Run a page body; user errors become one ``st.error`` line, never a traceback.
+    Anything else (a file no reader validated, a bug) is one line too, with the
+    traceback in the server's log. (``st.rerun`` / ``st.stop`` are BaseExceptions and
+    pass.)"""
     try:
         body()
     except USER_ERRORS as e:
         st.error(error_line(e))
+    except Exception as e:  # noqa: BLE001 - the page must stay usable
+        _LOG.exception("page error")
+        first = (str(e).strip().splitlines() or [""])[0]
+        st.error(f"unexpected error: {type(e).__name__}: {first} (details in the app's log)")
 
 
 def fragment(run_every: float | None = None):

@@ -429,3 +429,95 @@ def test_a_symlinked_folder_is_one_line_on_the_pages(tmp_path, workspace):
     at.button(key="export_go").click().run()
     assert not at.exception and any("leads outside the workspace" in e.value for e in at.error)
     assert not any(elsewhere.iterdir())
+
+
+# --- 8. a damaged run is one line on every page, never a traceback -----------------------
+
+PAGES = ["views/data.py", "views/overview.py", "views/tune.py", "views/examples.py",
+         "views/token_view.py", "views/export.py", "views/train.py", "views/evaluate.py"]
+
+
+def damage(run: Path, how: str) -> None:
+    import shutil
+
+    parts = sorted((run / "tokens").glob("*.parquet"))
+    if how == "truncated part":
+        data = parts[0].read_bytes()
+        parts[0].write_bytes(data[: len(data) // 2])
+    elif how == "garbage part":
+        parts[0].write_bytes(b"PAR1" + os.urandom(4096) + b"PAR1")
+    elif how == "garbage meta":
+        (run / "meta.json").write_text("{not json")
+    elif how == "meta not an object":
+        (run / "meta.json").write_text("[1, 2]")
+    elif how == "meta of wrong types":
+        meta = json.loads((run / "meta.json").read_text())
+        meta.update(model="x", dataset=None, counts="many", max_length="long")
+        (run / "meta.json").write_text(json.dumps(meta))
+    elif how == "truncated examples":
+        (run / "examples.parquet").write_bytes((run / "examples.parquet").read_bytes()[:100])
+    elif how == "no vocab":
+        (run / "vocab.parquet").unlink()
+    elif how == "no tokens":
+        shutil.rmtree(run / "tokens")
+
+
+@pytest.mark.parametrize("how", ["truncated part", "garbage part", "garbage meta",
+                                 "meta not an object", "meta of wrong types",
+                                 "truncated examples", "no vocab", "no tokens"])
+def test_damaged_run_is_one_line_on_every_page(tmp_path, workspace, how):
+    import shutil
+
+    run = tmp_path / "damaged"
+    shutil.copytree(ROOT / "sample_data" / "runs" / "sample", run)
+    damage(run, how)
+    errors = []
+    for script in PAGES:
+        at = page(script, run_path=str(run))
+        assert not at.exception, (how, script, [e.value[:300] for e in at.exception])
+        errors += [e.value for e in at.error]
+    at = page("views/export.py", run_path=str(run))
+    for button in [b for b in at.button if b.key == "export_go"]:  # reads every part
+        button.click().run()
+        assert not at.exception, (how, [e.value[:300] for e in at.exception])
+        errors += [e.value for e in at.error]
+    assert errors and all("\n" not in e and "Traceback" not in e for e in errors), (how, errors)
+
+
+def training_run(ws: Path, name: str, **files: str | bytes) -> Path:
+    """A finished training run as the trainer leaves it, with ``files`` replaced."""
+    run = ws / "trainings" / name
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "adapter_config.json").write_text("{}")
+    (run / "final" / "adapter_model.safetensors").write_bytes(b"")
+    good = {"config.yaml": "data: d.jsonl\nscheme: sft\nmode: online\nlora: true\n",
+            "status.json": json.dumps({"state": "finished", "step": 2, "total_steps": 2,
+                                       "host": socket.gethostname()}),
+            "metrics.jsonl": '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n',
+            "train.log": "log\n"}
+    for rel, content in {**good, **files}.items():
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        getattr(run / rel, "write_bytes" if isinstance(content, bytes) else "write_text")(content)
+    return run
+
+
+@pytest.mark.parametrize("files", [
+    {"status.json": "{garbage"}, {"status.json": "[]"}, {"config.yaml": ": : :\n- ["},
+    {"config.yaml": "[1, 2]\n"}, {"metrics.jsonl": '{"step": 1, "loss": 2.0}\n{"ste'},
+    {"metrics.jsonl": '{"step": "x", "loss": "y"}\n[]\n'}, {"train.log": b"\xff\xfe\x00"},
+    {"eval/report.json": "{trunc"}, {"eval/report.json": '{"status": "complete"}'},
+    {"eval/progress.json": "{trunc"}, {"status.json": json.dumps(
+        {"state": "finished", "step": "two", "total_steps": None, "final_model": 3})},
+], ids=lambda f: ",".join(f"{k}:{str(v)[:12]}" for k, v in f.items()))
+def test_damaged_training_run_is_one_line_on_train_and_evaluate(workspace, files):
+    run = training_run(workspace, "damaged", **files)
+    training_run(workspace, "good")
+    for script in ("views/train.py", "views/evaluate.py"):
+        at = page(script, eval_runs=[str(run)])
+        assert not at.exception, (script, [e.value[:400] for e in at.exception])
+        assert all("\n" not in e.value for e in at.error), (script, [e.value for e in at.error])
+        assert [b for b in at.button if b.key in ("train_go", "ev_go")]  # the form stays
+    at = page("views/train.py")
+    for sel in [s for s in at.selectbox if s.key == "train_pick"]:
+        sel.set_value(str(run)).run()
+        assert not at.exception, [e.value[:400] for e in at.exception]

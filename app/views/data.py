@@ -166,4 +166,4 @@ def body() -> None:
     state.guard(scoring_form)
 
 
-body()
+state.guard(body)

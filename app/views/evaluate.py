@@ -161,15 +161,19 @@ def body() -> None:
                "model.")
     runs = run_dirs()
     state.guard(jobs_panel)
-    reports = ev.read_reports(runs)
-    if reports:
-        done = results(reports)
-        if done:
-            state.guard(lambda: delta_view(done))
-            state.guard(lambda: accuracy_section(done))
-    else:
-        st.info("No evaluated runs yet: start one below, or run `infosft eval RUN`.")
+    state.guard(lambda: results_section(runs))  # a damaged report: one line, the form stays
     state.guard(lambda: launch_form(runs))
+
+
+def results_section(runs: list[Path]) -> None:
+    reports = ev.read_reports(runs)
+    if not reports:
+        st.info("No evaluated runs yet: start one below, or run `infosft eval RUN`.")
+        return
+    done = results(reports)
+    if done:
+        state.guard(lambda: delta_view(done))
+        state.guard(lambda: accuracy_section(done))
 
 
 state.guard(body)
