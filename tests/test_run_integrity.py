@@ -271,10 +271,11 @@ def test_resume_while_the_scorer_runs_is_refused_naming_it(tmp_path, tiny_model_
     rows = ROWS[:60]  # enough to be scoring for seconds after the lock is taken
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     out = tmp_path / "run"
+    log = open(tmp_path / "stderr.txt", "w+")  # a file, not a pipe that could fill up
     proc = subprocess.Popen([sys.executable, "-m", "app.cli",
                              *score_argv(data, out, tiny_model_dir, "--token-budget", "1024",
                                          "--part-tokens", "1500")],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.time() + 120
         while (holder(out) or {}).get("pid") != proc.pid:
@@ -287,10 +288,13 @@ def test_resume_while_the_scorer_runs_is_refused_naming_it(tmp_path, tiny_model_
 
         msg = str(err.value)
         assert "\n" not in msg and str(out) in msg and f"pid {proc.pid}" in msg
-        assert proc.wait(timeout=600) == 0, proc.stderr.read()  # the scorer was not disturbed
+        assert proc.poll() is None  # refused while the first one was still at work
+        # ... which it finishes undisturbed
+        assert proc.wait(timeout=600) == 0, (tmp_path / "stderr.txt").read_text()
     finally:
         proc.kill()
         proc.wait()
+        log.close()
     run = Run(out)
     assert run.meta()["status"] == "complete"
     assert tokens(out).select("example_id", "position").is_duplicated().sum() == 0
