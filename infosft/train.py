@@ -605,6 +605,23 @@ def training_args(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
     )
 
 
+def checked_training_args(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
+    """:func:`training_args`, with the experiment trackers' callbacks made once: the
+    Trainer would find a tracker that is not installed only after the run has started."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    try:
+        args = training_args(cfg, run_dir, device, has_eval)
+    except ValueError as e:  # a combination the Trainer refuses on this machine
+        raise InfosftError(f"training settings: {one_line(e)}") from None
+    try:
+        for callback in get_reporting_integration_callbacks(args.report_to):
+            callback()
+    except (ValueError, RuntimeError, ImportError) as e:
+        raise InfosftError(f"config field 'report_to' {cfg.report_to}: {one_line(e)}") from None
+    return args
+
+
 # ---------------------------------------------------------------- train
 
 
@@ -660,6 +677,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
     device = pick_device(cfg.device)
     model, tokenizer = build_model(cfg, device)
     check_token_ids(data, model.get_input_embeddings().num_embeddings, cfg)
+    args = checked_training_args(cfg, run_dir, device, bool(data.eval))
     if is_main:
         if overwrite:
             runlock.clear_dir(run_dir)  # the lock stays: nobody slips in meanwhile
@@ -669,7 +687,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
     stop.install()
     try:
         out = _train(cfg, run_dir, ckpt, stop, is_main, previous, data, model, tokenizer,
-                     loss_fn, device)
+                     loss_fn, device, args)
         _close_process_group()
         return out
     except BaseException as e:
@@ -707,7 +725,7 @@ def _start_run_files(cfg: TrainConfig, run_dir: Path, ckpt: Path | None,
 
 def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest,
            is_main: bool, previous: dict[str, Any], data: TrainData, model, tokenizer,
-           loss_fn, device: str) -> Path:
+           loss_fn, device: str, args) -> Path:
     from transformers.trainer_callback import PrinterCallback
 
     knobs = cfg.knobs()
@@ -722,7 +740,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
     if stop.requested:
         return _stopped(run_dir, is_main)
     trainer = _trainer_class()(
-        model=model, args=training_args(cfg, run_dir, device, bool(data.eval)),
+        model=model, args=args,
         train_dataset=ExampleDataset(data.train),
         eval_dataset=ExampleDataset(data.eval) if data.eval else None,
         data_collator=Collator(pad_id_of(tokenizer)), processing_class=tokenizer,

@@ -343,3 +343,17 @@ def test_exported_token_ids_are_checked_against_the_model(tmp_path, capsys, tiny
     for w in words:
         assert w in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_missing_tracker_fails_before_the_run_starts(tmp_path, capsys, finished, data,
+                                                       tiny_model_dir):
+    """The Trainer finds a tracker that is not installed only once it is built; checked
+    with the other settings, the old run is kept (here under --overwrite)."""
+    if __import__("importlib").util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    run = copy_run(finished, tmp_path / "run")
+    before = snapshot(run)
+    err = one_line_error(capsys, ["train", *cli_args(tiny_cfg(data, run, tiny_model_dir)),
+                                  "--report-to", "wandb", "--overwrite"])
+    assert "config field 'report_to' ['wandb']" in err and "wandb" in err
+    assert snapshot(run) == before
