@@ -282,19 +282,21 @@ def tokenize(content: list[dict[str, str]] | str, tokenizer, *, max_length: int,
 
 
 # Tokenizing costs memory in proportion to the text (a 50 MB record took 9 GB), though
-# only max_length tokens are kept. So a long text is tokenized from a prefix that ends
-# at a word end ("x| y": a non-space followed by a space), growing geometrically from
-# this many characters per token wanted until it yields enough tokens. Every token of
-# such a prefix is a token of the whole text: added tokens are split off first (none
-# here can hold "x y", checked), the pre-tokenizer then always splits at such a point
-# (checked on a probe; GPT-2/Llama-3/Qwen byte-level regexes, Metaspace with split,
-# whitespace splitters) and the model tokenizes each piece alone. Other tokenizers
-# (one BPE over whole segments, normalizers that rewrite spaces) get the whole text.
+# only max_length tokens are kept. So a long text is tokenized from a prefix, growing
+# geometrically from this many characters per token wanted until it yields enough
+# tokens. The prefix ends at a cut point (_CUT_RULES): a word end ("x| y") or a letter
+# before punctuation ("x|." "語|。", for text without spaces). Every token of such a
+# prefix is a token of the whole text: added tokens are split off first (none here can
+# span a cut point, checked), the pre-tokenizer then always splits there (checked on a
+# probe: true of the GPT-2, Llama-3 and Qwen byte-level regexes and of whitespace
+# splitters; Metaspace with split only at spaces) and the model tokenizes each piece
+# alone. Other tokenizers (one BPE over whole segments, normalizers that rewrite
+# spaces) get the whole text, as do texts without any cut point.
 _CHARS_PER_TOKEN = 8
-_WORD_END = re.compile(r".*\S(?= )", re.S)   # greedy: the last word end
+_CUT_RULES = (r"\S(?= )", r"[^\W_](?=[.,!?;:\u3002\uff0c\u3001\uff01\uff1f\uff1a\uff1b])")
+_PROBE = "ab cd, 12 ef! (g) 'h i\tj k.\nl m \u65e5\u672c\u3002\u8a9e\u3001x;y z?"
 _PER_CHAR_NORMALIZERS = {"Sequence", "NFC", "NFD", "NFKC", "NFKD", "Lowercase",
                          "StripAccents", "BertNormalizer"}
-_PROBE = "ab cd, 12 ef! (g) 'h i\tj k.\nl m"
 
 
 def _encode(tokenizer, text: str, limit: int, offsets: bool = False
@@ -303,9 +305,10 @@ def _encode(tokenizer, text: str, limit: int, offsets: bool = False
     all of them when there are at most ``limit``, else at least the first ``limit + 1``
     (enough to tell that it was truncated)."""
     n = _CHARS_PER_TOKEN * (limit + 2)
-    if len(text) > n and _splits_at_word_ends(tokenizer):
+    last_cut = cut_points(tokenizer) if len(text) > n else None
+    if last_cut is not None:
         while n < len(text):
-            found = _WORD_END.match(text, 0, n)
+            found = last_cut.match(text, 0, n)
             if found:
                 ids, offs = _run(tokenizer, text[:found.end()], offsets)
                 # The last token's offsets may still differ (an added token with rstrip
@@ -321,21 +324,22 @@ def _run(tokenizer, text: str, offsets: bool):
     return list(enc["input_ids"]), (list(enc["offset_mapping"]) if offsets else None)
 
 
-def _splits_at_word_ends(tokenizer) -> bool:
-    """Whether every token of ``text[:b]`` is one of ``text``'s when ``text[b-1:b+1]`` is
-    a non-space followed by a space (see ``_CHARS_PER_TOKEN``)."""
+def cut_points(tokenizer) -> re.Pattern | None:
+    """A pattern whose ``match(text, 0, n).end()`` is the last cut point before ``n`` (see
+    ``_CHARS_PER_TOKEN``), with the rules that hold for this tokenizer; None if none do."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or backend.pre_tokenizer is None:
-        return False
+        return None
     if backend.normalizer is not None:
         kinds = re.findall(r'"type":\s*"(\w+)"', backend.normalizer.__getstate__().decode())
         if set(kinds) - _PER_CHAR_NORMALIZERS:
-            return False
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    if any(re.search(r"\S ", str(t)) for t in added.values()):
-        return False
+            return None
     starts = {a for _, (a, _) in backend.pre_tokenizer.pre_tokenize_str(_PROBE)}
-    return all(m.end() - 1 in starts for m in re.finditer(r"\S ", _PROBE))
+    added = [str(t) for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()]
+    rules = [rule for rule in _CUT_RULES
+             if all(m.end() in starts for m in re.finditer(rule, _PROBE))
+             and not any(re.search(rule + ".", t, re.S) for t in added)]
+    return re.compile(".*(?:" + "|".join(rules) + ")", re.S) if rules else None
 
 
 def _tokenize_chat(messages: list[dict[str, str]], tokenizer, max_length: int) -> TokenizedExample:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from infosft.data import _WORD_END, detect_format, normalize, prepare, tokenize
+from infosft.data import _CUT_RULES, cut_points, detect_format, normalize, prepare, tokenize
 from infosft.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,14 +74,17 @@ def test_long_record_tokenizes_like_the_whole_text_truncated(tokenizer, name, ki
 
 
 @pytest.mark.parametrize("name", list(TEXTS))
-def test_every_word_end_prefix_gives_the_whole_texts_tokens(tokenizer, name):
-    """The lemma the prefix rests on: tokenizing ``text[:b]`` where a non-space is followed
-    by a space at ``b`` gives exactly the whole text's first tokens, offsets included."""
-    text = TEXTS[name][:2500]
+def test_every_cut_point_prefix_gives_the_whole_texts_tokens(tokenizer, name):
+    """The lemma the prefix rests on: tokenizing ``text[:b]`` at a cut point ``b`` (a
+    non-space before a space, a letter before punctuation) gives exactly the whole
+    text's first tokens, offsets included."""
+    assert cut_points(tokenizer).pattern.count("|") == len(_CUT_RULES) - 1  # all hold here
+    text = TEXTS[name][:4000]
     whole = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ends = [m.end() for m in re.finditer(r"\S(?= )", text)]
-    for b in ends[::max(1, len(ends) // 60)]:
-        assert _WORD_END.match(text, 0, b + 1).end() == b
+    cuts = sorted({m.end() for rule in _CUT_RULES for m in re.finditer(rule, text)})
+    assert cuts, name
+    for b in cuts[::max(1, len(cuts) // 80)]:
+        assert cut_points(tokenizer).match(text, 0, b + 1).end() == b
         part = tokenizer(text[:b], add_special_tokens=False, return_offsets_mapping=True)
         n = len(part["input_ids"])
         assert part["input_ids"] == whole["input_ids"][:n], b
@@ -106,14 +109,20 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 """
 
 
-@pytest.mark.parametrize("use_template", ["template", "plain"])
-def test_a_20_mb_record_tokenizes_in_bounded_memory(tmp_path, default_dir, use_template):
+@pytest.mark.parametrize("language, use_template", [
+    ("latin", "template"), ("latin", "plain"), ("japanese", "template")])
+def test_a_20_mb_record_tokenizes_in_bounded_memory(tmp_path, default_dir, language,
+                                                    use_template):
     # Before: the whole text was tokenized (ids, offsets, the tokenizer's buffers), about
-    # 190 MB of peak memory per MB of text (9 GB for 50 MB), for 64 kept tokens.
-    words = "lorem ipsum dolor sit amet, consectetur adipiscing elit; sed do 42 €".split(" ")
-    response = " ".join(words[i % len(words)] for i in range(3_000_000))[:20_000_000]
+    # 135 MB of peak memory per MB of text (2.7 GB here, 9 GB for 50 MB), for 64 tokens.
+    if language == "latin":
+        words = "lorem ipsum dolor sit amet, consectetur adipiscing elit; sed do 42 €".split()
+        response = " ".join(words[i % len(words)] for i in range(3_600_000))[:20_000_000]
+    else:  # no spaces at all: cut at punctuation
+        response = "日本語のテキストには空白がありません。句読点はあります、" * 250_000  # 21 MB
     data = tmp_path / "big.jsonl"
-    data.write_text(json.dumps({"prompt": "Say it.", "response": response}) + "\n")
+    data.write_text(json.dumps({"prompt": "Say it.", "response": response}, ensure_ascii=False)
+                    + "\n", encoding="utf-8")
 
     proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(data), use_template],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
