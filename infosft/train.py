@@ -494,6 +494,20 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | Non
     return None
 
 
+def check_inputs_outside(cfg: TrainConfig, run_dir: Path) -> None:
+    """The data and the model must not lie inside the run that ``--overwrite`` replaces:
+    they would be deleted under the new run (``--model RUN/final`` would even become its
+    own base model)."""
+    if runlock.is_empty(run_dir):
+        return  # nothing there to delete
+    root = run_dir.resolve()
+    for name in ("data", "eval_data", "model"):
+        value = getattr(cfg, name)
+        if value and Path(value).exists() and Path(value).resolve().is_relative_to(root):
+            raise InfosftError(f"config field {name!r}: {value} lies inside {run_dir}, which "
+                               "--overwrite would delete; copy it elsewhere first")
+
+
 class _OneLine(logging.Formatter):
     """The message alone: tracebacks go to train.log, not the console."""
 
@@ -665,6 +679,8 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
 
     ckpt = check_run_dir(run_dir, resume=resume, overwrite=overwrite) if is_main else (
         ts.last_checkpoint(run_dir) if resume else None)
+    if overwrite:
+        check_inputs_outside(cfg, run_dir)
     previous = ts.read_status(run_dir) if resume else {}
     # Everything that can fail on bad input comes first, writing nothing: the data, the
     # resume checks, the model. A bad data file or model leaves an old run as it was.

@@ -357,3 +357,19 @@ def test_a_missing_tracker_fails_before_the_run_starts(tmp_path, capsys, finishe
                                   "--report-to", "wandb", "--overwrite"])
     assert "config field 'report_to' ['wandb']" in err and "wandb" in err
     assert snapshot(run) == before
+
+
+def test_overwrite_refuses_to_delete_its_own_inputs(tmp_path, capsys, finished, data):
+    """`--model RUN/final --out RUN --overwrite` would delete the model it trains (and
+    make the adapter its own base); data inside RUN would be gone for any resume."""
+    run = copy_run(finished, tmp_path / "run")
+    before = snapshot(run)
+    err = one_line_error(capsys, ["train", *cli_args(tiny_cfg(data, run, run / "final")),
+                                  "--overwrite"])
+    assert f"config field 'model': {run / 'final'} lies inside {run}" in err
+    inner = shutil.copy(data, run / "d.jsonl")
+    err = one_line_error(capsys, ["train", *cli_args(tiny_cfg(inner, run, run / "final")),
+                                  "--overwrite"])
+    assert "config field 'data'" in err
+    Path(inner).unlink()
+    assert snapshot(run) == before
