@@ -45,7 +45,7 @@ def allowed_hosts(host: str, extra: list[str] | None = None) -> list[str]:
         names.add(socket.gethostname().lower())
         names |= {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values()
                   for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)}
-    env = [h for h in os.environ.get(ALLOW_ENV, "").split(",")]
+    env = os.environ.get(ALLOW_ENV, "").split(",")
     names |= {h.strip().strip("[]").lower() for h in [*(extra or []), *env] if h.strip()}
     return sorted(names - set(WILDCARD))
 

@@ -118,10 +118,12 @@ def test_websocket_with_a_foreign_host_is_refused(app_server):
     evil = f"evil.example.com:{port}"
     assert ws_status(port, evil, f"http://{evil}") != 101
     assert ws_status(port, f"127.0.0.1:{port}", f"http://127.0.0.1:{port}") == 101
+    # a foreign page talking to the right host (no rebinding) is refused by its Origin
+    assert ws_status(port, f"127.0.0.1:{port}", f"http://{evil}") != 101
 
 
-def test_allowed_hosts():
-    from app.serve import allowed_hosts, host_allowed
+def test_allowed_hosts(monkeypatch):
+    from app.serve import ALLOW_ENV, allowed_hosts, host_allowed
 
     local = allowed_hosts("127.0.0.1")
     assert set(local) == {"127.0.0.1", "localhost", "::1"}
@@ -132,6 +134,9 @@ def test_allowed_hosts():
     lan = allowed_hosts("0.0.0.0", ["box.lan"])
     assert {"localhost", "box.lan", socket.gethostname().lower()} <= set(lan)
     assert "0.0.0.0" not in lan and not host_allowed("evil.example.com", lan)
+    monkeypatch.setenv(ALLOW_ENV, "app.example.com, [fd00::1]")
+    assert {"app.example.com", "fd00::1"} <= set(allowed_hosts("127.0.0.1"))
+    assert host_allowed("anything", allowed_hosts("127.0.0.1", ["*"]))
 
 
 def test_host_check_fails_closed(monkeypatch):
