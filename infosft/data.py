@@ -173,7 +173,7 @@ def normalize(record: dict[str, Any], fmt: RecordFormat) -> list[dict[str, str]]
     if isinstance(msgs, str):  # CSV cells and some exports hold the list as JSON text
         try:
             msgs = json.loads(msgs)
-        except (json.JSONDecodeError, RecursionError):  # (nested beyond the parser's limit)
+        except (ValueError, RecursionError):  # (also: nested too deeply, 4300+ digit ints)
             raise RecordError("expected a list of {role, content}, got unparseable text",
                               key) from None
     if not isinstance(msgs, list) or not msgs:

@@ -55,6 +55,10 @@ def read_records(source: str | Path, *, limit: int | None = None, skip_invalid: 
         data = path.read_bytes()
         if not data.strip():
             raise InputError("the file is empty", file=str(source))
+        if kind != "parquet" and data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            # (Excel's "Unicode text"): every byte would be a UTF-8 error of its own.
+            raise InputError("UTF-16 text (it starts with a UTF-16 byte-order mark); save it "
+                             "as UTF-8", file=str(source))
         out = RawRecords(str(source), kind, hashlib.sha256(data).hexdigest(), [],
                          unit="line" if kind == "jsonl" else "row")
         reader = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
@@ -80,11 +84,16 @@ def _full(out: RawRecords, limit: int | None) -> bool:
 
 
 def _loads(text: str):
-    """``json.loads``, with nesting deeper than Python's recursion limit as a JSON error."""
+    """``json.loads``, with what it raises besides JSONDecodeError as one: nesting deeper
+    than Python's recursion limit, integers of more than 4300 digits (a ValueError)."""
     try:
         return json.loads(text)
+    except json.JSONDecodeError:
+        raise
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except ValueError:
+        raise json.JSONDecodeError("a number with too many digits", text, 0) from None
 
 
 def _read_jsonl(data: bytes, out: RawRecords, skip_invalid: bool, limit: int | None) -> None:

@@ -417,3 +417,24 @@ def test_nul_in_a_csv_cell_is_text(tmp_path, score):
 
     assert rc == 0, err
     assert json.loads(ex["record"][0])["prompt"] == "q\x00"
+
+
+def test_utf16_file_is_one_line_error(tmp_path, score):
+    data = _write(tmp_path / "d.csv", "prompt,response\nq,a\n".encode("utf-16"))
+
+    rc, msg, _ = score(data)
+
+    assert rc == 2 and str(data) in msg and "UTF-16" in msg
+
+
+def test_integer_beyond_pythons_digit_limit_is_that_lines_error(tmp_path, score):
+    # json.loads raises a plain ValueError for integers of more than 4300 digits.
+    data = _write(tmp_path / "d.jsonl", b'{"prompt": "q", "response": "a"}\n'
+                  b'{"prompt": "q", "response": "a", "n": 1' + b"0" * 5000 + b"}\n")
+
+    rc, msg, _ = score(data)
+    assert rc == 2 and "line 2" in msg and "too many digits" in msg
+
+    rc, err, ex = score(data, "--skip-invalid")
+    assert rc == 0, err
+    assert ex["source_row"].to_list() == [1]
