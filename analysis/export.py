@@ -109,6 +109,8 @@ def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,
     for path in (out, sidecar(out)):
         if path.is_dir():
             raise InfosftError(f"{path} is a directory; choose another file name for --out")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise InfosftError(f"{out.parent} is not a directory; choose another --out")
     if out.exists() and not overwrite:
         raise InfosftError(f"{out} already exists; use --overwrite to replace it")
     resolved = resolve_knobs(scheme, **knobs)

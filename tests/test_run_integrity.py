@@ -353,6 +353,9 @@ def test_export_refuses_the_runs_own_files_and_a_directory(tmp_path, capsys, run
                          .removesuffix(".meta.json"), "--overwrite")
         assert rc == 2 and f"{directory} is a directory" in error_line(err)
     assert not (tmp_path / "e.jsonl").exists()
+    (tmp_path / "file").write_text("mine")
+    rc, _, err = cli(capsys, "export", run, "--out", tmp_path / "file" / "w.parquet")
+    assert rc == 2 and f"{tmp_path / 'file'} is not a directory" in error_line(err)
     assert files(run) == before
     nested = tmp_path / "new" / "dir" / "w.jsonl"  # a missing directory is created
     assert cli(capsys, "export", run, "--out", nested)[0] == 0
