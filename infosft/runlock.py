@@ -62,20 +62,21 @@ class RunLock:
     """``with RunLock(run_dir, "scoring"):`` holds ``run_dir``'s lock (creating the
     directory) or raises :class:`InfosftError` naming the process that holds it.
 
-    A directory this lock created is removed again on exit when nothing but the lock
-    file was written to it, so a command that failed on bad input leaves nothing behind.
+    A directory this lock created (with any parents it made) is removed again on exit
+    when nothing but the lock file was written to it, so a command that failed on bad
+    input leaves nothing behind.
     """
 
     def __init__(self, directory: str | Path, what: str = "this run"):
         self.directory = Path(directory)
         self.what = what
         self._fd: int | None = None
-        self._created = False
+        self._created: list[Path] = []  # directories this lock made, deepest first
 
     def acquire(self) -> RunLock:
         if self.directory.exists() and not self.directory.is_dir():
             raise InfosftError(f"{self.directory} exists and is not a directory")
-        self._created = not self.directory.exists()
+        self._created = [p for p in (self.directory, *self.directory.parents) if not p.exists()]
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
@@ -99,6 +100,11 @@ class RunLock:
         if self._created and _only_lock(self.directory):
             # still locked while we delete: nobody can have started writing here
             shutil.rmtree(self.directory, ignore_errors=True)
+            for parent in self._created[1:]:  # and the empty parents made for it
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty (someone else wrote there) or gone
+                    break
         os.close(fd)  # releases the flock
 
     def __enter__(self) -> RunLock:

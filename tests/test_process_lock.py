@@ -97,6 +97,11 @@ def test_lock_removes_a_directory_it_created_when_nothing_was_written(tmp_path):
     with RunLock(run):
         (run / "meta.json").write_text("{}")
     assert (run / "meta.json").is_file()
+    nested = tmp_path / "a" / "b" / "run"
+    with pytest.raises(ValueError):
+        with RunLock(nested):
+            raise ValueError("bad input")
+    assert not (tmp_path / "a").exists()  # the parents it made go too
     existing = tmp_path / "existing"
     existing.mkdir()
     with RunLock(existing):
