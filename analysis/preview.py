@@ -57,8 +57,9 @@ def _cell(v: Any) -> str:
 
 
 def head_records(source: str, n: int, split: str = "train") -> rec.RawRecords:
-    """The first ``n`` records of ``source``, reading no more of a local file than they
-    need (hub names and dataset directories go through :func:`read_records`).
+    """The first ``n`` records of ``source``: :func:`read_records` for what is small
+    (and for hub names and dataset directories), the first :data:`HEAD_BYTES` of a
+    larger text file, and the first rows of a Parquet file whose metadata allows them.
 
     Raises:
         TooLarge: the first rows would not fit the preview's memory.
@@ -66,7 +67,9 @@ def head_records(source: str, n: int, split: str = "train") -> rec.RawRecords:
     """
     path = Path(source)
     kind = rec.FILE_SUFFIXES.get(path.suffix.lower()) if path.is_file() else None
-    if kind is None:  # a directory, hub name or unsupported type: its own messages
+    if kind is None or (kind != "parquet" and path.stat().st_size <= HEAD_BYTES):
+        # a directory, hub name, unsupported type or a text file that fits: the reader
+        # the scorer uses, with all its checks (a Parquet file that fits may be a bomb)
         return read_records(source, limit=n, split=split)
     out = rec.RawRecords(source, kind, "", [], unit="line" if kind == "jsonl" else "row")
     if kind == "parquet":
@@ -74,8 +77,6 @@ def head_records(source: str, n: int, split: str = "train") -> rec.RawRecords:
     else:
         with open(path, "rb") as f:
             data = f.read(HEAD_BYTES + 1)
-        if not data.strip():
-            raise out.error("the file is empty")
         if len(data) > HEAD_BYTES and kind == "json":  # an array cut anywhere
             return _json_head(data[:HEAD_BYTES], n, out)
         if len(data) > HEAD_BYTES:  # cut: keep whole lines only
