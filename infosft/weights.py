@@ -24,6 +24,7 @@ as ``logp - log(-expm1(logp))`` so that q -> 1 gives 0 rather than NaN.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -110,7 +111,7 @@ def _resolve_infosft(C: float | None, P: float | None) -> dict[str, float]:
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # (numpy's too)
         raise ValueError(f"{name} must be a number, got {value!r}")
     try:
         return float(value)
@@ -180,8 +181,8 @@ def token_weights(logp: torch.Tensor, scheme: str, **knobs: Any) -> torch.Tensor
         return q
     if scheme == "infosft":
         # q - q * logit(q) / C, not q * (1 - logit(q) / C): logit(q) / C alone overflows
-        # float32 for tiny C (logit(1e-30) / 1e-38), while q * logit(q) stays within
-        # [-0.28, 0] where the weight is positive, so the weight stays finite.
+        # float32 for tiny C (logit(1e-30) / 1e-38), while q * logit(q) >= -0.28, so the
+        # weight is at most q + 0.28 / C: finite for every C >= C_MIN.
         w = (q - q * stable_logit(logp) / k["C"]).clamp(min=0.0)
         # q == 0 (logp = -inf) would give 0 * inf; the limit is 0.
         return torch.where(q > 0, w, torch.zeros_like(q))
