@@ -22,6 +22,7 @@ an evaluation line carries ``step``, ``epoch``, ``eval_loss``, ``time`` and no `
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,9 @@ def _read_raw_status(run_dir: Path) -> dict[str, Any]:
 
 
 def _typed(value: Any, types) -> bool:
-    # bool is an int to Python, but `"step": true` is not a step
-    return isinstance(value, types) and (types is bool or not isinstance(value, bool))
+    # bool is an int to Python, but `"step": true` is not a step; NaN is no time or count
+    return isinstance(value, types) and (types is bool or not isinstance(value, bool)) and (
+        not isinstance(value, float) or math.isfinite(value))
 
 
 def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:

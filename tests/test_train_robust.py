@@ -174,6 +174,8 @@ def test_pid_reuse_is_not_a_live_run(tmp_path, capsys, finished):
         assert "still running" in err
         ts.write_status(run, started=None)  # a status from before start times: pid alone
         assert ts.read_status(run)["state"] == "running"
+        ts.write_status(run, started=float("nan"))  # damaged: unknown, so pid alone too
+        assert ts.read_status(run)["started"] is None
         ts.write_status(run, started=real - 3600)
         assert main(["train", "--out", str(run), "--resume"]) == 0
     finally:
