@@ -18,8 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+from app.cli import main
 from infosft.data import _CUT_RULES, cut_points, detect_format, normalize, prepare, tokenize
 from infosft.errors import InputError
 
@@ -213,11 +215,6 @@ def test_nul_characters_are_text(tokenizer):
 
 
 # ------------------------------------------------------ records: valid but unusual files
-
-import polars as pl  # noqa: E402
-
-from app.cli import main  # noqa: E402
-
 
 @pytest.fixture
 def score(tmp_path, capsys, tiny_model_dir):
