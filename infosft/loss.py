@@ -190,6 +190,23 @@ class WeightedLoss:
                  num_items_in_batch: torch.Tensor | int | None = None,
                  weights: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
         logp, mask = target_logprobs(_logits(outputs), labels, self.chunk_elements)
+        return self.loss_of_logprobs(logp, mask, num_items_in_batch, weights)
+
+    def loss_of_logprobs(self, logp: torch.Tensor, mask: torch.Tensor,
+                         num_items_in_batch: torch.Tensor | int | None = None,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted loss of target log-probs already computed (e.g. by a fused LM head).
+
+        Args:
+            logp: ``(B, T)`` float32 with grad, in :func:`target_logprobs`' layout:
+                ``logp[b, t]`` is the log-prob of token ``t + 1``; 0 where not supervised.
+            mask: ``(B, T)`` bool, True where ``logp`` is a supervised target.
+            num_items_in_batch: N (see :func:`weighted_nll`).
+            weights: ``(B, T)`` unshifted static weights, aligned with the labels.
+
+        Returns:
+            Scalar float32 loss; counts one call (ProFit-random's seed) and the weight stats.
+        """
         if self.mode == "static":
             if weights is None:
                 raise ValueError("static mode needs per-token 'weights' in the batch "

