@@ -102,7 +102,7 @@ def cmd_app(args) -> int:
     """Start the browser app (Streamlit in this process, see :mod:`app.serve`)."""
     from app.serve import serve
 
-    return serve(args.host, args.port, args.workspace, getattr(args, "allow_host", None))
+    return serve(args.host, args.port, args.workspace, args.allow_host)
 
 
 # How each TrainConfig field becomes a flag; the rest are taken from the annotation.
@@ -250,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--workspace", help="where uploads, runs, exports and jobs go "
                    "(default $INFOSFT_WORKSPACE or ./workspace)")
+    p.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="another host name the browser may use to reach the app, e.g. behind "
+                   "a proxy (repeatable; * = any; also $INFOSFT_ALLOW_HOSTS). Others get 403: "
+                   "a page that rebinds its domain to this machine cannot drive the app")
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser(

@@ -8,10 +8,12 @@ dataset directories and hub names through ``datasets``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,28 +202,65 @@ def _read_parquet(data: bytes, out: RawRecords, skip_invalid: bool, limit: int |
     out.rows.extend(enumerate(df.to_dicts(), start=1))
 
 
+def _root_cause(e: BaseException) -> str:
+    """The first line of the innermost error of a chain (datasets wraps the one that names
+    the bad file in a generic 'An error occurred while generating the dataset')."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _read_hf(name: str, split: str, limit: int | None) -> RawRecords:
     try:
         import datasets
     except ImportError:
         raise InputError("reading Hugging Face datasets needs `pip install datasets`",
                          file=name) from None
+    # The CLI's errors are one line: no progress bars, and datasets' own log lines are
+    # kept back (the last error among them names the bad file, so it becomes the reason).
+    datasets.disable_progress_bars()
+    with _captured_log("datasets") as logged:
+        try:
+            return _load_hf(datasets, name, split, limit)
+        except InputError:
+            raise
+        except Exception as e:  # hub / filesystem errors come in many types
+            reason = logged[-1] if logged else _root_cause(e)
+            raise InputError(f"cannot load dataset: {reason}", file=name) from None
+
+
+@contextlib.contextmanager
+def _captured_log(name: str):
+    """Collect the first lines of ``name``'s error log records instead of printing
+    them (its warnings are dropped)."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.ERROR:
+                lines.append((record.getMessage().strip() or record.levelname).splitlines()[0])
+
+    logger = logging.getLogger(name)
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [Keep()], False
     try:
-        path = Path(name)
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (
-                path / "dataset_dict.json").exists():
-            ds = datasets.load_from_disk(name)
-        else:
-            ds = datasets.load_dataset(name, split=split)
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise InputError(f"no split {split!r} (splits: {', '.join(ds)})", file=name)
-            ds = ds[split]
-    except InputError:
-        raise
-    except Exception as e:  # hub / filesystem errors come in many types
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"cannot load dataset: {msg}", file=name) from None
+        yield lines
+    finally:
+        logger.handlers, logger.propagate = saved
+
+
+def _load_hf(datasets, name: str, split: str, limit: int | None) -> RawRecords:
+    path = Path(name)
+    if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (
+            path / "dataset_dict.json").exists():
+        ds = datasets.load_from_disk(name)
+    else:
+        ds = datasets.load_dataset(name, split=split)
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise InputError(f"no split {split!r} (splits: {', '.join(ds)})", file=name)
+        ds = ds[split]
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     rows = list(enumerate(ds.to_list(), start=1))

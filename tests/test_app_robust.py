@@ -27,11 +27,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(port: int, ws: Path, log: Path) -> subprocess.Popen:
+def start_app(port: int, ws: Path, log: Path, *flags: str) -> subprocess.Popen:
     """``infosft app`` as a user starts it (its own session, like a terminal's job)."""
     out = open(log, "wb")
     return subprocess.Popen([sys.executable, "-m", "app.cli", "app", "--port", str(port),
-                             "--workspace", str(ws)], cwd=ROOT, stdout=out,
+                             "--workspace", str(ws), *flags], cwd=ROOT, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -96,7 +96,7 @@ def page(script: str | None = None, **state):
 def app_server(tmp_path_factory):
     port = free_port()
     tmp = tmp_path_factory.mktemp("app")
-    proc = start_app(port, tmp / "ws", tmp / "app.log")
+    proc = start_app(port, tmp / "ws", tmp / "app.log", "--allow-host", "proxy.example.test")
     wait_serving(port, proc, tmp / "app.log")
     yield port
     os.killpg(proc.pid, signal.SIGKILL)
@@ -109,7 +109,8 @@ def test_http_with_a_foreign_host_is_refused(app_server):
     port = app_server
     assert http_status(port, f"evil.example.com:{port}") == 403
     assert http_status(port, f"evil.example.com:{port}", "/_stcore/health") == 403
-    for good in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+    for good in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}",
+                 "proxy.example.test"):  # the last one by --allow-host
         assert http_status(port, good) == 200, good
 
 

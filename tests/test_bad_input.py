@@ -604,3 +604,20 @@ def test_real_process_prints_one_line_without_traceback(tmp_path, tiny_model_dir
     assert lines[0].startswith("infosft: error: ")
     assert str(data) in lines[0] and "line 3" in lines[0] and "'response'" in lines[0]
     assert not out.exists()
+
+
+def test_dataset_directory_with_a_bad_file_is_one_line_naming_it(tmp_path):
+    """A directory goes through ``datasets``, which prints progress bars and log lines of
+    its own and wraps the error that names the bad file in a generic one. (A subprocess:
+    datasets' log handler writes to the real stderr, which capsys does not see.)"""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "a.jsonl", [good_row(i) for i in range(3)])
+    (data / "b.jsonl").write_bytes(b"\x00\xff not json\n")
+    p = subprocess.run([sys.executable, "-m", "app.cli", "score", str(data), "--out",
+                        str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 2
+    msg = error_line(p.stderr)
+    assert str(data) in msg and "b.jsonl" in msg
+    assert not (tmp_path / "run").exists()
