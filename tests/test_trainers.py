@@ -1,0 +1,495 @@
+"""infosft.trainers with the real TRL and a real (tiny) model: each step-1 loss is checked
+against ``sum(w * -logp) / N`` written out here from a float64 forward with full logits,
+per example (no padding), with the weights of infosft.weights."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, SAMPLE_RUN
+
+datasets = pytest.importorskip("datasets")
+trl = pytest.importorskip("trl")
+
+from transformers import AutoModelForCausalLM, TrainingArguments  # noqa: E402
+from trl import SFTConfig, SFTTrainer  # noqa: E402
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling  # noqa: E402
+
+from infosft.trainers import WeightedCollator, WeightedSFTTrainer, WeightedTrainer  # noqa: E402
+from infosft.weights import token_weights  # noqa: E402
+
+IGNORE = -100
+# (scheme, knobs) covering every scheme; InfoSFT by P and by C; ProFit deterministic and seeded.
+SCHEMES = [("sft", {}), ("dft", {}), ("infosft", {}), ("infosft", {"C": 1.0}),
+           ("profit", {}), ("profit", {"direction": "middle", "threshold": (0.2, 0.9)}),
+           ("profit", {"direction": "random", "threshold": 0.3, "seed": 7})]
+LENGTHS = [(6, 14), (9, 9), (5, 17), (8, 11)]  # (prompt, response) tokens of the 4 examples
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def peaky_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny random Llama with its logits scaled 20x: on its own samples, target
+    probabilities spread over (0, 1), so every scheme gives distinct, non-trivial weights."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.model.norm.weight.data *= 20
+    out = tmp_path_factory.mktemp("peaky")
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def model(peaky_dir):
+    return AutoModelForCausalLM.from_pretrained(peaky_dir, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def examples(peaky_dir):
+    """4 examples: a random prompt (labels -100) and a response sampled from the peaky model;
+    static ``weights`` in [0, 1] on the response (some exactly 0), 0 on the prompt."""
+    model = AutoModelForCausalLM.from_pretrained(peaky_dir)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for n_prompt, n_resp in LENGTHS:
+        ids = torch.randint(100, 5000, (1, n_prompt), generator=gen)
+        for _ in range(n_resp):
+            with torch.no_grad():
+                p = model(ids).logits[0, -1].softmax(-1)
+            ids = torch.cat([ids, torch.multinomial(p, 1, generator=gen)[None]], 1)
+        ids = ids[0].tolist()
+        w = torch.rand(len(ids), generator=gen)
+        w[w < 0.2] = 0.0
+        w[:n_prompt] = 0.0
+        out.append({"input_ids": ids, "labels": [IGNORE] * n_prompt + ids[n_prompt:],
+                    "weights": w.tolist()})
+    return out
+
+
+@pytest.fixture(scope="session")
+def export_path(tmp_path_factory):
+    """The sample run (scored by the default model, same tokenizer) exported with InfoSFT."""
+    from analysis.export import export_weighted
+
+    return export_weighted(SAMPLE_RUN, tmp_path_factory.mktemp("export") / "w.parquet", "infosft")
+
+
+def load_export(path, n):
+    return datasets.load_dataset("parquet", data_files=str(path))["train"].select(range(n))
+
+
+# ---------------------------------------------------------------- the reference
+
+
+@torch.no_grad()
+def target_logp64(model64, ex):
+    """``(T - 1,)`` float64 ``log p(token t + 1 | ..t)`` of one example alone, and its mask."""
+    ids = torch.tensor(ex["input_ids"])
+    labels = torch.tensor(ex["labels"])[1:]
+    logsm = model64(ids[None]).logits[0, :-1].double().log_softmax(-1)
+    return logsm.gather(1, ids[1:, None]).squeeze(1), labels != IGNORE
+
+
+def reference_loss(model, batches, scheme, knobs, mode="online", layout="padded", calls=0):
+    """The loss of one optimizer step, written out: ``sum(w * -logp) / N`` over its
+    micro-batches (lists of examples, in order), N = every supervised token of the step,
+    zero-weight ones included.
+
+    ProFit-random draws one pattern per micro-batch, the k-th of the run seeded
+    ``seed + k`` (``calls`` = micro-batches trained before this step), over the batch
+    as laid out: ``padded`` (B, longest) or ``flat`` (1, sum of lengths), position t of
+    an example predicting its token t + 1.
+    """
+    model64 = copy.deepcopy(model).double().eval()
+    n_all = sum(int((torch.tensor(ex["labels"][1:]) != IGNORE).sum()) for b in batches for ex in b)
+    total = torch.zeros((), dtype=torch.float64)
+    for k, batch in enumerate(batches):
+        lengths = [len(ex["input_ids"]) for ex in batch]
+        if knobs.get("direction") == "random":
+            shape = (len(batch), max(lengths)) if layout == "padded" else (1, sum(lengths))
+            keep = token_weights(torch.zeros(shape), "profit",
+                                 **{**knobs, "seed": knobs["seed"] + calls + k})
+        for b, ex in enumerate(batch):
+            logp, mask = target_logp64(model64, ex)
+            if mode == "static":
+                w = torch.tensor(ex["weights"][1:], dtype=torch.float64)
+            elif knobs.get("direction") == "random":
+                start = 0 if layout == "padded" else sum(lengths[:b])
+                row = keep[b] if layout == "padded" else keep[0]
+                w = row[start:start + len(logp)].double()
+            else:
+                w = token_weights(logp, scheme, **knobs).double()
+            total = total + (w * -logp)[mask].sum()
+    return float(total / n_all)
+
+
+# ---------------------------------------------------------------- probes
+
+
+def probed(cls):
+    """``cls`` recording each micro-batch's loss (what backward gets) and N."""
+
+    class Probe(cls):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            self.micro.append((float(loss), int(num_items_in_batch)))
+            return loss
+
+    Probe.micro = None
+    return Probe
+
+
+def make(cls, model, **kwargs):
+    trainer = probed(cls)(model=model, **kwargs)
+    trainer.micro = []
+    return trainer
+
+
+class ForwardCount:
+    """Counts the calls of ``model(...)`` (the top module, whatever its forward became)."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.n += 1
+
+
+def sft_args(tmp_path, **kw):
+    """The smallest SFTConfig that trains on CPU (use_cpu, bf16=False), plus a fixed
+    batch order: two micro-batches of 2 examples, in dataset order."""
+    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, max_steps=1,
+                per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                train_sampling_strategy="sequential", logging_steps=1, save_strategy="no",
+                report_to="none", max_length=None)
+    return SFTConfig(**{**base, **kw})
+
+
+def step_loss(trainer, steps=2):
+    return sum(loss for loss, _ in trainer.micro[:steps])
+
+
+def n_targets(examples):
+    return sum(sum(x != IGNORE for x in ex["labels"][1:]) for ex in examples)
+
+
+# ---------------------------------------------------------------- import without TRL
+
+
+def test_without_trl_the_module_imports_and_the_sft_trainer_says_how_to_get_it():
+    code = ("import sys; sys.modules['trl'] = None\n"
+            "import infosft.trainers as t\n"
+            "assert t.WeightedTrainer and t.WeightedCollator\n"
+            "try:\n"
+            "    from infosft.trainers import WeightedSFTTrainer\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__ + ': ' + str(e))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("InfosftError: WeightedSFTTrainer needs TRL: "
+                                  "pip install 'infosft[trl]'")
+
+
+# ---------------------------------------------------------------- collator
+
+
+@pytest.mark.parametrize("kw", [{}, {"pad_to_multiple_of": 8}, {"return_position_ids": True},
+                                {"padding_free": True}, {"padding_free": True, "pad_to_multiple_of": 8}])
+def test_collator_emits_trls_batch_plus_aligned_weights(examples, kw):
+    ours = WeightedCollator(2, **kw)(examples)
+    theirs = DataCollatorForLanguageModeling(pad_token_id=2, **kw)(
+        [{k: v for k, v in ex.items() if k != "weights"} for ex in examples])
+    assert set(ours) == set(theirs) | {"weights"}
+    for key, value in theirs.items():
+        assert torch.equal(torch.as_tensor(ours[key]), torch.as_tensor(value)), key
+    # weights sit exactly where their tokens sit: where a label is supervised, the weight
+    # is its example's weight for that token; 0 wherever nothing is supervised
+    w, labels = ours["weights"], ours["labels"]
+    assert w.dtype == torch.float32 and w.shape == labels.shape
+    if kw.get("padding_free"):
+        flat = [x for ex in examples for x in ex["weights"]]
+        expect = torch.tensor(flat + [0.0] * (w.shape[1] - len(flat)))[None]
+    else:
+        expect = torch.zeros_like(w)
+        for b, ex in enumerate(examples):
+            expect[b, :len(ex["weights"])] = torch.tensor(ex["weights"])
+    supervised = labels != IGNORE
+    assert torch.equal(w[supervised], expect[supervised])
+    assert not w[~supervised].any()
+
+
+def test_collator_names_the_example_whose_weights_do_not_line_up(examples):
+    bad = [examples[0], {**examples[1], "weights": examples[1]["weights"][:-3]}]
+    with pytest.raises(ValueError, match="example 1 of the batch: 15 weights for 18 input_ids"):
+        WeightedCollator(2)(bad)
+
+
+def test_collator_positions_restart_per_packed_document():
+    batch = WeightedCollator(0, padding_free=True)(
+        [{"input_ids": [5, 6, 7, 8, 9], "seq_lengths": [2, 3], "weights": [1.0] * 5}])
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2]]
+    assert batch["labels"].tolist() == [[IGNORE, 6, IGNORE, 8, 9]]
+    assert batch["cu_seq_lens_q"].tolist() == [0, 2, 5]
+    assert batch["weights"].tolist() == [[0.0, 1.0, 0.0, 1.0, 1.0]]
+
+
+# ---------------------------------------------------------------- WeightedSFTTrainer
+
+
+@pytest.mark.parametrize("scheme,knobs", SCHEMES)
+def test_sft_online_step_loss_is_the_weighted_nll_with_one_forward_per_micro_batch(
+        model, tokenizer, examples, tmp_path, scheme, knobs):
+    expected = reference_loss(model, [examples[:2], examples[2:]], scheme, knobs)
+    trainer = make(WeightedSFTTrainer, model, args=sft_args(tmp_path),
+                   train_dataset=datasets.Dataset.from_list(examples),
+                   processing_class=tokenizer, scheme=scheme, **knobs)
+    assert trainer._fused  # TRL 1.16's fused LM head is what runs
+    count = ForwardCount(trainer.model)
+    trainer.train()
+    assert count.n == 2  # one forward per micro-batch, no second one for the logits
+    # N is the whole step's supervised tokens, both micro-batches, zero-weight ones included
+    assert [n for _, n in trainer.micro] == [n_targets(examples)] * 2
+    assert step_loss(trainer) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert expected > 0
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_sft_static_step_loss_uses_the_datasets_weights(model, tokenizer, examples, tmp_path,
+                                                        padding_free):
+    # scheme "dft" labels the run only: static weights are the data's, whatever the scheme
+    expected = reference_loss(model, [examples[:2], examples[2:]], "dft", {}, mode="static")
+    trainer = make(WeightedSFTTrainer, model, args=sft_args(tmp_path, padding_free=padding_free),
+                   train_dataset=datasets.Dataset.from_list(examples),
+                   processing_class=tokenizer, scheme="dft", mode="static")
+    count = ForwardCount(trainer.model)
+    trainer.train()
+    assert count.n == 2
+    assert step_loss(trainer) == pytest.approx(expected, rel=1e-5)
+    # the same data trained online gives another loss: the weights did come from the data
+    assert expected != pytest.approx(reference_loss(model, [examples[:2], examples[2:]], "dft", {}),
+                                     rel=1e-2)
+
+
+@pytest.mark.parametrize("scheme,knobs", [("infosft", {}),
+                                          ("profit", {"direction": "random", "threshold": 0.3,
+                                                      "seed": 3})])
+def test_sft_padding_free_step_loss_keeps_examples_apart(model, tokenizer, examples, tmp_path,
+                                                         scheme, knobs):
+    # The reference runs each example alone: attention or a prediction across an example
+    # boundary in the flattened row would change the loss.
+    expected = reference_loss(model, [examples[:2], examples[2:]], scheme, knobs, layout="flat")
+    trainer = make(WeightedSFTTrainer, model, args=sft_args(tmp_path, padding_free=True),
+                   train_dataset=datasets.Dataset.from_list(examples),
+                   processing_class=tokenizer, scheme=scheme, **knobs)
+    count = ForwardCount(trainer.model)
+    trainer.train()
+    assert count.n == 2
+    assert [n for _, n in trainer.micro] == [n_targets(examples)] * 2
+    assert step_loss(trainer) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sft_trainer_warns_nothing_and_trls_compute_loss_func_costs_a_forward(
+        model, tokenizer, examples, tmp_path):
+    from infosft.loss import make_loss_func
+
+    data = datasets.Dataset.from_list(examples)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ours = WeightedSFTTrainer(model=model, args=sft_args(tmp_path / "a"), train_dataset=data,
+                                  processing_class=tokenizer, scheme="dft")
+        count = ForwardCount(ours.model)
+        ours.train()
+    ours_forwards = count.n
+    future = [str(w.message) for w in seen if issubclass(w.category, FutureWarning)
+              and ("trl" in w.filename or "infosft" in w.filename or "compute_loss" in str(w.message))]
+    assert future == []
+    # The control: the counter and the warning capture do see TRL's compute_loss_func path.
+    other = AutoModelForCausalLM.from_pretrained(model.name_or_path)
+    with pytest.warns(FutureWarning, match="compute_loss_func"):
+        theirs = SFTTrainer(model=other, args=sft_args(tmp_path / "b"), train_dataset=data,
+                            processing_class=tokenizer, compute_loss_func=make_loss_func("dft"))
+    count = ForwardCount(theirs.model)
+    theirs.train()
+    assert (ours_forwards, count.n) == (2, 4)
+
+
+@pytest.mark.parametrize("mode", ["keep_start", "keep_end"])
+def test_static_weights_survive_trls_truncation(model, tokenizer, export_path, tmp_path, mode):
+    source = load_export(export_path, 4)
+    max_length = 120 if mode == "keep_start" else 60
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # keep_end is deprecated in TRL
+        args = sft_args(tmp_path, max_length=max_length, truncation_mode=mode)
+    trainer = make(WeightedSFTTrainer, model, args=args, train_dataset=source,
+                   processing_class=tokenizer, mode="static")
+    cut = slice(None, max_length) if mode == "keep_start" else slice(-max_length, None)
+    by_id = {ex["example_id"]: ex for ex in source}
+    kept = list(trainer.train_dataset)
+    assert len(kept) >= 2 and any(len(by_id[ex["example_id"]]["input_ids"]) > max_length
+                                  for ex in kept)
+    for ex in kept:
+        full = by_id[ex["example_id"]]
+        assert len(ex["weights"]) == len(ex["labels"]) == len(ex["input_ids"]) <= max_length
+        assert ex["input_ids"] == full["input_ids"][cut]
+        assert ex["weights"] == pytest.approx(full["weights"][cut])
+    if mode == "keep_end":
+        return  # the alignment is what matters; one training run below suffices
+    batches = [kept[:2], kept[2:4]]
+    expected = reference_loss(model, batches, "infosft", {}, mode="static")
+    trainer.train()
+    assert step_loss(trainer) == pytest.approx(expected, rel=1e-5)
+
+
+def test_static_mode_refuses_what_would_lose_the_weights(model, tokenizer, examples, tmp_path):
+    from infosft.errors import InfosftError
+
+    data = datasets.Dataset.from_list(examples)
+    with pytest.raises(InfosftError, match="needs a 'weights' column"):
+        WeightedSFTTrainer(model=model, args=sft_args(tmp_path), processing_class=tokenizer,
+                           train_dataset=data.remove_columns("weights"), mode="static")
+    with pytest.raises(InfosftError, match="packing"):
+        WeightedSFTTrainer(model=model, args=sft_args(tmp_path, packing=True, max_length=64),
+                           processing_class=tokenizer, train_dataset=data, mode="static")
+    with pytest.raises(InfosftError, match="computes the weighted loss itself"):
+        WeightedSFTTrainer(model=model, args=sft_args(tmp_path), processing_class=tokenizer,
+                           train_dataset=data, compute_loss_func=lambda *a, **k: 0)
+    with pytest.raises(ValueError, match="P must be in"):
+        WeightedSFTTrainer(model=model, args=sft_args(tmp_path), processing_class=tokenizer,
+                           train_dataset=data, scheme="infosft", P=1.5)
+
+
+def test_sft_eval_loss_is_the_mean_token_nll(model, tokenizer, examples, tmp_path):
+    # one eval batch: its mean token NLL is the sft loss of the whole set
+    expected = reference_loss(model, [examples], "sft", {})
+    trainer = WeightedSFTTrainer(model=model, args=sft_args(tmp_path, per_device_eval_batch_size=4),
+                                 train_dataset=datasets.Dataset.from_list(examples),
+                                 eval_dataset=datasets.Dataset.from_list(examples),
+                                 processing_class=tokenizer, scheme="profit")
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_logs_carry_the_weight_stats(model, tokenizer, examples, tmp_path):
+    trainer = WeightedSFTTrainer(model=model, args=sft_args(tmp_path, max_steps=2),
+                                 train_dataset=datasets.Dataset.from_list(examples),
+                                 processing_class=tokenizer, mode="static")
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    w = [x for ex in examples for x, lab in zip(ex["weights"][1:], ex["labels"][1:]) if lab != IGNORE]
+    assert [h["mean_weight"] for h in logs] == pytest.approx([sum(w) / len(w)] * 2)
+    assert [h["zero_weight_share"] for h in logs] == pytest.approx(
+        [sum(x == 0 for x in w) / len(w)] * 2)
+    assert {"entropy", "mean_token_accuracy", "num_tokens"} <= set(logs[0])  # TRL's own
+
+
+# ---------------------------------------------------------------- WeightedTrainer
+
+
+def hf_args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, max_steps=1,
+                per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                train_sampling_strategy="sequential", logging_steps=1, save_strategy="no",
+                report_to="none")
+    return TrainingArguments(**{**base, **kw})
+
+
+@pytest.mark.parametrize("scheme,knobs", [("infosft", {}),
+                                          ("profit", {"direction": "random", "threshold": 0.3,
+                                                      "seed": 5})])
+def test_weighted_trainer_is_infosft_trains_trainer(model, tokenizer, examples, tmp_path,
+                                                    scheme, knobs):
+    """Same micro-batch losses and the same updated weights as infosft.train's Trainer
+    subclass with its compute_loss_func, over 2 steps (ProFit-random's call count too)."""
+    from infosft.loss import make_loss_func
+    from infosft.train import Collator, ExampleDataset, _trainer_class
+
+    tensors = ExampleDataset([{k: torch.tensor(v) for k, v in ex.items() if k != "weights"}
+                              for ex in examples])
+    old_model = copy.deepcopy(model)
+    args = hf_args(tmp_path, max_steps=2, gradient_accumulation_steps=1, remove_unused_columns=False)
+    old = make(_trainer_class(), old_model, args=args, train_dataset=tensors,
+               data_collator=Collator(2), compute_loss_func=make_loss_func(scheme, **knobs))
+    new = make(WeightedTrainer, model, args=args, train_dataset=tensors,
+               processing_class=tokenizer, scheme=scheme, **knobs)
+    old.train()
+    new.train()
+    assert [loss for loss, _ in new.micro] == pytest.approx([loss for loss, _ in old.micro],
+                                                            rel=1e-6)
+    for (name, a), b in zip(model.named_parameters(), old_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-7), name
+
+
+def test_weighted_trainer_static_on_an_export(model, tokenizer, export_path, tmp_path):
+    """An export straight from datasets (extra text columns, remove_unused_columns on):
+    the weights reach the loss."""
+    source = load_export(export_path, 4)
+    expected = reference_loss(model, [list(source)[:2], list(source)[2:]], "sft", {},
+                              mode="static")
+    trainer = make(WeightedTrainer, model, args=hf_args(tmp_path), train_dataset=source,
+                   processing_class=tokenizer, mode="static")
+    count = ForwardCount(trainer.model)
+    trainer.train()
+    assert count.n == 2
+    assert step_loss(trainer) == pytest.approx(expected, rel=1e-5)
+
+
+def test_weighted_trainer_padding_free(model, tokenizer, examples, tmp_path):
+    expected = reference_loss(model, [examples[:2], examples[2:]], "dft", {}, layout="flat")
+    trainer = make(WeightedTrainer, model, args=hf_args(tmp_path),
+                   train_dataset=datasets.Dataset.from_list(examples),
+                   data_collator=WeightedCollator(2, padding_free=True), scheme="dft")
+    trainer.train()
+    assert step_loss(trainer) == pytest.approx(expected, rel=1e-5)
+
+
+def test_resumed_run_draws_the_same_profit_random_drops(model, examples, tmp_path):
+    knobs = {"direction": "random", "threshold": 0.5, "seed": 11}
+    data = datasets.Dataset.from_list(examples)
+    start = copy.deepcopy(model)
+    args = hf_args(tmp_path, max_steps=2, gradient_accumulation_steps=1, save_strategy="steps",
+                   save_steps=1)
+    whole = make(WeightedTrainer, model, args=args, train_dataset=data, scheme="profit", **knobs)
+    whole.train()
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    resumed = make(WeightedTrainer, start, args=args, train_dataset=data, scheme="profit", **knobs)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert len(resumed.micro) == 1  # step 2 only
+    after_1 = AutoModelForCausalLM.from_pretrained(checkpoint)
+    expected = reference_loss(after_1, [examples[2:]], "profit", knobs, calls=1)
+    assert resumed.micro[0][0] == pytest.approx(expected, rel=1e-5)
+    assert resumed.micro[0][0] == pytest.approx(whole.micro[1][0], rel=1e-6)
+    # the control: the draw a fresh count would make gives another loss
+    assert expected != pytest.approx(reference_loss(after_1, [examples[2:]], "profit", knobs),
+                                     rel=1e-3)
+
+
+# ---------------------------------------------------------------- the default model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_default_model_online_infosft_step_loss(default_model, export_path, tmp_path,
+                                                padding_free):
+    """The real model (real, spread-out q) on the sample data: TRL's fused head gives the
+    weighted NLL of a float64 forward, padded or flattened."""
+    base, tokenizer, _ = default_model
+    model = copy.deepcopy(base)
+    source = load_export(export_path, 4).remove_columns("weights")
+    rows = list(source)
+    expected = reference_loss(model, [rows[:2], rows[2:]], "infosft", {},
+                              layout="flat" if padding_free else "padded")
+    trainer = make(WeightedSFTTrainer, model, train_dataset=source, processing_class=tokenizer,
+                   args=sft_args(tmp_path, padding_free=padding_free, gradient_checkpointing=False),
+                   scheme="infosft")
+    count = ForwardCount(trainer.model)
+    trainer.train()
+    assert count.n == 2
+    assert step_loss(trainer) == pytest.approx(expected, rel=1e-4)
