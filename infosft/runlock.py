@@ -6,8 +6,12 @@ started while the first still runs, a second job from the app) fails at once wit
 line naming the holder. The lock is ``flock`` on an open file, so the kernel releases it
 when its holder exits, however it exits: a killed run never leaves a stale lock.
 
-The lock file stays in the directory (deleting a lock file races with a process that has
-just opened it); :func:`clear_dir` empties a directory for ``--overwrite`` but keeps it.
+The lock file exists only while it is held: the holder deletes it before it lets go, so
+a run (or a directory the user pointed at by mistake) keeps no trace of it. Deleting a
+lock file races with a process that opened it just before; :meth:`RunLock.acquire`
+closes that gap by checking, once it holds the lock, that the file it locked is still
+the one at the path. :func:`clear_dir` empties a directory for ``--overwrite`` but keeps
+the directory and the lock.
 Under torchrun only rank 0 takes the lock; the other ranks work under its hold.
 """
 
@@ -78,8 +82,11 @@ class RunLock:
             raise InfosftError(f"{self.directory} exists and is not a directory")
         self._created = [p for p in (self.directory, *self.directory.parents) if not p.exists()]
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
+        path = self.directory / LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if fcntl is None:
+                break
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -88,6 +95,9 @@ class RunLock:
                 pid = f" (pid {who['pid']})" if isinstance(who.get("pid"), int) else ""
                 raise InfosftError(f"{self.directory}: in use by another infosft process{pid}; "
                                    f"wait for it to end or stop it before {self.what}") from None
+            if _same_file(fd, path):
+                break
+            os.close(fd)  # we locked a file its last holder had just deleted: again
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(process.current()).encode())
         self._fd = fd
@@ -97,14 +107,16 @@ class RunLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        # Deleted while still locked: nobody can have started writing here meanwhile.
         if self._created and _only_lock(self.directory):
-            # still locked while we delete: nobody can have started writing here
             shutil.rmtree(self.directory, ignore_errors=True)
             for parent in self._created[1:]:  # and the empty parents made for it
                 try:
                     parent.rmdir()
                 except OSError:  # not empty (someone else wrote there) or gone
                     break
+        else:
+            (self.directory / LOCK).unlink(missing_ok=True)
         os.close(fd)  # releases the flock
 
     def __enter__(self) -> RunLock:
@@ -112,6 +124,14 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _only_lock(directory: Path) -> bool:

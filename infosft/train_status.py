@@ -12,7 +12,7 @@ Layout of a run directory ``RUN``::
                                        with infosft_model.json = {"base_model", "adapter"}
     RUN/data/eval.jsonl                held-out raw records of the eval split (raw datasets only)
     RUN/data/source.json               data provenance and the result-affecting config
-    RUN/.lock                          held by the trainer while it runs (infosft.runlock)
+    RUN/.lock                          exists while the trainer holds it (infosft.runlock)
 
 A training metrics line carries ``step``, ``epoch``, ``loss``, ``learning_rate``,
 ``grad_norm``, ``tokens_per_s``, ``mean_weight``, ``zero_weight_share``, ``time``;

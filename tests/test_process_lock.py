@@ -105,8 +105,8 @@ def test_lock_removes_a_directory_it_created_when_nothing_was_written(tmp_path):
     existing = tmp_path / "existing"
     existing.mkdir()
     with RunLock(existing):
-        pass
-    assert existing.is_dir()  # not created by the lock: left alone
+        assert (existing / LOCK).is_file()
+    assert existing.is_dir() and list(existing.iterdir()) == []  # left as it was found
 
 
 def test_clear_dir_keeps_the_lock(tmp_path):
@@ -152,3 +152,45 @@ def test_remove_temp_files(tmp_path):
     (tmp_path / "keep.parquet").write_text("whole")
     assert remove_temp_files(tmp_path) == 1
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["keep.parquet"]
+
+
+def test_a_lock_file_deleted_by_its_last_holder_is_not_a_lock(tmp_path):
+    """A process that opened the lock file just before its holder deleted it must not
+    think it holds the lock (a third process could create a new file and lock that)."""
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    first = RunLock(run).acquire()
+    stale = os.open(run / LOCK, os.O_RDWR)  # opened while the first still holds it
+    first.release()  # deletes the file, then unlocks
+    assert not (run / LOCK).exists()
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an unlinked inode: locks "fine"
+    try:
+        with RunLock(run):  # the path's file is a new one: taken, not blocked by the stale fd
+            assert is_locked(run)
+    finally:
+        os.close(stale)
+
+
+def test_acquire_retries_when_the_file_it_locked_was_deleted(tmp_path, monkeypatch):
+    """The race the inode check closes: the file we opened is deleted by its last holder
+    before our flock; holding that orphan would leave the path free for a third process."""
+    import infosft.runlock as runlock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    real_open, calls = os.open, []
+
+    def open_then_lose_it(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        calls.append(path)
+        if len(calls) == 1:
+            os.unlink(path)  # the previous holder deletes it as it lets go
+        return fd
+
+    monkeypatch.setattr(runlock.os, "open", open_then_lose_it)
+    with RunLock(run):
+        monkeypatch.setattr(runlock.os, "open", real_open)
+        assert len(calls) == 2
+        assert is_locked(run)  # the lock is on the file at the path, not an orphan

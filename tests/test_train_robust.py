@@ -87,7 +87,8 @@ def test_overwrite_with_bad_data_or_model_keeps_the_old_run(tmp_path, capsys, fi
     assert main(["train", *cli_args(tiny_cfg(data, run, tiny_model_dir, max_steps=1)),
                  "--overwrite"]) == 0
     assert ts.read_status(run)["step"] == 1 and ts.last_checkpoint(run) is None
-    assert (run / ".lock").exists() and (run / "final" / "model.safetensors").exists()
+    assert not (run / ".lock").exists()  # released with the run
+    assert (run / "final" / "model.safetensors").exists()
 
 
 def test_overwrite_refuses_what_is_not_a_training_run(tmp_path, capsys, data, tiny_model_dir):
