@@ -29,7 +29,10 @@ IGNORE = -100
 SCHEMES = [("sft", {}), ("dft", {}), ("infosft", {}), ("infosft", {"C": 1.0}),
            ("profit", {}), ("profit", {"direction": "middle", "threshold": (0.2, 0.9)}),
            ("profit", {"direction": "random", "threshold": 0.3, "seed": 7})]
-LENGTHS = [(6, 14), (9, 9), (5, 17), (8, 11)]  # (prompt, response) tokens of the 4 examples
+# (prompt, response) tokens of the 4 examples; the second is plain text (every token a
+# target, its first one too), where a flattened batch must not predict across the boundary
+LENGTHS = [(6, 14), (9, 9), (5, 17), (8, 11)]
+PLAIN = 1
 
 
 # ---------------------------------------------------------------- fixtures
@@ -53,12 +56,13 @@ def model(peaky_dir):
 
 @pytest.fixture(scope="session")
 def examples(peaky_dir):
-    """4 examples: a random prompt (labels -100) and a response sampled from the peaky model;
-    static ``weights`` in [0, 1] on the response (some exactly 0), 0 on the prompt."""
+    """4 examples: a random prompt (labels -100, but for the plain-text one) and a response
+    sampled from the peaky model; static ``weights`` in [0, 1] on the targets (some exactly
+    0), 0 elsewhere."""
     model = AutoModelForCausalLM.from_pretrained(peaky_dir)
     gen = torch.Generator().manual_seed(0)
     out = []
-    for n_prompt, n_resp in LENGTHS:
+    for i, (n_prompt, n_resp) in enumerate(LENGTHS):
         ids = torch.randint(100, 5000, (1, n_prompt), generator=gen)
         for _ in range(n_resp):
             with torch.no_grad():
@@ -67,6 +71,7 @@ def examples(peaky_dir):
         ids = ids[0].tolist()
         w = torch.rand(len(ids), generator=gen)
         w[w < 0.2] = 0.0
+        n_prompt = 0 if i == PLAIN else n_prompt
         w[:n_prompt] = 0.0
         out.append({"input_ids": ids, "labels": [IGNORE] * n_prompt + ids[n_prompt:],
                     "weights": w.tolist()})
