@@ -94,6 +94,19 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
+def usual_permissions(directory: str | Path) -> None:
+    """Give every file and folder under ``directory`` the permissions a plain ``open()`` /
+    ``mkdir()`` would (0666 / 0777 less the umask). For what libraries write their own way:
+    safetensors writes owner-only 0600 files, ``mkdtemp`` makes 0700 folders, so a model
+    saved by ``save_pretrained`` could not be read by another user or service."""
+    directory = Path(directory)
+    mask = umask()
+    for path in (directory, *directory.rglob("*")):
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def remove_temp_files(directory: str | Path, recursive: bool = True) -> int:
     """Delete the temporary files killed writers left in ``directory``; how many.
 

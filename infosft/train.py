@@ -32,7 +32,7 @@ import torch
 
 from infosft import process, runlock
 from infosft import train_status as ts
-from infosft.atomic import atomic_write_text
+from infosft.atomic import atomic_write_text, usual_permissions
 from infosft.errors import InfosftError
 from infosft.train_config import TrainConfig, dump, first_change, result_values
 
@@ -441,6 +441,8 @@ def _callback_class():
         def on_save(self, args, state, control, **kw):
             if state.is_world_process_zero:
                 ckpt = ts.last_checkpoint(self.run_dir)
+                if ckpt:
+                    usual_permissions(ckpt)  # safetensors writes owner-only files
                 ts.write_status(self.run_dir, last_checkpoint=str(ckpt) if ckpt else None,
                                 resumable=ckpt is not None)
 
@@ -774,6 +776,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
     final = run_dir / ts.FINAL
     trainer.save_model(str(final))  # the model or adapter, and the tokenizer
     if is_main:
+        usual_permissions(final)  # safetensors writes owner-only files
         write_model_info(final, cfg, knobs)
         last = ts.last_checkpoint(run_dir)
         ts.write_status(run_dir, state="finished", final_model=str(final), eta_s=0.0,

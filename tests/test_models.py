@@ -140,3 +140,21 @@ def test_broken_model_directory_is_one_line(tiny_model_dir, tmp_path, how, words
         models.load_model(str(d), device="cpu")
     msg = str(err.value)
     assert "\n" not in msg and str(d) in msg and words in msg, msg
+
+
+@pytest.mark.slow
+def test_converted_cache_has_the_usual_permissions(monkeypatch, tmp_path):
+    """The cache is converted in a mkdtemp directory (owner-only 0700) and renamed into
+    place: it must end up as a plain mkdir would make it (0755 under umask 022)."""
+    import os
+
+    monkeypatch.setenv("INFOSFT_CACHE", str(tmp_path))
+    old = os.umask(0o022)
+    try:
+        target, _ = models.default_model_dir()
+    finally:
+        os.umask(old)
+    assert target.is_relative_to(tmp_path)
+    assert oct(target.stat().st_mode & 0o777) == oct(0o755)
+    files = [p for p in target.iterdir() if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o777 == 0o644 for p in files)

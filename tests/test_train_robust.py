@@ -114,13 +114,18 @@ def test_run_files_have_the_umask_permissions(tmp_path, data, tiny_model_dir):
         from infosft.train import train
 
         run = train(resolve(tiny_cfg(data, tmp_path / "run", tiny_model_dir, max_steps=1,
-                                     eval_split=0.25)))
+                                     eval_split=0.25, save_steps=1)))
     finally:
         os.umask(old)
     for name in (ts.STATUS, ts.CONFIG, ts.METRICS, ts.SOURCE, ts.EVAL_DATA,
                  f"{ts.FINAL}/{ts.MODEL_INFO}"):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o640, name
     assert stat.S_IMODE(run.stat().st_mode) == 0o750
+    # what the libraries write too: safetensors makes its files owner-only (0600)
+    saved = [p for d in (run / ts.FINAL, ts.last_checkpoint(run)) for p in d.rglob("*")]
+    assert any(p.suffix == ".safetensors" for p in saved)
+    for p in saved:
+        assert stat.S_IMODE(p.stat().st_mode) == (0o750 if p.is_dir() else 0o640), p
 
 
 # ------------------------------------------------------------------ nobody in
