@@ -3,6 +3,7 @@ session) and a tiny random Llama with the same tokenizer for fast pipeline tests
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -71,3 +72,28 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
     data = write_jsonl(out.parent / "data.jsonl", rows)
     return score_dataset(ScoreConfig(source=str(data), out=str(out), model=str(tiny_model_dir),
                                      device="cpu"), progress=False)
+
+
+_HOLD_LOCK = ("import sys, time\nfrom infosft.runlock import RunLock\n"
+              "lock = RunLock(sys.argv[1], 'x').acquire()\nprint('locked', flush=True)\n"
+              "time.sleep(120)\n")
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(directory: Path):
+    """A real second process that holds ``directory``'s run lock until the block ends; it
+    is then SIGKILLed, so no cleanup code of its own runs. Yields its ``Popen``."""
+    import os
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(directory)], cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()

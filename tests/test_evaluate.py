@@ -327,35 +327,20 @@ def test_overwrite_keeps_the_old_evaluation_until_the_new_one_can_run(tmp_path, 
     assert report(run)["created_at"] >= before_report["created_at"]
 
 
-HOLD = ("import sys, time\nfrom infosft.runlock import RunLock\n"
-        "lock = RunLock(sys.argv[1], 'x').acquire()\nprint('locked', flush=True)\n"
-        "time.sleep(120)\n")
-
-
 def test_an_evaluation_holds_the_run(tmp_path, capsys, tuned_run):
     """While another process holds the run (an evaluation, a trainer), `infosft eval`
     fails at once naming it and leaves the old evaluation alone; the app's pre-check
     (check_eval_dir) says so too."""
-    import subprocess
-    import sys
-
     from analysis.evaluate import check_eval_dir, open_training_run
-    from conftest import ROOT
+    from conftest import lock_held_by_another_process
 
     run = tmp_path / "tuned"
     shutil.copytree(tuned_run, run, ignore=shutil.ignore_patterns(".lock"))
     before = _snapshot(run)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(run) as holder:
         err = _cli_error(capsys, run, run, "--overwrite")  # named twice: evaluated once
         assert f"in use by another infosft process (pid {holder.pid})" in err
         with pytest.raises(InfosftError, match=f"pid {holder.pid}"):
             check_eval_dir(open_training_run(run), True)
         assert _snapshot(run) == before
-    finally:
-        holder.kill()
-        holder.wait()
     check_eval_dir(open_training_run(run), True)  # free again once its holder is gone

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from conftest import lock_held_by_another_process
 from infosft import process
 from infosft.atomic import atomic_write, atomic_write_text, remove_temp_files
 from infosft.errors import InfosftError
@@ -58,30 +59,15 @@ def test_alive_zombie_and_other_host():
     assert not process.alive(None) and not process.alive(True)
 
 
-_HOLD = """
-import sys, time
-from infosft.runlock import RunLock
-with RunLock(sys.argv[1]):
-    print("locked", flush=True)
-    time.sleep(60)
-"""
-
-
 def test_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path):
     run = tmp_path / "run"
-    holder_proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)],
-                                   stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder_proc.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(run) as holder_proc:  # SIGKILLed at the end
         assert is_locked(run)
         assert holder(run)["pid"] == holder_proc.pid
         with pytest.raises(InfosftError, match=rf"in use by another infosft process \(pid "
                                                rf"{holder_proc.pid}\)") as e:
             RunLock(run, "resuming").acquire()
         assert "\n" not in str(e.value) and str(run) in str(e.value)
-    finally:
-        holder_proc.kill()  # SIGKILL: no cleanup code runs
-        holder_proc.wait()
     assert not is_locked(run)
     with RunLock(run) as lock:  # the kernel released the dead holder's lock
         assert lock is not None and holder(run)["pid"] == os.getpid()

@@ -13,8 +13,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,7 @@ from infosft import train_status as ts
 from infosft.errors import InfosftError
 from infosft.train_config import resolve, resume_config
 
-from conftest import ROOT, write_jsonl
+from conftest import lock_held_by_another_process, write_jsonl
 from test_train import cli_args, tiny_cfg
 
 
@@ -131,11 +129,6 @@ def test_run_files_have_the_umask_permissions(tmp_path, data, tiny_model_dir):
 # ------------------------------------------------------------------ nobody in
 
 
-HOLD = ("import sys, time\nfrom infosft.runlock import RunLock\n"
-        "lock = RunLock(sys.argv[1], 'x').acquire()\nprint('locked', flush=True)\n"
-        "time.sleep(120)\n")
-
-
 def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path, capsys, finished, data,
                                                          tiny_model_dir):
     """While another process holds the run (a trainer still loading, an evaluation), a
@@ -143,19 +136,12 @@ def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path, capsys, finis
     run = copy_run(finished, tmp_path / "run")
     ts.write_status(run, state="stopped", resumable=True)  # resumable from checkpoint-2
     before = snapshot(run)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(run) as holder:
         for extra in (["--out", str(run), "--resume"],
                       [*cli_args(tiny_cfg(data, run, tiny_model_dir)), "--overwrite"]):
             err = one_line_error(capsys, ["train", *extra])
             assert f"in use by another infosft process (pid {holder.pid})" in err
         assert snapshot(run) == before
-    finally:
-        holder.kill()
-        holder.wait()
     # the kernel dropped the lock with its holder: the resume runs (0 steps left)
     assert main(["train", "--out", str(run), "--resume"]) == 0
     assert ts.read_status(run)["state"] == "finished"
