@@ -372,14 +372,38 @@ def test_static_mode_refuses_what_would_lose_the_weights(model, tokenizer, examp
                            train_dataset=data, scheme="infosft", P=1.5)
 
 
-def test_sft_eval_loss_is_the_mean_token_nll(model, tokenizer, examples, tmp_path):
+@pytest.mark.parametrize("with_metrics", [False, True])
+def test_sft_eval_loss_is_the_mean_token_nll(model, tokenizer, examples, tmp_path, with_metrics):
+    """Whatever the scheme; with compute_metrics the loss comes from the logits' forward."""
     # one eval batch: its mean token NLL is the sft loss of the whole set
     expected = reference_loss(model, [examples], "sft", {})
+    seen = []
     trainer = WeightedSFTTrainer(model=model, args=sft_args(tmp_path, per_device_eval_batch_size=4),
                                  train_dataset=datasets.Dataset.from_list(examples),
                                  eval_dataset=datasets.Dataset.from_list(examples),
-                                 processing_class=tokenizer, scheme="profit")
+                                 processing_class=tokenizer, scheme="profit",
+                                 compute_metrics=(lambda p: seen.append(p) or {})
+                                 if with_metrics else None)
+    count = ForwardCount(trainer.model)
     assert trainer.evaluate()["eval_loss"] == pytest.approx(expected, rel=1e-5)
+    assert count.n == 1
+    if with_metrics:
+        assert seen[0].predictions.shape[:2] == (4, max(len(ex["input_ids"]) for ex in examples))
+
+
+def test_sft_trainer_with_lora_uses_the_fused_head(model, tokenizer, examples, tmp_path):
+    """LoRA starts as the identity (B = 0): step 1 is the base model's weighted NLL."""
+    from peft import LoraConfig
+
+    expected = reference_loss(model, [examples[:2], examples[2:]], "infosft", {})
+    trainer = make(WeightedSFTTrainer, model, args=sft_args(tmp_path),
+                   train_dataset=datasets.Dataset.from_list(examples), processing_class=tokenizer,
+                   peft_config=LoraConfig(r=4, target_modules="all-linear"), scheme="infosft")
+    assert trainer._fused
+    count = ForwardCount(trainer.model)
+    trainer.train()
+    assert count.n == 2
+    assert step_loss(trainer) == pytest.approx(expected, rel=1e-5)
 
 
 def test_logs_carry_the_weight_stats(model, tokenizer, examples, tmp_path):
@@ -479,19 +503,26 @@ def test_resumed_run_draws_the_same_profit_random_drops(model, examples, tmp_pat
 # ---------------------------------------------------------------- the default model
 
 
+@pytest.fixture(scope="module")
+def default_case(default_model, export_path):
+    """The sample data without its weights and its online InfoSFT step-1 loss, written out
+    (InfoSFT draws nothing, so padded and flattened batches share it)."""
+    base, _, _ = default_model
+    source = load_export(export_path, 4).remove_columns("weights")
+    rows = list(source)
+    return source, reference_loss(base, [rows[:2], rows[2:]], "infosft", {})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("padding_free", [False, True])
-def test_default_model_online_infosft_step_loss(default_model, export_path, tmp_path,
+def test_default_model_online_infosft_step_loss(default_model, default_case, tmp_path,
                                                 padding_free):
     """The real model (real, spread-out q) on the sample data: TRL's fused head gives the
     weighted NLL of a float64 forward, padded or flattened."""
     base, tokenizer, _ = default_model
-    model = copy.deepcopy(base)
-    source = load_export(export_path, 4).remove_columns("weights")
-    rows = list(source)
-    expected = reference_loss(model, [rows[:2], rows[2:]], "infosft", {},
-                              layout="flat" if padding_free else "padded")
-    trainer = make(WeightedSFTTrainer, model, train_dataset=source, processing_class=tokenizer,
+    source, expected = default_case
+    trainer = make(WeightedSFTTrainer, copy.deepcopy(base), train_dataset=source,
+                   processing_class=tokenizer,
                    args=sft_args(tmp_path, padding_free=padding_free, gradient_checkpointing=False),
                    scheme="infosft")
     count = ForwardCount(trainer.model)
