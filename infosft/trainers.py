@@ -344,9 +344,9 @@ def _sft_trainer_class() -> type:
             loss, outputs = self._weighted_loss(model, inputs, return_outputs, num_items_in_batch)
             if getattr(outputs, "label_mask", None) is not None:  # the fused head's outputs
                 if model.training and getattr(outputs, "aux_loss", None) is not None:
-                    # MoE load balancing, as TRL adds it: a per-micro-batch mean
-                    steps = (self.current_gradient_accumulation_steps
-                             if num_items_in_batch is not None else 1)
+                    # MoE load balancing, as TRL adds it: a per-micro-batch mean, averaged over
+                    # the step here since training_step leaves the loss as it is
+                    steps = getattr(self, "current_gradient_accumulation_steps", 1)
                     loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
                 self._record_metrics(outputs, inputs)
             return (loss, outputs) if return_outputs else loss

@@ -529,3 +529,30 @@ def test_default_model_online_infosft_step_loss(default_model, default_case, tmp
     trainer.train()
     assert count.n == 2
     assert step_loss(trainer) == pytest.approx(expected, rel=1e-4)
+
+
+def test_moe_load_balancing_loss_is_added_as_trl_adds_it(tokenizer, examples, tmp_path):
+    """A tiny Mixtral: step 1 is the weighted NLL plus coef * the mean of the micro-batches'
+    load-balancing losses (each from a plain forward of that padded micro-batch)."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=32,
+                           num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                           num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.5,
+                           pad_token_id=2, tie_word_embeddings=True)
+    config._experts_implementation = "eager"  # the grouped GEMM has no float64 (the reference)
+    model = MixtralForCausalLM(config)
+    batches = [examples[:2], examples[2:]]
+    collate = WeightedCollator(2)
+    with torch.no_grad():
+        aux = [model(**{k: v for k, v in collate(b).items() if k in ("input_ids", "attention_mask")},
+                     output_router_logits=True).aux_loss for b in batches]
+    expected = reference_loss(model, batches, "dft", {}) + 0.5 * float(sum(aux)) / 2
+    trainer = make(WeightedSFTTrainer, model, args=sft_args(tmp_path),
+                   train_dataset=datasets.Dataset.from_list(examples), processing_class=tokenizer,
+                   scheme="dft")
+    assert trainer.aux_loss_enabled
+    trainer.train()
+    assert step_loss(trainer) == pytest.approx(expected, rel=1e-5)
+    assert float(sum(aux)) * 0.5 / 2 > 1e-3 * expected  # the aux term is there to see
