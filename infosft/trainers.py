@@ -58,7 +58,7 @@ from transformers import Trainer, TrainerCallback
 from infosft.errors import InfosftError
 from infosft.loss import IGNORE_INDEX, WeightedLoss, target_logprobs, weighted_nll
 
-__all__ = ["WeightedCollator", "WeightedSFTTrainer", "WeightedTrainer"]
+__all__ = ["WeightedCollator", "WeightedSFTTrainer", "WeightedTrainer"]  # noqa: F822 (lazy)
 
 TRL_MISSING = "WeightedSFTTrainer needs TRL: pip install 'infosft[trl]'"
 WEIGHTS = "weights"
@@ -77,7 +77,7 @@ def pad_id_of(tokenizer: Any) -> int:
 # ---------------------------------------------------------------- collator
 
 
-def _pad(seqs: list[torch.Tensor], value: float | int, multiple: int | None) -> torch.Tensor:
+def _pad(seqs: list[torch.Tensor], value: float, multiple: int | None) -> torch.Tensor:
     """``(len(seqs), T)`` right-padded with ``value``; T = longest, rounded up to ``multiple``."""
     n = max(len(s) for s in seqs)
     if multiple:
@@ -144,10 +144,10 @@ class WeightedCollator:
 
     @staticmethod
     def _tensors(i: int, example: dict[str, Any], with_weights: bool) -> dict[str, torch.Tensor]:
-        """One example's ``input_ids``, ``labels``, ``weights`` and ``position_ids``, all ``(T,)``."""
+        """One example's ``input_ids``, ``labels``, ``weights``, ``position_ids``, all ``(T,)``."""
         ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
-        out = {"input_ids": ids,
-               "labels": torch.as_tensor(example.get("labels", example["input_ids"]), dtype=torch.long)}
+        labels = example.get("labels", example["input_ids"])  # plain text: every token
+        out = {"input_ids": ids, "labels": torch.as_tensor(labels, dtype=torch.long)}
         if with_weights:
             if WEIGHTS not in example:
                 raise ValueError(f"example {i} of the batch has no 'weights' (example 0 has)")
@@ -235,7 +235,8 @@ class _WeightedLossMixin:
     def _target_logprobs(self, model, inputs, labels):
         """``(logp, mask, outputs)`` of one forward, ``logp``/``mask`` ``(B, T)`` in
         :func:`infosft.loss.target_logprobs`' layout (``logp[:, t]`` predicts token t + 1)."""
-        outputs = model(**inputs)  # no labels: the model would add a full-vocabulary loss of its own
+        # No labels to the model: it would add a full-vocabulary loss of its own.
+        outputs = model(**inputs)
         logp, mask = target_logprobs(outputs.logits, labels, self.weighted_loss.chunk_elements)
         return logp, mask, outputs
 
@@ -378,7 +379,8 @@ def _sft_trainer_class() -> type:
                 if "attention_mask" in inputs:
                     local = inputs["attention_mask"].sum()
                 else:  # padding-free: one row of real tokens
-                    local = torch.tensor(inputs["input_ids"].size(1), device=inputs["input_ids"].device)
+                    ids = inputs["input_ids"]
+                    local = torch.tensor(ids.size(1), device=ids.device)
                 self._total_train_tokens += gather(local).sum().item() // self._tp_size
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 

@@ -17,12 +17,12 @@ from tests.conftest import ROOT, SAMPLE_RUN
 datasets = pytest.importorskip("datasets")
 trl = pytest.importorskip("trl")
 
-from transformers import AutoModelForCausalLM, TrainingArguments  # noqa: E402
-from trl import SFTConfig, SFTTrainer  # noqa: E402
-from trl.trainer.sft_trainer import DataCollatorForLanguageModeling  # noqa: E402
+from transformers import AutoModelForCausalLM, TrainingArguments
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from infosft.trainers import WeightedCollator, WeightedSFTTrainer, WeightedTrainer  # noqa: E402
-from infosft.weights import token_weights  # noqa: E402
+from infosft.trainers import WeightedCollator, WeightedSFTTrainer, WeightedTrainer
+from infosft.weights import token_weights
 
 IGNORE = -100
 # (scheme, knobs) covering every scheme; InfoSFT by P and by C; ProFit deterministic and seeded.
@@ -168,14 +168,16 @@ class ForwardCount:
         self.n += 1
 
 
+CPU_ARGS = {"use_cpu": True, "max_steps": 1, "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 2, "train_sampling_strategy": "sequential",
+            "logging_steps": 1, "save_strategy": "no", "report_to": "none"}
+
+
 def sft_args(tmp_path, **kw):
     """The smallest SFTConfig that trains on CPU (use_cpu, bf16=False), plus a fixed
     batch order: two micro-batches of 2 examples, in dataset order."""
-    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, max_steps=1,
-                per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                train_sampling_strategy="sequential", logging_steps=1, save_strategy="no",
-                report_to="none", max_length=None)
-    return SFTConfig(**{**base, **kw})
+    return SFTConfig(**{**CPU_ARGS, "output_dir": str(tmp_path / "out"), "bf16": False,
+                        "max_length": None, **kw})
 
 
 def step_loss(trainer, steps=2):
@@ -198,7 +200,7 @@ def test_without_trl_the_module_imports_and_the_sft_trainer_says_how_to_get_it()
             "except Exception as e:\n"
             "    print(type(e).__name__ + ': ' + str(e))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         timeout=300)
+                         timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ("InfosftError: WeightedSFTTrainer needs TRL: "
                                   "pip install 'infosft[trl]'")
@@ -208,7 +210,8 @@ def test_without_trl_the_module_imports_and_the_sft_trainer_says_how_to_get_it()
 
 
 @pytest.mark.parametrize("kw", [{}, {"pad_to_multiple_of": 8}, {"return_position_ids": True},
-                                {"padding_free": True}, {"padding_free": True, "pad_to_multiple_of": 8}])
+                                {"padding_free": True},
+                                {"padding_free": True, "pad_to_multiple_of": 8}])
 def test_collator_emits_trls_batch_plus_aligned_weights(examples, kw):
     ours = WeightedCollator(2, **kw)(examples)
     theirs = DataCollatorForLanguageModeling(pad_token_id=2, **kw)(
@@ -315,7 +318,8 @@ def test_sft_trainer_warns_nothing_and_trls_compute_loss_func_costs_a_forward(
         ours.train()
     ours_forwards = count.n
     future = [str(w.message) for w in seen if issubclass(w.category, FutureWarning)
-              and ("trl" in w.filename or "infosft" in w.filename or "compute_loss" in str(w.message))]
+              and ("trl" in w.filename or "infosft" in w.filename
+                   or "compute_loss" in str(w.message))]
     assert future == []
     # The control: the counter and the warning capture do see TRL's compute_loss_func path.
     other = AutoModelForCausalLM.from_pretrained(model.name_or_path)
@@ -412,7 +416,8 @@ def test_logs_carry_the_weight_stats(model, tokenizer, examples, tmp_path):
                                  processing_class=tokenizer, mode="static")
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    w = [x for ex in examples for x, lab in zip(ex["weights"][1:], ex["labels"][1:]) if lab != IGNORE]
+    w = [x for ex in examples for x, lab in zip(ex["weights"][1:], ex["labels"][1:])
+         if lab != IGNORE]
     assert [h["mean_weight"] for h in logs] == pytest.approx([sum(w) / len(w)] * 2)
     assert [h["zero_weight_share"] for h in logs] == pytest.approx(
         [sum(x == 0 for x in w) / len(w)] * 2)
@@ -423,11 +428,7 @@ def test_logs_carry_the_weight_stats(model, tokenizer, examples, tmp_path):
 
 
 def hf_args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, max_steps=1,
-                per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                train_sampling_strategy="sequential", logging_steps=1, save_strategy="no",
-                report_to="none")
-    return TrainingArguments(**{**base, **kw})
+    return TrainingArguments(**{**CPU_ARGS, "output_dir": str(tmp_path / "out"), **kw})
 
 
 @pytest.mark.parametrize("scheme,knobs", [("infosft", {}),
@@ -443,7 +444,8 @@ def test_weighted_trainer_is_infosft_trains_trainer(model, tokenizer, examples, 
     tensors = ExampleDataset([{k: torch.tensor(v) for k, v in ex.items() if k != "weights"}
                               for ex in examples])
     old_model = copy.deepcopy(model)
-    args = hf_args(tmp_path, max_steps=2, gradient_accumulation_steps=1, remove_unused_columns=False)
+    args = hf_args(tmp_path, max_steps=2, gradient_accumulation_steps=1,
+                   remove_unused_columns=False)
     old = make(_trainer_class(), old_model, args=args, train_dataset=tensors,
                data_collator=Collator(2), compute_loss_func=make_loss_func(scheme, **knobs))
     new = make(WeightedTrainer, model, args=args, train_dataset=tensors,
@@ -546,7 +548,8 @@ def test_moe_load_balancing_loss_is_added_as_trl_adds_it(tokenizer, examples, tm
     batches = [examples[:2], examples[2:]]
     collate = WeightedCollator(2)
     with torch.no_grad():
-        aux = [model(**{k: v for k, v in collate(b).items() if k in ("input_ids", "attention_mask")},
+        aux = [model(**{k: v for k, v in collate(b).items()
+                        if k in ("input_ids", "attention_mask")},
                      output_router_logits=True).aux_loss for b in batches]
     expected = reference_loss(model, batches, "dft", {}) + 0.5 * float(sum(aux)) / 2
     trainer = make(WeightedSFTTrainer, model, args=sft_args(tmp_path),
