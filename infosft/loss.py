@@ -7,10 +7,13 @@ or ``static`` from per-token weights carried in the batch (an exported dataset).
 (``num_items_in_batch``, as the Hugging Face Trainer passes it), zero-weight tokens
 included: there is no renormalization by ``sum(w)``, as in the reference code.
 
-Use it wherever the Trainer takes a ``compute_loss_func``::
+Train with the classes of :mod:`infosft.trainers` (``WeightedSFTTrainer``,
+``WeightedTrainer``), which override ``compute_loss``. For older stacks, it also works
+wherever the Trainer takes a ``compute_loss_func`` (TRL 1.16 deprecates that, and runs
+an extra forward pass for it)::
 
     from infosft.loss import make_loss_func
-    trainer = SFTTrainer(..., compute_loss_func=make_loss_func("infosft", P=0.93))
+    trainer = Trainer(..., compute_loss_func=make_loss_func("infosft", P=0.93))
 
 Memory: the log-prob of each target is ``logit[y] - logsumexp(logits)``, computed
 in row chunks by a custom autograd function that keeps only the logits the model
