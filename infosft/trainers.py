@@ -332,12 +332,13 @@ def _sft_trainer_class() -> type:
                 if "input_ids" not in columns:
                     raise InfosftError("static 'weights' need the 'input_ids' they were made for "
                                        f"in the {dataset_name} dataset")
-                if args.max_length is not None:
-                    # TRL cuts input_ids and labels to max_length and leaves the other columns
-                    # whole: cut the weights by the same slice first.
-                    n = args.max_length
-                    cut = slice(-n, None) if args.truncation_mode == "keep_end" else slice(None, n)
-                    dataset = dataset.map(_cut_weights, fn_kwargs={"cut": cut})
+            if (WEIGHTS in columns and "input_ids" in columns and not packing
+                    and args.max_length is not None):
+                # TRL cuts input_ids and labels to max_length and leaves the other columns
+                # whole: cut the weights by the same slice first.
+                n = args.max_length
+                cut = slice(-n, None) if args.truncation_mode == "keep_end" else slice(None, n)
+                dataset = dataset.map(_cut_weights, fn_kwargs={"cut": cut})
             return super()._prepare_dataset(dataset, processing_class, args, packing,
                                             formatting_func, dataset_name)
 

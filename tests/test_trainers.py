@@ -270,6 +270,21 @@ def test_sft_online_step_loss_is_the_weighted_nll_with_one_forward_per_micro_bat
     assert expected > 0
 
 
+def test_sft_trainer_without_a_fused_head_takes_the_chunked_path(model, tokenizer, examples,
+                                                                 tmp_path):
+    """As on a TRL whose SFTTrainer adds no fused LM head: the logits' forward, same loss."""
+    knobs = {"direction": "random", "threshold": 0.3, "seed": 7}
+    expected = reference_loss(model, [examples[:2], examples[2:]], "profit", knobs)
+    trainer = make(WeightedSFTTrainer, model, args=sft_args(tmp_path),
+                   train_dataset=datasets.Dataset.from_list(examples),
+                   processing_class=tokenizer, scheme="profit", **knobs)
+    trainer._fused = False
+    count = ForwardCount(trainer.model)
+    trainer.train()
+    assert count.n == 2
+    assert step_loss(trainer) == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_sft_static_step_loss_uses_the_datasets_weights(model, tokenizer, examples, tmp_path,
                                                         padding_free):
