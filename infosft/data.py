@@ -290,9 +290,14 @@ def tokenize(content: list[dict[str, str]] | str, tokenizer, *, max_length: int,
 # span a cut point, checked), the pre-tokenizer then always splits there (checked on a
 # probe: true of the GPT-2, Llama-3 and Qwen byte-level regexes and of whitespace
 # splitters; Metaspace with split only at spaces) and the model tokenizes each piece
-# alone. Other tokenizers (one BPE over whole segments, normalizers that rewrite
-# spaces) get the whole text, as do texts without any cut point.
+# alone. Texts without any cut point (one giant "word": a base64 blob, a run of one
+# letter) and other tokenizers (one BPE over whole segments, normalizers that rewrite
+# spaces) get the whole text when it is short; a longer one (_AGREE_FROM characters)
+# is cut where two prefixes, one twice as long as the other, agree on the tokens kept:
+# the rest of the text could change them only through a chain of merges longer than
+# the shorter prefix, which is no proof, but memory stays bounded.
 _CHARS_PER_TOKEN = 8
+_AGREE_FROM = 1 << 20
 _CUT_RULES = (r"\S(?= )", r"[^\W_](?=[.,!?;:\u3002\uff0c\u3001\uff01\uff1f\uff1a\uff1b])")
 _PROBE = "ab cd, 12 ef! (g) 'h i\tj k.\nl m \u65e5\u672c\u3002\u8a9e\u3001x;y z?"
 _PER_CHAR_NORMALIZERS = {"Sequence", "NFC", "NFD", "NFKC", "NFKD", "Lowercase",
@@ -314,6 +319,16 @@ def _encode(tokenizer, text: str, limit: int, offsets: bool = False
                 # The last token's offsets may still differ (an added token with rstrip
                 # would take the following spaces), so it is never kept.
                 if len(ids) >= limit + 2:
+                    return ids[:limit + 1], offs and offs[:limit + 1]
+            n *= 2
+    if len(text) >= _AGREE_FROM:
+        n = max(_CHARS_PER_TOKEN * (limit + 2), 1 << 16)
+        while 2 * n < len(text):
+            ids, offs = _run(tokenizer, text[:n], offsets)
+            if len(ids) >= limit + 2:
+                longer = _run(tokenizer, text[:2 * n], offsets)
+                if (ids[:limit + 1], offs and offs[:limit + 1]) == (
+                        longer[0][:limit + 1], longer[1] and longer[1][:limit + 1]):
                     return ids[:limit + 1], offs and offs[:limit + 1]
             n *= 2
     return _run(tokenizer, text, offsets)
