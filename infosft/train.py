@@ -1,7 +1,8 @@
 """Weighted fine-tuning with the Hugging Face Trainer: ``train(cfg) -> RUN/final``.
 
-The loss is :mod:`infosft.loss` (online weights from the trained model's own q, or
-static weights from an exported dataset); everything else is the stock Trainer, so
+The trainer is :class:`infosft.trainers.WeightedTrainer`, the public class, with the loss
+of :mod:`infosft.loss` (online weights from the trained model's own q, or static weights
+from an exported dataset); everything else is the stock Trainer, so
 ``accelerate launch -m app.cli train ...`` and ``torchrun`` work unchanged (DDP, FSDP,
 DeepSpeed). Records become tokens through :func:`infosft.data.prepare`, the same code
 that scoring uses, so a static export lines up with training tokens exactly.
@@ -29,16 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from infosft import process, runlock
 from infosft import train_status as ts
 from infosft.atomic import atomic_write_text, usual_permissions
 from infosft.errors import InfosftError
+from infosft.loss import IGNORE_INDEX, WeightedLoss
 from infosft.train_config import TrainConfig, dump, first_change, result_values
+from infosft.trainers import WeightedCollator, WeightedTrainer, pad_id_of
 
 log = logging.getLogger("infosft.train")
 EXPORT_COLUMNS = ("input_ids", "labels", "weights")
-IGNORE_INDEX = -100
 TRUNCATED = "no target token left after truncation"  # infosft.data.prepare's reason
 
 
@@ -244,90 +247,6 @@ class ExampleDataset(torch.utils.data.Dataset):
         return self.examples[i]
 
 
-class Collator:
-    """Right-pads a list of examples into a batch.
-
-    Returns ``input_ids`` ``(B, T)`` (pad id), ``attention_mask`` ``(B, T)`` (0 on pads),
-    ``labels`` ``(B, T)`` (-100 on pads) and, when the examples carry them, ``weights``
-    ``(B, T)`` float32 (0 on pads).
-    """
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        from torch.nn.utils.rnn import pad_sequence
-
-        def pad(key, value):
-            return pad_sequence([e[key] for e in examples], batch_first=True, padding_value=value)
-
-        batch = {"input_ids": pad("input_ids", self.pad_id), "labels": pad("labels", IGNORE_INDEX),
-                 "attention_mask": pad_sequence([torch.ones_like(e["input_ids"]) for e in examples],
-                                                batch_first=True, padding_value=0)}
-        if "weights" in examples[0]:
-            batch["weights"] = pad("weights", 0.0)
-        return batch
-
-
-def pad_id_of(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return tid
-    return 0
-
-
-# ---------------------------------------------------------------- loss
-
-
-def mean_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The plain SFT loss: mean ``-log p`` over supervised tokens.
-
-    Args:
-        logits: ``(B, T, V)``; labels: ``(B, T)`` unshifted, -100 = ignored.
-    """
-    from infosft.loss import target_logprobs
-
-    logp, mask = target_logprobs(logits, labels)
-    return -(logp * mask).sum() / mask.sum().clamp(min=1)
-
-
-def _trainer_class():
-    from transformers import Trainer
-
-    class WeightedTrainer(Trainer):
-        """The Trainer with the weighted loss; ``weights`` ride in the batch (static mode).
-
-        The loss is normalized by ``num_items_in_batch`` (the supervised tokens of the
-        whole optimizer step, summed across devices), so it is already scaled for
-        gradient accumulation, and it is multiplied by the number of processes under
-        ``average_tokens_across_devices`` exactly as ``Trainer.compute_loss`` does,
-        because DDP averages gradients across processes.
-        """
-
-        loss_is_scaled_for_ga = True
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-            weights = inputs.pop("weights", None)
-            # No labels to the model: it would compute a full-vocabulary loss of its own.
-            outputs = model(**inputs)
-            if not model.training:
-                loss = mean_token_nll(outputs.logits, labels)
-                return (loss, outputs) if return_outputs else loss
-            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch,
-                                          weights=weights)
-            if num_items_in_batch is None:  # normalized per micro-batch: scale for GA here
-                loss = loss / self.current_gradient_accumulation_steps
-            elif self.args.average_tokens_across_devices:
-                tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
-                loss = loss * (self.accelerator.num_processes // tp if self.args.n_gpu <= 1
-                               else self.args.n_gpu)
-            return (loss, outputs) if return_outputs else loss
-
-    return WeightedTrainer
-
-
 # ---------------------------------------------------------------- stop / status
 
 
@@ -380,73 +299,67 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _callback_class():
-    from transformers import TrainerCallback
+class RunWriter(TrainerCallback):
+    """Writes ``status.json`` every step and a ``metrics.jsonl`` line per log (the weight
+    stats from the log itself: :class:`infosft.trainers.WeightedTrainer` adds them)."""
 
-    class RunWriter(TrainerCallback):
-        """Writes ``status.json`` every step and a ``metrics.jsonl`` line per log."""
+    def __init__(self, run_dir: Path, stop: StopRequest, prior_elapsed: float):
+        self.run_dir, self.stop = run_dir, stop
+        self.prior_elapsed = prior_elapsed
 
-        def __init__(self, run_dir: Path, loss_fn, stop: StopRequest, prior_elapsed: float):
-            self.run_dir, self.loss_fn, self.stop = run_dir, loss_fn, stop
-            self.prior_elapsed = prior_elapsed
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = self.t_mark = time.time()
+        self.step0 = state.global_step
+        self.tokens_mark = state.num_input_tokens_seen
+        if state.is_world_process_zero:
+            ts.write_status(self.run_dir, state=self._state(), step=state.global_step,
+                            total_steps=state.max_steps, epoch=state.epoch)
 
-        def on_train_begin(self, args, state, control, **kw):
-            self.t0 = self.t_mark = time.time()
-            self.step0 = state.global_step
-            self.tokens_mark = state.num_input_tokens_seen
-            self.loss_fn.skip_calls(state.global_step * args.gradient_accumulation_steps)
-            if state.is_world_process_zero:
-                ts.write_status(self.run_dir, state=self._state(), step=state.global_step,
-                                total_steps=state.max_steps, epoch=state.epoch)
+    def _state(self) -> str:
+        return "stopping" if self.stop.requested else "running"
 
-        def _state(self) -> str:
-            return "stopping" if self.stop.requested else "running"
-
-        def on_step_end(self, args, state, control, **kw):
-            if _any_rank(self.stop.requested, args.device):
-                self.stop.requested = True
-                control.should_save = True
-                control.should_training_stop = True
-            if state.is_world_process_zero:
-                now = time.time()
-                done = state.global_step - self.step0
-                rate = done / max(now - self.t0, 1e-9)
-                eta = (state.max_steps - state.global_step) / rate if done else None
-                ts.write_status(self.run_dir, state=self._state(), step=state.global_step,
-                                total_steps=state.max_steps, epoch=state.epoch,
-                                elapsed_s=self.prior_elapsed + now - self.t0, eta_s=eta)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = logs or {}
+    def on_step_end(self, args, state, control, **kw):
+        if _any_rank(self.stop.requested, args.device):
+            self.stop.requested = True
+            control.should_save = True
+            control.should_training_stop = True
+        if state.is_world_process_zero:
             now = time.time()
-            if "loss" in logs:
-                tokens = state.num_input_tokens_seen - self.tokens_mark
-                tps = tokens / max(now - self.t_mark, 1e-9)
-                self.t_mark, self.tokens_mark = now, state.num_input_tokens_seen
-                stats = self.loss_fn.pop_stats()
-                line = {"step": state.global_step, "epoch": logs.get("epoch", state.epoch),
-                        "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
-                        "grad_norm": logs.get("grad_norm"), "tokens_per_s": tps,
-                        "mean_weight": stats["mean_weight"],
-                        "zero_weight_share": stats["zero_weight_share"], "time": now}
-            elif "eval_loss" in logs:
-                line = {"step": state.global_step, "epoch": state.epoch,
-                        "eval_loss": logs["eval_loss"], "time": now}
-            else:
-                return
-            if state.is_world_process_zero:
-                ts.append_metrics(self.run_dir, line)
-                log.info(" ".join(f"{k} {_fmt(v)}" for k, v in line.items() if k != "time"))
+            done = state.global_step - self.step0
+            rate = done / max(now - self.t0, 1e-9)
+            eta = (state.max_steps - state.global_step) / rate if done else None
+            ts.write_status(self.run_dir, state=self._state(), step=state.global_step,
+                            total_steps=state.max_steps, epoch=state.epoch,
+                            elapsed_s=self.prior_elapsed + now - self.t0, eta_s=eta)
 
-        def on_save(self, args, state, control, **kw):
-            if state.is_world_process_zero:
-                ckpt = ts.last_checkpoint(self.run_dir)
-                if ckpt:
-                    usual_permissions(ckpt)  # safetensors writes owner-only files
-                ts.write_status(self.run_dir, last_checkpoint=str(ckpt) if ckpt else None,
-                                resumable=ckpt is not None)
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        now = time.time()
+        if "loss" in logs:
+            tokens = state.num_input_tokens_seen - self.tokens_mark
+            tps = tokens / max(now - self.t_mark, 1e-9)
+            self.t_mark, self.tokens_mark = now, state.num_input_tokens_seen
+            line = {"step": state.global_step, "epoch": logs.get("epoch", state.epoch),
+                    "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"), "tokens_per_s": tps,
+                    "mean_weight": logs.get("mean_weight"),
+                    "zero_weight_share": logs.get("zero_weight_share"), "time": now}
+        elif "eval_loss" in logs:
+            line = {"step": state.global_step, "epoch": state.epoch,
+                    "eval_loss": logs["eval_loss"], "time": now}
+        else:
+            return
+        if state.is_world_process_zero:
+            ts.append_metrics(self.run_dir, line)
+            log.info(" ".join(f"{k} {_fmt(v)}" for k, v in line.items() if k != "time"))
 
-    return RunWriter
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            ckpt = ts.last_checkpoint(self.run_dir)
+            if ckpt:
+                usual_permissions(ckpt)  # safetensors writes owner-only files
+            ts.write_status(self.run_dir, last_checkpoint=str(ckpt) if ckpt else None,
+                            resumable=ckpt is not None)
 
 
 def _fmt(v: Any) -> str:
@@ -676,7 +589,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
 
 def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool,
                   is_main: bool) -> Path:
-    from infosft.loss import make_loss_func
     from infosft.models import load_tokenizer, pick_device
 
     ckpt = check_run_dir(run_dir, resume=resume, overwrite=overwrite) if is_main else (
@@ -686,7 +598,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
     previous = ts.read_status(run_dir) if resume else {}
     # Everything that can fail on bad input comes first, writing nothing: the data, the
     # resume checks, the model. A bad data file or model leaves an old run as it was.
-    loss_fn = make_loss_func(cfg.scheme, cfg.mode, **cfg.knob_args())
+    WeightedLoss(cfg.scheme, cfg.mode, **cfg.knob_args())  # the knobs, as WeightedTrainer checks
     data = load_data(cfg, lambda: load_tokenizer(cfg.model,
                                                  trust_remote_code=cfg.trust_remote_code))
     data.source["config"] = result_values(cfg)
@@ -705,7 +617,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
     stop.install()
     try:
         out = _train(cfg, run_dir, ckpt, stop, is_main, previous, data, model, tokenizer,
-                     loss_fn, device, args)
+                     device, args)
         _close_process_group()
         return out
     except BaseException as e:
@@ -743,7 +655,7 @@ def _start_run_files(cfg: TrainConfig, run_dir: Path, ckpt: Path | None,
 
 def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest,
            is_main: bool, previous: dict[str, Any], data: TrainData, model, tokenizer,
-           loss_fn, device: str, args) -> Path:
+           device: str, args) -> Path:
     from transformers.trainer_callback import PrinterCallback
 
     knobs = cfg.knobs()
@@ -757,13 +669,13 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
              "LoRA" if cfg.lora else "full fine-tune", device)
     if stop.requested:
         return _stopped(run_dir, is_main)
-    trainer = _trainer_class()(
+    trainer = WeightedTrainer(
         model=model, args=args,
         train_dataset=ExampleDataset(data.train),
         eval_dataset=ExampleDataset(data.eval) if data.eval else None,
-        data_collator=Collator(pad_id_of(tokenizer)), processing_class=tokenizer,
-        compute_loss_func=loss_fn,
-        callbacks=[_callback_class()(run_dir, loss_fn, stop, previous.get("elapsed_s") or 0.0)])
+        data_collator=WeightedCollator(pad_id_of(tokenizer)), processing_class=tokenizer,
+        scheme=cfg.scheme, mode=cfg.mode, **cfg.knob_args(),
+        callbacks=[RunWriter(run_dir, stop, previous.get("elapsed_s") or 0.0)])
     trainer.remove_callback(PrinterCallback)  # RunWriter logs each step in one line
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     # A stop that comes after the last step only delays the final save by seconds.

@@ -16,8 +16,9 @@ import torch
 
 from infosft import train_status as ts
 from infosft.errors import InfosftError, InputError
-from infosft.train import Collator, exported_examples, split_indices, train
+from infosft.train import exported_examples, split_indices, train
 from infosft.train_config import resolve
+from infosft.trainers import WeightedCollator
 
 from conftest import ROOT, SAMPLE, write_jsonl
 
@@ -79,7 +80,7 @@ def test_collator_pads_right():
            "weights": torch.tensor([0.0, 0.5, 1.0])},
           {"input_ids": torch.tensor([8]), "labels": torch.tensor([-100]),
            "weights": torch.tensor([0.0])}]
-    b = Collator(pad_id=2)(ex)
+    b = WeightedCollator(2)(ex)
     assert b["input_ids"].tolist() == [[5, 6, 7], [8, 2, 2]]
     assert b["labels"].tolist() == [[-100, 6, 7], [-100, -100, -100]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

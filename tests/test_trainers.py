@@ -449,28 +449,35 @@ def hf_args(tmp_path, **kw):
 @pytest.mark.parametrize("scheme,knobs", [("infosft", {}),
                                           ("profit", {"direction": "random", "threshold": 0.3,
                                                       "seed": 5})])
-def test_weighted_trainer_is_infosft_trains_trainer(model, tokenizer, examples, tmp_path,
-                                                    scheme, knobs):
-    """Same micro-batch losses and the same updated weights as infosft.train's Trainer
-    subclass with its compute_loss_func, over 2 steps (ProFit-random's call count too)."""
-    from infosft.loss import make_loss_func
-    from infosft.train import Collator, ExampleDataset, _trainer_class
+def test_weighted_trainer_matches_the_stock_trainer_with_the_loss_func(
+        model, tokenizer, examples, tmp_path, scheme, knobs):
+    """Same micro-batch losses and the same updated weights as the stock Trainer (its own
+    compute_loss and gradient-accumulation handling, TRL's collator) given make_loss_func
+    as compute_loss_func, over 2 steps of 2 accumulated micro-batches (ProFit-random's call
+    count too). ``infosft train`` runs WeightedTrainer, so this pins its numbers as well."""
+    from transformers import Trainer
 
-    tensors = ExampleDataset([{k: torch.tensor(v) for k, v in ex.items() if k != "weights"}
-                              for ex in examples])
-    old_model = copy.deepcopy(model)
-    args = hf_args(tmp_path, max_steps=2, gradient_accumulation_steps=1,
-                   remove_unused_columns=False)
-    old = make(_trainer_class(), old_model, args=args, train_dataset=tensors,
-               data_collator=Collator(2), compute_loss_func=make_loss_func(scheme, **knobs))
-    new = make(WeightedTrainer, model, args=args, train_dataset=tensors,
-               processing_class=tokenizer, scheme=scheme, **knobs)
-    old.train()
-    new.train()
-    assert [loss for loss, _ in new.micro] == pytest.approx([loss for loss, _ in old.micro],
-                                                            rel=1e-6)
-    for (name, a), b in zip(model.named_parameters(), old_model.parameters()):
+    from infosft.loss import make_loss_func
+
+    data = datasets.Dataset.from_list([{k: v for k, v in ex.items() if k != "weights"}
+                                       for ex in examples])
+    stock_model, start = copy.deepcopy(model), copy.deepcopy(model)
+    args = hf_args(tmp_path, max_steps=2, remove_unused_columns=False)
+    stock = make(Trainer, stock_model, args=args, train_dataset=data,
+                 data_collator=DataCollatorForLanguageModeling(pad_token_id=2),
+                 compute_loss_func=make_loss_func(scheme, **knobs))
+    ours = make(WeightedTrainer, model, args=args, train_dataset=data,
+                processing_class=tokenizer, scheme=scheme, **knobs)
+    stock.train()
+    ours.train()
+    assert len(ours.micro) == 4
+    assert [n for _, n in ours.micro] == [n for _, n in stock.micro] == [n_targets(examples)] * 4
+    assert [loss for loss, _ in ours.micro] == pytest.approx([loss for loss, _ in stock.micro],
+                                                             rel=1e-6)
+    for (name, a), b in zip(model.named_parameters(), stock_model.parameters()):
         assert torch.allclose(a, b, atol=1e-7), name
+    # the control: both did train (the weights moved from the start)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters()))
 
 
 def test_weighted_trainer_static_on_an_export(model, tokenizer, export_path, tmp_path):
