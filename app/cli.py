@@ -141,7 +141,6 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args) -> int:
     from infosft import train_status as ts
-    from infosft.train import train
     from infosft.train_config import FIELD_NAMES, load_config, resolve, resume_config
 
     file_values = load_config(args.config) if args.config else {}
@@ -159,6 +158,8 @@ def cmd_train(args) -> int:
         cfg = resume_config(load_config(stored), file_values, overrides, source=stored)
     else:
         cfg = resolve(file_values, overrides, source=args.config)
+    from infosft.train import train  # after the config checks: it imports transformers
+
     try:
         run = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (InfosftError, ValueError, OSError, KeyboardInterrupt):
