@@ -44,7 +44,7 @@ def test_the_section_has_the_three_trainers():
 def test_readme_trainer_blocks_run_as_written(tmp_path):
     # From a copy of the repository root: sample_data and the venv, nothing else.
     (tmp_path / "sample_data").symlink_to(ROOT / "sample_data")
-    (tmp_path / ".venv").symlink_to(Path(sys.executable).resolve().parents[1])
+    (tmp_path / ".venv").symlink_to(sys.prefix)  # the venv this test runs in
     for i, (lang, code) in enumerate(blocks(SECTION)):
         argv = (["bash", "-euc", code] if lang == "bash" else
                 [sys.executable, "-c", RUN_BLOCK, code])
