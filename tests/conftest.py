@@ -97,3 +97,17 @@ def lock_held_by_another_process(directory: Path):
         holder.kill()
         holder.wait()
         holder.stdout.close()
+
+
+def app_page(page: str | None = None, **state):
+    """An AppTest of the app (switched to ``page`` when given, e.g. "views/tune.py"),
+    with ``state`` in its session state, after its first run."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at

@@ -23,6 +23,8 @@ from app.render import fact_cards, summary_cards, token_html  # noqa: E402
 from infosft.errors import InfosftError  # noqa: E402
 from infosft.weights import c_from_p, p_from_c  # noqa: E402
 
+from conftest import app_page  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
 SAMPLE_RUN = ROOT / "sample_data" / "runs" / "sample"
@@ -42,14 +44,7 @@ def targets() -> Targets:
     return Targets.from_run(SAMPLE_RUN)
 
 
-def app(page: str | None = None, **state) -> AppTest:
-    at = AppTest.from_file(MAIN, default_timeout=60)
-    for k, v in state.items():
-        at.session_state[k] = v
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    return at
+app = app_page
 
 
 def ok(at: AppTest) -> None:

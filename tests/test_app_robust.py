@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import app_page
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -79,17 +81,7 @@ def workspace(tmp_path, monkeypatch) -> Path:
     return ws
 
 
-def page(script: str | None = None, **state):
-    """An AppTest of the app (optionally switched to a page), with session state set."""
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
-    for k, v in state.items():
-        at.session_state[k] = v
-    at.run()
-    if script:
-        at.switch_page(script).run()
-    return at
+page = app_page
 
 
 @pytest.fixture(scope="module")
