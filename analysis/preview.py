@@ -85,8 +85,7 @@ def head_records(source: str, n: int, split: str = "train") -> rec.RawRecords:
             if not data.strip():
                 raise _too_large(out, f"the first record is longer than "
                                  f"{HEAD_BYTES >> 20} MB")
-        {"jsonl": rec._read_jsonl, "json": rec._read_json, "csv": rec._read_csv}[kind](
-            data, out, False, n)
+        rec.parse_into(out, data, limit=n)
     if not out.rows:
         raise out.error("the dataset has no rows")
     return out
@@ -97,8 +96,7 @@ def _json_head(data: bytes, n: int, out: rec.RawRecords) -> rec.RawRecords:
     text = data.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
     if not text.startswith("["):  # JSON Lines in a .json file
         out.kind, out.unit = "jsonl", "line"
-        rec._read_jsonl(data, out, False, n)
-        return out
+        return rec.parse_into(out, data, limit=n)
     decoder, i = json.JSONDecoder(), 1
     while len(out.rows) < n:
         while i < len(text) and text[i] in ", \t\r\n":

@@ -63,15 +63,23 @@ def read_records(source: str | Path, *, limit: int | None = None, skip_invalid: 
                              "as UTF-8", file=str(source))
         out = RawRecords(str(source), kind, hashlib.sha256(data).hexdigest(), [],
                          unit="line" if kind == "jsonl" else "row")
-        reader = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
-                  "parquet": _read_parquet}[kind]
-        reader(data, out, skip_invalid, limit)
+        parse_into(out, data, skip_invalid, limit)
     elif path.is_dir() or not path.suffix:
         out = _read_hf(str(source), split, limit)
     else:
         raise InputError("no such file or dataset", file=str(source))
     if not out.rows:
         raise out.error("no valid rows" if out.skipped else "the dataset has no rows")
+    return out
+
+
+def parse_into(out: RawRecords, data: bytes, skip_invalid: bool = False,
+               limit: int | None = None) -> RawRecords:
+    """Parse the bytes of a file of kind ``out.kind`` (jsonl, json, csv, parquet) into
+    ``out.rows``, with the checks :func:`read_records` makes (also for a head of a file
+    cut at whole lines, as the app's preview reads)."""
+    {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
+     "parquet": _read_parquet}[out.kind](data, out, skip_invalid, limit)
     return out
 
 

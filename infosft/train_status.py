@@ -93,11 +93,6 @@ def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     return status
 
 
-def pid_alive(pid: int, started: float | None = None, host: str | None = None) -> bool:
-    """Deprecated name of :func:`infosft.process.alive` (pid + start time)."""
-    return process.alive(pid, started, host)
-
-
 def read_status(run_dir: str | Path) -> dict[str, Any]:
     """``RUN/status.json`` with every field of STATUS_FIELDS present (None when unknown).
 
