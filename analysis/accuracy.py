@@ -74,15 +74,22 @@ def accuracy_items(examples: list[PreparedExample], fmt: RecordFormat,
 
 def stop_ids(examples: list[PreparedExample], tokenizer) -> list[int]:
     """Token ids that end an answer: the eos and the end-of-turn token the chat template
-    puts after assistant content (the last target of an untruncated example, when it is
-    a special token)."""
+    puts after assistant content (the last special token of an untruncated example's last
+    target run: the targets may go on past it, as ChatML's ``\\n`` after ``<|im_end|>``
+    does; content holds no special token, see ``infosft.data.check_specials``)."""
     special = set(tokenizer.all_special_ids)
     out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     for ex in examples:
-        mask = ex.tokens.target_mask
-        last = max((i for i, m in enumerate(mask) if m), default=None)
-        if not ex.tokens.truncated and last is not None and ex.tokens.input_ids[last] in special:
-            out.add(ex.tokens.input_ids[last])
+        mask, ids = ex.tokens.target_mask, ex.tokens.input_ids
+        start = last_turn_start(mask)
+        if ex.tokens.truncated or start is None:
+            continue
+        end = start
+        while end < len(mask) and mask[end]:
+            end += 1
+        last = next((t for t in reversed(ids[start:end]) if t in special), None)
+        if last is not None:
+            out.add(last)
     return sorted(out)
 
 

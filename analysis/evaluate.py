@@ -50,7 +50,7 @@ from analysis.accuracy import (accuracy_items, accuracy_summary, greedy_generate
 from analysis.delta import check_same_tokens, set_numbers
 from analysis.kl import KL_SCHEMA, joint_kl, kl_summary
 from analysis.score import ScoreConfig, load_examples, versions, score_dataset
-from analysis.store import Run, atomic_write_parquet
+from analysis.store import Run, atomic_write_parquet, old_targets
 from infosft import process, runlock
 from infosft.atomic import atomic_write_bytes, atomic_write_json
 from infosft.data import RecordError, detect_format, normalize
@@ -324,6 +324,8 @@ def reusable_scores(cfg: ScoreConfig, content_hash: str, candidates: list[Path])
         except InfosftError:
             continue
         if meta.get("status") != "complete" or not Run(c).examples_path.exists():
+            continue
+        if old_targets(meta):  # its is_target is not today's: score afresh instead
             continue
         old = meta.get("config", {})
         if any(old.get(k) != _jsonish(getattr(cfg, k)) for k in ScoreConfig.RESULT_FIELDS

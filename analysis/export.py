@@ -7,6 +7,10 @@ same length. Load it with ``datasets.load_dataset("parquet", data_files=PATH)``
 Parquet key-value metadata under ``infosft`` and, for both formats, in a
 ``PATH.meta.json`` sidecar.
 
+The labels are the scored run's targets, made by the rule TRL's SFTTrainer supervises
+(``infosft.data.TARGET_RULE``, recorded as ``targets``), so the weights line up with
+TRL's labels token for token. A run scored under an older rule is refused: rescore it.
+
 Both files are written atomically, so a failed export (``--overwrite`` included) leaves
 the previous one as it was.
 """
@@ -27,6 +31,7 @@ from analysis.stats import weights
 from analysis.store import Run
 from infosft import __version__
 from infosft.atomic import TEMP_GLOB, atomic_write
+from infosft.data import TARGET_RULE
 from infosft.errors import InfosftError
 from infosft.weights import resolve_knobs
 
@@ -114,7 +119,7 @@ def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,
     if out.exists() and not overwrite:
         raise InfosftError(f"{out} already exists; use --overwrite to replace it")
     resolved = resolve_knobs(scheme, **knobs)
-    meta = run.require_complete()
+    meta = run.require_current_targets()
     examples = run.read_examples()
     frame = weighted_frame(run, scheme, **knobs)
     table = pl.concat([examples.select("example_id", "source_row"), _record_columns(examples)],
@@ -122,7 +127,8 @@ def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,
     info = {
         "scheme": scheme, "knobs": resolved, "run": str(run.path), "model": meta["model"],
         "dataset": meta["dataset"], "max_length": meta["max_length"],
-        "template_used": meta["template"]["used"], "n_examples": table.height,
+        "template_used": meta["template"]["used"], "targets": TARGET_RULE,
+        "n_examples": table.height,
         "n_targets": meta["counts"]["target_tokens"], "infosft_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

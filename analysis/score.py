@@ -28,8 +28,8 @@ import torch
 from transformers import DynamicCache
 
 from analysis.store import (PART_NAME, TOKEN_SCHEMA, Run, atomic_write_json,
-                           atomic_write_parquet, read_part)
-from infosft.data import PreparedExample, has_template, prepare
+                           atomic_write_parquet, old_targets, old_targets_error, read_part)
+from infosft.data import TARGET_RULE, PreparedExample, has_template, prepare
 from infosft.errors import InfosftError
 from infosft.memory import release_freed_memory
 from infosft.models import load_model, load_tokenizer
@@ -339,6 +339,8 @@ def _check_out(run: Run, cfg: ScoreConfig, resume: bool, overwrite: bool) -> dic
         if not isinstance(old.get("config"), dict):
             raise InfosftError(f"{run.meta_path}: cannot resume, no scoring config recorded; "
                                "use --overwrite")
+        if old_targets(old):
+            raise old_targets_error(run.path, "cannot resume it; use --overwrite")
         for name in ScoreConfig.RESULT_FIELDS:
             if not _same_setting(name, old, cfg):
                 raise InfosftError(f"{run.path}: cannot resume with a different {name!r} "
@@ -487,6 +489,9 @@ def _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer, world) -> d
         "tokenizer": {"name": tokenizer.name_or_path, "class": type(tokenizer).__name__,
                       "vocab_size": len(tokenizer)},
         "template": {"used": template is not None, "chat_template": template},
+        # the rule that made is_target (infosft.data.TARGET_RULE); a reader that
+        # tokenizes the data again refuses a run made under another
+        "targets": TARGET_RULE,
         "format": {"kind": fmt.kind, "fields": fmt.fields},
         "max_length": cfg.max_length,
         "dataset": {"source": str(cfg.source), "path": _local_path(cfg.source), "kind": raw.kind,

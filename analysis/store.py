@@ -2,8 +2,9 @@
 
 ::
 
-    RUN/meta.json              model, tokenizer, template, max_length, dataset source and
-                               hash, row counts, skipped rows, versions, timings, status
+    RUN/meta.json              model, tokenizer, template, target rule, max_length, dataset
+                               source and hash, row counts, skipped rows, versions, timings,
+                               status
     RUN/examples.parquet       one row per example (written when scoring completes)
     RUN/tokens/part-*.parquet  one row per token, whole examples per part
     RUN/vocab.parquet          token_id -> text piece, for top-k alternatives
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 # atomic_write_bytes / atomic_write_json are re-exported: other modules import them from here.
 from infosft.atomic import atomic_write, atomic_write_bytes, atomic_write_json  # noqa: F401
 from infosft.atomic import remove_temp_files
+from infosft.data import TARGET_RULE
 from infosft.errors import InfosftError
 
 META = "meta.json"
@@ -69,6 +71,22 @@ def damaged(path: Path, reason: Any, advice: str = "rescore with --resume") -> I
     text = str(reason).strip()
     text = text.splitlines()[0] if text else type(reason).__name__
     return InfosftError(f"{path}: damaged ({text}); {advice}")
+
+
+def old_targets(meta: dict[str, Any]) -> bool:
+    """Whether a run's targets come from an older chat-template target rule than
+    :data:`infosft.data.TARGET_RULE` (``targets`` in meta.json; runs scored before it was
+    recorded left out ChatML's newline after ``<|im_end|>``). Runs without a template
+    (``--no-template``, plain text) tokenize as they always did."""
+    used = (meta.get("template") or {}).get("used") if isinstance(meta.get("template"),
+                                                                  dict) else None
+    return used is not False and meta.get("targets") != TARGET_RULE
+
+
+def old_targets_error(path: Path, advice: str = "rescore it with --overwrite") -> InfosftError:
+    return InfosftError(f"{path}: scored with an older target rule (chat-template targets now "
+                        f"follow TRL's, the newline after the end-of-turn token included); "
+                        f"{advice}")
 
 
 def read_part(path: Path) -> pl.DataFrame:
@@ -241,4 +259,12 @@ class Run:
                     if not isinstance(meta.get(k), dict)]
         if missing:
             raise damaged(self.meta_path, f"no {', '.join(missing)}", "rescore with --overwrite")
+        return meta
+
+    def require_current_targets(self) -> dict[str, Any]:
+        """:meth:`require_complete`, refusing a run whose target mask an older rule made
+        (:func:`old_targets`): its labels would not line up with today's tokenization."""
+        meta = self.require_complete()
+        if old_targets(meta):
+            raise old_targets_error(self.path)
         return meta

@@ -4,8 +4,13 @@ A record is normalized to a conversation (a list of ``{role, content}``) or a
 plain text, then tokenized:
 
 * with a chat template (the tokenizer's own, unless ``use_template=False``):
-  the template applied to the conversation; targets are the tokens of every
-  assistant turn's content plus the end-of-turn token that follows it;
+  the template applied to the conversation; the targets are what TRL's SFTTrainer
+  supervises (:func:`chat_targets`), so exported labels and weights line up with
+  TRL's labels: the ``{% generation %}`` blocks of a template that has them (TRL's
+  ``assistant_only_loss``), else everything the template writes for each assistant
+  turn after the generation prompt (TRL's prompt/completion rule, turn by turn; for
+  ChatML the content, ``<|im_end|>`` and the ``\\n`` after it). A token is a target
+  when its characters overlap a target span;
 * without one: ``[doc start] + prompt + response + [eos]`` with the response
   tokens and the eos as targets;
 * plain text: ``[doc start] + text``, every text token a target.
@@ -358,8 +363,8 @@ def cut_points(tokenizer) -> re.Pattern | None:
 
 
 def _tokenize_chat(messages: list[dict[str, str]], tokenizer, max_length: int) -> TokenizedExample:
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = _assistant_spans(messages, rendered, tokenizer)
+    template = tokenizer.get_chat_template()
+    rendered, spans = chat_targets(messages, tokenizer, template)
     ids, offsets = _encode(tokenizer, rendered, max_length, offsets=True)
     mask = [any(a < end and b > start for start, end in spans) and b > a for a, b in offsets]
     if mask:
@@ -367,34 +372,123 @@ def _tokenize_chat(messages: list[dict[str, str]], tokenizer, max_length: int) -
     return _truncate(ids, mask, max_length, rendered)
 
 
-def _assistant_spans(messages: list[dict[str, str]], rendered: str,
-                     tokenizer) -> list[tuple[int, int]]:
-    """Character spans of each assistant turn's content plus its end-of-turn token."""
+# The target rule of chat-templated records, recorded as ``targets`` in a scored run's
+# meta.json and in exports. It is TRL's, so that the labels and weights infosft scores
+# and exports line up token for token with the labels TRL's SFTTrainer trains on
+# (assistant_only_loss on messages, completion_only_loss on prompt/completion). Runs
+# scored before (no ``targets`` field) supervised each assistant turn's content plus
+# the end-of-turn token only: without ChatML's newline after ``<|im_end|>``.
+TARGET_RULE = "trl"
+
+# as transformers' render_jinja_template tells a template with generation blocks
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def has_generation_blocks(template: str) -> bool:
+    """Whether a chat template marks the assistant's text with ``{% generation %}``."""
+    return bool(_GENERATION_TAG.search(template))
+
+
+def _render(tokenizer, template: str, messages: list[dict[str, str]], *,
+            add_generation_prompt: bool = False, blocks: bool = False
+            ) -> tuple[str, list[tuple[int, int]] | None]:
+    """``tokenizer.apply_chat_template(messages, tokenize=False)``, rendered as it renders
+    it (the same call, the tokenizer's special tokens as template variables), and with
+    ``blocks`` the character spans of the template's generation blocks. Called directly,
+    it renders an empty conversation too (the head before a first assistant turn)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, indices = render_jinja_template(
+        conversations=[messages], chat_template=template, return_assistant_tokens_mask=blocks,
+        add_generation_prompt=add_generation_prompt, **tokenizer.special_tokens_map)
+    return rendered[0], [tuple(span) for span in indices[0]] if blocks else None
+
+
+def chat_targets(messages: list[dict[str, str]], tokenizer, template: str
+                 ) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation rendered with ``template`` and the character spans of its targets.
+
+    The rule (:data:`TARGET_RULE`) is TRL's, so that exported labels and weights line up
+    with the labels TRL trains on:
+
+    * a template with ``{% generation %}`` blocks: the characters inside them, exactly
+      TRL's ``assistant_only_loss=True`` (e.g. TRL's ``qwen2_5_training`` marks the
+      ``\\n`` after ``<|im_start|>assistant``, the content and ``<|im_end|>\\n``);
+    * otherwise, for each assistant turn ``i``: the characters from the end of
+      ``render(messages[:i], add_generation_prompt=True)`` to the end of
+      ``render(messages[:i + 1])``, everything the template writes for the turn after
+      its generation prompt (for ChatML: content, ``<|im_end|>`` and ``\\n``), i.e. TRL's
+      conversational prompt/completion rule, turn by turn. Where those renderings are
+      no prefixes of the whole (templates that rewrite earlier turns), the turn is found
+      by its content instead (:func:`_located_turn`); TRL has no answer there.
+    """
+    if has_generation_blocks(template):
+        rendered, spans = _render(tokenizer, template, messages, blocks=True)
+        spans = [(a, b) for a, b in spans if b > a]
+        if not spans:
+            raise RecordError("the chat template's {% generation %} blocks mark nothing in "
+                              "this conversation", "messages")
+        return rendered, spans
+    rendered = _render(tokenizer, template, messages)[0]
     specials = sorted((t for t in tokenizer.all_special_tokens if t), key=len, reverse=True)
     spans, cursor = [], 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
+            # A turn located by its content (below) comes after this message's text.
+            at = rendered.find(m["content"], cursor)
+            cursor = cursor if at < 0 else at + len(m["content"])
             continue
-        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False,
-                                               add_generation_prompt=True) if i else ""
-        if rendered.startswith(prefix):
-            cursor = max(cursor, len(prefix))
-        content = m["content"]
+        head = _render_part(tokenizer, template, messages[:i], add_generation_prompt=True)
+        turn = _render_part(tokenizer, template, messages[:i + 1])
+        if (head is not None and turn is not None and cursor <= len(head) < len(turn)
+                and rendered.startswith(head) and rendered.startswith(turn)):
+            span = (len(head), len(turn))
+        else:
+            span = _located_turn(m["content"], rendered, cursor, head, specials, i)
+        spans.append(span)
+        cursor = span[1]
+    return rendered, spans
+
+
+def _render_part(tokenizer, template: str, messages: list[dict[str, str]],
+                 add_generation_prompt: bool = False) -> str | None:
+    """A part of the conversation rendered, or None where the template refuses it (one
+    that reads ``messages[0]`` fails on the empty head of an assistant turn that comes
+    first): the turn is then located as when the part is no prefix of the whole."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return _render(tokenizer, template, messages,
+                       add_generation_prompt=add_generation_prompt)[0]
+    except TemplateError:
+        return None
+
+
+def _located_turn(content: str, rendered: str, cursor: int, head: str | None,
+                  specials: list[str], i: int) -> tuple[int, int]:
+    """The span of an assistant turn whose renderings are no prefixes of the whole (a
+    template that rewrites earlier turns, or puts a default system prompt first only in
+    a whole conversation): its content found in ``rendered`` after ``cursor``, the
+    end-of-turn special token right after it and the whitespace that follows up to the
+    next special token or the end (the template's separator, as TRL would take it)."""
+    if head is not None and rendered.startswith(head):
+        cursor = max(cursor, len(head))
+    start = rendered.find(content, cursor)
+    if start < 0:  # templates that strip or trim content
+        content = content.strip()
         start = rendered.find(content, cursor)
-        if start < 0:  # templates that strip or trim content
-            content = content.strip()
-            start = rendered.find(content, cursor)
-        if start < 0:
-            raise RecordError("the chat template does not reproduce this assistant turn",
-                              f"messages[{i}].content")
-        end = start + len(content)
-        for tok in specials:
-            if rendered.startswith(tok, end):
-                end += len(tok)
-                break
-        spans.append((start, end))
-        cursor = end
-    return spans
+    if start < 0:
+        raise RecordError("the chat template does not reproduce this assistant turn",
+                          f"messages[{i}].content")
+    end = start + len(content)
+    for tok in specials:
+        if rendered.startswith(tok, end):
+            end += len(tok)
+            space = re.compile(r"\s*").match(rendered, end).end()
+            if space == len(rendered) or any(rendered.startswith(t, space) for t in specials):
+                end = space
+            break
+    return start, end
 
 
 def _truncate(ids: list[int], mask: list[bool], max_length: int, text: str) -> TokenizedExample:

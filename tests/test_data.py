@@ -5,6 +5,11 @@ Expected token ids are computed here independently with the tokenizer itself
 with infosft.data. The tokenizer is SmolLM2-135M-Instruct's: a ChatML template that
 adds a default system prompt when the conversation has none, ``<|im_end|>`` as eos,
 ``<|im_start|>`` as bos and ``<|endoftext|>`` as the plain-document start.
+
+The targets of a chat-templated turn are TRL's (see ``infosft.data.chat_targets``):
+everything the template writes after the generation prompt, for ChatML the content,
+``<|im_end|>`` and the ``\n`` after it (``TURN_END`` here). tests/test_mask_parity.py
+checks them against TRL itself.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from infosft.records import read_records
 
 MAX = 512
 END = "<|im_end|>"
+TURN_END = END + "\n"  # what ChatML writes after an assistant's content
 
 
 # ---------------------------------------------------------------- helpers
@@ -93,7 +99,7 @@ def test_pair_with_template(tokenizer, prompt, response):
     check_wellformed(ex)
     assert ex.truncated is False
     assert ex.input_ids == chat_ids(tokenizer, messages)
-    assert tokenizer.decode(targets(ex)) == response + END
+    assert tokenizer.decode(targets(ex)) == response + TURN_END
     [(start, end)] = runs(ex)
     # Everything before the first target is the (default) system prompt, the user turn
     # and the assistant header; the token right before is the "\n" after "assistant".
@@ -102,8 +108,9 @@ def test_pair_with_template(tokenizer, prompt, response):
                                            add_generation_prompt=True)
     assert "You are a helpful AI assistant" in header
     assert ex.input_ids[:start] == enc(tokenizer, header)
-    # After the run only the template's trailing "\n" remains.
-    assert tokenizer.decode(ex.input_ids[end:]) == "\n"
+    # The run goes to the end: the template's trailing "\n" is a target too.
+    assert end == ex.n_tokens
+    assert ex.input_ids[-2:] == enc(tokenizer, TURN_END)
 
 
 def test_pair_response_with_leading_whitespace_is_fully_covered(tokenizer):
@@ -113,7 +120,7 @@ def test_pair_response_with_leading_whitespace_is_fully_covered(tokenizer):
     ex = from_record({"prompt": "Hi", "response": response}, tokenizer)
     check_wellformed(ex)
     assert len(runs(ex)) == 1
-    assert tokenizer.decode(targets(ex)).endswith(response + END)
+    assert tokenizer.decode(targets(ex)).endswith(response + TURN_END)
     header = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}],
                                            tokenize=False, add_generation_prompt=True)
     assert tokenizer.decode(ex.input_ids[:runs(ex)[0][0]]) == header[:-1]
@@ -174,8 +181,8 @@ def test_messages_multiturn(tokenizer, record):
     spans = runs(ex)
     assert len(spans) == 2
     decoded = [tokenizer.decode(ex.input_ids[a:b]) for a, b in spans]
-    assert decoded == [A1 + END, A2 + END]
-    assert "".join(decoded) == A1 + END + A2 + END
+    assert decoded == [A1 + TURN_END, A2 + TURN_END]
+    assert "".join(decoded) == A1 + TURN_END + A2 + TURN_END
     for a, _ in spans:  # each run starts right after an assistant header
         assert tokenizer.decode(ex.input_ids[:a]).endswith("<|im_start|>assistant\n")
     # the non-target text holds the system and user turns, no default system prompt
@@ -188,7 +195,52 @@ def test_same_assistant_content_twice(tokenizer):
     messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "ok"},
                 {"role": "user", "content": "y"}, {"role": "assistant", "content": "ok"}]
     ex = tokenize(messages, tokenizer, max_length=MAX)
-    assert [tokenizer.decode(ex.input_ids[a:b]) for a, b in runs(ex)] == ["ok" + END] * 2
+    assert [tokenizer.decode(ex.input_ids[a:b]) for a, b in runs(ex)] == ["ok" + TURN_END] * 2
+
+
+# Templates whose partial renderings are no prefixes of the whole: the turn is located by
+# its content, then the end-of-turn token and the whitespace up to the next special token.
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def with_template(tokenizer, template):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = template
+    return tok
+
+
+def test_assistant_turn_first(tokenizer):
+    # The default system prompt comes first only in a whole conversation, so the empty
+    # head of the first turn is no prefix of it.
+    messages = [{"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "x"},
+                {"role": "assistant", "content": "y"}]
+    ex = tokenize(messages, tokenizer, max_length=MAX)
+    assert ex.input_ids == chat_ids(tokenizer, messages)
+    assert [tokenizer.decode(ex.input_ids[a:b]) for a, b in runs(ex)] == [
+        "Hi!" + TURN_END, "y" + TURN_END]
+
+
+def test_template_that_is_never_a_prefix(tokenizer):
+    tok = with_template(tokenizer, "{{ messages | length }} turns\\n" + CHATML)
+    ex = tokenize(CONVERSATION, tok, max_length=MAX)
+    assert ex.input_ids == chat_ids(tok, CONVERSATION)
+    assert tok.decode(ex.input_ids[:3]).startswith("5 turns")
+    assert [tok.decode(ex.input_ids[a:b]) for a, b in runs(ex)] == [A1 + TURN_END,
+                                                                     A2 + TURN_END]
+
+
+def test_template_that_drops_earlier_turns_is_a_record_error(tokenizer):
+    tok = with_template(tokenizer, CHATML.replace(
+        "m['content']", "(m['content'] if loop.last or m['role'] != 'assistant' else '...')"))
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "first"},
+                {"role": "user", "content": "b"}, {"role": "assistant", "content": "second"}]
+    with pytest.raises(RecordError, match="does not reproduce") as e:
+        tokenize(messages, tok, max_length=MAX)
+    assert e.value.field == "messages[1].content"
 
 
 # ---------------------------------------------------------------- plain text
@@ -345,7 +397,7 @@ def test_prepare_numbers_examples(tokenizer):
     assert [e.source_row for e in examples] == [1, 2, 5]
     assert [e.record for e in examples] == [r for _, r in GOOD]
     for e, (_, r) in zip(examples, GOOD):
-        assert tokenizer.decode(targets(e.tokens)) == r["response"] + END
+        assert tokenizer.decode(targets(e.tokens)) == r["response"] + TURN_END
 
 
 MIXED = [(1, {"prompt": "a", "response": "b"}), (2, {"prompt": "c", "response": "d"}),

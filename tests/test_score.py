@@ -75,8 +75,9 @@ def test_default_model_scores_match_plain_forward(tmp_path, default_model):
         got = tokens.filter(pl.col("example_id") == ex_id)
         assert got["token_id"].to_list() == ref["ids"].tolist()
         tgt = got["is_target"].to_numpy()
-        # targets = the response and <|im_end|>: the last-but-one tokens of the sequence
-        assert tokenizer.decode(ref["ids"][tgt]) == row["response"] + "<|im_end|>"
+        # targets = TRL's: the response, <|im_end|> and the template's "\n", up to the end
+        assert tokenizer.decode(ref["ids"][tgt]) == row["response"] + "<|im_end|>\n"
+        assert tgt[-1] and tokenizer.decode(ref["ids"][-2:]) == "<|im_end|>\n"
         np.testing.assert_allclose(got["logp"].to_numpy()[tgt], ref["logp"][tgt], atol=2e-4)
         np.testing.assert_allclose(got["entropy"].to_numpy()[tgt], ref["entropy"][tgt],
                                    atol=1e-3)  # a float32 sum over 49k vocabulary entries
