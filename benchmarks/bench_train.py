@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                 # default model, LoRA, 48 GSM8K rows
     python benchmarks/bench_train.py --steps 8 --batch-size 8 --device cuda --bf16
+    python benchmarks/bench_train.py --baseline c9b7829   # + infosft train at that commit
 
 Four trainers, each in a fresh worker process (so each peak RSS is its own), all with
 the same rows (GSM8K when ../shared/data/gsm8k exists, else sample_data), the same
@@ -12,7 +13,9 @@ LoRA (r 16, alpha 32, dropout 0.05, all linear layers), batch size, learning rat
 * ``WeightedSFTTrainer`` (``infosft.trainers``, scheme ``sft``) on TRL's conversational
   prompt-completion rows;
 * TRL's own ``SFTTrainer(loss_type="nll")`` on the same rows;
-* TRL's ``SFTTrainer`` with ``compute_loss_func=make_loss_func("sft")``.
+* TRL's ``SFTTrainer`` with ``compute_loss_func=make_loss_func("sft")``;
+* with ``--baseline REV``, ``infosft train`` as it was at commit ``REV`` (its tree from
+  ``git archive``, imported ahead of the installed package), for a before/after ratio.
 
 Throughput is the tokens the model reads (non-pad input tokens) per second of
 ``training_step``, the first step left out (warm-up). Peak RSS is the worker's
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -130,6 +134,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--only", choices=KINDS, action="append", help="run only these")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also run infosft train at this git commit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     opts = {k: getattr(args, k) for k in ("rows", "steps", "batch_size", "max_length",
@@ -138,16 +144,29 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args.worker, opts)), flush=True)
         return
     results = {}
-    for kind in args.only or KINDS:
-        argv = [sys.executable, __file__, "--worker", kind, *sys.argv[1:]]
-        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    runs = [(kind, kind, ROOT) for kind in args.only or KINDS]
+    if args.baseline:
+        old = Path(tempfile.mkdtemp(prefix="bench-train-baseline-"))
+        archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        runs.insert(0, (f"infosft-train@{args.baseline}", "infosft-train", old))
+    for name, kind, tree in runs:
+        argv = [sys.executable, str(tree / "benchmarks" / "bench_train.py"), "--worker", kind,
+                *_forwarded(sys.argv[1:])]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        where = subprocess.run([sys.executable, "-c", "import infosft; print(infosft.__file__)"],
+                               capture_output=True, text=True, cwd=tree, env=env).stdout.strip()
+        if not where or Path(where).resolve().parents[1] != tree.resolve():
+            print(f"{name}: imports infosft from {where or '?'}, not {tree}", file=sys.stderr)
+            continue
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=tree, env=env)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
-            print(f"{kind}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
-        results[kind] = json.loads(line[-1][len("RESULT "):])
-        r = results[kind]
-        print(f"{kind:24s} {r['tokens_per_s']:8.1f} tokens/s  peak RSS {r['peak_rss_mb']:7.0f} MB"
+        results[name] = r = json.loads(line[-1][len("RESULT "):])
+        print(f"{name:24s} {r['tokens_per_s']:8.1f} tokens/s  peak RSS {r['peak_rss_mb']:7.0f} MB"
               f"  step-1 loss {r['step1_loss']:.4f}  ({r['steps']} steps)", flush=True)
     base = results.get("trl-nll")
     if base:
@@ -155,6 +174,24 @@ def main() -> None:
         for kind, r in results.items():
             print(f"  {kind:24s} speed {r['tokens_per_s'] / base['tokens_per_s']:.2f}x  "
                   f"peak RSS {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x")
+    before = results.get(f"infosft-train@{args.baseline}")
+    if before and "infosft-train" in results:
+        print(f"infosft train vs {args.baseline}: speed "
+              f"{results['infosft-train']['tokens_per_s'] / before['tokens_per_s']:.2f}x  peak RSS "
+              f"{results['infosft-train']['peak_rss_mb'] / before['peak_rss_mb']:.2f}x")
+
+
+def _forwarded(argv: list[str]) -> list[str]:
+    """The options a worker takes (not --only/--baseline: an older script may lack them)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--only", "--baseline"):
+            skip = True
+        elif not a.startswith(("--only=", "--baseline=")):
+            out.append(a)
+    return out
 
 
 if __name__ == "__main__":

@@ -121,9 +121,17 @@ def target_logprobs(logits: torch.Tensor, labels: torch.Tensor,
     """
     targets = shift_left(labels, IGNORE_INDEX).to(logits.device)
     vocab = logits.shape[-1]
-    chunk = max(1, chunk_elements // vocab)
-    logp = _TargetLogProb.apply(logits.reshape(-1, vocab), targets.reshape(-1), chunk)
+    logp = row_logprobs(logits.reshape(-1, vocab), targets.reshape(-1), chunk_elements)
     return logp.view(targets.shape), targets != IGNORE_INDEX
+
+
+def row_logprobs(logits: torch.Tensor, targets: torch.Tensor,
+                 chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+    """``log_softmax(logits[i])[targets[i]]`` ``(N,)`` float32 of ``logits`` ``(N, V)`` and
+    ``targets`` ``(N,)`` (already aligned; ``-100`` rows give 0), differentiable, in row
+    chunks without a full log-softmax copy."""
+    chunk = max(1, chunk_elements // logits.shape[-1])
+    return _TargetLogProb.apply(logits, targets, chunk)
 
 
 def weighted_nll(logp: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,

@@ -36,9 +36,12 @@ from infosft import process, runlock
 from infosft import train_status as ts
 from infosft.atomic import atomic_write_text, usual_permissions
 from infosft.errors import InfosftError
+from infosft.fast_dropout import speed_up_lora_dropout
 from infosft.loss import IGNORE_INDEX, WeightedLoss
+from infosft.packed_linear import packed_linears
 from infosft.train_config import TrainConfig, dump, first_change, result_values
 from infosft.trainers import WeightedCollator, WeightedTrainer, pad_id_of
+from infosft.varlen_attention import use_varlen_attention
 
 log = logging.getLogger("infosft.train")
 EXPORT_COLUMNS = ("input_ids", "labels", "weights")
@@ -504,6 +507,26 @@ def build_model(cfg: TrainConfig, device: str):
     return model, tokenizer
 
 
+def speed_up(model, args, device: str) -> bool:
+    """What makes a step cheaper without changing its loss; returns whether batches go
+    padding-free.
+
+    * Padding-free batches (no compute on padding) with each document's attention alone
+      (:mod:`infosft.varlen_attention`), for models on transformers' ``sdpa``.
+    * On the CPU, LoRA's dropout masks drawn four elements per random number
+      (:mod:`infosft.fast_dropout`).
+
+    (The trainer's target head and the packed frozen weights are the others; see
+    :mod:`infosft.target_head`, :mod:`infosft.packed_linear`.)
+    """
+    padding_free = use_varlen_attention(model)
+    if padding_free:  # every token of a padding-free batch is real (a pad id may be a token)
+        args.include_num_input_tokens_seen = "all"
+    if device == "cpu":
+        speed_up_lora_dropout(model)
+    return padding_free
+
+
 def training_args(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
     from transformers import TrainingArguments
 
@@ -669,22 +692,26 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
              "LoRA" if cfg.lora else "full fine-tune", device)
     if stop.requested:
         return _stopped(run_dir, is_main)
+    padding_free = speed_up(model, args, device)
     trainer = WeightedTrainer(
         model=model, args=args,
         train_dataset=ExampleDataset(data.train),
         eval_dataset=ExampleDataset(data.eval) if data.eval else None,
-        data_collator=WeightedCollator(pad_id_of(tokenizer)), processing_class=tokenizer,
-        scheme=cfg.scheme, mode=cfg.mode, **cfg.knob_args(),
+        data_collator=WeightedCollator(pad_id_of(tokenizer), padding_free=padding_free),
+        processing_class=tokenizer, scheme=cfg.scheme, mode=cfg.mode, **cfg.knob_args(),
         callbacks=[RunWriter(run_dir, stop, previous.get("elapsed_s") or 0.0)])
     trainer.remove_callback(PrinterCallback)  # RunWriter logs each step in one line
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    # A stop that comes after the last step only delays the final save by seconds.
-    if stop.requested and trainer.state.global_step < trainer.state.max_steps:
-        return _stopped(run_dir, is_main)
-    step = trainer.state.global_step
-    if data.eval and not any(h.get("step") == step and "eval_loss" in h
-                             for h in trainer.state.log_history):
-        trainer.evaluate()  # the final eval_loss, unless eval_steps just produced it
+    # Frozen (LoRA base) fp32 CPU weights on oneDNN packed copies while training; the
+    # dense ones are back before the model is saved.
+    with packed_linears(model, batch_hint=1024, backward=True):
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        # A stop that comes after the last step only delays the final save by seconds.
+        if stop.requested and trainer.state.global_step < trainer.state.max_steps:
+            return _stopped(run_dir, is_main)
+        step = trainer.state.global_step
+        if data.eval and not any(h.get("step") == step and "eval_loss" in h
+                                 for h in trainer.state.log_history):
+            trainer.evaluate()  # the final eval_loss, unless eval_steps just produced it
     final = run_dir / ts.FINAL
     trainer.save_model(str(final))  # the model or adapter, and the tokenizer
     if is_main:

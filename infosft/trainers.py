@@ -42,7 +42,11 @@ does no truncation of its own.
 One forward pass per micro-batch. Under TRL (1.16+) the forward is TRL's fused LM head,
 ``model(**inputs, fused_lm_head=True)``, which returns the target log-probs without
 building ``(B, T, V)`` logits; the online weights come from those log-probs, detached.
-Elsewhere the model's logits go through the chunked log-softmax of :mod:`infosft.loss`.
+Elsewhere it is infosft's own target head (:mod:`infosft.target_head`): the backbone, then
+the vocabulary projection and the chunked log-softmax of :mod:`infosft.loss` only at the
+positions that predict a supervised token; models that scale their logits get the full
+logits. ``infosft train`` adds padding-free batches, per-document attention and, on the
+CPU, oneDNN-packed frozen weights and a cheaper dropout (see :mod:`infosft.train`).
 Evaluation reports the plain mean token NLL, whatever the scheme, so runs compare.
 Training logs carry ``mean_weight`` and ``zero_weight_share`` beside ``loss``.
 """
@@ -57,6 +61,7 @@ from transformers import Trainer, TrainerCallback
 
 from infosft.errors import InfosftError
 from infosft.loss import IGNORE_INDEX, WeightedLoss, target_logprobs, weighted_nll
+from infosft.target_head import add_target_head
 
 __all__ = ["WeightedCollator", "WeightedSFTTrainer", "WeightedTrainer"]  # noqa: F822 (lazy)
 
@@ -194,6 +199,14 @@ class _WeightedLossMixin:
                                           direction=direction, seed=seed)
         super().__init__(model, args, **kwargs)
         self.add_callback(_ResumeDraws(self.weighted_loss))
+        # One forward, and the vocabulary projection only where a target is predicted:
+        # TRL's fused LM head where the parent has one, else infosft's target head.
+        self._fused = self._uses_fused_head()
+        self._target_head = not self._fused and add_target_head(
+            self.model, self.weighted_loss.chunk_elements)
+
+    def _uses_fused_head(self) -> bool:
+        return False
 
     def _set_signature_columns_if_needed(self) -> None:
         # remove_unused_columns keeps only the model's inputs; static weights ride beside them.
@@ -235,6 +248,9 @@ class _WeightedLossMixin:
     def _target_logprobs(self, model, inputs, labels):
         """``(logp, mask, outputs)`` of one forward, ``logp``/``mask`` ``(B, T)`` in
         :func:`infosft.loss.target_logprobs`' layout (``logp[:, t]`` predicts token t + 1)."""
+        if self._target_head:
+            outputs = model(**inputs, target_labels=labels)
+            return outputs.log_probs, outputs.label_mask, outputs
         # No labels to the model: it would add a full-vocabulary loss of its own.
         outputs = model(**inputs)
         logp, mask = target_logprobs(outputs.logits, labels, self.weighted_loss.chunk_elements)
@@ -306,7 +322,6 @@ def _sft_trainer_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any):
             own_collator = kwargs.get("data_collator") is not None
             super().__init__(*args, **kwargs)
-            self._fused = _has_fused_head(self.model)
             collator = self.data_collator
             # TRL's collator drops the weights (and refuses a custom one with padding_free):
             # swap in ours with the same settings.
@@ -342,9 +357,12 @@ def _sft_trainer_class() -> type:
             return super()._prepare_dataset(dataset, processing_class, args, packing,
                                             formatting_func, dataset_name)
 
+        def _uses_fused_head(self) -> bool:
+            return _has_fused_head(self.model)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, outputs = self._weighted_loss(model, inputs, return_outputs, num_items_in_batch)
-            if getattr(outputs, "label_mask", None) is not None:  # the fused head's outputs
+            if self._fused and not return_outputs:  # the fused head's outputs
                 if model.training and getattr(outputs, "aux_loss", None) is not None:
                     # MoE load balancing, as TRL adds it: a per-micro-batch mean, averaged over
                     # the step here since training_step leaves the loss as it is
