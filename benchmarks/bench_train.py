@@ -146,7 +146,11 @@ def main() -> None:
     results = {}
     runs = [(kind, kind, ROOT) for kind in args.only or KINDS]
     if args.baseline:
-        old = Path(tempfile.mkdtemp(prefix="bench-train-baseline-"))
+        # The old tree sits beside a link to ../shared, so its script finds the same rows.
+        old = Path(tempfile.mkdtemp(prefix="bench-train-baseline-")) / ROOT.name
+        old.mkdir()
+        if (ROOT.parent / "shared").exists():
+            (old.parent / "shared").symlink_to(ROOT.parent / "shared")
         archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)

@@ -30,7 +30,9 @@ class FastDropout(torch.nn.Module):
         if not self.training or self.cut == 0:
             return x
         n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
+        # All 64 bits: a plain random_() on int64 leaves the sign bit 0 (0 <= v < 2**63).
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(
+            -(1 << 63), None)
         # int16 values are uniform on [-2**15, 2**15): "< cut - 2**15" has probability p.
         drop = bits.view(torch.int16)[:n].view(x.shape) < self.cut - _LEVELS // 2
         return x.masked_fill(drop, 0.0) * (1.0 / (1.0 - self.p))

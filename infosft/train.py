@@ -522,8 +522,10 @@ def speed_up(model, args, device: str) -> bool:
     padding_free = use_varlen_attention(model)
     if padding_free:  # every token of a padding-free batch is real (a pad id may be a token)
         args.include_num_input_tokens_seen = "all"
-    if device == "cpu":
-        speed_up_lora_dropout(model)
+    drops = speed_up_lora_dropout(model) if device == "cpu" else 0
+    log.info("batches %s%s", "padding-free, each document's attention alone" if padding_free
+             else f"padded (the model's attention is {model.config._attn_implementation})",
+             f"; {drops} LoRA dropouts on fast masks" if drops else "")
     return padding_free
 
 
@@ -703,7 +705,9 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
     trainer.remove_callback(PrinterCallback)  # RunWriter logs each step in one line
     # Frozen (LoRA base) fp32 CPU weights on oneDNN packed copies while training; the
     # dense ones are back before the model is saved.
-    with packed_linears(model, batch_hint=1024, backward=True):
+    with packed_linears(model, batch_hint=1024, backward=True) as packed:
+        if packed:
+            log.info("%d frozen linear layers on oneDNN packed weights", packed)
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         # A stop that comes after the last step only delays the final save by seconds.
         if stop.requested and trainer.state.global_step < trainer.state.max_steps:

@@ -127,3 +127,33 @@ def test_memory_stays_flat_over_many_input_shapes():
                       'os.environ["LRU_CACHE_CAPACITY"] = "1024"')
     capped = growth("")
     assert capped < 30 and uncapped > 100, (capped, uncapped)
+
+
+def test_backward_passes_the_input_gradient_of_frozen_layers_only():
+    """LoRA-style training: frozen layers on packed weights give the same loss and the
+    same gradients to the trained parameters; trained layers are not swapped."""
+    model = _tiny(tied=True).train()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trained = model.model.layers[1].mlp.down_proj
+    trained.weight.requires_grad_(True)
+    model.model.norm.weight.requires_grad_(True)
+    ids = torch.randint(0, 300, (2, 11))
+    before = _snapshot(model)
+
+    def grads():
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), trained.weight.grad.clone(), model.model.norm.weight.grad.clone()
+
+    ref = grads()
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    with packed_linears(model, backward=True) as n:
+        assert "forward" not in trained.__dict__ and trained.weight.numel() == 64 * 96
+        got = grads()
+    assert n == n_linear - 1
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert ref[1].abs().sum() > 0 and ref[2].abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

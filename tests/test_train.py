@@ -16,6 +16,7 @@ import torch
 
 from infosft import train_status as ts
 from infosft.errors import InfosftError, InputError
+from infosft.packed_linear import supported
 from infosft.train import exported_examples, split_indices, train
 from infosft.train_config import resolve
 from infosft.trainers import WeightedCollator
@@ -295,3 +296,40 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_model_dir):
                     for d in ("one", "two"))
     assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
     assert ts.read_status(tmp_path / "two")["state"] == "finished"
+
+
+def test_lora_step_one_loss_is_the_plain_nll_of_the_whole_batch(tmp_path, tiny_model_dir):
+    """infosft train's fast path (padding-free rows, each document's attention alone, the
+    vocabulary projection only at targets, packed frozen weights, fast dropout masks)
+    changes no number: its step-1 loss is the NLL of the batch's targets, written out here
+    example by example from a float64 forward with full logits. (LoRA's B starts at 0, so
+    dropout cannot move step 1.)"""
+    from transformers import AutoModelForCausalLM
+
+    from infosft.data import prepare
+    from infosft.models import load_tokenizer
+
+    rows = [{"prompt": "q " * n, "response": "answer " * m}
+            for n, m in ((3, 9), (14, 2), (6, 6), (1, 20))]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = resolve(tiny_cfg(data, tmp_path / "run", tiny_model_dir, lora=True, max_steps=1,
+                           batch_size=4, lora_dropout=0.3))
+    run = train(cfg)
+    log = (run / ts.LOG).read_text()
+    assert "padding-free, each document's attention alone; 14 LoRA dropouts" in log
+    if supported():  # the LoRA base layers and the (tied, frozen) LM head
+        assert "15 frozen linear layers on oneDNN packed weights" in log
+    loss = next(m["loss"] for m in ts.read_metrics(run) if "loss" in m)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    _, examples = prepare(enumerate(rows, 1), load_tokenizer(str(tiny_model_dir)),
+                          max_length=cfg.max_length)
+    total, n = 0.0, 0
+    for ex in examples:
+        ids = torch.tensor(ex.tokens.input_ids)
+        with torch.no_grad():
+            logp = model(ids[None]).logits[0, :-1].log_softmax(-1)
+        mask = torch.tensor(ex.tokens.target_mask[1:])
+        total -= logp[mask].gather(1, ids[1:][mask, None]).sum().item()
+        n += int(mask.sum())
+    assert n > 0 and loss == pytest.approx(total / n, rel=1e-5)
