@@ -122,7 +122,7 @@ class TrainingRun:
         return {k: self.config.get(k) for k in TRAINING_KEYS}
 
 
-def read_config(path: Path) -> dict[str, Any]:
+def require_config(path: Path) -> dict[str, Any]:
     """``config.yaml`` as a dict; one-line errors for a missing or malformed file (as for
     any config file: :func:`infosft.train_config.read_config_file`)."""
     from infosft.train_config import read_config_file
@@ -171,7 +171,7 @@ def open_training_run(path: str | Path) -> TrainingRun:
     p = Path(path)
     if not p.is_dir():
         raise InfosftError(f"{p}: no such training run directory")
-    config = read_config(p / "config.yaml")
+    config = require_config(p / "config.yaml")
     status = read_status(p)
     state = status.get("state")
     if state != "finished":
@@ -711,12 +711,12 @@ def read_report(run_dir: str | Path) -> dict[str, Any] | None:
     return report
 
 
-def knobs_label(training: dict[str, Any]) -> str:
+def training_label(training: dict[str, Any]) -> str:
     """The scheme's knobs as the Train page shows them, plus the mode and LoRA, e.g.
     ``C=2.587, online, LoRA``."""
-    from analysis.training import knobs_label as label, knobs_of
+    from analysis.training import format_knobs, knobs_of
 
-    parts = [label(knobs_of(training))]
+    parts = [format_knobs(knobs_of(training))]
     if training.get("mode") and training.get("scheme") not in ("sft", None):
         parts.append(str(training["mode"]))
     if training.get("lora"):
@@ -738,7 +738,7 @@ def report_row(report: dict[str, Any]) -> dict[str, Any]:
     tr = report.get("training") or {}
     row = {k: None for k in REPORT_COLUMNS}
     row.update(run=report.get("name"), path=report.get("run"), status=report.get("status"),
-               scheme=tr.get("scheme"), knobs=knobs_label(tr))
+               scheme=tr.get("scheme"), knobs=training_label(tr))
     if report.get("status") == "complete":
         t, p = report["task"], report["prior"]
         acc = report.get("accuracy") or {}

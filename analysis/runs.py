@@ -15,7 +15,7 @@ COLUMNS = {"name": pl.String, "path": pl.String, "status": pl.String, "model": p
            "created_at": pl.String}
 
 
-def run_row(path: Path) -> dict:
+def scored_run_row(path: Path) -> dict:
     """One run's metadata; an unreadable run gets status ``unreadable`` instead of raising."""
     row = {"name": path.name, "path": str(path), "status": "unreadable", "model": None,
            "dataset": None, "examples": None, "target_tokens": None, "created_at": None}
@@ -46,4 +46,4 @@ def list_runs(paths: Iterable[Path], parents: Iterable[Path] = ()) -> pl.DataFra
     for parent in parents:
         if Path(parent).is_dir():
             found += sorted(p for p in Path(parent).iterdir() if p.is_dir() and Run(p).exists())
-    return pl.DataFrame([run_row(p) for p in found], schema=COLUMNS)
+    return pl.DataFrame([scored_run_row(p) for p in found], schema=COLUMNS)

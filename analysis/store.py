@@ -37,7 +37,6 @@ META = "meta.json"
 EXAMPLES = "examples.parquet"
 TOKENS_DIR = "tokens"
 VOCAB = "vocab.parquet"
-TOP_K = 5
 
 TOKEN_SCHEMA = {
     "example_id": pl.Int32,

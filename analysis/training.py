@@ -43,7 +43,7 @@ def find_train_runs(roots: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def read_config(run_dir: str | Path) -> dict[str, Any]:
+def config_of(run_dir: str | Path) -> dict[str, Any]:
     """``RUN/config.yaml`` as a dict; ``{}`` when missing or unreadable (a run that
     failed before writing it still lists; a damaged one too)."""
     try:
@@ -67,18 +67,18 @@ def knobs_of(cfg: dict[str, Any]) -> dict[str, Any]:
     return knobs
 
 
-def knobs_label(knobs: dict[str, Any]) -> str:
+def format_knobs(knobs: dict[str, Any]) -> str:
     """``C=2.587`` / ``threshold=0.1, direction=higher`` (empty for knob-less schemes)."""
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in knobs.items())
 
 
-def run_row(run_dir: Path) -> dict[str, Any]:
+def train_run_row(run_dir: Path) -> dict[str, Any]:
     """One run's status and configuration (missing files give nulls, never an error)."""
-    cfg, status = read_config(run_dir), ts.read_status(run_dir)
+    cfg, status = config_of(run_dir), ts.read_status(run_dir)
     return {"name": run_dir.name, "path": str(run_dir),
             "state": status.get("state") or "queued",
-            "scheme": cfg.get("scheme"), "knobs": knobs_label(knobs_of(cfg)),
+            "scheme": cfg.get("scheme"), "knobs": format_knobs(knobs_of(cfg)),
             "mode": cfg.get("mode"), "lora": cfg.get("lora"),
             "model": cfg.get("model") or ("default" if cfg else None),
             "data": cfg.get("data"), "step": status.get("step"),
@@ -125,7 +125,7 @@ def list_train_runs(roots: str | Path | Iterable[str | Path]) -> pl.DataFrame:
     ``resumable``, ``final_model``."""
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
     dirs = find_train_runs(roots)
-    runs = pl.DataFrame([run_row(d) for d in dirs], schema=RUN_SCHEMA, strict=False)
+    runs = pl.DataFrame([train_run_row(d) for d in dirs], schema=RUN_SCHEMA, strict=False)
     finals = final_metrics(metrics_frame(dirs))
     return (runs.join(finals, on="path", how="left")
             .with_columns(

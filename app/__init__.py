@@ -1,1 +1,2 @@
-"""infosft's front door: the `infosft` command line and (later) the Streamlit app."""
+"""infosft's front door: the `infosft` command line, the Streamlit app and its background
+jobs."""

@@ -37,10 +37,6 @@ def settings() -> Settings:
     return st.session_state["settings"]
 
 
-def set_settings(s: Settings) -> None:
-    st.session_state["settings"] = s
-
-
 def active_run() -> Run:
     """The active run; raises :class:`InfosftError` if it vanished or is incomplete."""
     init()

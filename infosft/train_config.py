@@ -96,10 +96,6 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
-def field_help() -> dict[str, str]:
-    return {f.name: f.metadata["help"] for f in fields(TrainConfig)}
-
-
 def field_default(name: str) -> Any:
     f = next(f for f in fields(TrainConfig) if f.name == name)
     return f.default_factory() if f.default is MISSING else f.default
