@@ -98,6 +98,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_minitask(args) -> int:
+    from analysis.minitask import write_minitask
+
+    for path in write_minitask(args.out, seed=args.seed, n_train=args.train, n_test=args.test,
+                               n_prior=args.prior, overwrite=args.overwrite):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_app(args) -> int:
     """Start the browser app (Streamlit in this process, see :mod:`app.serve`)."""
     from app.serve import serve
@@ -269,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("minitask", help="write the miniature arithmetic task (train, test, "
+                       "prior sets) the default model can learn in minutes")
+    p.add_argument("--out", required=True, help="directory for train.jsonl, test.jsonl, "
+                   "prior.jsonl")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=400, help="training problems (default 400)")
+    p.add_argument("--test", type=int, default=80, help="held-out problems (default 80)")
+    p.add_argument("--prior", type=int, default=60, help="prior-capability problems (default 60)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=cmd_minitask)
     return parser
 
 
