@@ -23,7 +23,7 @@ from app.render import fact_cards, summary_cards, token_html  # noqa: E402
 from infosft.errors import InfosftError  # noqa: E402
 from infosft.weights import c_from_p, p_from_c  # noqa: E402
 
-from conftest import app_page  # noqa: E402
+from tests.helpers import app_page  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
@@ -274,6 +274,7 @@ def wait_for(job, states, timeout=120.0):
     raise AssertionError(f"job still {st['state']} after {timeout}s; log:\n{jobs.log_tail(job)}")
 
 
+@pytest.mark.slow
 def test_failed_job_shows_the_cli_error(tmp_path, workspace):
     from app import jobs
 
@@ -302,6 +303,7 @@ def test_cancel_stops_a_job(workspace):
     assert st["state"] == "cancelled" and not jobs.alive(job)
 
 
+@pytest.mark.slow
 def test_score_job_completes_and_becomes_a_run(tmp_path, workspace, tiny_model_dir):
     from app import jobs
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)),
                        reason="needs Debian's chromium and chromium-driver "
                        "(apt-get install -y chromium chromium-driver)"),
@@ -32,6 +32,8 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from tests.helpers import free_port  # noqa: E402
+
 # The default page (Overview) is served at the root URL.
 PAGES = {"data": "Data & scoring", "": "Overview", "tune": "Tune",
          "examples": "Examples", "tokens": "Token view", "export": "Export",
@@ -40,12 +42,6 @@ PAGES = {"data": "Data & scoring", "": "Overview", "tune": "Tune",
 READY = {"data": "Start scoring", "": "Hard (q < 0.1)", "tune": "Effective tokens",
          "examples": "Open in Token view", "tokens": "Side by side", "export": "Export",
          "train": "Launch", "evaluate": "Start evaluation"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from analysis.evaluate import (EVAL, REPORT, EvalConfig, evaluate_run, read_repo
 from analysis.store import Run  # noqa: E402
 from app import jobs  # noqa: E402
 from app.render_delta import delta_colors, delta_html  # noqa: E402
-from test_evaluate import CODE_ROWS, MATH_ROWS, make_training_run, perturbed  # noqa: E402
+from tests.helpers import CODE_ROWS, MATH_ROWS, make_training_run, perturbed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")

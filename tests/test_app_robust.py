@@ -18,15 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import app_page
+from tests.helpers import app_page, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_app(port: int, ws: Path, log: Path, *flags: str) -> subprocess.Popen:
@@ -97,6 +91,7 @@ def app_server(tmp_path_factory):
 
 # --- 1. DNS rebinding: only the bound host names get in ---------------------------------
 
+@pytest.mark.slow
 def test_http_with_a_foreign_host_is_refused(app_server):
     port = app_server
     assert http_status(port, f"evil.example.com:{port}") == 403
@@ -106,6 +101,7 @@ def test_http_with_a_foreign_host_is_refused(app_server):
         assert http_status(port, good) == 200, good
 
 
+@pytest.mark.slow
 def test_websocket_with_a_foreign_host_is_refused(app_server):
     port = app_server
     evil = f"evil.example.com:{port}"
@@ -146,6 +142,7 @@ def test_host_check_fails_closed(monkeypatch):
 
 # --- 2. SIGTERM stops the server; a busy port is one line ---------------------------------
 
+@pytest.mark.slow
 def test_second_app_on_a_busy_port_is_one_line(app_server, tmp_path):
     r = subprocess.run([sys.executable, "-m", "app.cli", "app", "--port", str(app_server),
                         "--workspace", str(tmp_path)], cwd=ROOT, capture_output=True,
@@ -156,6 +153,7 @@ def test_second_app_on_a_busy_port_is_one_line(app_server, tmp_path):
     assert "http://" not in r.stdout  # no URL of whatever else holds the port
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_server(tmp_path):
     import psutil
 

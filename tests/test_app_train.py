@@ -396,6 +396,7 @@ def test_cli_error_before_the_trainer_starts_is_the_failure_reason(workspace):
 
 # --- a real training from the page -------------------------------------------------------
 
+@pytest.mark.slow
 def test_launch_a_tiny_training_from_the_page(tmp_path, workspace, tiny_model_dir):
     from app import jobs
 

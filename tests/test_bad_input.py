@@ -22,16 +22,12 @@ import pytest
 
 from app.cli import main
 from infosft.errors import InfosftError
-from conftest import write_jsonl
+from tests.helpers import cli, error_line, good_row, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- helpers
-
-def good_row(i: int) -> dict:
-    return {"prompt": f"What is {i} plus {i}?", "response": f"It is {2 * i}."}
-
 
 def jsonl_with_bad_line_3(path: Path, bad: bytes) -> Path:
     """Lines 1, 2 and 4 are valid prompt/response rows; line 3 is ``bad`` (raw bytes)."""
@@ -39,23 +35,6 @@ def jsonl_with_bad_line_3(path: Path, bad: bytes) -> Path:
         [json.dumps(good_row(4)).encode()]
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """Run ``infosft ARGV`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()  # drop anything printed before
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def error_line(err: str) -> str:
-    """The single error line of a failed command (fails unless stderr is exactly that)."""
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("infosft: error: "), lines[0]
-    return lines[0]
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -588,6 +567,7 @@ def test_keyboard_interrupt_still_exits_130(tmp_path, capsys, monkeypatch):
 
 # -------------------------------------------------------------- real process
 
+@pytest.mark.slow
 def test_real_process_prints_one_line_without_traceback(tmp_path, tiny_model_dir):
     data = jsonl_with_bad_line_3(tmp_path / "data.jsonl", b'{"prompt": "What is 3 plus 3?"}')
     out = tmp_path / "run"

@@ -18,7 +18,7 @@ import json
 
 import pytest
 
-from conftest import write_jsonl
+from tests.helpers import write_jsonl
 from infosft.data import (
     RecordError,
     RecordFormat,

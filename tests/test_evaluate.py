@@ -25,45 +25,10 @@ from analysis.stats import Targets
 from analysis.store import Run
 from app.cli import main
 from infosft.errors import InfosftError
-from conftest import SAMPLE, write_jsonl
+from tests.helpers import (CODE_ROWS, MATH_ROWS, lock_held_by_another_process,
+                           make_training_run, perturbed, write_jsonl)
 
-SAMPLE_ROWS = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
-MATH_ROWS = [r for r in SAMPLE_ROWS if r["task"] == "math"]
-CODE_ROWS = [r for r in SAMPLE_ROWS if r["task"] == "code"]
 TINY_EVAL = dict(limit=5, accuracy_limit=3, max_new_tokens=6)
-
-
-def make_training_run(path: Path, final_model, tokenizer, *, base: str | None,
-                      eval_rows: list[dict], state: str = "finished", **config) -> Path:
-    """A training run directory as ``infosft train`` leaves it: config.yaml, status.json,
-    metrics.jsonl, final/ (a full model + tokenizer) and data/eval.jsonl."""
-    path.mkdir(parents=True)
-    cfg = {"data": str(SAMPLE), "model": base, "scheme": "infosft", "C": 2.0, "P": None,
-           "threshold": None, "direction": None, "mode": "online", "lora": False,
-           "max_length": 512, "fields": None, "use_template": True, "eval_split": 0.1,
-           "eval_data": None, "seed": 0, "out": str(path), **config}
-    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (path / "status.json").write_text(json.dumps({"state": state}))
-    (path / "metrics.jsonl").write_text("")
-    if final_model is not None:
-        final_model.save_pretrained(path / "final")
-        tokenizer.save_pretrained(path / "final")
-    (path / "data").mkdir()
-    write_jsonl(path / "data" / "eval.jsonl", eval_rows)
-    return path
-
-
-def perturbed(model_dir: Path, scale: float, layer_filter: str):
-    """The model in ``model_dir`` with seeded Gaussian noise added to some weights."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if layer_filter in name:
-                p.add_(scale * torch.randn(p.shape, generator=g))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +297,6 @@ def test_an_evaluation_holds_the_run(tmp_path, capsys, tuned_run):
     fails at once naming it and leaves the old evaluation alone; the app's pre-check
     (check_eval_dir) says so too."""
     from analysis.evaluate import check_eval_dir, open_training_run
-    from conftest import lock_held_by_another_process
 
     run = tmp_path / "tuned"
     shutil.copytree(tuned_run, run, ignore=shutil.ignore_patterns(".lock"))

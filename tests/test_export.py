@@ -10,8 +10,7 @@ import pytest
 
 from analysis.export import export_weighted, read_export_meta
 from infosft.data import prepare
-from tests.conftest import SAMPLE
-from tests.test_stats import reference_weights
+from tests.helpers import SAMPLE, reference_weights
 
 
 @pytest.mark.parametrize("suffix,loader", [(".parquet", "parquet"), (".jsonl", "json")])

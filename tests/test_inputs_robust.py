@@ -112,6 +112,7 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 
 @pytest.mark.parametrize("language, use_template", [
     ("latin", "template"), ("latin", "plain"), ("japanese", "template")])
+@pytest.mark.slow
 def test_a_20_mb_record_tokenizes_in_bounded_memory(tmp_path, default_dir, language,
                                                     use_template):
     # Before: the whole text was tokenized (ids, offsets, the tokenizer's buffers), about
@@ -164,6 +165,7 @@ def test_a_giant_word_tokenizes_like_the_whole_text_truncated(tokenizer, monkeyp
         assert cut.truncated
 
 
+@pytest.mark.slow
 def test_a_20_mb_word_tokenizes_in_bounded_memory(tmp_path, default_dir):
     """One 20 MB "word" has no cut point; before, it was tokenized whole (+1.6 GB)."""
     data = tmp_path / "word.jsonl"

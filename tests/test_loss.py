@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from infosft.data import prepare
 from infosft.loss import make_loss_func, shift_left, target_logprobs
 from infosft.weights import token_weights
-from tests.conftest import SAMPLE, write_jsonl
+from tests.helpers import SAMPLE, write_jsonl
 
 KNOBS = {"sft": {}, "dft": {}, "infosft": {"P": 0.93}, "profit": {"threshold": 0.3}}
 
@@ -184,6 +184,7 @@ def _core_loss(run, scheme, **knobs):
 
 
 @pytest.mark.parametrize("scheme", list(KNOBS))
+@pytest.mark.slow
 def test_step0_loss_equals_the_analysis_core(scored_batch, default_model, scheme):
     run, _, ids, attn, labels = scored_batch
     model = default_model[0]
@@ -193,6 +194,7 @@ def test_step0_loss_equals_the_analysis_core(scored_batch, default_model, scheme
     assert loss.item() == pytest.approx(_core_loss(run, scheme, **KNOBS[scheme]), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_static_weights_exported_from_scoring_give_the_same_loss(scored_batch, default_model,
                                                                tmp_path):
     import datasets
@@ -214,6 +216,7 @@ def test_static_weights_exported_from_scoring_give_the_same_loss(scored_batch, d
     assert static.item() == pytest.approx(online.item(), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_sft_equals_transformers_causal_lm_loss(scored_batch, default_model):
     _, _, ids, attn, labels = scored_batch
     with torch.no_grad():

@@ -112,6 +112,7 @@ print(round(rss_mb() - start))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, glibc trim")
+@pytest.mark.slow
 def test_memory_stays_flat_over_many_input_shapes():
     """oneDNN's per-shape caches are capped on import: 400 shapes cost a few MB, not
     the ~200 MB they do with oneDNN's default capacities."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import lock_held_by_another_process
+from tests.helpers import lock_held_by_another_process
 from infosft import process
 from infosft.atomic import atomic_write, atomic_write_text, remove_temp_files
 from infosft.errors import InfosftError
@@ -52,7 +52,7 @@ def test_terminate_spares_a_stranger_with_the_same_pid():
 def test_alive_zombie_and_other_host():
     proc = _sleeper()
     proc.kill()
-    time.sleep(0.3)  # a zombie until reaped
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: a zombie
     assert not process.alive(proc.pid)
     proc.wait()
     assert process.alive(12345678, 1.0, host="another-host")  # cannot check: trusted

@@ -11,8 +11,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +23,8 @@ from analysis.stats import load_targets
 from analysis.store import Run
 from infosft.errors import InfosftError
 from infosft.runlock import holder
-from tests.conftest import ROOT, SAMPLE, write_jsonl
-from tests.test_bad_input import cli, error_line, good_row
+from tests.helpers import (ROOT, SAMPLE, cli, error_line, good_row, hold_score_after_part,
+                           hooked_cli, wait_parked, write_jsonl)
 
 ROWS = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
 # Small batches and parts, so that a run of 12 examples has several parts.
@@ -267,20 +265,20 @@ def test_overwrite_refuses_to_delete_its_own_data(capsys, run, tiny_model_dir):
 
 # -------------------------------------------------------- one writer per run directory
 
+@pytest.mark.slow
 def test_resume_while_the_scorer_runs_is_refused_naming_it(tmp_path, tiny_model_dir):
-    rows = ROWS[:60]  # enough to be scoring for seconds after the lock is taken
+    """A second writer is refused while the first scores (parked after its first part by
+    a test hook, holding the lock, until the test lets it go on)."""
+    rows = ROWS[:12]
     data = write_jsonl(tmp_path / "data.jsonl", rows)
-    out = tmp_path / "run"
+    out, go = tmp_path / "run", tmp_path / "go"
     log = open(tmp_path / "stderr.txt", "w+")  # a file, not a pipe that could fill up
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli",
-                             *score_argv(data, out, tiny_model_dir, "--token-budget", "1024",
-                                         "--part-tokens", "1500")],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(hooked_cli(hold_score_after_part(1, release=go),
+                                       *score_argv(data, out, tiny_model_dir, *SMALL_PARTS)),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
-        deadline = time.time() + 120
-        while (holder(out) or {}).get("pid") != proc.pid:
-            assert proc.poll() is None and time.time() < deadline, "the scorer never started"
-            time.sleep(0.01)
+        assert wait_parked(proc), f"the scorer never started: {log.seek(0) or log.read()}"
+        assert (holder(out) or {}).get("pid") == proc.pid
 
         with pytest.raises(InfosftError) as err:
             score_dataset(ScoreConfig(source=str(data), out=str(out), model=str(tiny_model_dir)),
@@ -290,10 +288,12 @@ def test_resume_while_the_scorer_runs_is_refused_naming_it(tmp_path, tiny_model_
         assert "\n" not in msg and str(out) in msg and f"pid {proc.pid}" in msg
         assert proc.poll() is None  # refused while the first one was still at work
         # ... which it finishes undisturbed
+        go.touch()
         assert proc.wait(timeout=600) == 0, (tmp_path / "stderr.txt").read_text()
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
         log.close()
     run = Run(out)
     assert run.meta()["status"] == "complete"

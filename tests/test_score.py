@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import polars as pl
@@ -18,7 +17,8 @@ import torch
 from analysis.score import (ScoreConfig, batches_by_budget, score_dataset, shared_prefix,
                             target_stats)
 from analysis.store import Run
-from tests.conftest import ROOT, SAMPLE, write_jsonl
+from tests.helpers import (ROOT, SAMPLE, SAMPLE_RUN, hold_score_after_part, hooked_cli,
+                           torchrun, wait_parked, write_jsonl)
 
 ROWS = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
 
@@ -94,7 +94,6 @@ def test_default_model_scores_match_plain_forward(tmp_path, default_model):
 @pytest.mark.slow
 def test_bundled_sample_run_still_matches(tmp_path, default_model):
     """The pre-scored sample run the app opens on agrees with scoring its data now."""
-    from tests.conftest import SAMPLE_RUN
 
     bundled = Run(SAMPLE_RUN)
     meta = bundled.meta()
@@ -118,21 +117,26 @@ def _score_cmd(data, out, model, *extra):
             *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_has_no_duplicate_and_no_missing(tmp_path, tiny_model_dir):
+    """SIGKILLed mid-run (parked after its second part by a test hook, so never after it
+    finished): --resume completes it with every token once and the scores of a clean run."""
     rows = ROWS
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     out = tmp_path / "run"
-    proc = subprocess.Popen(_score_cmd(data, out, tiny_model_dir), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "tokens").glob("part-*.parquet"))) < 2:
-        time.sleep(0.005)
+    proc = subprocess.Popen(hooked_cli(hold_score_after_part(2),
+                                       *_score_cmd(data, out, tiny_model_dir)[3:]),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    parked = wait_parked(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stdout.close()
+    assert parked, "the scorer exited before its second part"
     killed = Run(out)
     assert killed.meta()["status"] == "running", "the run finished before it could be killed"
     n_parts_at_kill = len(killed.part_paths())
-    assert n_parts_at_kill >= 2
+    assert n_parts_at_kill == 2
     with pytest.raises(Exception):
         killed.read_examples()  # not complete: readers are told so
 
@@ -188,14 +192,14 @@ def test_prefix_cache_gives_the_same_scores(tokenizer, tiny_model_dir):
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_model_dir):
     """DESIGN: scoring shards by rank under the standard launcher, one part series per rank."""
     data = write_jsonl(tmp_path / "d.jsonl", ROWS[:12])
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_score_cmd(data, one, tiny_model_dir), cwd=ROOT, check=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "app.cli", "score", str(data), "--out", str(two),
-           "--model", str(tiny_model_dir), "--quiet"]
+    cmd = torchrun(2, "-m", "app.cli", "score", str(data), "--out", str(two),
+                   "--model", str(tiny_model_dir), "--quiet")
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]

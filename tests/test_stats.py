@@ -8,19 +8,7 @@ import pytest
 
 from analysis.stats import (example_table, format_summary, load_targets, q_histogram,
                             run_summary, scheme_summary, weights)
-
-
-def reference_weights(logp: np.ndarray, scheme: str, C: float = 2.0, tau: float = 0.1):
-    q = np.exp(logp.astype(np.float64))
-    if scheme == "sft":
-        return np.ones_like(q)
-    if scheme == "dft":
-        return q
-    if scheme == "infosft":
-        with np.errstate(divide="ignore"):
-            logit = np.log(q) - np.log1p(-q)
-        return q * np.clip(1 - logit / C, 0, None)
-    return (q >= tau).astype(np.float64)
+from tests.helpers import reference_weights
 
 
 @pytest.fixture

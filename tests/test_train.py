@@ -21,7 +21,8 @@ from infosft.train import exported_examples, split_indices, train
 from infosft.train_config import resolve
 from infosft.trainers import WeightedCollator
 
-from conftest import ROOT, SAMPLE, write_jsonl
+from tests.helpers import (HOLD_TRAIN_AT_STEP_2, ROOT, SAMPLE, cli_args, hooked_cli,
+                           tiny_cfg, torchrun, write_jsonl)
 
 METRIC_FIELDS = {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s",
                  "mean_weight", "zero_weight_share", "time"}
@@ -35,28 +36,12 @@ def short_data(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "short.jsonl", rows)
 
 
-def tiny_cfg(data, out, model, **kw):
-    values = {"data": str(data), "out": str(out), "model": str(model), "lora": False,
-              "scheme": "sft", "max_steps": 16, "batch_size": 2, "logging_steps": 1,
-              "eval_split": 0, "device": "cpu", "lr": 1e-3, **kw}
-    return values
-
-
-def cli_args(values: dict) -> list[str]:
-    """The flags of a config mapping, as a user would type them."""
-    out = []
-    for k, v in values.items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            out.append(flag if v else "--no-" + k.replace("_", "-"))
-        else:
-            out += [flag, str(v)]
-    return out
-
-
-def launch(values: dict, *extra: str) -> subprocess.Popen:
+def launch(values: dict, *extra: str, hook: str | None = None) -> subprocess.Popen:
+    """``infosft train`` in a child process; with ``hook``, the CLI under that test hook."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "train", *cli_args(values), *extra],
+    argv = ["train", *cli_args(values), *extra]
+    argv = hooked_cli(hook, *argv) if hook else [sys.executable, "-m", "app.cli", *argv]
+    return subprocess.Popen(argv,
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -156,6 +141,7 @@ def test_static_needs_an_export_and_out_is_never_overwritten(tmp_path, short_dat
 # ------------------------------------------------------------------ real runs
 
 
+@pytest.mark.slow
 def test_lora_on_default_model_reloads_merged(tmp_path, default_model):
     """A short LoRA run of the embedded model: metrics, status, final/ that reloads with
     the adapter merged (weights differ from the base)."""
@@ -193,13 +179,15 @@ def test_lora_on_default_model_reloads_merged(tmp_path, default_model):
     assert tok("hello")["input_ids"] == default_model[1]("hello")["input_ids"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_and_resume_continues_in_order(tmp_path, short_data, tiny_model_dir):
     """SIGTERM -> checkpoint + "stopped"; --resume finishes with the losses of an
-    uninterrupted run at every step (same data order, optimizer and scheduler)."""
+    uninterrupted run at every step (same data order, optimizer and scheduler). The run
+    waits at the end of step 2 for the signal (a test hook), so it stops exactly there."""
     from app.cli import main
 
     values = tiny_cfg(short_data, tmp_path / "stopped", tiny_model_dir)
-    proc = launch(values)
+    proc = launch(values, hook=HOLD_TRAIN_AT_STEP_2)
     wait_for(lambda: (ts.read_status(values["out"]).get("step") or 0) >= 1, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -208,7 +196,7 @@ def test_sigterm_stops_and_resume_continues_in_order(tmp_path, short_data, tiny_
     assert status["state"] == "stopped" and status["resumable"] is True, status
     ckpt = ts.last_checkpoint(values["out"])
     stop_step = ts.checkpoint_step(ckpt)
-    assert status["last_checkpoint"] == str(ckpt) and 1 <= stop_step < 16
+    assert status["last_checkpoint"] == str(ckpt) and stop_step == 2
     assert "--resume" in out
 
     # A result-affecting change is refused; a logging one is fine.
@@ -229,10 +217,13 @@ def test_sigterm_stops_and_resume_continues_in_order(tmp_path, short_data, tiny_
     assert len({round(m["loss"], 4) for m in straight}) > 8
 
 
+@pytest.mark.slow
 def test_sigkill_is_failed_and_resumable(tmp_path, short_data, tiny_model_dir):
+    """Killed mid-run (parked at the end of step 2 by a test hook, its step-1 checkpoint
+    written): the status says failed, resumable from that checkpoint."""
     values = tiny_cfg(short_data, tmp_path / "killed", tiny_model_dir, save_steps=1,
                       max_steps=40)
-    proc = launch(values)
+    proc = launch(values, hook=HOLD_TRAIN_AT_STEP_2)
     wait_for(lambda: ts.read_status(values["out"])["last_checkpoint"], proc)
     proc.kill()
     # Before the parent reaps it, the process is a zombie: already reported dead.
@@ -245,6 +236,7 @@ def test_sigkill_is_failed_and_resumable(tmp_path, short_data, tiny_model_dir):
     assert s["last_checkpoint"] == str(ts.last_checkpoint(values["out"]))
 
 
+@pytest.mark.slow
 def test_static_weights_from_an_export(tmp_path, tiny_run, tiny_model_dir):
     """Static mode takes the export's weights: ProFit random drops half the tokens."""
     from analysis.export import export_weighted
@@ -264,6 +256,7 @@ def test_static_weights_from_an_export(tmp_path, tiny_run, tiny_model_dir):
     assert not (run / ts.EVAL_DATA).exists()  # only raw datasets write eval records
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, short_data, tiny_model_dir):
     """Loss normalized by the tokens of the whole optimizer step: batch 1 x 2 accumulated
     micro-batches logs the same loss and gradient norm as batch 2 (no double scaling)."""
@@ -276,6 +269,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, short_data, tiny_
                                                             rel=1e-3)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_model_dir):
     """Data-parallel under the standard launcher: 2 ranks x batch 2 give the gradient of
     one process with batch 4. The rows differ in length, so the ranks hold different
@@ -287,9 +281,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_model_dir):
                          cwd=ROOT, capture_output=True, text=True)
     assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
     values = {**values, "out": str(tmp_path / "two"), "batch_size": 2}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                          "2", "--master_port", "29531", "-m", "app.cli", "train",
-                          *cli_args(values)], cwd=ROOT, capture_output=True, text=True,
+    two = subprocess.run(torchrun(2, "-m", "app.cli", "train", *cli_args(values)),
+                         cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
     (m1,), (m2,) = ([m for m in ts.read_metrics(tmp_path / d) if "loss" in m]

@@ -12,7 +12,7 @@ from infosft.errors import InfosftError
 from infosft.train_config import (FIELD_NAMES, FULL_LR, LORA_LR, TrainConfig, dump,
                                   load_config, resolve, resume_config)
 
-from conftest import SAMPLE
+from tests.helpers import SAMPLE
 
 
 def base(**kw):

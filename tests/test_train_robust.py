@@ -24,8 +24,7 @@ from infosft import train_status as ts
 from infosft.errors import InfosftError
 from infosft.train_config import resolve, resume_config
 
-from conftest import lock_held_by_another_process, write_jsonl
-from test_train import cli_args, tiny_cfg
+from tests.helpers import cli_args, lock_held_by_another_process, tiny_cfg, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from tests.conftest import ROOT, SAMPLE_RUN
+from tests.helpers import ROOT, SAMPLE_RUN
 
 datasets = pytest.importorskip("datasets")
 trl = pytest.importorskip("trl")
@@ -191,6 +191,7 @@ def n_targets(examples):
 # ---------------------------------------------------------------- import without TRL
 
 
+@pytest.mark.slow
 def test_without_trl_the_module_imports_and_the_sft_trainer_says_how_to_get_it():
     code = ("import sys; sys.modules['trl'] = None\n"
             "import infosft.trainers as t\n"
