@@ -149,10 +149,14 @@ def with_answers(items: pl.DataFrame, outputs: list[str], prefix: str) -> pl.Dat
 
 
 def accuracy_summary(frame: pl.DataFrame) -> dict[str, float | int | None]:
-    """``n``, ``base``, ``tuned`` (share correct) and ``delta`` (tuned - base)."""
+    """``n``, ``base``, ``tuned`` (share correct), ``delta`` (tuned - base), and the
+    examples behind the change: ``lost`` (right before, wrong after) and ``gained``."""
     n = frame.height
     if not n:
-        return {"n": 0, "base": None, "tuned": None, "delta": None}
+        return {"n": 0, "base": None, "tuned": None, "delta": None, "lost": 0, "gained": 0}
     base = float(frame["base_correct"].mean())
     tuned = float(frame["tuned_correct"].mean())
-    return {"n": n, "base": base, "tuned": tuned, "delta": tuned - base}
+    lost = int((frame["base_correct"] & ~frame["tuned_correct"]).sum())
+    gained = int((~frame["base_correct"] & frame["tuned_correct"]).sum())
+    return {"n": n, "base": base, "tuned": tuned, "delta": tuned - base, "lost": lost,
+            "gained": gained}

@@ -16,6 +16,8 @@ Layout, next to the training run's own files::
     RUN/eval/base-task/  tuned-task/  base-prior/  tuned-prior/   ordinary scored runs
     RUN/eval/kl-prior.parquet     example_id, position, kl: KL(base || tuned) per prior target
     RUN/eval/accuracy.parquet     greedy answers on a few math examples (math data only)
+    RUN/eval/accuracy-prior.parquet  the same on the prior set, when it is math: forgetting
+                                  as answers lost (right before, wrong after)
     RUN/eval/report.json          the numbers, the settings, status running | complete | failed
     RUN/eval/progress.json        stage, done, total, fraction, eta_s (while it runs)
     RUN/eval/data/prior.jsonl     the prior sets combined (only when there are several)
@@ -65,6 +67,7 @@ REPORT = "report.json"
 PROGRESS = "progress.json"
 KL_FILE = "kl-prior.parquet"
 ACCURACY = "accuracy.parquet"
+PRIOR_ACCURACY = "accuracy-prior.parquet"
 SETS = ("task", "prior")
 # What a saved model or LoRA adapter holds its weights in (sharded ones have an index).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -536,6 +539,10 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
     report["prior"] = {"sources": prior_sources(cfg), "scored_source": sets.sources["prior"],
                        "examples": len(prior_examples)}
     style, items = accuracy_items(task_examples, sets.prepared["task"][1], cfg.accuracy_limit)
+    prior_style, prior_items = accuracy_items(prior_examples, sets.prepared["prior"][1],
+                                              cfg.accuracy_limit)
+    if not prior_style:
+        prior_items = prior_items.clear()
     acc_settings = {"style": style, "limit": cfg.accuracy_limit,
                     "max_new_tokens": cfg.max_new_tokens}
     reused = _reusable_base(run, sets, others)
@@ -543,10 +550,12 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
 
     n_tok = {s: sum(ex.tokens.n_tokens for ex in sets.prepared[s][2]) for s in SETS}
     gen = items.height * cfg.max_new_tokens * GEN_COST
+    prior_gen = prior_items.height * cfg.max_new_tokens * GEN_COST
     weights = {name: 0.0 if name in reused else n_tok[name.split("-")[1]] for name in SCORED}
     weights |= {"kl-prior": 2.0 * n_tok["prior"],
                 "accuracy-base": 0.0 if base_answers is not None else gen,
-                "accuracy-tuned": gen}
+                "accuracy-tuned": gen, "prior-accuracy-base": prior_gen,
+                "prior-accuracy-tuned": prior_gen}
     prog = Progress(eval_dir / PROGRESS, weights)
 
     for name in SCORED:
@@ -589,11 +598,31 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
             prog.finish(stage)
         acc = with_answers(with_answers(items, outputs["base"], "base"), outputs["tuned"], "tuned")
         atomic_write_parquet(acc, eval_dir / ACCURACY)
+    if prior_items.height:  # forgetting as answers lost: the same greedy check on the prior set
+        outputs = {}
+        for who in ("base", "tuned"):
+            stage = f"prior-accuracy-{who}"
+            _say(show, f"{run.path.name}: greedy answers of the {who} model on the prior set "
+                 f"({prior_items.height} examples)")
+            with _bar(show, prior_items.height, stage, "ex") as bar:
+                outputs[who] = _answers(models[who], tokenizer, prior_examples, prior_items, cfg,
+                                        _tick(bar, lambda d, t, st=stage: prog.update(st, d, t)))
+            prog.finish(stage)
+        acc = with_answers(with_answers(prior_items, outputs["base"], "base"), outputs["tuned"],
+                           "tuned")
+        atomic_write_parquet(acc, eval_dir / PRIOR_ACCURACY)
+    else:
+        prog.finish("prior-accuracy-base")
+        prog.finish("prior-accuracy-tuned")
     models.clear()
     for key, value in report_numbers(eval_dir).items():
         report[key] = {**report.get(key, {}), **value}
     report["accuracy"] = ({**accuracy_summary(pl.read_parquet(eval_dir / ACCURACY)), **acc_settings}
                           if (eval_dir / ACCURACY).exists() else None)
+    report["prior_accuracy"] = (
+        {**accuracy_summary(pl.read_parquet(eval_dir / PRIOR_ACCURACY)), "style": prior_style,
+         "limit": cfg.accuracy_limit, "max_new_tokens": cfg.max_new_tokens}
+        if (eval_dir / PRIOR_ACCURACY).exists() else None)
     report["reused"] = {k: str(v) for k, v in reused.items()}
     if base_answers is not None:
         report["reused"]["accuracy-base"] = str(reused["base-task"].parent / ACCURACY)
@@ -730,6 +759,8 @@ REPORT_COLUMNS = {
     "prior_delta_nll": pl.Float64, "prior_kl": pl.Float64, "task_nll_base": pl.Float64,
     "task_nll_tuned": pl.Float64, "prior_nll_base": pl.Float64, "prior_nll_tuned": pl.Float64,
     "acc_n": pl.Int64, "acc_base": pl.Float64, "acc_tuned": pl.Float64,
+    "prior_acc_n": pl.Int64, "prior_acc_base": pl.Float64, "prior_acc_tuned": pl.Float64,
+    "prior_acc_lost": pl.Int64,
 }
 
 
@@ -742,13 +773,16 @@ def report_row(report: dict[str, Any]) -> dict[str, Any]:
     if report.get("status") == "complete":
         t, p = report["task"], report["prior"]
         acc = report.get("accuracy") or {}
+        prior_acc = report.get("prior_accuracy") or {}
         row.update(task_delta_nll=report["learned"]["delta_nll"],
                    task_delta_q=report["learned"]["delta_q"],
                    prior_delta_nll=report["forgot"]["delta_nll"],
                    prior_kl=report["forgot"]["mean_kl"],
                    task_nll_base=t["base"]["mean_nll"], task_nll_tuned=t["tuned"]["mean_nll"],
                    prior_nll_base=p["base"]["mean_nll"], prior_nll_tuned=p["tuned"]["mean_nll"],
-                   acc_n=acc.get("n"), acc_base=acc.get("base"), acc_tuned=acc.get("tuned"))
+                   acc_n=acc.get("n"), acc_base=acc.get("base"), acc_tuned=acc.get("tuned"),
+                   prior_acc_n=prior_acc.get("n"), prior_acc_base=prior_acc.get("base"),
+                   prior_acc_tuned=prior_acc.get("tuned"), prior_acc_lost=prior_acc.get("lost"))
     return row
 
 

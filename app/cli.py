@@ -90,11 +90,15 @@ def cmd_eval(args) -> int:
                      dtype=args.dtype)
     for rep in evaluate_runs(args.runs, cfg, progress=not args.quiet):
         learned, forgot, acc = rep["learned"], rep["forgot"], rep.get("accuracy")
+        prior_acc = rep.get("prior_accuracy")
         print(f"{rep['run']}: learned: task NLL {learned['delta_nll']:+.4f}, "
               f"q {learned['delta_q']:+.4f}; forgot: prior NLL {forgot['delta_nll']:+.4f}, "
               f"KL {forgot['mean_kl']:.4f}"
               + (f"; accuracy {acc['base']:.0%} -> {acc['tuned']:.0%} (n={acc['n']})"
-                 if acc else "") + f"; report in {Path(rep['run']) / 'eval' / 'report.json'}")
+                 if acc else "")
+              + (f"; prior accuracy {prior_acc['base']:.0%} -> {prior_acc['tuned']:.0%} "
+                 f"({prior_acc['lost']} of {prior_acc['n']} lost)" if prior_acc else "")
+              + f"; report in {Path(rep['run']) / 'eval' / 'report.json'}")
     return 0
 
 

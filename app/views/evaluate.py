@@ -143,13 +143,21 @@ def delta_view(done: list[dict]) -> None:
 
 
 def accuracy_section(done: list[dict]) -> None:
-    with_acc = [r for r in done if r.get("accuracy")]
+    with_acc = [r for r in done if r.get("accuracy") or r.get("prior_accuracy")]
     if not with_acc:
         return
     with st.expander("Greedy answers (accuracy)"):
         names = {r["run"]: r["name"] for r in with_acc}
         run = st.selectbox("Run", list(names), format_func=names.get, key="ev_acc_run")
-        path = Path(run) / ev.EVAL / ev.ACCURACY
+        report = next(r for r in with_acc if r["run"] == run)
+        sets = {"task": ev.ACCURACY, "prior": ev.PRIOR_ACCURACY}
+        shown = [s for s in sets if report.get("accuracy" if s == "task" else "prior_accuracy")]
+        which = st.radio("Set", shown, horizontal=True, key="ev_acc_set")
+        summary = report["accuracy" if which == "task" else "prior_accuracy"]
+        st.caption(f"{summary['base']:.0%} -> {summary['tuned']:.0%} of {summary['n']}: "
+                   f"{summary.get('lost', 0)} lost (right before, wrong after), "
+                   f"{summary.get('gained', 0)} gained")
+        path = Path(run) / ev.EVAL / sets[which]
         st.dataframe(pl.read_parquet(path).drop("reference_text"), hide_index=True,
                      key="ev_acc_table")
 
