@@ -1,4 +1,4 @@
-"""Learned vs forgot, one run per scheme: the README's trade-off figures.
+"""Learned vs forgot, one run per scheme: the trade-off figures of docs/benchmarks.md.
 
     python benchmarks/learn_forget.py                       # GSM8K rows, default model, CPU
     python benchmarks/learn_forget.py --rows 2000 --epochs 2 --full   # a bigger study

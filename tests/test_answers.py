@@ -77,5 +77,5 @@ def test_exact_match_on_a_tiny_case():
     assert out["tuned_correct"].to_list() == [False, True, True]
     s = accuracy_summary(out)
     assert s == {"n": 3, "base": pytest.approx(2 / 3), "tuned": pytest.approx(2 / 3),
-                 "delta": pytest.approx(0.0)}
+                 "delta": pytest.approx(0.0), "gained": 1, "lost": 1}
     assert accuracy_summary(out.head(0))["base"] is None

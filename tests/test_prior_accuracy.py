@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import polars as pl
+import pytest
 import torch
 
 from analysis.accuracy import accuracy_summary
@@ -22,6 +23,7 @@ def test_summary_counts_the_examples_behind_the_change():
     assert accuracy_summary(frame.clear())["lost"] == 0
 
 
+@pytest.mark.slow  # two evaluations, ~35 s each
 def test_eval_answers_a_math_prior_set_with_both_models(tmp_path, tiny_model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
@@ -50,6 +52,7 @@ def test_eval_answers_a_math_prior_set_with_both_models(tmp_path, tiny_model_dir
         assert out == tokenizer.decode(new, skip_special_tokens=True).split("<|im_end|>")[0]
 
 
+@pytest.mark.slow
 def test_a_prior_set_without_answers_has_no_prior_accuracy(tmp_path, tiny_model_dir, tokenizer):
     run = make_training_run(tmp_path / "tuned", perturbed(tiny_model_dir, 0.05, "layers.1"),
                             tokenizer, base=str(tiny_model_dir), eval_rows=MATH_ROWS[:2])
