@@ -586,31 +586,12 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
     prog.finish("kl-prior")
 
     if style and items.height:
-        outputs = {"base": base_answers} if base_answers is not None else {}
-        for who in ("base", "tuned"):
-            stage = f"accuracy-{who}"
-            if who not in outputs:
-                _say(show, f"{run.path.name}: greedy answers of the {who} model "
-                     f"({items.height} examples)")
-                with _bar(show, items.height, stage, "ex") as bar:
-                    outputs[who] = _answers(models[who], tokenizer, task_examples, items, cfg,
-                                            _tick(bar, lambda d, t, st=stage: prog.update(st, d, t)))
-            prog.finish(stage)
-        acc = with_answers(with_answers(items, outputs["base"], "base"), outputs["tuned"], "tuned")
-        atomic_write_parquet(acc, eval_dir / ACCURACY)
+        _answer_both(run, models, tokenizer, task_examples, items, cfg, prog, show, "accuracy",
+                     "", eval_dir / ACCURACY,
+                     {"base": base_answers} if base_answers is not None else {})
     if prior_items.height:  # forgetting as answers lost: the same greedy check on the prior set
-        outputs = {}
-        for who in ("base", "tuned"):
-            stage = f"prior-accuracy-{who}"
-            _say(show, f"{run.path.name}: greedy answers of the {who} model on the prior set "
-                 f"({prior_items.height} examples)")
-            with _bar(show, prior_items.height, stage, "ex") as bar:
-                outputs[who] = _answers(models[who], tokenizer, prior_examples, prior_items, cfg,
-                                        _tick(bar, lambda d, t, st=stage: prog.update(st, d, t)))
-            prog.finish(stage)
-        acc = with_answers(with_answers(prior_items, outputs["base"], "base"), outputs["tuned"],
-                           "tuned")
-        atomic_write_parquet(acc, eval_dir / PRIOR_ACCURACY)
+        _answer_both(run, models, tokenizer, prior_examples, prior_items, cfg, prog, show,
+                     "prior-accuracy", " on the prior set", eval_dir / PRIOR_ACCURACY, {})
     else:
         prog.finish("prior-accuracy-base")
         prog.finish("prior-accuracy-tuned")
@@ -626,6 +607,24 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
     report["reused"] = {k: str(v) for k, v in reused.items()}
     if base_answers is not None:
         report["reused"]["accuracy-base"] = str(reused["base-task"].parent / ACCURACY)
+
+
+def _answer_both(run: TrainingRun, models: dict, tokenizer, examples, items: pl.DataFrame,
+                 cfg: EvalConfig, prog: Progress, show: bool, stage: str, where: str,
+                 path: Path, outputs: dict[str, list[str]]) -> None:
+    """Greedy answers of the base and the tuned model (those not in ``outputs`` already),
+    checked against the references, into ``path``; progress stages ``{stage}-{who}``."""
+    for who in ("base", "tuned"):
+        name = f"{stage}-{who}"
+        if who not in outputs:
+            _say(show, f"{run.path.name}: greedy answers of the {who} model{where} "
+                 f"({items.height} examples)")
+            with _bar(show, items.height, name, "ex") as bar:
+                outputs[who] = _answers(models[who], tokenizer, examples, items, cfg,
+                                        _tick(bar, lambda d, t, st=name: prog.update(st, d, t)))
+        prog.finish(name)
+    acc = with_answers(with_answers(items, outputs["base"], "base"), outputs["tuned"], "tuned")
+    atomic_write_parquet(acc, path)
 
 
 def _answers(model, tokenizer, examples, items: pl.DataFrame, cfg: EvalConfig,
