@@ -35,6 +35,7 @@ from transformers import TrainerCallback
 from infosft import process, runlock
 from infosft import train_status as ts
 from infosft.atomic import atomic_write_text, usual_permissions
+from infosft.data import TARGET_RULE
 from infosft.errors import InfosftError
 from infosft.fast_dropout import speed_up_lora_dropout
 from infosft.loss import IGNORE_INDEX, WeightedLoss
@@ -685,6 +686,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
 
     knobs = cfg.knobs()
     meta = data.source.get("export_meta") or {}
+    if meta and meta.get("template_used") is not False and meta.get("targets") != TARGET_RULE:
+        log.warning("the export was made under an older target rule (its labels leave out the "
+                    "newline after each turn's end token, which TRL and online training "
+                    "supervise); re-export from a run scored now to match them")
     if cfg.mode == "static" and meta.get("scheme") not in (None, cfg.scheme):
         log.warning("static weights come from the export (scheme %s %s); the config's scheme "
                     "%s only labels the run", meta.get("scheme"), meta.get("knobs"), cfg.scheme)

@@ -254,6 +254,28 @@ def test_static_weights_from_an_export(tmp_path, tiny_run, tiny_model_dir):
     source = json.loads((run / "data" / "source.json").read_text())
     assert source["kind"] == "exported" and source["export_meta"]["scheme"] == "profit"
     assert not (run / ts.EVAL_DATA).exists()  # only raw datasets write eval records
+    assert "older target rule" not in (run / ts.LOG).read_text()
+
+
+def test_an_export_made_under_the_old_target_rule_is_flagged(tmp_path, tiny_run, tiny_model_dir):
+    """Exports made before the targets followed TRL's rule carry no ``targets``: they
+    still train (their labels and weights agree with each other), with a warning."""
+    import shutil
+
+    from analysis.export import export_weighted
+    from infosft.train import export_meta
+
+    export = export_weighted(tiny_run.path, tmp_path / "w.parquet", "sft")
+    meta = export_meta(export)
+    del meta["targets"]
+    old = shutil.copy(export, tmp_path / "old.parquet")
+    (tmp_path / "old.parquet.meta.json").write_text(json.dumps(meta))
+    cfg = resolve({"data": str(old), "out": str(tmp_path / "run"), "model": str(tiny_model_dir),
+                   "mode": "static", "scheme": "sft", "max_steps": 1, "batch_size": 4,
+                   "max_length": 256, "device": "cpu", "eval_split": 0})
+    run = train(cfg)
+    assert ts.read_status(run)["state"] == "finished"
+    assert "the export was made under an older target rule" in (run / ts.LOG).read_text()
 
 
 @pytest.mark.slow
