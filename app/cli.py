@@ -102,6 +102,34 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from infosft.train_config import FIELD_NAMES, load_config, resolve
+
+    file_values = load_config(args.config) if args.config else {}
+    overrides = {name: getattr(args, name, None) for name in FIELD_NAMES}
+    overrides["fields"] = _fields(args.fields)
+    overrides["out"] = str(Path(args.out) / "runs" / "_")  # set per run by the sweep
+    train_cfg = resolve(file_values, overrides, source=args.config)
+    from analysis.evaluate import EvalConfig
+    from analysis.sweep import REPORT_FILE, parse_point, run_sweep
+
+    for point in args.points:
+        parse_point(point)  # every point checked before the first run starts
+    eval_cfg = EvalConfig(task_data=args.task_data, prior_data=args.prior_data or [],
+                          default_prior=not args.no_default_prior,
+                          accuracy_limit=args.accuracy_limit,
+                          max_new_tokens=args.max_new_tokens, device=train_cfg.device,
+                          dtype=train_cfg.dtype)
+    report = run_sweep(args.out, args.points, args.seeds, train_cfg, eval_cfg,
+                       resume=args.resume, progress=not args.quiet)
+    for row in report["runs"]:
+        mark = "*" if row["on_frontier"] else " "
+        print(f"{mark} {Path(row['run']).name:40s} learned {row['learned']:+.4f} "
+              f"({row['learned_measure']}), forgot {row['forgot']:.4f} ({row['forgot_measure']})")
+    print(f"* on the frontier; report in {Path(args.out) / REPORT_FILE}")
+    return 0
+
+
 def cmd_minitask(args) -> int:
     from analysis.minitask import write_minitask
 
@@ -130,14 +158,16 @@ _TRAIN_FLAG_SPECIAL = {
 }
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig field as a flag with default None: only typed flags override
-    the config file."""
+def _add_train_flags(p: argparse.ArgumentParser, exclude: frozenset[str] = frozenset()) -> None:
+    """Every TrainConfig field (but ``exclude``) as a flag with default None: only typed
+    flags override the config file."""
     from dataclasses import fields
 
     from infosft.train_config import TrainConfig, field_default
 
     for f in fields(TrainConfig):
+        if f.name in exclude:
+            continue
         spec = dict(_TRAIN_FLAG_SPECIAL.get(f.name, {}))
         flag = spec.pop("flag", "--" + f.name.replace("_", "-"))
         help_ = spec.pop("help", f.metadata["help"])
@@ -282,6 +312,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "sweep", help="train and evaluate a grid of schemes, knobs and seeds; report the "
+        "learned-vs-forgot frontier",
+        description="Each --scheme NAME[:knob=value,...] adds a grid point (e.g. sft, "
+        "infosft:P=0.9, profit:threshold=0.2); each runs once per seed as an ordinary "
+        "training run in SWEEP/runs/, is evaluated when it finishes, and SWEEP/report.json "
+        "gets its row. Other flags are infosft train's and infosft eval's.")
+    p.add_argument("--out", required=True, help="the sweep directory")
+    p.add_argument("--scheme", dest="points", action="append", required=True,
+                   metavar="NAME[:knob=value,...]", help="a grid point (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--resume", action="store_true",
+                   help="continue a sweep: finished runs are kept")
+    p.add_argument("--config", help="YAML or JSON file of training config fields")
+    p.add_argument("--task-data", help="held-out task data (default: each run's eval split)")
+    p.add_argument("--prior-data", action="append", help="prior-capability data (repeatable)")
+    p.add_argument("--no-default-prior", action="store_true")
+    p.add_argument("--accuracy-limit", type=int, default=20)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_train_flags(p, exclude=frozenset({"out", "scheme", "C", "P", "threshold",
+                                           "direction", "mode", "seed"}))
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("minitask", help="write the miniature arithmetic task (train, test, "
                        "prior sets) the default model can learn in minutes")

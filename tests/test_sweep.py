@@ -1,0 +1,59 @@
+"""infosft sweep: a grid trained and evaluated as a queue into one directory, a report
+whose frontier is the non-dominated runs, and a resume that retrains nothing finished."""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import pytest
+
+import analysis.sweep as sweep
+from app.cli import main
+from tests.helpers import MATH_ROWS, write_jsonl
+
+
+def test_doctests():
+    assert doctest.testmod(sweep).failed == 0
+
+
+def test_bad_points_are_one_line_before_anything_runs(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", MATH_ROWS[:4])
+    assert main(["sweep", "--data", str(data), "--out", str(tmp_path / "sw"),
+                 "--scheme", "infosft:P=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("infosft: error: --scheme 'infosft:P=3': ")
+    assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.slow  # two tiny trainings and evaluations
+def test_sweep_runs_the_grid_reports_the_frontier_and_resumes(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", MATH_ROWS[:8])
+    out = tmp_path / "sw"
+    argv = ["sweep", "--data", str(data), "--out", str(out), "--model", str(tiny_model_dir),
+            "--scheme", "sft", "--scheme", "infosft:P=0.9", "--max-steps", "1", "--batch-size", "4", "--eval-split", "0.25", "--limit", "8",
+            "--accuracy-limit", "1", "--max-new-tokens", "2", "--device", "cpu", "--quiet", "--seeds", "0"]
+    assert main(argv) == 0
+    report = json.loads((out / sweep.REPORT_FILE).read_text())
+    rows = report["runs"]
+    assert [(r["scheme"], r["knobs"], r["seed"]) for r in rows] == [
+        ("sft", {}, 0), ("infosft", {"P": 0.9}, 0)]
+    for r in rows:
+        ev = json.loads((out / "runs" / r["run"].split("/")[-1] / "eval" / "report.json")
+                        .read_text())
+        assert ev["training"]["scheme"] == r["scheme"]
+        assert r["forgot"] == pytest.approx(ev["forgot"]["mean_kl"])  # no prior answers here
+        assert r["learned"] is not None
+    assert [r["on_frontier"] for r in rows] == sweep.frontier(rows)
+    assert any(r["on_frontier"] for r in rows)
+    finals = {r["run"]: (out / "runs" / r["run"].split("/")[-1] / "final" /
+                         "adapter_model.safetensors").stat().st_mtime_ns for r in rows}
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0  # nothing to do: nothing retrained
+    assert "sweep: training" not in capsys.readouterr().out
+    assert finals == {r["run"]: (out / "runs" / r["run"].split("/")[-1] / "final" /
+                                 "adapter_model.safetensors").stat().st_mtime_ns for r in rows}
+    assert main(argv) == 2  # without --resume an existing sweep is never overwritten
+    assert "use --resume" in capsys.readouterr().err
+    assert main(argv[:-1] + ["1", "--resume"]) == 2
+    assert "started with other settings (seeds)" in capsys.readouterr().err
