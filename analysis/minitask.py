@@ -117,10 +117,11 @@ def make_prior(seed: int = 0, n: int = 60) -> list[dict[str, str]]:
     True
     """
     rng = random.Random(f"prior-{seed}")
-    return [prior_problem(x) for x in rng.sample(range(100, 10000), n)]
+    return [prior_problem(x) for x in rng.sample(range(100, 100 + PRIOR_NUMBERS), n)]
 
 
 FILES = ("train.jsonl", "test.jsonl", "prior.jsonl")
+PRIOR_NUMBERS = 9900  # the distinct 3- and 4-digit numbers a prior item can repeat
 
 
 def write_minitask(out: str | Path, *, seed: int = 0, n_train: int = 400, n_test: int = 80,
@@ -134,14 +135,15 @@ def write_minitask(out: str | Path, *, seed: int = 0, n_train: int = 400, n_test
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
         raise InfosftError(f"{existing[0]} exists; use --overwrite to replace it")
-    for n, name in ((n_train, "--train"), (n_test, "--test"), (n_prior, "--prior")):
-        if n < 1:
-            raise InfosftError(f"{name} must be >= 1, got {n}")
+    for n, name, most in ((n_train, "--train", None), (n_test, "--test", None),
+                          (n_prior, "--prior", PRIOR_NUMBERS)):
+        if n < 1 or (most is not None and n > most):
+            raise InfosftError(f"{name} must be in 1..{most or 'N'}, got {n}")
     train, test = make_task(seed, n_train, n_test)
     if len(train) < n_train:
         raise InfosftError(f"--train {n_train}: the task has only {len(train)} problems left "
                            f"after --test {n_test}")
-    sets = (train, test, make_prior(seed, min(n_prior, 9900)))
+    sets = (train, test, make_prior(seed, n_prior))
     out.mkdir(parents=True, exist_ok=True)
     for path, rows in zip(paths, sets):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -80,14 +80,21 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from analysis.evaluate import EvalConfig, evaluate_runs
+def _eval_config(args, **more):
+    """The EvalConfig of the evaluation flags ``eval`` and ``sweep`` share."""
+    from analysis.evaluate import EvalConfig
 
-    cfg = EvalConfig(task_data=args.task_data, prior_data=args.prior_data or [],
-                     default_prior=not args.no_default_prior,
-                     accuracy_limit=args.accuracy_limit, max_new_tokens=args.max_new_tokens,
-                     limit=args.limit, overwrite=args.overwrite, device=args.device,
-                     dtype=args.dtype)
+    return EvalConfig(task_data=args.task_data, prior_data=args.prior_data or [],
+                      default_prior=not args.no_default_prior,
+                      accuracy_limit=args.accuracy_limit, max_new_tokens=args.max_new_tokens,
+                      **more)
+
+
+def cmd_eval(args) -> int:
+    from analysis.evaluate import evaluate_runs
+
+    cfg = _eval_config(args, limit=args.limit, overwrite=args.overwrite, device=args.device,
+                       dtype=args.dtype)
     for rep in evaluate_runs(args.runs, cfg, progress=not args.quiet):
         learned, forgot, acc = rep["learned"], rep["forgot"], rep.get("accuracy")
         prior_acc = rep.get("prior_accuracy")
@@ -110,16 +117,11 @@ def cmd_sweep(args) -> int:
     overrides["fields"] = _fields(args.fields)
     overrides["out"] = str(Path(args.out) / "runs" / "_")  # set per run by the sweep
     train_cfg = resolve(file_values, overrides, source=args.config)
-    from analysis.evaluate import EvalConfig
     from analysis.sweep import REPORT_FILE, parse_point, run_sweep
 
     for point in args.points:
         parse_point(point)  # every point checked before the first run starts
-    eval_cfg = EvalConfig(task_data=args.task_data, prior_data=args.prior_data or [],
-                          default_prior=not args.no_default_prior,
-                          accuracy_limit=args.accuracy_limit,
-                          max_new_tokens=args.max_new_tokens, device=train_cfg.device,
-                          dtype=train_cfg.dtype)
+    eval_cfg = _eval_config(args, device=train_cfg.device, dtype=train_cfg.dtype)
     report = run_sweep(args.out, args.points, args.seeds, train_cfg, eval_cfg,
                        resume=args.resume, progress=not args.quiet)
     for row in report["runs"]:

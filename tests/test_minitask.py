@@ -67,3 +67,9 @@ def test_cli_writes_three_sets_and_never_overwrites_unasked(tmp_path, capsys):
     assert (out / "train.jsonl").read_text() != before
     with pytest.raises(Exception, match="only .* problems left"):
         minitask.write_minitask(tmp_path / "big", n_train=9000, n_test=80)
+
+
+def test_a_prior_set_larger_than_its_numbers_is_refused(tmp_path):
+    with pytest.raises(Exception, match=r"--prior must be in 1\.\.9900, got 9901"):
+        minitask.write_minitask(tmp_path / "p", n_prior=9901)
+    assert not (tmp_path / "p").exists()
