@@ -15,7 +15,7 @@ from typing import Callable
 import polars as pl
 import torch
 
-from analysis.answers import answer_style, exact_match, extract_answer, usable_reference
+from infosft.analysis.answers import answer_style, exact_match, extract_answer, usable_reference
 from infosft.data import PreparedExample, RecordFormat, RecordError, normalize
 
 ITEM_SCHEMA = {"example_id": pl.Int32, "source_row": pl.Int32, "reference_text": pl.String,

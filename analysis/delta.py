@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from analysis.store import Run
+from infosft.analysis.store import Run
 from infosft.errors import InfosftError
 
 KEY = ["example_id", "position"]

@@ -47,20 +47,20 @@ from typing import Any, Callable
 
 import polars as pl
 
-from analysis.accuracy import (accuracy_items, accuracy_summary, greedy_generate, prompt_ids,
+from infosft.analysis.accuracy import (accuracy_items, accuracy_summary, greedy_generate, prompt_ids,
                                stop_ids, with_answers)
-from analysis.delta import check_same_tokens, set_numbers
-from analysis.kl import KL_SCHEMA, joint_kl, kl_summary
-from analysis.score import ScoreConfig, load_examples, versions, score_dataset
-from analysis.store import Run, atomic_write_parquet, old_targets
+from infosft.analysis.delta import check_same_tokens, set_numbers
+from infosft.analysis.kl import KL_SCHEMA, joint_kl, kl_summary
+from infosft.analysis.score import ScoreConfig, load_examples, versions, score_dataset
+from infosft.analysis.store import Run, atomic_write_parquet, old_targets
 from infosft import process, runlock
+from infosft.bundled import PRIOR
 from infosft.atomic import atomic_write_bytes, atomic_write_json
 from infosft.data import RecordError, detect_format, normalize
 from infosft.errors import InfosftError, InputError
 from infosft.records import read_records
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PRIOR = ROOT / "sample_data" / "prior.jsonl"
+DEFAULT_PRIOR = PRIOR
 
 EVAL = "eval"
 REPORT = "report.json"
@@ -742,7 +742,7 @@ def read_report(run_dir: str | Path) -> dict[str, Any] | None:
 def training_label(training: dict[str, Any]) -> str:
     """The scheme's knobs as the Train page shows them, plus the mode and LoRA, e.g.
     ``C=2.587, online, LoRA``."""
-    from analysis.training import format_knobs, knobs_of
+    from infosft.analysis.training import format_knobs, knobs_of
 
     parts = [format_knobs(knobs_of(training))]
     if training.get("mode") and training.get("scheme") not in ("sft", None):

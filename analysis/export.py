@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.stats import weights
-from analysis.store import Run
+from infosft.analysis.stats import weights
+from infosft.analysis.store import Run
 from infosft import __version__
 from infosft.atomic import TEMP_GLOB, atomic_write
 from infosft.data import TARGET_RULE

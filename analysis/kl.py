@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from analysis.score import ScoreConfig, Scorer, batches_by_budget, shared_prefix
+from infosft.analysis.score import ScoreConfig, Scorer, batches_by_budget, shared_prefix
 from infosft.data import PreparedExample
 from infosft.errors import InfosftError
 from infosft.memory import release_freed_memory

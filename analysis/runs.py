@@ -7,7 +7,7 @@ from typing import Iterable
 
 import polars as pl
 
-from analysis.store import Run
+from infosft.analysis.store import Run
 from infosft.errors import InfosftError
 
 COLUMNS = {"name": pl.String, "path": pl.String, "status": pl.String, "model": pl.String,

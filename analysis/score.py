@@ -27,7 +27,7 @@ import polars as pl
 import torch
 from transformers import DynamicCache
 
-from analysis.store import (PART_NAME, TOKEN_SCHEMA, Run, atomic_write_json,
+from infosft.analysis.store import (PART_NAME, TOKEN_SCHEMA, Run, atomic_write_json,
                            atomic_write_parquet, old_targets, old_targets_error, read_part)
 from infosft.data import TARGET_RULE, PreparedExample, has_template, prepare
 from infosft.errors import InfosftError

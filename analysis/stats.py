@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from analysis.store import Run
+from infosft.analysis.store import Run
 from infosft.weights import resolve_knobs, token_weights
 
 #: q band edges: low q < 0.1 <= medium < 0.9 <= high. 0.1 is ProFit's default tau;

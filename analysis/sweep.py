@@ -118,7 +118,7 @@ def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, e
     ``train_cfg`` is a resolved :class:`infosft.train_config.TrainConfig` (its scheme,
     knobs, seed and out are set per run); ``eval_cfg`` an ``analysis.evaluate.EvalConfig``.
     """
-    from analysis.evaluate import read_report
+    from infosft.analysis.evaluate import read_report
     from infosft.train import train
     from infosft.train_config import validate
 
@@ -147,7 +147,7 @@ def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, e
                 raise InfosftError(f"{run}: training stopped; continue the sweep with --resume")
         report = read_report(run)
         if not report or report.get("status") != "complete":
-            from analysis.evaluate import evaluate_run
+            from infosft.analysis.evaluate import evaluate_run
 
             if progress:
                 print(f"sweep: evaluating {run.name}", flush=True)
@@ -182,7 +182,7 @@ def _start(out: Path, plan: dict[str, Any], resume: bool) -> None:
 
 def write_report(out: str | Path) -> dict[str, Any]:
     """``SWEEP/report.json`` from the runs there now (in grid order)."""
-    from analysis.evaluate import read_report
+    from infosft.analysis.evaluate import read_report
 
     out = Path(out)
     plan = json.loads((out / SWEEP_FILE).read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from analysis.store import TOKEN_SCHEMA, Run, atomic_write_parquet
+from infosft.analysis.store import TOKEN_SCHEMA, Run, atomic_write_parquet
 
 VOCAB = 1000
 

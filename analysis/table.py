@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from analysis.stats import Targets, example_table
+from infosft.analysis.stats import Targets, example_table
 
 COLUMNS = ("example_id", "n_tokens", "n_target", "truncated", "mean_q", "min_q",
            "mean_weight", "zero_weight_share", "preview")

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from analysis.stats import Targets, q_summary
+from infosft.analysis.stats import Targets, q_summary
 from infosft.weights import DEFAULT_MIDDLE, DEFAULT_P, DEFAULT_THRESHOLD, SCHEMES, c_from_p, \
     weight_curve
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from analysis.stats import Targets
-from analysis.store import Run
-from analysis.tune import Settings
+from infosft.analysis.stats import Targets
+from infosft.analysis.store import Run
+from infosft.analysis.tune import Settings
 from infosft.errors import InfosftError
 from infosft.weights import SCHEMES
 

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from app.render import SCHEME_LABELS
+from infosft.app.render import SCHEME_LABELS
 
 COLORS = {"sft": "#7f7f7f", "dft": "#1f77b4", "infosft": "#d62728", "profit": "#2ca02c"}
 

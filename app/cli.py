@@ -43,7 +43,7 @@ def _add_scheme_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_score(args) -> int:
-    from analysis.score import ScoreConfig, score_dataset
+    from infosft.analysis.score import ScoreConfig, score_dataset
 
     cfg = ScoreConfig(source=args.data, out=args.out, model=args.model,
                       max_length=args.max_length, limit=args.limit, fields=_fields(args.field),
@@ -64,7 +64,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from analysis.stats import format_summary, run_summary
+    from infosft.analysis.stats import format_summary, run_summary
 
     summary = run_summary(args.run, args.scheme, **_knobs(args))
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
@@ -72,7 +72,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from analysis.export import export_weighted
+    from infosft.analysis.export import export_weighted
 
     path = export_weighted(args.run, args.out, args.scheme, overwrite=args.overwrite,
                            **_knobs(args))
@@ -82,7 +82,7 @@ def cmd_export(args) -> int:
 
 def _eval_config(args, **more):
     """The EvalConfig of the evaluation flags ``eval`` and ``sweep`` share."""
-    from analysis.evaluate import EvalConfig
+    from infosft.analysis.evaluate import EvalConfig
 
     return EvalConfig(task_data=args.task_data, prior_data=args.prior_data or [],
                       default_prior=not args.no_default_prior,
@@ -91,7 +91,7 @@ def _eval_config(args, **more):
 
 
 def cmd_eval(args) -> int:
-    from analysis.evaluate import evaluate_runs
+    from infosft.analysis.evaluate import evaluate_runs
 
     cfg = _eval_config(args, limit=args.limit, overwrite=args.overwrite, device=args.device,
                        dtype=args.dtype)
@@ -117,7 +117,7 @@ def cmd_sweep(args) -> int:
     overrides["fields"] = _fields(args.fields)
     overrides["out"] = str(Path(args.out) / "runs" / "_")  # set per run by the sweep
     train_cfg = resolve(file_values, overrides, source=args.config)
-    from analysis.sweep import REPORT_FILE, parse_point, run_sweep
+    from infosft.analysis.sweep import REPORT_FILE, parse_point, run_sweep
 
     for point in args.points:
         parse_point(point)  # every point checked before the first run starts
@@ -133,7 +133,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_minitask(args) -> int:
-    from analysis.minitask import write_minitask
+    from infosft.analysis.minitask import write_minitask
 
     for path in write_minitask(args.out, seed=args.seed, n_train=args.train, n_test=args.test,
                                n_prior=args.prior, overwrite=args.overwrite):
@@ -143,7 +143,7 @@ def cmd_minitask(args) -> int:
 
 def cmd_app(args) -> int:
     """Start the browser app (Streamlit in this process, see :mod:`app.serve`)."""
-    from app.serve import serve
+    from infosft.app.serve import serve
 
     return serve(args.host, args.port, args.workspace, args.allow_host)
 
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="fine-tune with weighted tokens (online or static weights)",
         description="Fine-tune a model with the weighted SFT loss. Flags override the "
         "--config file. Runs on one device as is; for several GPUs launch the same command "
-        "with `accelerate launch -m app.cli train ...` or `torchrun -m app.cli train ...`. "
+        "with `accelerate launch -m infosft train ...` or `torchrun -m infosft train ...`. "
         "SIGTERM or Ctrl+C checkpoints and stops; --resume continues.")
     p.add_argument("--config", help="YAML or JSON file of config fields")
     p.add_argument("--resume", action="store_true",

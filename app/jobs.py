@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.store import Run, atomic_write_json
-from app import workspace
+from infosft.analysis.store import Run, atomic_write_json
+from infosft.app import workspace
 from infosft import process
 from infosft import train_status as ts
 from infosft.errors import InfosftError
@@ -71,7 +71,7 @@ def score_argv(source: str, run_dir: Path, *, model: str | None = None,
     """The ``infosft score`` command line (an argument list, never a shell string); local
     paths absolute (:func:`app.workspace.local_path`)."""
     source, model = workspace.local_path(str(source)), workspace.local_path(model)
-    argv = [sys.executable, "-m", "app.cli", "score", source, "--out", str(run_dir),
+    argv = [sys.executable, "-m", "infosft", "score", source, "--out", str(run_dir),
             "--max-length", str(int(max_length)), "--part-tokens", str(PART_TOKENS),
             "--split", split, "--quiet"]
     if model:
@@ -90,11 +90,9 @@ def launch(name: str, argv: list[str], run_dir: Path, kind: str = "score") -> Jo
     jobs = workspace.subdir("jobs")
     job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log = jobs / f"{job_id}.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(workspace.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=workspace.ROOT, env=env,
+                                stdin=subprocess.DEVNULL, cwd=workspace.workspace_dir(),
                                 start_new_session=True)
     job = Job(job_id, name, kind, list(argv), proc.pid, str(run_dir), str(log), time.time(),
               started=process.start_time(proc.pid), host=process.current()["host"])
@@ -240,7 +238,7 @@ def train_argv(data: str, out: Path, *, scheme: str = "infosft",
         raise TypeError(f"unknown training option {unknown[0]!r}")
     if options.get("model"):
         options["model"] = workspace.local_path(options["model"])
-    argv = [sys.executable, "-m", "app.cli", "train", "--data", workspace.local_path(str(data)),
+    argv = [sys.executable, "-m", "infosft", "train", "--data", workspace.local_path(str(data)),
             "--out", str(out),
             "--scheme", scheme, "--mode", mode, "--lora" if lora else "--no-lora"]
     for name, value in (knobs or {}).items():
@@ -341,7 +339,7 @@ def resume_train(run_dir: str | Path) -> Job:
     if not st.get("resumable"):
         raise InfosftError(f"{run_dir.name} has no checkpoint to resume from")
     # the stored config.yaml is the run's config; the CLI reads it from --out
-    argv = [sys.executable, "-m", "app.cli", "train", "--out", str(run_dir), "--resume"]
+    argv = [sys.executable, "-m", "infosft", "train", "--out", str(run_dir), "--resume"]
     return launch(run_dir.name, argv, run_dir, kind="train")
 
 
@@ -357,7 +355,7 @@ def eval_argv(run_dirs: list[str | Path], *, task_data: str | None = None,
     run_dirs = [workspace.local_path(str(d)) for d in run_dirs]
     task_data = workspace.local_path(task_data)
     prior_data = [workspace.local_path(p) for p in prior_data or []]
-    argv = [sys.executable, "-m", "app.cli", "eval", *run_dirs,
+    argv = [sys.executable, "-m", "infosft", "eval", *run_dirs,
             "--accuracy-limit", str(int(accuracy_limit)),
             "--max-new-tokens", str(int(max_new_tokens)), "--quiet"]
     if task_data:
@@ -374,7 +372,7 @@ def eval_argv(run_dirs: list[str | Path], *, task_data: str | None = None,
 def launch_eval(run_dirs: list[str | Path], **options: Any) -> Job:
     """Check the runs (finished; not evaluated yet unless ``overwrite``) and start one job
     that evaluates them one after the other. The job's ``run_dir`` is the first run."""
-    from analysis.evaluate import check_eval_dir, open_training_run
+    from infosft.analysis.evaluate import check_eval_dir, open_training_run
 
     if not run_dirs:
         raise InfosftError("choose at least one finished training run to evaluate")
@@ -399,7 +397,7 @@ def eval_status(job: Job) -> dict[str, Any]:
     """An evaluation job's ``state``, ``fraction`` over all its runs, ``stage`` (run and
     step), ``eta_s`` and, for a failed job, ``message`` and ``log``. Reports older than
     the job (a previous evaluation being replaced) do not count."""
-    from analysis.evaluate import EVAL, REPORT, read_progress
+    from infosft.analysis.evaluate import EVAL, REPORT, read_progress
 
     runs = eval_runs(job)
     out: dict[str, Any] = {"state": "starting", "done": 0, "total": len(runs), "fraction": 0.0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.render import SCHEME_LABELS
+from infosft.app.render import SCHEME_LABELS
 from infosft.weights import DIRECTIONS, SCHEMES, c_from_p, p_from_c
 
 C_RANGE = (0.05, 8.0)

@@ -6,19 +6,12 @@ folder next to the main script as legacy multipage mode, and a direct URL such a
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-# `streamlit run app/main.py` puts app/ on sys.path, not the repo root (the package
-# may not be installed, e.g. in a bare checkout).
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from app import state  # noqa: E402
-from app.render import knobs_text  # noqa: E402
+from infosft.app import state
+from infosft.app.render import knobs_text
 
 st.set_page_config(page_title="infosft", page_icon=":material/target:", layout="wide")
 state.init()

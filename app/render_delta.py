@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from app.render import CSS, interp, number_text, spans_html
+from infosft.app.render import CSS, interp, number_text, spans_html
 
 #: Diverging colour stops: red (delta <= -scale) - white (0) - green (delta >= +scale).
 DELTA_STOPS = np.array([[0.0, 215, 48, 39], [0.5, 255, 255, 255], [1.0, 26, 152, 80]])

@@ -11,10 +11,10 @@ from typing import Any, Callable
 import polars as pl
 import streamlit as st
 
-from analysis.stats import Targets
-from analysis.store import Run
-from analysis.tune import Settings, auto_c
-from app.workspace import SAMPLE_RUN
+from infosft.analysis.stats import Targets
+from infosft.analysis.store import Run
+from infosft.analysis.tune import Settings, auto_c
+from infosft.app.workspace import SAMPLE_RUN
 from infosft.errors import InfosftError
 
 #: Errors a page turns into a one-line ``st.error`` instead of a traceback.

@@ -13,11 +13,9 @@ import re
 from pathlib import Path
 
 from infosft.atomic import atomic_write_bytes
+from infosft.bundled import SAMPLE_DATA, SAMPLE_RUN  # noqa: F401  (the app's defaults)
 from infosft.errors import InfosftError
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_RUN = ROOT / "sample_data" / "runs" / "sample"
-SAMPLE_DATA = ROOT / "sample_data" / "sft_sample.jsonl"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -31,8 +29,8 @@ def workspace_dir() -> Path:
 def local_path(text: str | None) -> str | None:
     """What the user typed as a data or model path, made absolute against the app's
     working directory (where ``infosft app`` was started) when it names something there;
-    a hub name (or nothing) unchanged. Jobs run in the repository root and an app
-    restarted elsewhere reads their records: a relative path would name another file."""
+    a hub name (or nothing) unchanged. Jobs run in the workspace and an app restarted
+    elsewhere reads their records: a relative path would name another file."""
     if not text:
         return text
     path = Path(text).expanduser()

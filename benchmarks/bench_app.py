@@ -28,13 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.stats import Targets  # noqa: E402
-from analysis.synthetic import make_run  # noqa: E402
-from analysis.table import examples_view  # noqa: E402
-from analysis.tune import Settings, tune_view  # noqa: E402
-from analysis.view import token_view  # noqa: E402
-from app import charts  # noqa: E402
-from app.render import scheme_labels, summary_cards, token_html  # noqa: E402
+from infosft.analysis.stats import Targets  # noqa: E402
+from infosft.analysis.synthetic import make_run  # noqa: E402
+from infosft.analysis.table import examples_view  # noqa: E402
+from infosft.analysis.tune import Settings, tune_view  # noqa: E402
+from infosft.analysis.view import token_view  # noqa: E402
+from infosft.app import charts  # noqa: E402
+from infosft.app.render import scheme_labels, summary_cards, token_html  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:

@@ -48,7 +48,7 @@ def tiny_model(path: Path) -> Path:
 
 
 def run_scorer(data: Path, rows: int, out: Path, model: Path | None = None) -> dict:
-    cmd = [sys.executable, "-m", "app.cli", "score", str(data), "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "infosft", "score", str(data), "--out", str(out), "--quiet"]
     if model:
         cmd += ["--model", str(model)]
     if rows:
@@ -62,7 +62,7 @@ def run_scorer(data: Path, rows: int, out: Path, model: Path | None = None) -> d
 
 def run_in_process(data: Path, rows: int, out: Path) -> dict:
     """The scorer's own timing (scoring loop incl. Parquet writes, excl. model load)."""
-    from analysis.score import ScoreConfig, score_dataset
+    from infosft.analysis.score import ScoreConfig, score_dataset
 
     run = score_dataset(ScoreConfig(source=str(data), out=str(out), limit=rows),
                         overwrite=True, progress=False)

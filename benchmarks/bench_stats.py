@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from analysis.stats import Targets
-from analysis.store import Run
+from infosft.analysis.stats import Targets
+from infosft.analysis.store import Run
 
 
 def synthetic_run(path: Path, n_tokens: int, tokens_per_example: int = 200) -> Run:

@@ -30,7 +30,7 @@ KNOBS = {"sft": [], "dft": [], "infosft": ["--P", "0.93"], "profit": ["--thresho
 
 
 def cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "infosft", *args], cwd=ROOT, check=True)
 
 
 def main() -> None:

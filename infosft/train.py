@@ -3,7 +3,7 @@
 The trainer is :class:`infosft.trainers.WeightedTrainer`, the public class, with the loss
 of :mod:`infosft.loss` (online weights from the trained model's own q, or static weights
 from an exported dataset); everything else is the stock Trainer, so
-``accelerate launch -m app.cli train ...`` and ``torchrun`` work unchanged (DDP, FSDP,
+``accelerate launch -m infosft train ...`` and ``torchrun`` work unchanged (DDP, FSDP,
 DeepSpeed). Records become tokens through :func:`infosft.data.prepare`, the same code
 that scoring uses, so a static export lines up with training tokens exactly.
 

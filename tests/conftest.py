@@ -55,7 +55,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_model_dir):
     """A complete run of 30 sample rows scored by the tiny model."""
-    from analysis.score import ScoreConfig, score_dataset
+    from infosft.analysis.score import ScoreConfig, score_dataset
 
     out = tmp_path_factory.mktemp("tiny-run") / "run"
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:30]]

@@ -66,15 +66,15 @@ def lock_held_by_another_process(directory: Path):
         holder.stdout.close()
 
 
-# A test hook for kill and stop tests: the real CLI (``python -m app.cli ...``) in a child
+# A test hook for kill and stop tests: the real CLI (``python -m infosft ...``) in a child
 # process that first wraps one product function so that the process parks at a known
 # point of its work. The test then signals a process that is certainly mid-run, not one
 # that may already have finished (the race of polling for progress, then signalling).
 _HOOKED_CLI = """
 import runpy, sys, time
 {hook}
-sys.argv = ["app.cli", *sys.argv[1:]]
-runpy.run_module("app.cli", run_name="__main__", alter_sys=True)
+sys.argv = ["infosft.app.cli", *sys.argv[1:]]
+runpy.run_module("infosft.app.cli", run_name="__main__", alter_sys=True)
 """
 
 #: ``infosft train``: at the end of step 2 (step 1 and its checkpoint, if any, are on
@@ -99,7 +99,7 @@ def hold_score_after_part(n: int, release: Path | None = None) -> str:
     release = repr(str(release)) if release else None
     return f"""
 import os
-from analysis.store import Run as _Run
+from infosft.analysis.store import Run as _Run
 _write = _Run.write_part
 _n, _release = [0], {release}
 def write_part(self, *a, **kw):
@@ -124,7 +124,7 @@ def wait_parked(proc: subprocess.Popen) -> bool:
 
 
 def hooked_cli(hook: str, *argv: str) -> list[str]:
-    """The argv of ``python -m app.cli ARGV`` with ``hook`` (Python code) run first."""
+    """The argv of ``python -m infosft ARGV`` with ``hook`` (Python code) run first."""
     return [sys.executable, "-c", _HOOKED_CLI.format(hook=hook), *map(str, argv)]
 
 
@@ -152,7 +152,7 @@ def good_row(i: int) -> dict:
 
 def cli(capsys, *argv) -> tuple[int, str, str]:
     """Run ``infosft ARGV`` in-process: (exit code, stdout, stderr)."""
-    from app.cli import main
+    from infosft.app.cli import main
 
     capsys.readouterr()  # drop anything printed before
     rc = main([str(a) for a in argv])

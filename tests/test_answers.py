@@ -6,8 +6,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from analysis.accuracy import accuracy_summary, last_turn_start, with_answers
-from analysis.answers import (answer_style, ends_with_number, exact_match, extract_answer,
+from infosft.analysis.accuracy import accuracy_summary, last_turn_start, with_answers
+from infosft.analysis.answers import (answer_style, ends_with_number, exact_match, extract_answer,
                               has_marker_answer, normalize_number, usable_reference)
 
 

@@ -15,11 +15,11 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from analysis.stats import Targets, q_summary  # noqa: E402
-from analysis.store import Run  # noqa: E402
-from analysis.tune import Settings, auto_c, overview_facts  # noqa: E402
-from analysis.view import token_view  # noqa: E402
-from app.render import fact_cards, summary_cards, token_html  # noqa: E402
+from infosft.analysis.stats import Targets, q_summary  # noqa: E402
+from infosft.analysis.store import Run  # noqa: E402
+from infosft.analysis.tune import Settings, auto_c, overview_facts  # noqa: E402
+from infosft.analysis.view import token_view  # noqa: E402
+from infosft.app.render import fact_cards, summary_cards, token_html  # noqa: E402
 from infosft.errors import InfosftError  # noqa: E402
 from infosft.weights import c_from_p, p_from_c  # noqa: E402
 
@@ -133,7 +133,7 @@ def test_export_writes_a_file_that_loads_back(workspace, targets):
     ok(at)
     out = workspace / "exports" / "mine.parquet"
     assert out.exists() and at.success
-    from analysis.export import read_export_meta
+    from infosft.analysis.export import read_export_meta
 
     assert read_export_meta(out)["knobs"]["C"] == pytest.approx(2.0)
     df = pl.read_parquet(out).sort("example_id")
@@ -234,7 +234,7 @@ def test_token_html_escapes_and_shows_newlines():
 
 
 def test_cli_app_defaults_to_localhost():
-    from app.cli import build_parser
+    from infosft.app.cli import build_parser
 
     args = build_parser().parse_args(["app"])
     assert args.host == "127.0.0.1" and args.func.__name__ == "cmd_app"
@@ -244,7 +244,7 @@ def test_cli_app_defaults_to_localhost():
 
 @pytest.mark.parametrize("name", ["run1", "my-run.v2", "A_b"])
 def test_safe_name_accepts(name):
-    from app.workspace import safe_name
+    from infosft.app.workspace import safe_name
 
     assert safe_name(name) == name
 
@@ -252,7 +252,7 @@ def test_safe_name_accepts(name):
 @pytest.mark.parametrize("name", ["", "..", "../x", "a/b", "a\\b", "/abs", ".hidden", "a..b",
                                   "x" * 101, "a b", "~"])
 def test_safe_name_rejects(name, workspace):
-    from app.workspace import inside, safe_name
+    from infosft.app.workspace import inside, safe_name
 
     with pytest.raises(InfosftError):
         safe_name(name)
@@ -263,7 +263,7 @@ def test_safe_name_rejects(name, workspace):
 def wait_for(job, states, timeout=120.0):
     import time
 
-    from app import jobs
+    from infosft.app import jobs
 
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -276,7 +276,7 @@ def wait_for(job, states, timeout=120.0):
 
 @pytest.mark.slow
 def test_failed_job_shows_the_cli_error(tmp_path, workspace):
-    from app import jobs
+    from infosft.app import jobs
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{oops\n')
@@ -293,7 +293,7 @@ def test_failed_job_shows_the_cli_error(tmp_path, workspace):
 def test_cancel_stops_a_job(workspace):
     import sys
 
-    from app import jobs
+    from infosft.app import jobs
 
     job = jobs.launch("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
                       workspace / "runs" / "sleeper")
@@ -305,7 +305,7 @@ def test_cancel_stops_a_job(workspace):
 
 @pytest.mark.slow
 def test_score_job_completes_and_becomes_a_run(tmp_path, workspace, tiny_model_dir):
-    from app import jobs
+    from infosft.app import jobs
 
     rows = [json.loads(line) for line in
             (ROOT / "sample_data" / "sft_sample.jsonl").read_text().splitlines()[:4]]
@@ -347,7 +347,7 @@ def test_data_page_unreadable_file(tmp_path):
 
 
 def test_preview_detects_and_checks_mapping(tmp_path):
-    from analysis.preview import preview
+    from infosft.analysis.preview import preview
 
     p = tmp_path / "d.jsonl"
     p.write_text('{"q": "hi", "a": "there"}\n{"q": "x", "a": 3}\n')
@@ -361,7 +361,7 @@ def test_running_job_shows_progress_eta_and_cancel(workspace):
     """A live process + the scorer's status files: progress bar, ETA, Cancel button."""
     import sys
 
-    from app import jobs
+    from infosft.app import jobs
 
     run = workspace / "runs" / "live"
     run.mkdir(parents=True)

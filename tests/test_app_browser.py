@@ -50,7 +50,7 @@ def server(tmp_path_factory):
     port = free_port()
     ws = tmp_path_factory.mktemp("ws")
     exe = shutil.which("infosft", path=str(Path(sys.executable).parent))
-    argv = ([exe] if exe else [sys.executable, "-m", "app.cli"]) + [
+    argv = ([exe] if exe else [sys.executable, "-m", "infosft"]) + [
         "app", "--port", str(port), "--workspace", str(ws)]
     log = open(tmp_path_factory.mktemp("log") / "app.log", "wb")
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -137,8 +137,8 @@ def slider_value(d) -> float:
 
 
 def test_c_slider_updates_metrics(server, browser):
-    from analysis.stats import Targets
-    from app.render import summary_cards
+    from infosft.analysis.stats import Targets
+    from infosft.app.render import summary_cards
 
     open_page(browser, server, "tune")
     before = metric(browser, "Mean weight")

@@ -14,12 +14,12 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from analysis.delta import example_delta, example_deltas  # noqa: E402
-from analysis.evaluate import (EVAL, REPORT, EvalConfig, evaluate_run, read_reports,  # noqa: E402
+from infosft.analysis.delta import example_delta, example_deltas  # noqa: E402
+from infosft.analysis.evaluate import (EVAL, REPORT, EvalConfig, evaluate_run, read_reports,  # noqa: E402
                                report_table)
-from analysis.store import Run  # noqa: E402
-from app import jobs  # noqa: E402
-from app.render_delta import delta_colors, delta_html  # noqa: E402
+from infosft.analysis.store import Run  # noqa: E402
+from infosft.app import jobs  # noqa: E402
+from infosft.app.render_delta import delta_colors, delta_html  # noqa: E402
 from tests.helpers import CODE_ROWS, MATH_ROWS, make_training_run, perturbed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

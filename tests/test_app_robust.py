@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_app(port: int, ws: Path, log: Path, *flags: str) -> subprocess.Popen:
     """``infosft app`` as a user starts it (its own session, like a terminal's job)."""
     out = open(log, "wb")
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "app", "--port", str(port),
+    return subprocess.Popen([sys.executable, "-m", "infosft", "app", "--port", str(port),
                              "--workspace", str(ws), *flags], cwd=ROOT, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -112,7 +112,7 @@ def test_websocket_with_a_foreign_host_is_refused(app_server):
 
 
 def test_allowed_hosts(monkeypatch):
-    from app.serve import ALLOW_ENV, allowed_hosts, host_allowed
+    from infosft.app.serve import ALLOW_ENV, allowed_hosts, host_allowed
 
     local = allowed_hosts("127.0.0.1")
     assert set(local) == {"127.0.0.1", "localhost", "::1"}
@@ -132,7 +132,7 @@ def test_host_check_fails_closed(monkeypatch):
     """A Streamlit without the app factory the check wraps: refuse to start."""
     from streamlit.web.server.starlette import starlette_server
 
-    from app.serve import install_host_check
+    from infosft.app.serve import install_host_check
     from infosft.errors import InfosftError
 
     monkeypatch.delattr(starlette_server, "create_starlette_app")
@@ -144,7 +144,7 @@ def test_host_check_fails_closed(monkeypatch):
 
 @pytest.mark.slow
 def test_second_app_on_a_busy_port_is_one_line(app_server, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "app.cli", "app", "--port", str(app_server),
+    r = subprocess.run([sys.executable, "-m", "infosft", "app", "--port", str(app_server),
                         "--workspace", str(tmp_path)], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
@@ -192,7 +192,7 @@ pq.write_table(pa.table({"text": col}), sys.argv[1], compression="zstd", use_dic
 _MEASURE = """
 import json, resource, sys, time
 import pyarrow.parquet  # noqa: F401 - the readers' own memory is not the preview's
-from analysis.preview import preview
+from infosft.analysis.preview import preview
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.time()
 pv = preview(sys.argv[1])
@@ -256,7 +256,7 @@ def test_text_preview_reads_only_the_head(tmp_path):
 
 
 def test_json_array_preview_reads_only_the_head(tmp_path):
-    from analysis import preview as pvm
+    from infosft.analysis import preview as pvm
 
     p = tmp_path / "arr.json"
     rows = [{"prompt": f"p{i}", "response": "r" * 1000} for i in range(20_000)]
@@ -279,7 +279,7 @@ def stranger():
 
 def stranger_job(workspace, stranger, kind="score", **extra):
     """A job record (as a killed job leaves it) whose pid now names ``stranger``."""
-    from app import jobs
+    from infosft.app import jobs
     from infosft import process
 
     jobs_dir = workspace / "jobs"
@@ -294,7 +294,7 @@ def stranger_job(workspace, stranger, kind="score", **extra):
 
 
 def test_a_stranger_with_the_jobs_pid_is_not_the_job(workspace, stranger):
-    from app import jobs
+    from infosft.app import jobs
 
     job = stranger_job(workspace, stranger)
     assert not jobs.alive(job)
@@ -305,7 +305,7 @@ def test_a_stranger_with_the_jobs_pid_is_not_the_job(workspace, stranger):
 
 
 def test_stop_train_spares_a_stranger(workspace, stranger):
-    from app import jobs
+    from infosft.app import jobs
     from infosft import process
 
     job = stranger_job(workspace, stranger, kind="train")
@@ -322,7 +322,7 @@ def test_stop_train_spares_a_stranger(workspace, stranger):
 
 
 def test_job_identity_is_stored_and_old_records_still_read(workspace):
-    from app import jobs
+    from infosft.app import jobs
     from infosft import process
 
     job = jobs.launch("live", [sys.executable, "-c", "import time; time.sleep(30)"],
@@ -349,7 +349,7 @@ def test_job_identity_is_stored_and_old_records_still_read(workspace):
 def test_relative_paths_reach_jobs_absolute(tmp_path, workspace, monkeypatch):
     """The app started in ``tmp_path``: ``data/d.jsonl`` is previewed and scored as
     ``tmp_path/data/d.jsonl``, although jobs run in the repository root."""
-    from app import jobs
+    from infosft.app import jobs
 
     (tmp_path / "data").mkdir()
     data = tmp_path / "data" / "d.jsonl"
@@ -377,7 +377,7 @@ def test_relative_paths_reach_jobs_absolute(tmp_path, workspace, monkeypatch):
 # --- 6. uploads are content-addressed ------------------------------------------------------
 
 def test_uploads_of_one_name_never_replace_each_other(workspace):
-    from app.workspace import save_upload
+    from infosft.app.workspace import save_upload
 
     first = save_upload("data.jsonl", b'{"prompt": "a", "response": "1"}\n')
     mtime = first.stat().st_mtime_ns
@@ -395,7 +395,7 @@ def test_uploads_of_one_name_never_replace_each_other(workspace):
 
 @pytest.mark.parametrize("kind", ["runs", "exports", "uploads", "jobs", "trainings"])
 def test_a_symlinked_workspace_folder_is_refused(tmp_path, workspace, kind):
-    from app import workspace as wsm
+    from infosft.app import workspace as wsm
     from infosft.errors import InfosftError
 
     elsewhere = tmp_path / "elsewhere"

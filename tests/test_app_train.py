@@ -18,7 +18,7 @@ import yaml
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from analysis.tune import Settings  # noqa: E402
+from infosft.analysis.tune import Settings  # noqa: E402
 from infosft.errors import InfosftError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def test_bad_saved_knobs_are_one_error_line(workspace):
 
 def capture_launches(monkeypatch) -> list:
     """Replace the job launcher: record (name, argv, run_dir, kind), start nothing."""
-    from app import jobs
+    from infosft.app import jobs
 
     launched = []
     monkeypatch.setattr(jobs, "launch", lambda name, argv, run_dir, kind="score":
@@ -178,7 +178,7 @@ def capture_launches(monkeypatch) -> list:
 
 
 def test_static_mode_trains_on_an_export(workspace, monkeypatch):
-    from analysis.export import export_weighted
+    from infosft.analysis.export import export_weighted
 
     at = app()
     at.radio(key="train_mode").set_value("static").run()
@@ -268,12 +268,12 @@ def test_stopped_run_resumes_with_the_resume_flag(fake_runs, monkeypatch):
     assert not at.exception
     (name, argv, run_dir, kind), = launched
     assert kind == "train" and name == "stopped" and run_dir == fake_runs["stopped"]
-    assert argv[1:4] == ["-m", "app.cli", "train"] and "--resume" in argv
+    assert argv[1:4] == ["-m", "infosft", "train"] and "--resume" in argv
     assert argv[argv.index("--out") + 1] == str(fake_runs["stopped"])
 
 
 def test_a_resumed_run_is_queued_until_the_trainer_writes(fake_runs, workspace):
-    from app import jobs
+    from infosft.app import jobs
 
     run = fake_runs["stopped"]
     jobs.launch("stopped", [sys.executable, "-c", "import time; time.sleep(60)"], run,
@@ -344,7 +344,7 @@ def test_runs_table_and_comparison(fake_runs):
 # --- the job helpers ------------------------------------------------------------------
 
 def test_train_argv_carries_every_option(tmp_path):
-    from app.jobs import train_argv
+    from infosft.app.jobs import train_argv
 
     argv = train_argv("d.jsonl", tmp_path / "out", scheme="profit",
                       knobs=Settings(scheme="profit", direction="middle",
@@ -353,7 +353,7 @@ def test_train_argv_carries_every_option(tmp_path):
                       grad_accum=3, max_length=128, eval_split=0.1, logging_steps=1,
                       fields={"prompt": "q"}, no_template=True, model="m")
     line = " ".join(argv[1:])
-    assert line.startswith("-m app.cli train --data d.jsonl --out ")
+    assert line.startswith("-m infosft train --data d.jsonl --out ")
     for part in ("--scheme profit", "--mode online", "--no-lora", "--threshold 0.25 0.75",
                  "--direction middle", "--seed 0", "--lr 1e-05", "--max-steps 7",
                  "--batch-size 2", "--grad-accum 3", "--max-length 128",
@@ -365,7 +365,7 @@ def test_train_argv_carries_every_option(tmp_path):
 
 
 def test_stop_sends_sigterm_to_the_job(workspace):
-    from app import jobs
+    from infosft.app import jobs
 
     run = workspace / "trainings" / "sleepy"
     job = jobs.launch("sleepy", [sys.executable, "-c", "import time; time.sleep(60)"], run,
@@ -383,7 +383,7 @@ def test_stop_sends_sigterm_to_the_job(workspace):
 
 
 def test_cli_error_before_the_trainer_starts_is_the_failure_reason(workspace):
-    from app import jobs
+    from infosft.app import jobs
 
     run = workspace / "trainings" / "bad"
     jobs.launch("bad", [sys.executable, "-c", "print('infosft: error: data.jsonl, line 3: "
@@ -398,7 +398,7 @@ def test_cli_error_before_the_trainer_starts_is_the_failure_reason(workspace):
 
 @pytest.mark.slow
 def test_launch_a_tiny_training_from_the_page(tmp_path, workspace, tiny_model_dir):
-    from app import jobs
+    from infosft.app import jobs
 
     data = tmp_path / "six.jsonl"
     data.write_text("".join(SAMPLE_DATA.read_text().splitlines(keepends=True)[:6]))

@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from app.cli import main
+from infosft.app.cli import main
 from infosft.errors import InfosftError
 from tests.helpers import cli, error_line, good_row, write_jsonl
 
@@ -57,7 +57,7 @@ def forbid_model_load(monkeypatch):
     """Bad data must be rejected before the (possibly large) model is loaded."""
     def load_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was validated")
-    monkeypatch.setattr("analysis.score.load_model", load_model)
+    monkeypatch.setattr("infosft.analysis.score.load_model", load_model)
 
 
 @pytest.fixture(scope="module")
@@ -541,7 +541,7 @@ def test_unknown_device_is_one_line_error(tmp_path, score, device):
 def test_any_exception_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, exc, expected):
     def fail(*args, **kwargs):
         raise exc
-    monkeypatch.setattr("analysis.score.score_dataset", fail)
+    monkeypatch.setattr("infosft.analysis.score.score_dataset", fail)
     data = write_jsonl(tmp_path / "data.jsonl", [good_row(1)])
 
     rc, stdout, err = cli(capsys, "score", data, "--out", tmp_path / "run")
@@ -557,7 +557,7 @@ def test_any_exception_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, exc
 def test_keyboard_interrupt_still_exits_130(tmp_path, capsys, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr("analysis.score.score_dataset", interrupt)
+    monkeypatch.setattr("infosft.analysis.score.score_dataset", interrupt)
     data = write_jsonl(tmp_path / "data.jsonl", [good_row(1)])
 
     rc, _, err = cli(capsys, "score", data, "--out", tmp_path / "run")
@@ -573,7 +573,7 @@ def test_real_process_prints_one_line_without_traceback(tmp_path, tiny_model_dir
     out = tmp_path / "run"
 
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "score", str(data), "--out", str(out),
+        [sys.executable, "-m", "infosft", "score", str(data), "--out", str(out),
          "--model", str(tiny_model_dir), "--quiet"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
 
@@ -594,7 +594,7 @@ def test_dataset_directory_with_a_bad_file_is_one_line_naming_it(tmp_path):
     data.mkdir()
     write_jsonl(data / "a.jsonl", [good_row(i) for i in range(3)])
     (data / "b.jsonl").write_bytes(b"\x00\xff not json\n")
-    p = subprocess.run([sys.executable, "-m", "app.cli", "score", str(data), "--out",
+    p = subprocess.run([sys.executable, "-m", "infosft", "score", str(data), "--out",
                         str(tmp_path / "run")],
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert p.returncode == 2

@@ -17,13 +17,13 @@ import pytest
 import torch
 import yaml
 
-from analysis.answers import extract_answer
-from analysis.delta import example_delta, example_deltas, top_movers
-from analysis.evaluate import (ACCURACY, EVAL, KL_FILE, PROGRESS, REPORT, SCORED, EvalConfig,
+from infosft.analysis.answers import extract_answer
+from infosft.analysis.delta import example_delta, example_deltas, top_movers
+from infosft.analysis.evaluate import (ACCURACY, EVAL, KL_FILE, PROGRESS, REPORT, SCORED, EvalConfig,
                                combine_prior, evaluate_run, read_progress, report_table)
-from analysis.stats import Targets
-from analysis.store import Run
-from app.cli import main
+from infosft.analysis.stats import Targets
+from infosft.analysis.store import Run
+from infosft.app.cli import main
 from infosft.errors import InfosftError
 from tests.helpers import (CODE_ROWS, MATH_ROWS, lock_held_by_another_process,
                            make_training_run, perturbed, write_jsonl)
@@ -296,7 +296,7 @@ def test_an_evaluation_holds_the_run(tmp_path, capsys, tuned_run):
     """While another process holds the run (an evaluation, a trainer), `infosft eval`
     fails at once naming it and leaves the old evaluation alone; the app's pre-check
     (check_eval_dir) says so too."""
-    from analysis.evaluate import check_eval_dir, open_training_run
+    from infosft.analysis.evaluate import check_eval_dir, open_training_run
 
     run = tmp_path / "tuned"
     shutil.copytree(tuned_run, run, ignore=shutil.ignore_patterns(".lock"))

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.export import export_weighted, read_export_meta
+from infosft.analysis.export import export_weighted, read_export_meta
 from infosft.data import prepare
 from tests.helpers import SAMPLE, reference_weights
 
@@ -40,7 +40,7 @@ def test_export_round_trip(tmp_path, tiny_run, tokenizer, suffix, loader):
 
 
 def test_export_profit_random_matches_stats_preview(tmp_path, tiny_run):
-    from analysis.stats import load_targets, weights
+    from infosft.analysis.stats import load_targets, weights
 
     out = export_weighted(tiny_run.path, tmp_path / "r.parquet", "profit", direction="random",
                           threshold=0.4, seed=7)

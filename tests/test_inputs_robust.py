@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from app.cli import main
+from infosft.app.cli import main
 from infosft.data import _CUT_RULES, cut_points, detect_format, normalize, prepare, tokenize
 from infosft.errors import InputError
 

@@ -162,7 +162,7 @@ def test_profit_random_draws_a_new_pattern_each_step():
 @pytest.fixture(scope="module")
 def scored_batch(tmp_path_factory, default_model):
     """Six sample rows scored by the analysis core, and the same rows as one padded batch."""
-    from analysis.score import ScoreConfig, score_dataset
+    from infosft.analysis.score import ScoreConfig, score_dataset
 
     model, tok, _ = default_model
     tmp = tmp_path_factory.mktemp("loss")
@@ -199,7 +199,7 @@ def test_static_weights_exported_from_scoring_give_the_same_loss(scored_batch, d
                                                                tmp_path):
     import datasets
 
-    from analysis.export import export_weighted
+    from infosft.analysis.export import export_weighted
 
     run, _, ids, attn, labels = scored_batch
     path = export_weighted(run.path, tmp_path / "w.parquet", "infosft", P=0.93)

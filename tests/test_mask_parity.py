@@ -197,8 +197,8 @@ def test_a_scored_run_records_its_target_rule(tiny_run):
 
 
 def test_old_run_is_refused_by_export_and_resume(tiny_run, tmp_path):
-    from analysis.export import export_weighted, read_export_meta
-    from analysis.score import ScoreConfig, score_dataset
+    from infosft.analysis.export import export_weighted, read_export_meta
+    from infosft.analysis.score import ScoreConfig, score_dataset
     from infosft.errors import InfosftError
 
     old = _old(tiny_run.path, tmp_path / "old")
@@ -216,7 +216,7 @@ def test_old_run_is_refused_by_export_and_resume(tiny_run, tmp_path):
 
 def test_old_run_without_template_is_still_current(tiny_run, tmp_path):
     """``--no-template`` and plain text tokenize as they always did: nothing to refuse."""
-    from analysis.export import export_weighted
+    from infosft.analysis.export import export_weighted
 
     old = _old(tiny_run.path, tmp_path / "old")
     meta = json.loads((old / "meta.json").read_text())
@@ -227,8 +227,8 @@ def test_old_run_without_template_is_still_current(tiny_run, tmp_path):
 
 def test_evaluation_does_not_reuse_old_base_scores(tiny_run, tmp_path):
     """An old sibling's base scores are not reused (they are scored afresh)."""
-    from analysis.evaluate import reusable_scores
-    from analysis.score import ScoreConfig
+    from infosft.analysis.evaluate import reusable_scores
+    from infosft.analysis.score import ScoreConfig
 
     meta = tiny_run.meta()
     cfg = ScoreConfig(**{**meta["config"], "out": str(tmp_path / "x")})
@@ -241,7 +241,7 @@ def test_evaluation_does_not_reuse_old_base_scores(tiny_run, tmp_path):
 def test_answers_stop_at_the_end_of_turn_token_inside_the_targets(tokenizer):
     """The last target is now the template's newline; greedy answers still stop at the
     end-of-turn token before it (Gemma's <end_of_turn> is no eos)."""
-    from analysis.accuracy import prompt_ids, stop_ids
+    from infosft.analysis.accuracy import prompt_ids, stop_ids
 
     tok = with_template(tokenizer, "gemma", ["<start_of_turn>", "<end_of_turn>"])
     _, examples = prepare([(1, {"messages": CONVERSATION})], tok, max_length=512)

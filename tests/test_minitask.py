@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
-import analysis.minitask as minitask
-from analysis.answers import extract_answer
-from app.cli import main
+import infosft.analysis.minitask as minitask
+from infosft.analysis.answers import extract_answer
+from infosft.app.cli import main
 
 PROBLEM = re.compile(r"What is (\d+) ([+*]) (\d+)\?")
 

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 import torch
 
-from analysis.accuracy import accuracy_summary
-from analysis.evaluate import EVAL, PRIOR_ACCURACY, REPORT, EvalConfig, evaluate_run
-from analysis.minitask import make_prior
+from infosft.analysis.accuracy import accuracy_summary
+from infosft.analysis.evaluate import EVAL, PRIOR_ACCURACY, REPORT, EvalConfig, evaluate_run
+from infosft.analysis.minitask import make_prior
 from tests.helpers import MATH_ROWS, make_training_run, perturbed, write_jsonl
 
 

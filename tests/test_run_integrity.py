@@ -17,10 +17,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.runs import list_runs
-from analysis.score import ScoreConfig, score_dataset
-from analysis.stats import load_targets
-from analysis.store import Run
+from infosft.analysis.runs import list_runs
+from infosft.analysis.score import ScoreConfig, score_dataset
+from infosft.analysis.stats import load_targets
+from infosft.analysis.store import Run
 from infosft.errors import InfosftError
 from infosft.runlock import holder
 from tests.helpers import (ROOT, SAMPLE, cli, error_line, good_row, hold_score_after_part,
@@ -57,7 +57,7 @@ def clean(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def main_ok(argv) -> bool:
-    from app.cli import main
+    from infosft.app.cli import main
 
     return main(argv) == 0
 

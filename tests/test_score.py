@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 import torch
 
-from analysis.score import (ScoreConfig, batches_by_budget, score_dataset, shared_prefix,
+from infosft.analysis.score import (ScoreConfig, batches_by_budget, score_dataset, shared_prefix,
                             target_stats)
-from analysis.store import Run
+from infosft.analysis.store import Run
 from tests.helpers import (ROOT, SAMPLE, SAMPLE_RUN, hold_score_after_part, hooked_cli,
                            torchrun, wait_parked, write_jsonl)
 
@@ -112,7 +112,7 @@ def test_bundled_sample_run_still_matches(tmp_path, default_model):
 
 
 def _score_cmd(data, out, model, *extra):
-    return [sys.executable, "-m", "app.cli", "score", str(data), "--out", str(out),
+    return [sys.executable, "-m", "infosft", "score", str(data), "--out", str(out),
             "--model", str(model), "--quiet", "--token-budget", "1024", "--part-tokens", "1500",
             *extra]
 
@@ -177,7 +177,7 @@ def test_resume_refuses_a_changed_config(tmp_path, tiny_model_dir):
 
 
 def test_prefix_cache_gives_the_same_scores(tokenizer, tiny_model_dir):
-    from analysis.score import Scorer
+    from infosft.analysis.score import Scorer
     from infosft.data import prepare
     from infosft.models import load_model
 
@@ -198,7 +198,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", ROWS[:12])
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_score_cmd(data, one, tiny_model_dir), cwd=ROOT, check=True)
-    cmd = torchrun(2, "-m", "app.cli", "score", str(data), "--out", str(two),
+    cmd = torchrun(2, "-m", "infosft", "score", str(data), "--out", str(two),
                    "--model", str(tiny_model_dir), "--quiet")
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

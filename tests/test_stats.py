@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.stats import (example_table, format_summary, load_targets, q_histogram,
+from infosft.analysis.stats import (example_table, format_summary, load_targets, q_histogram,
                             run_summary, scheme_summary, weights)
 from tests.helpers import reference_weights
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-import analysis.sweep as sweep
-from app.cli import main
+import infosft.analysis.sweep as sweep
+from infosft.app.cli import main
 from tests.helpers import MATH_ROWS, write_jsonl
 
 

@@ -40,7 +40,7 @@ def launch(values: dict, *extra: str, hook: str | None = None) -> subprocess.Pop
     """``infosft train`` in a child process; with ``hook``, the CLI under that test hook."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     argv = ["train", *cli_args(values), *extra]
-    argv = hooked_cli(hook, *argv) if hook else [sys.executable, "-m", "app.cli", *argv]
+    argv = hooked_cli(hook, *argv) if hook else [sys.executable, "-m", "infosft", *argv]
     return subprocess.Popen(argv,
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -184,7 +184,7 @@ def test_sigterm_stops_and_resume_continues_in_order(tmp_path, short_data, tiny_
     """SIGTERM -> checkpoint + "stopped"; --resume finishes with the losses of an
     uninterrupted run at every step (same data order, optimizer and scheduler). The run
     waits at the end of step 2 for the signal (a test hook), so it stops exactly there."""
-    from app.cli import main
+    from infosft.app.cli import main
 
     values = tiny_cfg(short_data, tmp_path / "stopped", tiny_model_dir)
     proc = launch(values, hook=HOLD_TRAIN_AT_STEP_2)
@@ -239,7 +239,7 @@ def test_sigkill_is_failed_and_resumable(tmp_path, short_data, tiny_model_dir):
 @pytest.mark.slow
 def test_static_weights_from_an_export(tmp_path, tiny_run, tiny_model_dir):
     """Static mode takes the export's weights: ProFit random drops half the tokens."""
-    from analysis.export import export_weighted
+    from infosft.analysis.export import export_weighted
 
     export = export_weighted(tiny_run.path, tmp_path / "w.parquet", "profit",
                              direction="random", threshold=0.5, seed=1)
@@ -262,7 +262,7 @@ def test_an_export_made_under_the_old_target_rule_is_flagged(tmp_path, tiny_run,
     still train (their labels and weights agree with each other), with a warning."""
     import shutil
 
-    from analysis.export import export_weighted
+    from infosft.analysis.export import export_weighted
     from infosft.train import export_meta
 
     export = export_weighted(tiny_run.path, tmp_path / "w.parquet", "sft")
@@ -299,11 +299,11 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_model_dir):
     rows = [{"text": " ".join(["word"] * n)} for n in (3, 12, 40, 90)]
     data = write_jsonl(tmp_path / "uneven.jsonl", rows)
     values = tiny_cfg(data, tmp_path / "one", tiny_model_dir, max_steps=1, batch_size=4)
-    one = subprocess.run([sys.executable, "-m", "app.cli", "train", *cli_args(values)],
+    one = subprocess.run([sys.executable, "-m", "infosft", "train", *cli_args(values)],
                          cwd=ROOT, capture_output=True, text=True)
     assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
     values = {**values, "out": str(tmp_path / "two"), "batch_size": 2}
-    two = subprocess.run(torchrun(2, "-m", "app.cli", "train", *cli_args(values)),
+    two = subprocess.run(torchrun(2, "-m", "infosft", "train", *cli_args(values)),
                          cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]

@@ -135,7 +135,7 @@ def test_resume_refuses_result_changes():
 
 
 def test_cli_config_error_exits_2_before_loading(tmp_path, capsys):
-    from app.cli import main
+    from infosft.app.cli import main
 
     rc = main(["train", "--data", str(SAMPLE), "--out", str(tmp_path / "r"), "--P", "2"])
     err = capsys.readouterr().err

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.cli import main
+from infosft.app.cli import main
 from infosft import process
 from infosft import train_status as ts
 from infosft.errors import InfosftError
@@ -279,7 +279,7 @@ def test_unknown_devices_fail_before_anything_loads(tmp_path, capsys, data, devi
 
 
 def test_damaged_run_files_are_tolerated(tmp_path):
-    from analysis.training import list_train_runs
+    from infosft.analysis.training import list_train_runs
 
     root = tmp_path / "runs"
     damage = {

@@ -81,7 +81,7 @@ def examples(peaky_dir):
 @pytest.fixture(scope="session")
 def export_path(tmp_path_factory):
     """The sample run (scored by the default model, same tokenizer) exported with InfoSFT."""
-    from analysis.export import export_weighted
+    from infosft.analysis.export import export_weighted
 
     return export_weighted(SAMPLE_RUN, tmp_path_factory.mktemp("export") / "w.parquet", "infosft")
 

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
-from analysis.training import (knobs_of, list_train_runs, metrics_frame, tail_lines)
+from infosft.analysis.training import (knobs_of, list_train_runs, metrics_frame, tail_lines)
 
 
 def make_run(root: Path, name: str, *, status: dict | None = None,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis.preview import preview
-from analysis.runs import list_runs
-from app import jobs, state, workspace
-from app.render import duration
+from infosft.analysis.preview import preview
+from infosft.analysis.runs import list_runs
+from infosft.app import jobs, state, workspace
+from infosft.app.render import duration
 
 SOURCES = ("Bundled sample", "Upload a file", "Local path", "Hugging Face dataset")
 MODELS = ("Embedded default (SmolLM2-135M-Instruct)", "Local path", "Hugging Face id")

@@ -7,13 +7,13 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from analysis import evaluate as ev
-from analysis.delta import example_delta, example_deltas, token_movers, top_movers
-from analysis.store import Run
-from analysis.training import find_train_runs
-from app import charts, jobs, state, workspace
-from app.render import duration
-from app.render_delta import delta_html, delta_legend
+from infosft.analysis import evaluate as ev
+from infosft.analysis.delta import example_delta, example_deltas, token_movers, top_movers
+from infosft.analysis.store import Run
+from infosft.analysis.training import find_train_runs
+from infosft.app import charts, jobs, state, workspace
+from infosft.app.render import duration
+from infosft.app.render_delta import delta_html, delta_legend
 
 SETS = {"task": "Held-out task", "prior": "Prior capability"}
 

@@ -3,9 +3,9 @@ token view."""
 
 import streamlit as st
 
-from analysis.table import SORTABLE, examples_view
-from app import state
-from app.render import knobs_text
+from infosft.analysis.table import SORTABLE, examples_view
+from infosft.app import state
+from infosft.app.render import knobs_text
 
 
 def open_example(example_id: int) -> None:

@@ -3,9 +3,9 @@ workspace, with a download and the two lines that load it."""
 
 import streamlit as st
 
-from analysis.export import export_weighted
-from app import knobs, state, workspace
-from app.render import knobs_text
+from infosft.analysis.export import export_weighted
+from infosft.app import knobs, state, workspace
+from infosft.app.render import knobs_text
 
 DOWNLOAD_LIMIT = 500 * 1024**2
 

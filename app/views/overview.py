@@ -3,9 +3,9 @@ each scheme puts the learning signal."""
 
 import streamlit as st
 
-from analysis.tune import overview_facts, tune_view
-from app import charts, state
-from app.render import fact_cards, scheme_labels
+from infosft.analysis.tune import overview_facts, tune_view
+from infosft.app import charts, state
+from infosft.app.render import fact_cards, scheme_labels
 
 
 def body() -> None:

@@ -4,9 +4,9 @@ token for its numbers and top-k alternatives; the same example under all schemes
 import polars as pl
 import streamlit as st
 
-from analysis.view import token_view
-from app import state
-from app.render import SCHEME_LABELS, legend_html, token_html
+from infosft.analysis.view import token_view
+from infosft.app import state
+from infosft.app.render import SCHEME_LABELS, legend_html, token_html
 from infosft.weights import SCHEMES
 
 

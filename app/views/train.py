@@ -6,10 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis.export import read_export_meta
-from analysis.training import list_train_runs, metrics_frame, tail_lines
-from app import charts, jobs, knobs, state, workspace
-from app.render import duration, knobs_text
+from infosft.analysis.export import read_export_meta
+from infosft.analysis.training import list_train_runs, metrics_frame, tail_lines
+from infosft.app import charts, jobs, knobs, state, workspace
+from infosft.app.render import duration, knobs_text
+from infosft.bundled import bundled_source
 from infosft.train_config import FULL_LR, LORA_LR, field_default
 from infosft.train_status import ACTIVE_STATES, LOG
 
@@ -41,8 +42,7 @@ def run_defaults() -> dict:
         return {}
     cfg = meta.get("config") or {}
     data = (meta.get("dataset") or {}).get("source") or cfg.get("source") or ""
-    if data and not Path(data).is_absolute() and (workspace.ROOT / data).exists():
-        data = str(workspace.ROOT / data)  # sources recorded relative to the repo
+    data = bundled_source(data)  # the sample run records its source relative to the bundle
     return {"run": str(run.path), "data": data, "model": cfg.get("model") or "",
             "max_length": int(meta.get("max_length") or cfg.get("max_length") or 1024),
             "fields": cfg.get("fields"), "no_template": cfg.get("use_template") is False,
@@ -249,7 +249,7 @@ def final_model(run_dir: str, stt: dict) -> None:
 def evaluate_run(run_dir: str) -> None:
     """Start an evaluation job with the Evaluate page's defaults (unless the run has a
     report already) and open the Evaluate page on it."""
-    from analysis.evaluate import read_report
+    from infosft.analysis.evaluate import read_report
 
     try:
         if (read_report(run_dir) or {}).get("status") != "complete":

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from analysis.tune import tune_view
-from app import charts, knobs, state
-from app.render import knobs_text, scheme_labels, summary_cards
+from infosft.analysis.tune import tune_view
+from infosft.app import charts, knobs, state
+from infosft.app.render import knobs_text, scheme_labels, summary_cards
 
 
 def body() -> None:
