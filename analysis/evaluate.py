@@ -279,7 +279,7 @@ class Progress:
 def read_progress(eval_dir: str | Path) -> dict[str, Any] | None:
     """The progress of a running evaluation: ``stage``, ``done``, ``total``, ``fraction``
     (0..1 over all stages), ``elapsed_s``, ``eta_s``; None before it starts. During a
-    scoring stage, done/total are the scored run's tokens (its ``progress-*.json``)."""
+    scoring stage, done/total are the scored run's tokens (:meth:`Run.read_progress`)."""
     eval_dir = Path(eval_dir)
     try:
         p = json.loads((eval_dir / PROGRESS).read_text())
@@ -287,13 +287,9 @@ def read_progress(eval_dir: str | Path) -> dict[str, Any] | None:
         return None
     stage, done, total = p.get("stage"), p.get("done") or 0, p.get("total")
     if stage in SCORED and stage not in p.get("completed", []):
-        parts = sorted((eval_dir / stage).glob("progress-*.json"))
-        try:
-            x = [json.loads(f.read_text()) for f in parts]
-            done, total = (sum(y["done_tokens"] for y in x),
-                           sum(y["total_tokens"] for y in x)) if x else (0, None)
-        except (OSError, ValueError, KeyError):
-            pass
+        scoring = Run(eval_dir / stage).read_progress()
+        done, total = ((scoring["done_tokens"], scoring["total_tokens"]) if scoring
+                       else (0, None))
     weights = p.get("weights") or {}
     all_w = sum(weights.values()) or 1.0
     w_done = sum(weights.get(s, 0) for s in p.get("completed", []))

@@ -27,8 +27,8 @@ import polars as pl
 import torch
 from transformers import DynamicCache
 
-from infosft.analysis.store import (PART_NAME, TOKEN_SCHEMA, Run, atomic_write_json,
-                           atomic_write_parquet, old_targets, old_targets_error, read_part)
+from infosft.analysis.store import (PART_NAME, TOKEN_SCHEMA, Run, atomic_write_parquet,
+                                    old_targets, old_targets_error, read_part)
 from infosft.data import TARGET_RULE, PreparedExample, has_template, prepare
 from infosft.errors import InfosftError
 from infosft.memory import release_freed_memory
@@ -542,10 +542,7 @@ def _write_parts(run: Run, scorer: Scorer, todo: list[PreparedExample], rank: in
             index += 1
             written += pending_tokens
             pending, pending_tokens = [], 0
-            elapsed = time.perf_counter() - t0
-            atomic_write_json(run.path / f"progress-{rank:03d}.json", {
-                "done_tokens": written, "total_tokens": total, "elapsed_s": elapsed,
-                "eta_s": elapsed / written * (total - written) if written else None})
+            run.write_progress(rank, written, total, time.perf_counter() - t0)
     bar.close()
 
 
@@ -580,5 +577,4 @@ def _finalize(run: Run, meta: dict, examples: list[PreparedExample]) -> None:
     meta["status"] = "complete"
     meta["completed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run.write_meta(meta)
-    for p in run.path.glob("progress-*.json"):
-        p.unlink(missing_ok=True)
+    run.remove_progress()

@@ -8,6 +8,8 @@
     RUN/examples.parquet       one row per example (written when scoring completes)
     RUN/tokens/part-*.parquet  one row per token, whole examples per part
     RUN/vocab.parquet          token_id -> text piece, for top-k alternatives
+    RUN/progress-RRR.json      while scoring, per rank RRR: done_tokens, total_tokens,
+                               elapsed_s, eta_s (removed when scoring completes)
 
 Every file is written through :mod:`infosft.atomic` (temporary name, fsync, rename),
 so a killed writer leaves only whole files. Readers check what they read: a part, the
@@ -53,6 +55,7 @@ TOKEN_SCHEMA = {
 
 
 PART_NAME = re.compile(r"part-(\d{3,})-(\d{6,})\.parquet")  # rank, index
+PROGRESS_NAME = re.compile(r"progress-(\d{3,})\.json")      # rank
 COUNTS = ("examples", "skipped", "tokens", "target_tokens", "truncated")
 EXAMPLE_COLUMNS = ("example_id", "source_row", "n_tokens", "truncated", "text", "record")
 VOCAB_COLUMNS = ("token_id", "token")
@@ -164,6 +167,48 @@ class Run:
         path = self.part_path(rank, index)
         atomic_write_parquet(df, path)
         return path
+
+    # --- progress files: one per scoring rank, while scoring runs ---
+
+    def progress_path(self, rank: int) -> Path:
+        return self.path / f"progress-{rank:03d}.json"
+
+    def progress_files(self) -> list[Path]:
+        """The ranks' progress files, in name order (only names :meth:`progress_path`
+        gives)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.glob("progress-*.json")
+                      if PROGRESS_NAME.fullmatch(p.name))
+
+    def write_progress(self, rank: int, done_tokens: int, total_tokens: int,
+                       elapsed_s: float) -> None:
+        """Rank ``rank``'s progress: tokens scored of those it has to score, with an ETA."""
+        atomic_write_json(self.progress_path(rank), {
+            "done_tokens": done_tokens, "total_tokens": total_tokens, "elapsed_s": elapsed_s,
+            "eta_s": (elapsed_s / done_tokens * (total_tokens - done_tokens)
+                      if done_tokens else None)})
+
+    def read_progress(self) -> dict[str, Any] | None:
+        """The scoring progress over all ranks: ``done_tokens`` and ``total_tokens``
+        summed, ``eta_s`` the slowest rank's (None when no rank has one); None when there
+        is no progress file or one cannot be read as progress (removed or being replaced
+        between listing and reading: the next poll reads it)."""
+        try:
+            ranks = [json.loads(f.read_text(encoding="utf-8")) for f in self.progress_files()]
+            if not ranks:
+                return None
+            done = sum(r["done_tokens"] for r in ranks)
+            total = sum(r["total_tokens"] for r in ranks)
+            etas = [r["eta_s"] for r in ranks if r.get("eta_s") is not None]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return {"done_tokens": done, "total_tokens": total,
+                "eta_s": max(etas) if etas else None}
+
+    def remove_progress(self) -> None:
+        for p in self.progress_files():
+            p.unlink(missing_ok=True)
 
     def remove_partial_files(self) -> None:
         """Temporary files a killed writer left behind (only under the run's lock)."""

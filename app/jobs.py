@@ -2,8 +2,8 @@
 ``WORKSPACE/jobs/``. The UI only launches, reads and cancels:
 
 * state comes from the run's ``meta.json`` (``status`` running / complete) and the
-  scorer's ``RUN/progress-*.json`` (``done_tokens``, ``total_tokens``, ``elapsed_s``,
-  ``eta_s``), so it survives an app restart;
+  scorer's progress files (:meth:`infosft.analysis.store.Run.read_progress`: tokens done
+  and to do, an ETA), so it survives an app restart;
 * a process that is gone while its run is not complete has failed: its log tail
   says why;
 * Cancel sends SIGTERM to the job's process group (the run's whole parts stay, so
@@ -183,17 +183,9 @@ def status(job: Job) -> dict[str, Any]:
             meta_status = None
     out: dict[str, Any] = {"state": "starting", "done": 0, "total": None, "fraction": 0.0,
                            "eta_s": None, "elapsed_s": time.time() - job.created_at}
-    progress = sorted(Path(job.run_dir).glob("progress-*.json")) if run.path.is_dir() else []
-    if progress:
-        try:
-            p = [json.loads(f.read_text()) for f in progress]
-            out["done"] = sum(x["done_tokens"] for x in p)
-            out["total"] = sum(x["total_tokens"] for x in p)
-            etas = [x["eta_s"] for x in p if x.get("eta_s") is not None]
-            out["eta_s"] = max(etas) if etas else None
-            out["fraction"] = out["done"] / out["total"] if out["total"] else 0.0
-        except (OSError, ValueError, KeyError):
-            pass  # being rewritten; the next poll reads it
+    if (p := run.read_progress()) is not None:  # None: not started, or being rewritten
+        out.update(done=p["done_tokens"], total=p["total_tokens"], eta_s=p["eta_s"],
+                   fraction=p["done_tokens"] / p["total_tokens"] if p["total_tokens"] else 0.0)
     if meta_status == "complete":
         return {**out, "state": "complete", "fraction": 1.0, "eta_s": 0}
     running = alive(job)
