@@ -4,15 +4,19 @@ Layout (this module owns it)::
 
     SWEEP/sweep.json           the grid and the shared settings (a --resume must match)
     SWEEP/runs/NAME/           an ordinary training run, with its RUN/eval/ (infosft eval)
-    SWEEP/report.json          {"runs": [...]}: one row per grid point and seed, rewritten
-                               after every run
+    SWEEP/report.json          {"runs": [...], "points": [...]}: one row per grid point
+                               and seed, and one per grid point; rewritten after every run
 
-Each row holds ``scheme``, ``knobs``, ``seed``, ``run`` (its directory), ``learned``
-(higher is better), ``forgot`` (lower is better), the measures they are, and
-``on_frontier`` (no other run is at least as good on both and better on one). Where the
-evaluation answered questions, ``learned`` is the change of task accuracy and ``forgot``
-the share of prior answers lost; otherwise ``learned`` is the fall of the task NLL and
-``forgot`` KL(base || tuned) on the prior set.
+Each run row holds ``scheme``, ``knobs``, ``seed``, ``run`` (its directory), ``learned``
+(higher is better), ``forgot`` (lower is better), each ``{"value", "low", "high"}``
+with its 95% bootstrap interval over examples (:mod:`analysis.uncertainty`) or null
+before the run is evaluated, the measures they are, and ``on_frontier`` (no other run is
+at least as good on both values and better on one). Where the evaluation answered
+questions, ``learned`` is the change of task accuracy and ``forgot`` the share of prior
+answers lost; otherwise ``learned`` is the fall of the task NLL and ``forgot``
+KL(base || tuned) on the prior set. A point row is the same over the point's evaluated
+seeds: ``value`` their mean, ``low`` / ``high`` their smallest and largest (the spread
+over seeds), ``seeds`` how many, and its own ``on_frontier`` among the points.
 
 Runs go one after another on one device. A killed sweep continues with ``--resume``:
 finished and evaluated runs are kept, a stopped run resumes from its checkpoint, a
@@ -80,35 +84,73 @@ def run_name(scheme: str, knobs: dict[str, Any], seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts))
 
 
+def value(x: Any) -> float | None:
+    """A measure's value: the number itself, or ``x["value"]`` of an interval.
+
+    >>> value({"value": 0.5, "low": 0.4, "high": 0.6}), value(0.25), value(None)
+    (0.5, 0.25, None)
+    """
+    return x.get("value") if isinstance(x, dict) else x
+
+
 def frontier(rows: list[dict[str, Any]]) -> list[bool]:
-    """Whether each row is on the learned-vs-forgot frontier (rows without numbers: no).
+    """Whether each row is on the learned-vs-forgot frontier: no other row is at least as
+    good on both values and better on one (rows without numbers: no).
 
     >>> frontier([{"learned": 1, "forgot": 1}, {"learned": 2, "forgot": 1},
-    ...           {"learned": 3, "forgot": 2}])
-    [False, True, True]
+    ...           {"learned": {"value": 3}, "forgot": {"value": 2}}, {"learned": None}])
+    [False, True, True, False]
     """
+    pts = [(value(r.get("learned")), value(r.get("forgot"))) for r in rows]
+    ok = [a is not None and b is not None for a, b in pts]
+
     def beats(a, b):
-        return (a["learned"] >= b["learned"] and a["forgot"] <= b["forgot"]
-                and (a["learned"] > b["learned"] or a["forgot"] < b["forgot"]))
-    ok = [r.get("learned") is not None and r.get("forgot") is not None for r in rows]
-    return [good and not any(ok[j] and beats(rows[j], r) for j in range(len(rows)) if j != i)
-            for i, (r, good) in enumerate(zip(rows, ok))]
+        return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+    return [good and not any(ok[j] and beats(pts[j], pts[i]) for j in range(len(rows)) if j != i)
+            for i, good in enumerate(ok)]
 
 
-def outcome(report: dict[str, Any] | None) -> dict[str, Any]:
-    """``learned``/``forgot`` and their measures from an evaluation report."""
+def outcome(run: str | Path, report: dict[str, Any] | None) -> dict[str, Any]:
+    """``learned``/``forgot`` (each with its interval) and their measures from a run's
+    evaluation; nulls until the evaluation is complete."""
     if not report or report.get("status") != "complete":
         return {"learned": None, "forgot": None, "learned_measure": None, "forgot_measure": None}
-    acc, prior = report.get("accuracy"), report.get("prior_accuracy")
-    if acc and acc.get("n"):
-        learned, lm = acc["delta"], "task accuracy change"
-    else:
-        learned, lm = -report["learned"]["delta_nll"], "task NLL fall"
-    if prior and prior.get("n"):
-        forgot, fm = prior["lost"] / prior["n"], "share of prior answers lost"
-    else:
-        forgot, fm = report["forgot"]["mean_kl"], "prior KL(base||tuned)"
-    return {"learned": learned, "forgot": forgot, "learned_measure": lm, "forgot_measure": fm}
+    from infosft.analysis.uncertainty import outcome_intervals
+
+    return outcome_intervals(run, report)
+
+
+def points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per grid point over its evaluated seeds: ``learned`` / ``forgot`` as
+    ``{"value": mean, "low": min, "high": max}`` (the spread over seeds), ``seeds``, and
+    ``on_frontier`` among the points.
+
+    >>> rows = [{"scheme": "sft", "knobs": {}, "seed": s, "learned": {"value": v},
+    ...          "forgot": {"value": 0.1}, "learned_measure": "m", "forgot_measure": "f"}
+    ...         for s, v in [(0, 0.2), (1, 0.4)]]
+    >>> p, = points(rows)
+    >>> p["seeds"], round(p["learned"]["value"], 6), p["learned"]["high"], p["on_frontier"]
+    (2, 0.3, 0.4, True)
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(json.dumps([r["scheme"], r["knobs"]]), []).append(r)
+    out = []
+    for group in groups.values():
+        done = [r for r in group if value(r["learned"]) is not None
+                and value(r["forgot"]) is not None]
+        row = {"scheme": group[0]["scheme"], "knobs": group[0]["knobs"], "seeds": len(done),
+               "runs": [r["run"] for r in done if "run" in r]}
+        for key in ("learned", "forgot"):
+            vals = [value(r[key]) for r in done]
+            row[key] = ({"value": sum(vals) / len(vals), "low": min(vals), "high": max(vals)}
+                        if vals else None)
+        row["learned_measure"] = done[0]["learned_measure"] if done else None
+        row["forgot_measure"] = done[0]["forgot_measure"] if done else None
+        out.append(row)
+    for row, on in zip(out, frontier(out)):
+        row["on_frontier"] = on
+    return out
 
 
 def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, eval_cfg, *,
@@ -196,9 +238,64 @@ def write_report(out: str | Path) -> dict[str, Any]:
             except InfosftError:
                 report = None
             rows.append({"scheme": scheme, "knobs": knobs, "seed": seed, "run": str(run),
-                         **outcome(report)})
+                         **outcome(run, report)})
     for row, on in zip(rows, frontier(rows)):
         row["on_frontier"] = on
-    result = {"runs": rows}
+    result = {"runs": rows, "points": points(rows)}
     atomic_write_json(out / REPORT_FILE, result)
     return result
+
+
+def _fmt(x: Any, signed: bool) -> str:
+    if x is None:
+        return "not evaluated"
+    sign = "+" if signed else ""
+    if not isinstance(x, dict):
+        return f"{x:{sign}.4f}"
+    return f"{x['value']:{sign}.4f} [{x['low']:{sign}.3f}, {x['high']:{sign}.3f}]"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text for the terminal: every run with its interval, ``*`` on the
+    frontier, then the grid points over seeds where a point has more than one, then the
+    frontier in words.
+
+    >>> iv = lambda v: {"value": v, "low": v - 0.1, "high": v + 0.1}
+    >>> runs = [{"run": "x/sft-s0", "learned": iv(0.5), "forgot": iv(0.2),
+    ...          "learned_measure": "task accuracy change",
+    ...          "forgot_measure": "share of prior answers lost", "on_frontier": True},
+    ...         {"run": "x/dft-s0", "learned": iv(0.3), "forgot": iv(0.3),
+    ...          "learned_measure": "task accuracy change",
+    ...          "forgot_measure": "share of prior answers lost", "on_frontier": False}]
+    >>> print(format_report({"runs": runs, "points": []}))
+    learned: task accuracy change (higher is better); forgot: share of prior answers lost (lower is better); [95% bootstrap interval over examples]
+      run                                      learned                      forgot
+    * sft-s0                                   +0.5000 [+0.400, +0.600]     0.2000 [0.100, 0.300]
+      dft-s0                                   +0.3000 [+0.200, +0.400]     0.3000 [0.200, 0.400]
+    frontier: sft-s0; dominated: dft-s0
+    """
+    runs = report.get("runs", [])
+    measured = next((r for r in runs if r.get("learned_measure")), None)
+    lines = []
+    if measured:
+        lines.append(f"learned: {measured['learned_measure']} (higher is better); forgot: "
+                     f"{measured['forgot_measure']} (lower is better); "
+                     "[95% bootstrap interval over examples]")
+    lines.append(f"  {'run':40s} {'learned':28s} forgot")
+    for r in runs:
+        lines.append(f"{'*' if r.get('on_frontier') else ' '} {Path(r['run']).name:40s} "
+                     f"{_fmt(r.get('learned'), True):28s} {_fmt(r.get('forgot'), False)}")
+    pts = report.get("points", [])
+    if any(p.get("seeds", 0) > 1 for p in pts):
+        lines.append("grid points: mean [smallest, largest] over their seeds")
+        for p in pts:
+            knobs = ",".join(f"{k}={v}" for k, v in p["knobs"].items())
+            name = f"{p['scheme']}{':' + knobs if knobs else ''} ({p['seeds']} seeds)"
+            lines.append(f"{'*' if p.get('on_frontier') else ' '} {name:40s} "
+                         f"{_fmt(p.get('learned'), True):28s} {_fmt(p.get('forgot'), False)}")
+    on = [Path(r["run"]).name for r in runs if r.get("on_frontier")]
+    off = [Path(r["run"]).name for r in runs
+           if not r.get("on_frontier") and value(r.get("learned")) is not None]
+    lines.append(f"frontier: {', '.join(on) or 'none yet'}"
+                 + (f"; dominated: {', '.join(off)}" if off else ""))
+    return "\n".join(lines)

@@ -117,17 +117,14 @@ def cmd_sweep(args) -> int:
     overrides["fields"] = _fields(args.fields)
     overrides["out"] = str(Path(args.out) / "runs" / "_")  # set per run by the sweep
     train_cfg = resolve(file_values, overrides, source=args.config)
-    from infosft.analysis.sweep import REPORT_FILE, parse_point, run_sweep
+    from infosft.analysis.sweep import REPORT_FILE, format_report, parse_point, run_sweep
 
     for point in args.points:
         parse_point(point)  # every point checked before the first run starts
     eval_cfg = _eval_config(args, device=train_cfg.device, dtype=train_cfg.dtype)
     report = run_sweep(args.out, args.points, args.seeds, train_cfg, eval_cfg,
                        resume=args.resume, progress=not args.quiet)
-    for row in report["runs"]:
-        mark = "*" if row["on_frontier"] else " "
-        print(f"{mark} {Path(row['run']).name:40s} learned {row['learned']:+.4f} "
-              f"({row['learned_measure']}), forgot {row['forgot']:.4f} ({row['forgot_measure']})")
+    print(format_report(report))
     print(f"* on the frontier; report in {Path(args.out) / REPORT_FILE}")
     return 0
 

@@ -36,14 +36,31 @@ def test_sweep_runs_the_grid_reports_the_frontier_and_resumes(tmp_path, tiny_mod
     assert main(argv) == 0
     report = json.loads((out / sweep.REPORT_FILE).read_text())
     rows = report["runs"]
+    printed = capsys.readouterr().out
+    assert sweep.format_report(report) in printed
+    on = [r["run"].split("/")[-1] for r in rows if r["on_frontier"]]
+    assert f"frontier: {', '.join(on)}" in printed
     assert [(r["scheme"], r["knobs"], r["seed"]) for r in rows] == [
         ("sft", {}, 0), ("infosft", {"P": 0.9}, 0)]
     for r in rows:
         ev = json.loads((out / "runs" / r["run"].split("/")[-1] / "eval" / "report.json")
                         .read_text())
         assert ev["training"]["scheme"] == r["scheme"]
-        assert r["forgot"] == pytest.approx(ev["forgot"]["mean_kl"])  # no prior answers here
-        assert r["learned"] is not None
+        # the values are the evaluation's own numbers; the intervals hold them
+        want = {"task accuracy change": lambda: ev["accuracy"]["delta"],
+                "task NLL fall": lambda: -ev["learned"]["delta_nll"],
+                "share of prior answers lost": lambda: (ev["prior_accuracy"]["lost"]
+                                                        / ev["prior_accuracy"]["n"]),
+                "prior KL(base||tuned)": lambda: ev["forgot"]["mean_kl"]}
+        for key in ("learned", "forgot"):
+            got = r[key]
+            assert got["value"] == pytest.approx(want[r[f"{key}_measure"]](), rel=1e-5, abs=1e-9)
+            assert got["low"] <= got["value"] <= got["high"]
+    point_of = {json.dumps([p["scheme"], p["knobs"]]): p for p in report["points"]}
+    assert len(point_of) == 2
+    for r in rows:  # one seed: a point is its one run
+        p = point_of[json.dumps([r["scheme"], r["knobs"]])]
+        assert p["seeds"] == 1 and p["learned"]["value"] == r["learned"]["value"]
     assert [r["on_frontier"] for r in rows] == sweep.frontier(rows)
     assert any(r["on_frontier"] for r in rows)
     finals = {r["run"]: (out / "runs" / r["run"].split("/")[-1] / "final" /
