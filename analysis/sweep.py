@@ -31,6 +31,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from infosft import train_status as ts
 from infosft.atomic import atomic_write_json
 from infosft.errors import InfosftError
@@ -164,7 +166,7 @@ def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, e
     from infosft.train import train
     from infosft.train_config import validate
 
-    out = Path(out)
+    out = Path(out).resolve()  # absolute run paths in the reports: readable from anywhere
     grid = [(parse_point(p), s) for p in points for s in seeds]
     if not grid:
         raise InfosftError("a sweep needs at least one --scheme and one seed")
@@ -226,7 +228,7 @@ def write_report(out: str | Path) -> dict[str, Any]:
     """``SWEEP/report.json`` from the runs there now (in grid order)."""
     from infosft.analysis.evaluate import read_report
 
-    out = Path(out)
+    out = Path(out).resolve()
     plan = json.loads((out / SWEEP_FILE).read_text())
     rows = []
     for point in plan["points"]:
@@ -299,3 +301,63 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"frontier: {', '.join(on) or 'none yet'}"
                  + (f"; dominated: {', '.join(off)}" if off else ""))
     return "\n".join(lines)
+
+
+def find_sweeps(roots) -> list[Path]:
+    """Every sweep directory (one holding ``sweep.json``) directly inside ``roots``."""
+    found = []
+    for root in map(Path, roots):
+        if root.is_dir():
+            found += sorted(p for p in root.iterdir() if (p / SWEEP_FILE).is_file())
+    return found
+
+
+def read_sweep_report(path: str | Path) -> dict[str, Any]:
+    """``SWEEP/report.json``; a one-line error when it is missing or damaged."""
+    file = Path(path) / REPORT_FILE
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+        if not isinstance(report.get("runs"), list):
+            raise ValueError("no runs list")
+    except OSError:
+        raise InfosftError(f"{file}: no sweep report yet (it is written after each run)") \
+            from None
+    except (ValueError, AttributeError) as e:
+        raise InfosftError(f"{file}: not a sweep report ({e})") from None
+    report.setdefault("points", points(report["runs"]))
+    return report
+
+
+def report_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Run (or point) rows as a flat frame for tables and plots: ``name``, ``scheme``,
+    ``knobs`` (text), ``seed`` / ``seeds``, ``learned``, ``learned_low``,
+    ``learned_high``, the same for ``forgot``, ``on_frontier``, ``run`` (a run's
+    directory; null for points). Unevaluated runs have null numbers.
+
+    >>> f = report_frame([{"scheme": "infosft", "knobs": {"P": 0.9}, "seed": 0,
+    ...                    "run": "s/runs/a", "learned": {"value": 0.5, "low": 0.4,
+    ...                    "high": 0.6}, "forgot": None, "on_frontier": False}])
+    >>> f.select("name", "knobs", "learned_low", "forgot").row(0)
+    ('a', 'P=0.9', 0.4, None)
+    """
+    from infosft.analysis.training import format_knobs
+
+    out = []
+    for r in rows:
+        row = {"name": Path(r["run"]).name if r.get("run") else
+               f"{r['scheme']}{(' ' + format_knobs(r['knobs'])) if r['knobs'] else ''}",
+               "scheme": r["scheme"], "knobs": format_knobs(r["knobs"]),
+               "seed": r.get("seed"), "seeds": r.get("seeds")}
+        for key in ("learned", "forgot"):
+            x = r.get(key)
+            row[key] = value(x)
+            row[f"{key}_low"] = x.get("low") if isinstance(x, dict) else None
+            row[f"{key}_high"] = x.get("high") if isinstance(x, dict) else None
+        row["on_frontier"] = bool(r.get("on_frontier"))
+        row["run"] = r.get("run")
+        out.append(row)
+    schema = {"name": pl.String, "scheme": pl.String, "knobs": pl.String, "seed": pl.Int64,
+              "seeds": pl.Int64, **{f"{k}{s}": pl.Float64 for k in ("learned", "forgot")
+                                     for s in ("", "_low", "_high")},
+              "on_frontier": pl.Boolean, "run": pl.String}
+    return pl.DataFrame(out, schema=schema)

@@ -139,3 +139,63 @@ def tradeoff_scatter(table: pl.DataFrame, x: str = "prior_kl") -> go.Figure:
     fig.update_layout(height=420, margin=dict(l=10, r=10, t=60, b=10),
                       legend=dict(orientation="h", y=-0.25), title="learn more, forget less")
     return fig
+
+
+def _bars(part: pl.DataFrame, key: str) -> dict:
+    """Asymmetric error bars from ``key``'s interval columns (none where unknown)."""
+    v, lo, hi = (part[c].fill_null(part[key]) for c in (key, f"{key}_low", f"{key}_high"))
+    return dict(type="data", symmetric=False, array=(hi - v).to_list(),
+                arrayminus=(v - lo).to_list(), thickness=1.2, width=4)
+
+
+def frontier_scatter(runs: pl.DataFrame, points: pl.DataFrame | None, *, learned: str,
+                     forgot: str) -> go.Figure:
+    """A sweep's learned (up) vs forgot (right), one marker per evaluated run with its
+    95% bootstrap interval as error bars, coloured by scheme; runs on the frontier
+    joined by a line, dominated ones grey. ``points`` (grid points over several seeds)
+    adds a hollow diamond at each point's mean with the spread over seeds as bars.
+    Up and to the left is better."""
+    done = runs.filter(pl.col("learned").is_not_null() & pl.col("forgot").is_not_null())
+    fig = go.Figure()
+    for on in (False, True):
+        for (scheme,), part in done.filter(pl.col("on_frontier") == on).partition_by(
+                "scheme", as_dict=True, maintain_order=True).items():
+            color = COLORS.get(scheme, "#9467bd") if on else "#c7c7c7"
+            label = SCHEME_LABELS.get(scheme, str(scheme))
+            fig.add_trace(go.Scatter(
+                x=part["forgot"].to_list(), y=part["learned"].to_list(),
+                mode="markers", name=label + ("" if on else " (dominated)"),
+                legendgroup=f"{scheme}-{on}",
+                marker=dict(size=11 if on else 9, color=color,
+                            line=dict(width=1, color="#ffffff")),
+                error_x=_bars(part, "forgot") | dict(color=color),
+                error_y=_bars(part, "learned") | dict(color=color),
+                text=part["name"].to_list(), customdata=part.select(
+                    "knobs", "learned_low", "learned_high", "forgot_low", "forgot_high").rows(),
+                hovertemplate="<b>%{text}</b> %{customdata[0]}<br>learned %{y:.4f} "
+                              "[%{customdata[1]:.4f}, %{customdata[2]:.4f}]<br>forgot %{x:.4f} "
+                              "[%{customdata[3]:.4f}, %{customdata[4]:.4f}]<extra></extra>"))
+    front = done.filter("on_frontier").sort("forgot")
+    if front.height > 1:
+        fig.add_trace(go.Scatter(x=front["forgot"].to_list(), y=front["learned"].to_list(),
+                                 mode="lines", name="frontier", hoverinfo="skip",
+                                 line=dict(color="#444444", dash="dash", width=1)))
+    if points is not None:
+        multi = points.filter((pl.col("seeds") > 1) & pl.col("learned").is_not_null())
+        if multi.height:
+            fig.add_trace(go.Scatter(
+                x=multi["forgot"].to_list(), y=multi["learned"].to_list(), mode="markers",
+                name="grid point: mean over seeds (bars: min-max)",
+                marker=dict(symbol="diamond-open", size=16, color="#222222", line=dict(width=2)),
+                error_x=_bars(multi, "forgot") | dict(color="#222222"),
+                error_y=_bars(multi, "learned") | dict(color="#222222"),
+                text=multi["name"].to_list(), customdata=multi["seeds"].to_list(),
+                hovertemplate="<b>%{text}</b> over %{customdata} seeds<br>learned %{y:.4f}"
+                              "<br>forgot %{x:.4f}<extra></extra>"))
+    fig.add_hline(y=0, line=dict(color="#bbbbbb", dash="dot"))
+    fig.update_xaxes(title=f"forgot: {forgot} (lower is better)", rangemode="tozero")
+    fig.update_yaxes(title=f"learned: {learned} (higher is better)")
+    fig.update_layout(height=460, margin=dict(l=10, r=10, t=60, b=10),
+                      legend=dict(orientation="h", y=-0.25),
+                      title="learn more, forget less: the sweep's frontier")
+    return fig

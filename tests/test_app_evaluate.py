@@ -153,3 +153,68 @@ def test_eval_job_status(ws):
     # reports older than the job belong to the evaluation being replaced: they do not count
     st = jobs.status(_job(ws, both, time.time() + 60))
     assert st["state"] == "failed" and st["message"] == "something broke"
+
+
+@pytest.fixture(scope="module")
+def sweep_ws(ws, tmp_path_factory) -> Path:
+    """A workspace with one sweep, ``grid``: alpha's and beta's evaluations as its two
+    runs (sft and profit), its report written by the sweep's own code."""
+    from infosft.analysis import sweep
+
+    other = tmp_path_factory.mktemp("sweep_ws")
+    grid = other / "sweeps" / "grid"
+    (grid / sweep.RUNS).mkdir(parents=True)
+    (grid / sweep.SWEEP_FILE).write_text(json.dumps(
+        {"points": ["sft", "profit:threshold=0.1"], "seeds": [0], "train": {}, "eval": {}}))
+    for src, name in (("alpha", "sft-s0"), ("beta", "profit-threshold0.1-s0")):
+        dst = grid / sweep.RUNS / name
+        shutil.copytree(ws / "trainings" / src, dst)
+        rep = json.loads((dst / EVAL / REPORT).read_text())
+        rep.update(run=str(dst), name=name)
+        (dst / EVAL / REPORT).write_text(json.dumps(rep))
+    sweep.write_report(grid)
+    return other
+
+
+def test_sweep_frontier_plot_shows_each_run_with_its_interval(sweep_ws, monkeypatch):
+    from infosft.analysis.sweep import read_sweep_report
+
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(sweep_ws))
+    at = page()
+    report = read_sweep_report(sweep_ws / "sweeps" / "grid")
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1  # no training runs of its own: the sweep's chart only
+    fig = json.loads(charts[0].proto.spec)
+    markers = [t for t in fig["data"] if t.get("mode") == "markers"]
+    shown = {name: (t["y"][i], t["error_y"]["array"][i], t["error_y"]["arrayminus"][i],
+                    t["x"][i], t["marker"]["color"])
+             for t in markers for i, name in enumerate(t["text"])}
+    assert set(shown) == {"sft-s0", "profit-threshold0.1-s0"}
+    for row in report["runs"]:
+        y, up, down, x, color = shown[row["run"].split("/")[-1]]
+        lo, hi = row["learned"]["low"], row["learned"]["high"]
+        assert y == pytest.approx(row["learned"]["value"])
+        assert (y + up, y - down) == pytest.approx((hi, lo))
+        assert x == pytest.approx(row["forgot"]["value"])
+        assert (color == "#c7c7c7") == (not row["on_frontier"])  # dominated runs are grey
+    table = at.dataframe[0].value  # the sweep's table (no other runs here)
+    assert list(table["name"]) == ["sft-s0", "profit-threshold0.1-s0"]
+    assert list(table["on_frontier"]) == [r["on_frontier"] for r in report["runs"]]
+
+
+def test_a_sweep_run_opens_in_the_token_view(sweep_ws, monkeypatch):
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(sweep_ws))
+    at = page()
+    run = str(sweep_ws / "sweeps" / "grid" / "runs" / "profit-threshold0.1-s0")
+    at.selectbox(key="sw_run").set_value(run).run()
+    at.button(key="sw_open").click().run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="ev_run").value == run  # the delta view shows that run
+    html = " ".join(h.proto.body for h in at.get("html"))
+    assert 'class="t"' in html
+
+
+def test_no_sweep_yet_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(tmp_path))
+    at = page()
+    assert any("infosft sweep --data DATA" in c.value for c in at.caption)

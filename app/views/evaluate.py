@@ -10,6 +10,7 @@ import streamlit as st
 from infosft.analysis import evaluate as ev
 from infosft.analysis.delta import example_delta, example_deltas, token_movers, top_movers
 from infosft.analysis.store import Run
+from infosft.analysis.sweep import find_sweeps, read_sweep_report, report_frame
 from infosft.analysis.training import find_train_runs
 from infosft.app import charts, jobs, state, workspace
 from infosft.app.render import duration
@@ -105,6 +106,10 @@ def _movers(base: str, tuned: str, mtime: float) -> tuple[pl.DataFrame, pl.DataF
 def delta_view(done: list[dict]) -> None:
     st.subheader("Which tokens moved (Δlogp = tuned − base)")
     names = {r["run"]: r["name"] for r in done}
+    wanted = st.session_state.pop("ev_run_wanted", None)  # "show" on a sweep's run
+    for r in names:
+        if str(Path(r).resolve()) == wanted:
+            st.session_state["ev_run"] = r
     a, b, c = st.columns([2, 2, 1])
     run = a.selectbox("Run", list(names), format_func=names.get, key="ev_run")
     which = b.radio("Set", list(SETS), format_func=SETS.get, horizontal=True, key="ev_set")
@@ -162,6 +167,62 @@ def accuracy_section(done: list[dict]) -> None:
                      key="ev_acc_table")
 
 
+def sweep_dirs() -> list[Path]:
+    """Sweeps of the workspace (``WORKSPACE/sweeps/``) plus the ones added by path."""
+    extra = [Path(p) for p in st.session_state.get("sweep_paths", [])]
+    return list(dict.fromkeys([*find_sweeps([workspace.subdir("sweeps")]), *extra]))
+
+
+def sweeps_section() -> None:
+    st.subheader("Sweeps: the learn-vs-forget frontier")
+    added = st.text_input("Add a sweep directory by path (written by `infosft sweep --out "
+                          "DIR`)", key="sw_add").strip()
+    if added and st.button("Add", key="sw_add_go"):
+        read_sweep_report(added)  # one-line error if it is not a sweep with a report
+        st.session_state.setdefault("sweep_paths", []).append(str(Path(added).resolve()))
+        st.rerun()
+    sweeps = [str(p) for p in sweep_dirs()]
+    if not sweeps:
+        st.caption("No sweeps yet: `infosft sweep --data DATA --out "
+                   f"{workspace.subdir('sweeps')}/NAME --scheme sft --scheme infosft:P=0.9 ...` "
+                   "trains and evaluates a grid; its frontier appears here.")
+        return
+    pick = st.selectbox("Sweep", sweeps, key="sw_pick", format_func=lambda p: Path(p).name)
+    frontier_view(pick)
+
+
+@state.fragment(run_every=5)
+def frontier_view(sweep: str) -> None:
+    """The sweep's plot and table; refreshes itself while the sweep runs (the report is
+    rewritten after each run)."""
+    report = read_sweep_report(sweep)
+    runs, pts = report_frame(report["runs"]), report_frame(report["points"])
+    measured = next((r for r in report["runs"] if r.get("learned_measure")), None)
+    pending = runs.filter(pl.col("learned").is_null()).height
+    if not measured:
+        st.info(f"No run of this sweep is evaluated yet ({pending} queued or running).")
+        return
+    st.plotly_chart(charts.frontier_scatter(runs, pts, learned=measured["learned_measure"],
+                                            forgot=measured["forgot_measure"]),
+                    key="sw_chart")
+    st.caption("Bars: 95% bootstrap intervals over the evaluated examples (diamonds: a grid "
+               "point's mean over its seeds, bars from the smallest to the largest seed). "
+               "A run is on the frontier when no other run learned at least as much and "
+               "forgot at most as much, and did better on one of them."
+               + (f" {pending} run(s) not evaluated yet." if pending else ""))
+    st.dataframe(runs.drop("run", "seeds"), hide_index=True, key="sw_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                for c in runs.columns if runs[c].dtype == pl.Float64})
+    done = runs.filter(pl.col("learned").is_not_null())
+    a, b = st.columns([3, 2])
+    run = a.selectbox("A run of this sweep", done["run"].to_list(), key="sw_run",
+                      format_func=lambda p: Path(p).name)
+    if b.button("Show which tokens moved in this run", key="sw_open"):
+        st.session_state.setdefault("eval_paths", []).append(run)
+        st.session_state["ev_run_wanted"] = str(Path(run).resolve())
+        st.rerun()
+
+
 def body() -> None:
     st.title("Evaluate")
     st.caption("What a fine-tune learned (held-out task examples) and what it forgot (things "
@@ -169,6 +230,7 @@ def body() -> None:
                "model.")
     runs = run_dirs()
     state.guard(jobs_panel)
+    state.guard(sweeps_section)
     state.guard(lambda: results_section(runs))  # a damaged report: one line, the form stays
     state.guard(lambda: launch_form(runs))
 
