@@ -54,6 +54,7 @@ from infosft.analysis.kl import KL_SCHEMA, joint_kl, kl_summary
 from infosft.analysis.score import ScoreConfig, load_examples, versions, score_dataset
 from infosft.analysis.store import Run, atomic_write_parquet, old_targets
 from infosft import process, runlock
+from infosft import train_status as ts
 from infosft.bundled import PRIOR
 from infosft.atomic import atomic_write_bytes, atomic_write_json
 from infosft.data import RecordError, detect_format, normalize
@@ -72,7 +73,17 @@ SETS = ("task", "prior")
 # What a saved model or LoRA adapter holds its weights in (sharded ones have an index).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
-SCORED = ("base-task", "tuned-task", "base-prior", "tuned-prior")
+WHO = ("base", "tuned")
+
+
+def scored_name(who: str, which: str) -> str:
+    """The name of one scored run of an evaluation: ``base-task``, ``tuned-prior``, ..."""
+    if who not in WHO or which not in SETS:
+        raise ValueError(f"no scored run {who!r}-{which!r}: who in {WHO}, which in {SETS}")
+    return f"{who}-{which}"
+
+
+SCORED = tuple(scored_name(who, s) for s in SETS for who in WHO)  # base-task, tuned-task, ...
 #: Relative cost of one generated token against one scored token (a decode step uses
 #: the model far less efficiently than a batched forward); only for the ETA.
 GEN_COST = 3.0
@@ -114,15 +125,27 @@ class TrainingRun:
 
     @property
     def final(self) -> Path:
-        return self.path / "final"
+        return self.path / ts.FINAL
 
     @property
     def eval_dir(self) -> Path:
-        return self.path / EVAL
+        return eval_dir(self.path)
 
     def training(self) -> dict[str, Any]:
         """The training settings that tell runs apart (scheme, knobs, mode, lora, ...)."""
         return {k: self.config.get(k) for k in TRAINING_KEYS}
+
+
+def eval_dir(run_dir: str | Path) -> Path:
+    """``RUN/eval``: the evaluation of the training run ``run_dir``."""
+    return Path(run_dir) / EVAL
+
+
+def scored_pair(run_dir: str | Path, which: str) -> tuple[Run, Run]:
+    """The base and the tuned scored run of set ``which`` (``task`` or ``prior``) in the
+    evaluation of the training run ``run_dir``."""
+    d = eval_dir(run_dir)
+    return Run(d / scored_name("base", which)), Run(d / scored_name("tuned", which))
 
 
 def require_config(path: Path) -> dict[str, Any]:
@@ -174,14 +197,14 @@ def open_training_run(path: str | Path) -> TrainingRun:
     p = Path(path)
     if not p.is_dir():
         raise InfosftError(f"{p}: no such training run directory")
-    config = require_config(p / "config.yaml")
+    config = require_config(p / ts.CONFIG)
     status = read_status(p)
     state = status.get("state")
     if state != "finished":
         hint = f" ({status['error']})" if status.get("error") else ""
         raise InfosftError(f"{p}: training is not finished (state {state!r}{hint}); "
                            "evaluate it once status.json says finished")
-    check_config(config, p / "config.yaml")
+    check_config(config, p / ts.CONFIG)
     run = TrainingRun(p, config, status)
     if not run.final.is_dir():
         raise InfosftError(f"{p}: no final model ({run.final} is missing)")
@@ -206,12 +229,12 @@ def task_source(run: TrainingRun, task_data: str | None) -> str:
     ``eval_data`` setting."""
     if task_data:
         return str(task_data)
-    split = run.path / "data" / "eval.jsonl"
+    split = run.path / ts.EVAL_DATA
     if split.is_file():
         return str(split)
     if run.config.get("eval_data"):
         return str(run.config["eval_data"])
-    raise InfosftError(f"{run.path}: no held-out task data (data/eval.jsonl is missing: train "
+    raise InfosftError(f"{run.path}: no held-out task data ({ts.EVAL_DATA} is missing: train "
                        "with an eval split, or pass --task-data FILE)")
 
 
@@ -342,10 +365,10 @@ def reusable_scores(cfg: ScoreConfig, content_hash: str, candidates: list[Path])
 def sibling_evals(run: TrainingRun, others: list[Path]) -> list[Path]:
     """Evaluation directories that may hold reusable base scores: the other runs of this
     invocation and the training runs next to this one."""
-    found = [Path(o) / EVAL for o in others]
+    found = [eval_dir(o) for o in others]
     parent = run.path.parent
     if parent.is_dir():
-        found += sorted(p / EVAL for p in parent.iterdir() if p.is_dir())
+        found += sorted(eval_dir(p) for p in parent.iterdir() if p.is_dir())
     me = run.eval_dir.resolve()
     # an evaluation another process is writing (or clearing) now is no source to copy
     return [p for p in dict.fromkeys(found)
@@ -504,11 +527,13 @@ def _prepare_sets(run: TrainingRun, cfg: EvalConfig, tokenizer, staging: Path) -
     limits = {"task": cfg.limit, "prior": prior_limit}
     prepared, score_cfgs = {}, {}
     for s in SETS:
-        for who, model in (("base", run.base_model), ("tuned", str(run.final))):
-            score_cfgs[f"{who}-{s}"] = _score_cfg(run, cfg, sources[s], eval_dir / f"{who}-{s}",
-                                                  model, task=s == "task", limit=limits[s])
+        for who, model in zip(WHO, (run.base_model, str(run.final))):
+            name = scored_name(who, s)
+            score_cfgs[name] = _score_cfg(run, cfg, sources[s], eval_dir / name, model,
+                                          task=s == "task", limit=limits[s])
         read_from = str(staged) if s == "prior" and staged else sources[s]
-        prepared[s] = load_examples(replace(score_cfgs[f"base-{s}"], source=read_from),
+        prepared[s] = load_examples(replace(score_cfgs[scored_name("base", s)],
+                                            source=read_from),
                                     tokenizer, [])
     return _Sets(sources, prepared, score_cfgs, staged)
 
@@ -518,7 +543,7 @@ def _reusable_base(run: TrainingRun, sets: _Sets, others: list[Path]) -> dict[st
     candidates = sibling_evals(run, others)
     out = {}
     for s in SETS:
-        name = f"base-{s}"
+        name = scored_name("base", s)
         src = reusable_scores(sets.score_cfgs[name], sets.prepared[s][0].content_hash,
                               [d / name for d in candidates])
         if src is not None:
@@ -542,7 +567,7 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
     acc_settings = {"style": style, "limit": cfg.accuracy_limit,
                     "max_new_tokens": cfg.max_new_tokens}
     reused = _reusable_base(run, sets, others)
-    base_answers = _reusable_answers(reused.get("base-task"), acc_settings, items)
+    base_answers = _reusable_answers(reused.get(scored_name("base", "task")), acc_settings, items)
 
     n_tok = {s: sum(ex.tokens.n_tokens for ex in sets.prepared[s][2]) for s in SETS}
     gen = items.height * cfg.max_new_tokens * GEN_COST
@@ -564,12 +589,12 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
             score_dataset(sets.score_cfgs[name], progress=show)
         prog.finish(name)
     for s in SETS:
-        check_same_tokens(Run(eval_dir / f"base-{s}"), Run(eval_dir / f"tuned-{s}"))
+        check_same_tokens(*scored_pair(run.path, s))
 
     _say(show, f"{run.path.name}: loading the base and the tuned model")
     models = {}
-    for who in ("base", "tuned"):
-        models[who], _, info = load_model(sets.score_cfgs[f"{who}-task"].model,
+    for who in WHO:
+        models[who], _, info = load_model(sets.score_cfgs[scored_name(who, "task")].model,
                                           device=cfg.device, dtype=cfg.dtype)
         report.setdefault("models", {})[who] = info.as_dict()
 
@@ -602,7 +627,7 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
         if (eval_dir / PRIOR_ACCURACY).exists() else None)
     report["reused"] = {k: str(v) for k, v in reused.items()}
     if base_answers is not None:
-        report["reused"]["accuracy-base"] = str(reused["base-task"].parent / ACCURACY)
+        report["reused"]["accuracy-base"] = str(reused[scored_name("base", "task")].parent / ACCURACY)
 
 
 def _answer_both(run: TrainingRun, models: dict, tokenizer, examples, items: pl.DataFrame,
@@ -689,7 +714,7 @@ def report_numbers(eval_dir: str | Path) -> dict[str, Any]:
     ks = kl_summary(kl)
     out: dict[str, Any] = {}
     for s in SETS:
-        out[s] = {"base": nums[f"base-{s}"], "tuned": nums[f"tuned-{s}"]}
+        out[s] = {who: nums[scored_name(who, s)] for who in WHO}
     t, p = out["task"], out["prior"]
     out["learned"] = {"delta_nll": t["tuned"]["mean_nll"] - t["base"]["mean_nll"],
                       "delta_q": t["tuned"]["mean_q"] - t["base"]["mean_q"]}
@@ -721,9 +746,14 @@ def evaluate_runs(paths: list[str | Path], cfg: EvalConfig, *, progress: bool = 
 
 # --- reading reports ------------------------------------------------------------------
 
+def report_path(run_dir: str | Path) -> Path:
+    """``RUN/eval/report.json``."""
+    return eval_dir(run_dir) / REPORT
+
+
 def read_report(run_dir: str | Path) -> dict[str, Any] | None:
     """``RUN/eval/report.json``, or None when the run was never evaluated."""
-    path = Path(run_dir) / EVAL / REPORT
+    path = report_path(run_dir)
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -158,7 +158,7 @@ def log_tail(job: Job, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _error_line(tail: str) -> str:
+def error_line(tail: str) -> str:
     """The CLI's one-line error if there is one, else the last line of the log."""
     lines = tail.splitlines()
     errs = [l for l in lines if l.startswith("infosft: error:")]
@@ -194,7 +194,7 @@ def status(job: Job) -> dict[str, Any]:
     if running:
         return {**out, "state": "running" if meta_status == "running" else "starting"}
     tail = log_tail(job)
-    return {**out, "state": "failed", "message": _error_line(tail), "log": tail}
+    return {**out, "state": "failed", "message": error_line(tail), "log": tail}
 
 
 def cancel(job: Job) -> None:
@@ -212,7 +212,7 @@ def cancel(job: Job) -> None:
 # --- training jobs ----------------------------------------------------------------------
 
 #: ``infosft train`` options that take one value, in the order they are written.
-_TRAIN_OPTIONS = ("model", "lr", "max_steps", "epochs", "batch_size", "grad_accum",
+TRAIN_OPTIONS = ("model", "lr", "max_steps", "epochs", "batch_size", "grad_accum",
                   "max_length", "eval_split", "logging_steps", "save_steps", "limit", "split")
 
 
@@ -223,9 +223,9 @@ def train_argv(data: str, out: Path, *, scheme: str = "infosft",
     """The ``infosft train`` command line (an argument list, never a shell string).
 
     ``knobs`` are a scheme's knobs as :meth:`analysis.tune.Settings.knobs` gives them;
-    ``options`` are :data:`_TRAIN_OPTIONS` (None or "" leaves the CLI's default). Local
+    ``options`` are :data:`TRAIN_OPTIONS` (None or "" leaves the CLI's default). Local
     paths are made absolute (:func:`app.workspace.local_path`)."""
-    unknown = sorted(set(options) - set(_TRAIN_OPTIONS))
+    unknown = sorted(set(options) - set(TRAIN_OPTIONS))
     if unknown:
         raise TypeError(f"unknown training option {unknown[0]!r}")
     if options.get("model"):
@@ -237,7 +237,7 @@ def train_argv(data: str, out: Path, *, scheme: str = "infosft",
         if value is None:
             continue
         argv += [f"--{name}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
-    for name in _TRAIN_OPTIONS:
+    for name in TRAIN_OPTIONS:
         if options.get(name) not in (None, ""):
             argv += [f"--{name.replace('_', '-')}", str(options[name])]
     for k, v in (fields or {}).items():
@@ -300,7 +300,7 @@ def train_status(run_dir: str | Path) -> dict[str, Any]:
     cli_error = [l for l in tail.splitlines() if l.startswith("infosft: error:")]
     if out["state"] == "failed" and (cli_error or not out["error"]):
         # the CLI's own one-line reason beats "the process died"
-        out["error"] = _error_line(tail) if job else out["error"] or "unknown error"
+        out["error"] = error_line(tail) if job else out["error"] or "unknown error"
     total, step = out.get("total_steps"), out.get("step") or 0
     out["fraction"] = (1.0 if out["state"] == "finished" else
                        min(step / total, 1.0) if total else 0.0)
@@ -389,7 +389,7 @@ def eval_status(job: Job) -> dict[str, Any]:
     """An evaluation job's ``state``, ``fraction`` over all its runs, ``stage`` (run and
     step), ``eta_s`` and, for a failed job, ``message`` and ``log``. Reports older than
     the job (a previous evaluation being replaced) do not count."""
-    from infosft.analysis.evaluate import EVAL, REPORT, read_progress
+    from infosft.analysis.evaluate import eval_dir, read_progress, report_path
 
     runs = eval_runs(job)
     out: dict[str, Any] = {"state": "starting", "done": 0, "total": len(runs), "fraction": 0.0,
@@ -397,10 +397,10 @@ def eval_status(job: Job) -> dict[str, Any]:
                            "stage": None}
     fractions, errors = [], []
     for r in runs:
-        report_path = r / EVAL / REPORT
+        report_file = report_path(r)
         try:
-            fresh = report_path.stat().st_mtime >= job.created_at - 1
-            report = json.loads(report_path.read_text()) if fresh else None
+            fresh = report_file.stat().st_mtime >= job.created_at - 1
+            report = json.loads(report_file.read_text()) if fresh else None
         except (OSError, ValueError):
             report = None
         st = (report or {}).get("status")
@@ -410,7 +410,7 @@ def eval_status(job: Job) -> dict[str, Any]:
             continue
         if st == "failed":
             errors.append(f"{r.name}: {report.get('error')}")
-        prog = read_progress(r / EVAL) if st == "running" else None
+        prog = read_progress(eval_dir(r)) if st == "running" else None
         fractions.append(prog["fraction"] if prog else 0.0)
         if prog and out["stage"] is None:
             out["stage"] = f"{r.name}: {prog['stage']}"
@@ -424,5 +424,5 @@ def eval_status(job: Job) -> dict[str, Any]:
     if running:
         return {**out, "state": "running" if out["stage"] else "starting"}
     tail = log_tail(job)
-    return {**out, "state": "failed", "message": errors[0] if errors else _error_line(tail),
+    return {**out, "state": "failed", "message": errors[0] if errors else error_line(tail),
             "log": tail}

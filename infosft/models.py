@@ -22,6 +22,7 @@ from pathlib import Path
 
 from infosft.atomic import usual_permissions
 from infosft.errors import InfosftError
+from infosft.train_status import read_model_info
 
 # peft reads `is_gradient_checkpointing`, which transformers 5 deprecated: a warning on
 # every LoRA load or wrap that users can do nothing about.
@@ -264,15 +265,10 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
     return model, tokenizer, info
 
 
-MODEL_INFO = "infosft_model.json"
-
-
 def _adapter_info(name: str | None) -> dict | None:
     """``infosft_model.json`` of a trained LoRA adapter directory, else None."""
-    if not name or not (Path(name) / MODEL_INFO).is_file():
-        return None
-    info = json.loads((Path(name) / MODEL_INFO).read_text())
-    return info if info.get("adapter") else None
+    info = read_model_info(name) if name else None
+    return info if info and info.get("adapter") else None
 
 
 def _load_adapter(name: str, info: dict, *, device: str | None, dtype: str | None,

@@ -29,6 +29,7 @@ from typing import Any
 
 from infosft import process
 from infosft.atomic import atomic_write_text
+from infosft.errors import InfosftError
 
 STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 ACTIVE_STATES = ("queued", "running", "stopping")
@@ -58,6 +59,23 @@ def is_run(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` is a training run directory (the trainer wrote its config or
     status), as opposed to any other directory a mistyped ``--out`` may name."""
     return (Path(run_dir) / STATUS).is_file() or (Path(run_dir) / CONFIG).is_file()
+
+
+def read_model_info(model_dir: str | Path) -> dict[str, Any] | None:
+    """``MODEL_INFO`` of a trained model directory (a run's ``final/``, written by
+    :func:`infosft.train.write_model_info`): ``base_model``, ``adapter``, how it was
+    trained; None when the directory has none (any other model)."""
+    path = Path(model_dir) / MODEL_INFO
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise InfosftError(f"{path}: unreadable ({type(e).__name__}); train the run "
+                           "again") from None
+    if not isinstance(info, dict):
+        raise InfosftError(f"{path}: unreadable (not a JSON object); train the run again")
+    return info
 
 
 def _read_raw_status(run_dir: Path) -> dict[str, Any]:

@@ -4,8 +4,11 @@ second spelling of a file name fails here."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
+
+import pytest
 
 from infosft.analysis.store import Run
 
@@ -47,3 +50,73 @@ def test_progress_files_are_written_read_and_removed_through_the_run(tmp_path):
     assert run.read_progress() is None
     run.remove_progress()
     assert run.progress_files() == [] and (run.path / "progress-000 (1).json").exists()
+
+
+# ---------------------------------------------------------- training-run file names
+
+def _literals(path: Path) -> set[str]:
+    """Every string constant of a module, the pieces of f-strings included."""
+    return {node.value for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def _literal_spelling(names: set[str], allowed: set[str]) -> list[str]:
+    """``file: name`` for each source file outside ``allowed`` with a string constant that
+    is one of ``names`` (or one with a slash before or after it: ``"/final"``)."""
+    assert len(SOURCE) > 30
+    return sorted(f"{p.relative_to(ROOT)}: {v!r}" for p in SOURCE
+                  if str(p.relative_to(ROOT)) not in allowed
+                  for v in _literals(p) if v.strip("/") in names)
+
+
+def test_only_train_status_spells_the_training_run_file_names():
+    from infosft import train_status as ts
+
+    names = {ts.CONFIG, ts.STATUS, ts.METRICS, ts.LOG, ts.CHECKPOINTS, ts.FINAL, ts.MODEL_INFO,
+             ts.EVAL_DATA, ts.SOURCE}
+    # docstrings may say the names; code takes them from train_status
+    assert _literal_spelling(names, {"infosft/train_status.py"}) == []
+
+
+def test_the_checker_sees_a_spelled_name(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""Reads config.yaml."""\nx = run / "final"\ny = f"{run}/final"\n')
+    assert {"final", "/final"} <= _literals(bad)
+
+
+def test_model_info_has_one_reader(tmp_path):
+    from infosft import models
+    from infosft import train_status as ts
+    from infosft.errors import InfosftError
+
+    assert not hasattr(models, "MODEL_INFO")
+    assert ts.read_model_info(tmp_path) is None
+    (tmp_path / ts.MODEL_INFO).write_text(json.dumps({"base_model": None, "adapter": True}))
+    assert ts.read_model_info(tmp_path) == {"base_model": None, "adapter": True}
+    assert models._adapter_info(str(tmp_path)) == {"base_model": None, "adapter": True}
+    (tmp_path / ts.MODEL_INFO).write_text(json.dumps({"adapter": False}))
+    assert models._adapter_info(str(tmp_path)) is None
+    for bad in ("{not json", "[1]"):
+        (tmp_path / ts.MODEL_INFO).write_text(bad)
+        with pytest.raises(InfosftError, match=f"{ts.MODEL_INFO}: unreadable"):
+            ts.read_model_info(tmp_path)
+
+
+# ---------------------------------------------------------- the evaluation directory
+
+def test_only_evaluate_names_the_evaluation_directory_and_its_scored_runs(tmp_path):
+    from infosft.analysis import evaluate as ev
+
+    # Known gaps (docs/design.md): these still build RUN/eval/base-... themselves; they are
+    # to call evaluate.scored_pair
+    gaps = {"app/views/evaluate.py", "analysis/uncertainty.py"}
+    assert _spelling("base-", {"analysis/evaluate.py", *gaps}) == []
+    assert _spelling("tuned-", {"analysis/evaluate.py", *gaps}) == []
+    assert ev.eval_dir(tmp_path) == tmp_path / "eval"
+    assert ev.report_path(tmp_path) == tmp_path / "eval" / "report.json"
+    base, tuned = ev.scored_pair(tmp_path, "prior")
+    assert (base.path, tuned.path) == (tmp_path / "eval" / "base-prior",
+                                       tmp_path / "eval" / "tuned-prior")
+    assert ev.SCORED == ("base-task", "tuned-task", "base-prior", "tuned-prior")
+    with pytest.raises(ValueError):
+        ev.scored_name("tuned", "other")

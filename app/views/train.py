@@ -8,11 +8,11 @@ import streamlit as st
 
 from infosft.analysis.export import read_export_meta
 from infosft.analysis.training import list_train_runs, metrics_frame, tail_lines
-from infosft.app import charts, jobs, knobs, state, workspace
+from infosft.app import charts, jobs, knobs, state, sweep_view, workspace
 from infosft.app.render import duration, knobs_text
 from infosft.bundled import bundled_source
 from infosft.train_config import FULL_LR, LORA_LR, field_default
-from infosft.train_status import ACTIVE_STATES, LOG
+from infosft.train_status import ACTIVE_STATES, FINAL, LOG
 
 FORM = "train_form_settings"  # the form's knobs (a Settings), bound to the knob widgets
 SAVED = "_train_inputs"  # the form's other values, kept while the page is not shown
@@ -163,6 +163,13 @@ def launch_form() -> None:
     seed_knobs()
     data = data_inputs(defaults)
     opts = optimizer_inputs()
+    remember_inputs()
+    what = st.radio("Launch", ("one run", "a sweep"), horizontal=True, key="train_what",
+                    help="a sweep: a grid of schemes and knobs, each trained with the "
+                    "settings above and evaluated, to compare on the Evaluate page")
+    if what == "a sweep":
+        sweep_view.form(data, opts)
+        return
     name = st.text_input("Run name (a folder in the workspace's trainings/)", key="train_name")
     remember_inputs()
     if not st.button("Launch", type="primary", key="train_go", disabled=data is None):
@@ -228,7 +235,7 @@ def controls(run_dir: str, stt: dict) -> None:
 
 def final_model(run_dir: str, stt: dict) -> None:
     """Where the final model is and how to load it."""
-    final = stt.get("final_model") or str(Path(run_dir) / "final")
+    final = stt.get("final_model") or str(Path(run_dir) / FINAL)
     st.success(f"Finished. Final model: `{final}`")
     lora = (Path(final) / "adapter_config.json").exists()
     code = ("from infosft.models import load_model\n"
@@ -332,6 +339,7 @@ def body() -> None:
         if run_dir:
             live_panel(run_dir)
     state.guard(lambda: runs_section(runs))
+    sweep_view.panel()
 
 
 state.guard(body)
