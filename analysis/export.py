@@ -31,7 +31,7 @@ from infosft.analysis.stats import weights
 from infosft.analysis.store import Run
 from infosft import __version__
 from infosft.atomic import TEMP_GLOB, atomic_write
-from infosft.data import TARGET_RULE
+from infosft.data import IGNORE_INDEX, TARGET_RULE
 from infosft.errors import InfosftError
 from infosft.weights import resolve_knobs
 
@@ -58,7 +58,7 @@ def weighted_frame(run: Run, scheme: str, **knobs: Any) -> pl.DataFrame:
     return (tokens.with_columns(w=pl.Series(w))
             .group_by("example_id", maintain_order=True)
             .agg(pl.col("token_id").alias("input_ids"),
-                 pl.when(tgt).then(pl.col("token_id")).otherwise(-100).alias("labels"),
+                 pl.when(tgt).then(pl.col("token_id")).otherwise(IGNORE_INDEX).alias("labels"),
                  pl.when(tgt).then(pl.col("w")).otherwise(0.0).cast(pl.Float32).alias("weights")))
 
 

@@ -32,6 +32,10 @@ from typing import Any, Iterable
 
 from infosft.errors import InputError
 
+#: The label of a position that is not supervised (Hugging Face's, PyTorch's
+#: ``ignore_index``): the one definition, for labels, exports, the loss and the collator.
+IGNORE_INDEX = -100
+
 # Field aliases for prompt/response records, tried in order.
 PAIR_ALIASES: tuple[tuple[str, str], ...] = (
     ("prompt", "response"), ("prompt", "completion"), ("question", "answer"),
@@ -75,8 +79,9 @@ class TokenizedExample:
         return sum(self.target_mask)
 
     def labels(self) -> list[int]:
-        """HF-style labels, unshifted: the token id on targets, -100 elsewhere."""
-        return [t if m else -100 for t, m in zip(self.input_ids, self.target_mask)]
+        """HF-style labels, unshifted: the token id on targets, IGNORE_INDEX (-100)
+        elsewhere."""
+        return [t if m else IGNORE_INDEX for t, m in zip(self.input_ids, self.target_mask)]
 
 
 def detect_format(record: dict[str, Any], fields: dict[str, str] | None = None,

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from infosft.data import IGNORE_INDEX  # noqa: F401  (re-exported: the loss's ignore label)
 from infosft.weights import resolve_knobs, token_weights
 
-IGNORE_INDEX = -100
 MODES = ("online", "static")
 # Elements of one fp32 chunk of logits (64 MiB): bounds the temporaries of the
 # chunked log-softmax whatever the vocabulary size.

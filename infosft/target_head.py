@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from transformers.utils import ModelOutput
 
-from infosft.loss import CHUNK_ELEMENTS, IGNORE_INDEX, row_logprobs, shift_left
+from infosft.data import IGNORE_INDEX
+from infosft.loss import CHUNK_ELEMENTS, row_logprobs, shift_left
 
 # Config fields of models whose logits are not plain lm_head(hidden).
 _SCALED = ("final_logit_softcapping", "logit_scale", "output_multiplier",

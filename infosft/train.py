@@ -35,10 +35,10 @@ from transformers import TrainerCallback
 from infosft import process, runlock
 from infosft import train_status as ts
 from infosft.atomic import atomic_write_text, usual_permissions
-from infosft.data import TARGET_RULE
+from infosft.data import IGNORE_INDEX, TARGET_RULE
 from infosft.errors import InfosftError
 from infosft.fast_dropout import speed_up_lora_dropout
-from infosft.loss import IGNORE_INDEX, WeightedLoss
+from infosft.loss import WeightedLoss
 from infosft.packed_linear import packed_linears
 from infosft.train_config import TrainConfig, dump, first_change, result_values
 from infosft.trainers import WeightedCollator, WeightedTrainer, pad_id_of

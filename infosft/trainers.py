@@ -59,8 +59,9 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
+from infosft.data import IGNORE_INDEX
 from infosft.errors import InfosftError
-from infosft.loss import IGNORE_INDEX, WeightedLoss, target_logprobs, weighted_nll
+from infosft.loss import WeightedLoss, target_logprobs, weighted_nll
 from infosft.target_head import add_target_head
 
 __all__ = ["WeightedCollator", "WeightedSFTTrainer", "WeightedTrainer"]  # noqa: F822 (lazy)

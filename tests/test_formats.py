@@ -120,3 +120,20 @@ def test_only_evaluate_names_the_evaluation_directory_and_its_scored_runs(tmp_pa
     assert ev.SCORED == ("base-task", "tuned-task", "base-prior", "tuned-prior")
     with pytest.raises(ValueError):
         ev.scored_name("tuned", "other")
+
+
+# ---------------------------------------------------------- the ignore label
+
+def _minus_100(path: Path) -> int:
+    """How many times a module writes the literal -100 in code (docstrings aside)."""
+    return sum(1 for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
+               and isinstance(node.operand, ast.Constant) and node.operand.value == 100)
+
+
+def test_one_ignore_index():
+    from infosft import data, loss
+
+    assert data.IGNORE_INDEX == -100 and loss.IGNORE_INDEX is data.IGNORE_INDEX
+    spelled = {str(p.relative_to(ROOT)): n for p in SOURCE if (n := _minus_100(p))}
+    assert spelled == {"infosft/data.py": 1}
