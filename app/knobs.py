@@ -23,15 +23,27 @@ def _keys(prefix: str) -> dict[str, str]:
                                          "direction", "seed")}
 
 
+def _agrees(name: str, widget, value) -> bool:
+    """Whether a widget's value already shows the settings' ``value`` (P within the
+    rounding of C to 4 decimals, which moves P by < 2e-5)."""
+    if name in ("C", "P", "threshold"):
+        return abs(float(widget) - float(value)) <= (1e-4 if name == "P" else 1e-9)
+    if name == "middle":
+        return tuple(map(float, widget)) == tuple(value)
+    return widget == value
+
+
 def seed_widgets(state_key: str, prefix: str, force: bool = False) -> None:
-    """Put the settings' values into the widgets' state (where missing, or all with force)."""
+    """Put the settings' values into the widgets' state: where missing, where the
+    settings changed elsewhere since (e.g. Export's widgets after C moved on Tune: the
+    settings are the one source, the widgets only show them), or all with ``force``."""
     s, k, ss = st.session_state[state_key], _keys(prefix), st.session_state
     values = {"scheme": s.scheme, "C": float(min(max(s.C, C_RANGE[0]), C_RANGE[1])),
               "P": float(min(max(p_from_c(s.C), P_RANGE[0]), P_RANGE[1])),
               "threshold": float(s.threshold), "middle": tuple(map(float, s.middle)),
               "direction": s.direction, "seed": int(s.seed)}
     for name, value in values.items():
-        if force or k[name] not in ss:
+        if force or k[name] not in ss or not _agrees(name, ss[k[name]], value):
             ss[k[name]] = value
 
 

@@ -1,5 +1,10 @@
-"""HTML and text rendering for the pages: the highlighted token view with tooltips,
-its legend, and the metric cards' labels and formatted values."""
+"""HTML and text rendering for the pages: the highlighted token view with its hover
+cards, its legend, and the metric cards' labels and formatted values.
+
+The hover card is drawn by the app, not the browser's ``title`` tooltip: every token is
+a ``<span>`` with a hidden child ``<span class="card">`` that CSS shows on ``:hover``
+and, for target tokens (``tabindex="0"``), on keyboard ``:focus`` too. Pure HTML/CSS,
+so it works inside ``st.html`` (no scripts)."""
 
 from __future__ import annotations
 
@@ -19,13 +24,41 @@ _W_STOPS = np.array([[0.0, 255, 255, 255], [1.0, 49, 130, 189]])
 LOGP_FLOOR = -10.0
 SCHEME_LABELS = {"sft": "SFT", "dft": "DFT", "infosft": "InfoSFT", "profit": "ProFit"}
 
+# A hidden card's insides are display: none as well, not only the card, and a card has
+# no table: block children and table cells of a hidden element still break or pad the
+# text WebDriver reads as the token view's "visible text". Shown, they get their usual
+# display back. (A row: label and value, inline-blocks of fixed width.)
+
+#: The weight colour scale: each scheme's own largest weight in the example gets the
+#: full colour, or a fixed 0..1 for every scheme.
+SCALES = ("per scheme max", "fixed 0..1")
+
 CSS = """<style>
 .tv {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.85rem;
      line-height: 1.9; white-space: pre-wrap; word-break: break-word;}
+.tv span.t, .tv span.p {position: relative;}
 .tv span.t {border-radius: 3px; padding: 1px 0; cursor: help; color: #111;}
-.tv span.t:hover {outline: 2px solid #222;}
+.tv span.t:hover, .tv span.t:focus {outline: 2px solid #222; outline-offset: 0;}
 .tv span.p {color: #9a9a9a;}
 .tv span.nl {color: #888; font-size: 0.75em;}
+.tv .card {display: none; position: absolute; left: 0; top: calc(100% + 3px); z-index: 1000;
+     width: max-content; min-width: 13rem; max-width: 24rem; padding: 0.45rem 0.6rem;
+     background: #fff; color: #111; border: 1px solid #b8b8b8; border-radius: 6px;
+     box-shadow: 0 4px 14px rgba(0, 0, 0, 0.2); font-size: 0.78rem; line-height: 1.4;
+     white-space: normal; word-break: normal; cursor: default; text-align: left;}
+.tv .card * {display: none;}
+.tv span.t:hover > .card, .tv span.t:focus > .card, .tv span.t:focus-within > .card,
+.tv span.p:hover > .card {display: block;}
+.tv span.t:hover > .card *, .tv span.t:focus > .card *, .tv span.t:focus-within > .card *,
+.tv span.p:hover > .card * {display: revert;}
+.tv span.t:hover > .card .r > span, .tv span.t:focus > .card .r > span,
+.tv span.t:focus-within > .card .r > span {display: inline-block;}
+.tv .card .ch {font-weight: 600; white-space: pre; margin-bottom: 0.15rem;}
+.tv .card .cs {color: #666; margin-top: 0.3rem;}
+.tv .card .r {white-space: pre;}
+.tv .card .r .k {min-width: 5.5rem;}
+.tv .card .r .n {min-width: 4.5rem; text-align: right; font-variant-numeric: tabular-nums;}
+.tv .card .r.on {font-weight: 600;}
 .tv-legend {display: flex; align-items: center; gap: 0.5rem; font-size: 0.8rem;}
 .tv-legend .bar {width: 220px; height: 12px; border-radius: 3px;}
 </style>"""
@@ -37,17 +70,30 @@ def interp(x: np.ndarray, stops: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(x, stops[:, 0], stops[:, c]) for c in (1, 2, 3)], axis=1)
 
 
-def color_values(view: pl.DataFrame, color_by: str, scheme: str = "infosft") -> np.ndarray:
+def weight_scale(view: pl.DataFrame, scheme: str, scale: str = SCALES[0]) -> float:
+    """The weight that gets the full colour: with ``"per scheme max"`` the largest weight
+    of ``scheme`` among ``view``'s tokens (1 when it has none above 0), with
+    ``"fixed 0..1"`` always 1."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
+    if scale == SCALES[1]:
+        return 1.0
+    w = view[f"w_{scheme}"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    top = float(np.nanmax(w)) if np.isfinite(w).any() else 0.0
+    return top if top > 0 else 1.0
+
+
+def color_values(view: pl.DataFrame, color_by: str, scheme: str = "infosft",
+                 scale: str = SCALES[0]) -> np.ndarray:
     """Values in [0, 1] to colour each token by: q, logp (floored at -10) or the weight
-    under ``scheme`` (scaled by the example's largest weight, at least 1)."""
+    under ``scheme`` divided by :func:`weight_scale`."""
     if color_by == "q":
         return view["q"].fill_null(np.nan).to_numpy()
     if color_by == "logp":
         lp = view["logp"].cast(pl.Float64).fill_null(np.nan).to_numpy()
         return 1 - np.clip(lp, LOGP_FLOOR, 0) / LOGP_FLOOR
-    w = view[f"w_{scheme}"].fill_null(np.nan).to_numpy()
-    top = np.nanmax(w) if np.isfinite(w).any() else 1.0
-    return w / max(float(top), 1.0)
+    w = view[f"w_{scheme}"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    return w / weight_scale(view, scheme, scale)
 
 
 def colors(values: np.ndarray, color_by: str) -> list[str]:
@@ -71,7 +117,8 @@ def number_text(x: Any, fmt: str) -> str:
 
 
 def tooltip(row: dict[str, Any]) -> str:
-    """The hover text of one token: q, logp, rank, entropy, all schemes' weights, top-k."""
+    """The hover text of one token as plain text (q, logp, rank, entropy, all schemes'
+    weights, top-k); :func:`card` draws the same numbers as the hover card."""
     if not row["is_target"]:
         return f"{row['token']!r}: prompt / template token (not trained on)"
     lines = [f"{row['token']!r}  q {number_text(row['q'], '.4f')}  logp {number_text(row['logp'], '.3f')}",
@@ -85,6 +132,40 @@ def tooltip(row: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rows(cells: Sequence[tuple[str, str]], on: str | None = None) -> str:
+    """``label value`` rows of a card (``on``'s row in bold)."""
+    return "".join(f'<div class="r{" on" if label == on else ""}"><span class="k">{label}</span> '
+                   f'<span class="n">{value}</span></div>' for label, value in cells)
+
+
+def card(row: dict[str, Any], scheme: str | None = None) -> str:
+    """The hover card of one token (HTML, escaped): the token, q, logp, rank, entropy,
+    its weight under every scheme (``scheme``'s row in bold) and the top-k alternatives
+    with their probabilities. Prompt tokens say they are not trained on."""
+    head = f'<div class="ch">{html.escape(repr(row["token"]))}</div>'
+    if not row["is_target"]:
+        return head + '<div>prompt / template token (not trained on)</div>'
+    rank = row.get("rank")
+    stats = [("q", number_text(row["q"], ".4f")), ("logp", number_text(row["logp"], ".3f")),
+             ("rank", "–" if rank is None else str(rank)),
+             ("entropy", number_text(row["entropy"], ".3f") + " nats")]
+    weights = [(SCHEME_LABELS[s], number_text(row[f"w_{s}"], ".3f")) for s in SCHEMES]
+    out = [head, _rows(stats), '<div class="cs">weight</div>',
+           _rows(weights, SCHEME_LABELS.get(scheme))]
+    pieces, probs = row.get("top_pieces") or [], row.get("top_probs") or []
+    if pieces:
+        out += ['<div class="cs">top-k alternatives</div>',
+                _rows([(html.escape(repr(p)), number_text(pr, ".3f"))
+                       for p, pr in zip(pieces, probs)])]
+    return "".join(out)
+
+
+def text_card(text: str) -> str:
+    """A hover card from plain text: escaped, first line bold, one line per line."""
+    first, *rest = html.escape(text).split("\n")
+    return f'<div class="ch">{first}</div>' + "".join(f"<div>{line}</div>" for line in rest)
+
+
 def piece_html(token: str) -> str:
     """A token's text, escaped; a newline shows as a visible ↵ and then breaks the line."""
     parts = html.escape(token or "").split("\n")
@@ -92,42 +173,59 @@ def piece_html(token: str) -> str:
 
 
 def token_html(view: pl.DataFrame, color_by: str = "q", scheme: str = "infosft",
-               targets_only: bool = False) -> str:
+               targets_only: bool = False, scale: str = SCALES[0]) -> str:
     """The example as HTML: target tokens on a colour background, prompt tokens grey,
-    every token a ``<span title=...>`` with :func:`tooltip`'s text. One Python pass over
-    the tokens of this one example (the only per-token loop in the app). With
-    ``targets_only`` the prompt tokens are left out (for narrow side-by-side columns)."""
+    every token a ``<span>`` with its :func:`card` shown on hover / keyboard focus. One
+    Python pass over the tokens of this one example (the only per-token loop in the app).
+    With ``targets_only`` the prompt tokens are left out (for narrow side-by-side
+    columns); ``scale`` is the weight colour scale (:data:`SCALES`)."""
     if targets_only:
         view = view.filter(pl.col("is_target"))
-    return spans_html(view, colors(color_values(view, color_by, scheme), color_by), tooltip)
+    return spans_html(view, colors(color_values(view, color_by, scheme, scale), color_by),
+                      tooltip, card_of=lambda row: card(row, scheme))
 
 
 def spans_html(view: pl.DataFrame, backgrounds: Sequence[str],
-               title_of: Callable[[dict[str, Any]], str]) -> str:
+               title_of: Callable[[dict[str, Any]], str],
+               card_of: Callable[[dict[str, Any]], str] | None = None) -> str:
     """One ``<span>`` per token row of ``view``: targets on their background colour
-    (``backgrounds``, one CSS colour per row), prompt tokens grey, each with
-    ``title_of(row)`` as its hover text."""
+    (``backgrounds``, one CSS colour per row) and focusable (``tabindex="0"``), prompt
+    tokens grey; each with a hover card: ``card_of(row)`` (HTML) when given, else
+    ``title_of(row)``'s plain text (:func:`text_card`)."""
     out = []
     for row, color in zip(view.iter_rows(named=True), backgrounds):
-        title = html.escape(title_of(row), quote=True).replace("\n", "&#10;")
+        body = card_of(row) if card_of else text_card(title_of(row))
+        c = f'<span class="card" role="tooltip">{body}</span>'
         if row["is_target"]:
-            out.append(f'<span class="t" data-pos="{row["position"]}" title="{title}" '
-                       f'style="background:{color}">{piece_html(row["token"])}</span>')
+            out.append(f'<span class="t" tabindex="0" data-pos="{row["position"]}" '
+                       f'style="background:{color}">{piece_html(row["token"])}{c}</span>')
         else:
-            out.append(f'<span class="p" data-pos="{row["position"]}" title="{title}">'
-                       f'{piece_html(row["token"])}</span>')
+            out.append(f'<span class="p" data-pos="{row["position"]}">'
+                       f'{piece_html(row["token"])}{c}</span>')
     return f'{CSS}<div class="tv">{"".join(out)}</div>'
 
 
-def legend_html(color_by: str, scheme: str = "infosft") -> str:
-    """A colour bar with its end labels for the chosen colouring."""
+def legend_html(color_by: str, scheme: str = "infosft", top: float | None = None,
+                scale: str = SCALES[0]) -> str:
+    """A colour bar with its end labels for the chosen colouring; for weights the right
+    end names the weight that gets the full colour (``top``, from :func:`weight_scale`):
+    the scheme's largest weight in the example, or 1 on the fixed scale."""
     stops = _W_STOPS if color_by == "weight" else _Q_STOPS
     grad = ", ".join(f"rgb({int(r)},{int(g)},{int(b)}) {x * 100:.0f}%" for x, r, g, b in stops)
-    lo, hi = {"q": ("q = 0", "q = 1"), "logp": (f"logp ≤ {LOGP_FLOOR:g}", "logp = 0"),
-              "weight": ("w = 0", f"max w ({SCHEME_LABELS[scheme]})")}[color_by]
+    if color_by == "weight":
+        lo, hi = "w = 0", weight_scale_text(scheme, 1.0 if top is None else top, scale)
+    else:
+        lo, hi = {"q": ("q = 0", "q = 1"), "logp": (f"logp ≤ {LOGP_FLOOR:g}", "logp = 0")}[color_by]
     return (f'{CSS}<div class="tv-legend"><span>{lo}</span><span class="bar" '
             f'style="background: linear-gradient(to right, {grad})"></span><span>{hi}</span>'
             '<span style="color:#9a9a9a">grey: prompt / template (not trained on)</span></div>')
+
+
+def weight_scale_text(scheme: str, top: float, scale: str = SCALES[0]) -> str:
+    """``w = 0.508 (InfoSFT's max in this example)`` or ``w = 1 (fixed scale)``."""
+    if scale == SCALES[1]:
+        return "w = 1 (fixed scale)"
+    return f"w = {top:.3g} ({SCHEME_LABELS[scheme]}'s max in this example)"
 
 
 def pct(x: float) -> str:
@@ -159,6 +257,24 @@ def knobs_text(scheme: str, knobs: dict[str, Any]) -> str:
     """``infosft (C=2.587)`` style label."""
     parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in knobs.items()]
     return SCHEME_LABELS[scheme] + (f" ({', '.join(parts)})" if parts else "")
+
+
+def export_name(run_name: str, scheme: str, knobs: dict[str, Any]) -> str:
+    """The default export file name (no suffix): the run, the scheme and its knobs, so
+    that exports with other knobs do not collide: ``sample-infosft-C3.25``,
+    ``sample-profit-higher-t0.1``, ``sample-profit-middle-0.1-0.9``,
+    ``sample-profit-random-t0.3-seed0``, ``sample-sft``."""
+    parts = [run_name, scheme]
+    if scheme == "infosft":
+        parts.append(f"C{float(knobs['C']):g}")
+    elif scheme == "profit":
+        tau, direction = knobs["threshold"], knobs["direction"]
+        parts.append(direction)
+        parts += ([f"{float(t):g}" for t in tau] if isinstance(tau, (list, tuple))
+                  else [f"t{float(tau):g}"])
+        if direction == "random":
+            parts.append(f"seed{int(knobs.get('seed', 0))}")
+    return "-".join(parts)
 
 
 def scheme_labels(settings) -> dict[str, str]:

@@ -28,7 +28,6 @@ def init() -> None:
     ss.setdefault("run_path", str(SAMPLE_RUN))
     ss.setdefault("settings", Settings())
     ss.setdefault("example_id", None)
-    ss.setdefault("export_settings", None)
     ss.setdefault("train_settings", None)
 
 

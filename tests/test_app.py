@@ -196,7 +196,9 @@ def test_token_view_page_has_tooltips():
     at = app("views/token_view.py")
     ok(at)
     html = " ".join(h.proto.body for h in at.get("html"))
-    assert 'title="' in html and "top-k:" in html and "↵" in html
+    # the app's own hover cards, not the browser's title tooltips
+    assert 'class="card"' in html and "top-k alternatives" in html and "↵" in html
+    assert 'title="' not in html and 'tabindex="0"' in html
 
 
 def test_token_view_data_matches_stats(targets):
@@ -230,7 +232,7 @@ def test_token_html_escapes_and_shows_newlines():
     assert "<b>" not in out.split("</style>")[1] and "&lt;b&gt;" in out
     assert '<span class="nl">↵</span>\nb' in out
     assert "&#x27;&lt;c&gt;&#x27; 0.200" in out or "&lt;c&gt;" in out
-    assert 'title="' in out and "&#10;" in out
+    assert 'title="' not in out and out.count('class="card"') == 3
 
 
 def test_cli_app_defaults_to_localhost():

@@ -1,6 +1,7 @@
 """End to end in a real headless Chromium (Debian's chromium + chromium-driver, driven
-by Selenium): start ``infosft app``, visit every page, move the C slider, hover a token
-and read its tooltip. Screenshots go to ``test-artifacts/``."""
+by Selenium): start ``infosft app``, visit every page, move the C slider, hover and
+focus a token and read the app's hover card, check each scheme's colour scale, carry
+Tune's knobs to Export through the sidebar. Screenshots go to ``test-artifacts/``."""
 
 from __future__ import annotations
 
@@ -160,21 +161,168 @@ def test_c_slider_updates_metrics(server, browser):
     browser.save_screenshot(str(ARTIFACTS / "tune-after-slider.png"))
 
 
-def test_hover_token_shows_tooltip(server, browser):
+def sample_view():
+    """Example 0 of the sample run under the knobs a new session starts with."""
+    from infosft.analysis.stats import Targets
+    from infosft.analysis.store import Run
+    from infosft.analysis.tune import Settings
+    from infosft.analysis.view import token_view
+
+    run = Run(ROOT / "sample_data" / "runs" / "sample")
+    return token_view(run, 0, Targets.from_run(run.path), run.read_vocab(), Settings())
+
+
+def card_of(token):
+    return token.find_element(By.CSS_SELECTOR, ":scope > .card")
+
+
+def test_hover_token_shows_the_apps_card(server, browser):
+    """Hover a token: the app's own card (not a native title tooltip) shows its q and
+    its weight under every scheme, computed here from the logp; keyboard focus shows
+    the card too, and Tab moves to the next token's card."""
+    import numpy as np
+    import polars as pl
+
+    from tests.helpers import reference_weights
+
     open_page(browser, server, "tokens")
     spans = browser.find_elements(By.CSS_SELECTOR, ".tv span.t")
     assert spans, "no highlighted target tokens"
     token = spans[5]
+    assert token.get_attribute("title") in (None, "") and token.get_attribute("tabindex") == "0"
+    assert not card_of(token).is_displayed()
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", token)
     ActionChains(browser).move_to_element(token).perform()
-    title = token.get_attribute("title")
-    assert "q " in title and "logp" in title and "rank" in title and "entropy" in title
-    assert "InfoSFT" in title and "ProFit" in title and "top-k:" in title
-    # prompt tokens are grey and say so
-    prompt = browser.find_elements(By.CSS_SELECTOR, ".tv span.p")[0]
-    assert "not trained on" in prompt.get_attribute("title")
+    card = card_of(token)
+    wait(browser, 10).until(lambda d: card.is_displayed())
+    view = sample_view()
+    row = view.filter(pl.col("position") == int(token.get_attribute("data-pos"))).row(0, named=True)
+    logp = float(row["logp"])
+    text = " ".join(card.text.split())
+    assert f"q {np.exp(logp):.4f}" in text and f"logp {logp:.3f}" in text
+    assert f"rank {row['rank']}" in text and "entropy" in text
+    C, tau = view_knobs()
+    for scheme, label in (("sft", "SFT"), ("dft", "DFT"), ("infosft", "InfoSFT"),
+                          ("profit", "ProFit")):
+        w = reference_weights(np.array([logp]), scheme, C=C, tau=tau)[0]
+        assert f"{label} {w:.3f}" in text, (label, text)
+    assert "top-k alternatives" in text and f"{row['top_probs'][0]:.3f}" in text
+    # it is drawn in the page, on top of the text, inside the window
+    r = card.rect
+    assert r["width"] > 100 and r["height"] > 100
     browser.save_screenshot(str(ARTIFACTS / "token-view-hover.png"))
-    (ARTIFACTS / "token-view-hover.txt").write_text(title)
+    (ARTIFACTS / "token-view-hover.txt").write_text(text)
+    # keyboard: focus a token (move the mouse away first), then Tab to the next one
+    ActionChains(browser).move_to_element(browser.find_element(By.TAG_NAME, "h1")).perform()
+    wait(browser, 10).until(lambda d: not card.is_displayed())
+    other = spans[20]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus()",
+                           other)
+    wait(browser, 10).until(lambda d: card_of(other).is_displayed())
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    nxt = spans[21]
+    wait(browser, 10).until(lambda d: card_of(nxt).is_displayed())
+    assert not card_of(other).is_displayed()
+    assert browser.switch_to.active_element == nxt
+    browser.save_screenshot(str(ARTIFACTS / "token-view-focus.png"))
+    # prompt tokens are grey and their card says so
+    prompt = browser.find_elements(By.CSS_SELECTOR, ".tv span.p")[0]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", prompt)
+    ActionChains(browser).move_to_element(prompt).perform()
+    wait(browser, 10).until(lambda d: card_of(prompt).is_displayed())
+    assert "not trained on" in card_of(prompt).text
+    no_errors(browser)
+
+
+def view_knobs() -> tuple[float, float]:
+    from infosft.analysis.tune import Settings
+
+    return Settings().C, Settings().threshold
+
+
+def background(d, pos: int, within: int = 0) -> str | None:
+    """The computed background of the target token at ``pos`` in the ``within``-th token
+    view on the page (0: the main one; 1-4: the side-by-side columns), read in one
+    script call (a rerun may replace the elements between two WebDriver calls)."""
+    return d.execute_script(
+        "const tv = document.querySelectorAll('.tv')[arguments[0]];"
+        "const el = tv && tv.querySelector(`span.t[data-pos=\"${arguments[1]}\"]`);"
+        "return el ? getComputedStyle(el).backgroundColor : null;", within, pos)
+
+
+BLUE = "rgb(49, 130, 189)"  # the full weight colour (getComputedStyle's spelling)
+
+
+def click_radio(d, group: str, option: str) -> None:
+    d.find_element(By.XPATH, f"//*[@data-testid='stRadio'][.//p[text()='{group}']]"
+                   f"//label[.//p[text()='{option}']]").click()
+
+
+def test_each_scheme_is_coloured_on_its_own_scale(server, browser):
+    """Colour by weight: InfoSFT's strongest token (w ~ 0.51) is the full colour, as
+    SFT's weight-1 tokens are; on the fixed 0..1 scale it is about half as strong."""
+    import numpy as np
+    import polars as pl
+
+    view = sample_view().filter(pl.col("is_target"))
+    w = view["w_infosft"].to_numpy()
+    top, pos = float(w.max()), int(view["position"][int(w.argmax())])
+    assert top < 0.6
+    open_page(browser, server, "tokens")
+    click_radio(browser, "Colour by", "weight")
+    wait(browser).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, ".tv-legend"), f"w = {top:.3g} (InfoSFT's max in this example)"))
+    wait(browser).until(lambda d: background(d, pos) == BLUE)
+    # the side-by-side columns (SFT, DFT, InfoSFT, ProFit): each scheme's own maximum is blue
+    assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] .tv')) == 4
+    assert background(browser, pos, within=3) == BLUE
+    dft_top = int(view["position"][int(view["w_dft"].to_numpy().argmax())])
+    assert background(browser, dft_top, within=2) == BLUE
+    browser.save_screenshot(str(ARTIFACTS / "token-view-weight-per-scheme.png"))
+    click_radio(browser, "Weight colour scale", "fixed 0..1")
+    half = "rgb({}, {}, {})".format(*(round(255 + top * (c - 255)) for c in (49, 130, 189)))
+    wait(browser).until(lambda d: background(d, pos) == half)
+    assert "w = 1 (fixed scale)" in browser.find_element(By.CSS_SELECTOR, ".tv-legend").text
+    assert np.isclose(top, 0.5077, atol=0.01)
+    no_errors(browser)
+    browser.save_screenshot(str(ARTIFACTS / "token-view-weight-fixed.png"))
+
+
+def nav(d, title: str) -> None:
+    """In-app navigation through the sidebar (keeps the session, unlike a page load)."""
+    d.find_element(By.XPATH, f"//a[@data-testid='stSidebarNavLink'][.//p[text()='{title}']]"
+                   ).click()
+    wait(d).until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), title))
+
+
+def test_export_from_the_sidebar_shows_the_knobs_moved_on_tune(server, browser):
+    """Open Export, then move C on Tune, then open Export again from the sidebar (not
+    Tune's button), all in one session: Export shows and names the file after the new C
+    (it used to keep the C it first saw)."""
+    open_page(browser, server, "export")
+    assert f"InfoSFT (C={view_knobs()[0]:.4g})" in browser.find_element(By.TAG_NAME, "h3").text
+    nav(browser, "Tune")
+    wait(browser).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), READY["tune"]))
+    time.sleep(1.0)
+    thumb = browser.find_element(By.CSS_SELECTOR, SLIDER).find_element(By.XPATH, "../..")
+    start = slider_value(browser)
+    ActionChains(browser).click(thumb).perform()
+    ActionChains(browser).send_keys(Keys.ARROW_RIGHT * 25).perform()
+    wait(browser).until(lambda d: slider_value(d) != start)
+    time.sleep(2.0)  # the last key's rerun
+    C = slider_value(browser)
+    wait(browser).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, '[data-testid="stSidebar"]'), f"InfoSFT (C={C:.4g})"))
+    nav(browser, "Export")
+    wait(browser).until(EC.text_to_be_present_in_element((By.TAG_NAME, "h3"), f"C={C:.4g}"))
+    assert slider_value(browser) == pytest.approx(C)
+    wait(browser).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), READY["export"]))
+    name = wait(browser).until(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, 'input[aria-label^="File name"]')))
+    wait(browser).until(lambda d: name.get_attribute("value") == f"sample-infosft-C{C:g}")
+    no_errors(browser)
+    time.sleep(0.5)
+    browser.save_screenshot(str(ARTIFACTS / "export-after-tune.png"))
 
 
 def test_unreadable_upload_shows_a_message(server, browser, tmp_path):

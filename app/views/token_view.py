@@ -1,12 +1,14 @@
-"""Token view: one example with every token coloured by q, logp or weight; hover a
-token for its numbers and top-k alternatives; the same example under all schemes."""
+"""Token view: one example with every token coloured by q, logp or weight (each
+scheme on its own scale, its largest weight in the example, or a fixed 0..1); hover or
+focus a token for its card (numbers, weights, top-k alternatives); the same example
+under all schemes."""
 
 import polars as pl
 import streamlit as st
 
 from infosft.analysis.view import token_view
 from infosft.app import state
-from infosft.app.render import SCHEME_LABELS, legend_html, token_html
+from infosft.app.render import SCALES, SCHEME_LABELS, legend_html, token_html, weight_scale
 from infosft.weights import SCHEMES
 
 
@@ -19,7 +21,7 @@ def body() -> None:
         st.info("This run has no examples.")
         return
     current = st.session_state.get("example_id")
-    a, b, c = st.columns([2, 2, 2])
+    a, b, c, d = st.columns([2, 2, 2, 2])
     example_id = a.selectbox("Example", ids, index=ids.index(current) if current in ids else 0,
                              key="tv_example")
     st.session_state["example_id"] = example_id
@@ -27,6 +29,9 @@ def body() -> None:
     scheme = c.selectbox("Weight scheme", SCHEMES, index=SCHEMES.index(s.scheme),
                          format_func=SCHEME_LABELS.get, key="tv_scheme",
                          disabled=color_by != "weight")
+    scale = d.radio("Weight colour scale", SCALES, horizontal=True, key="tv_scale",
+                    help="per scheme max: each scheme's largest weight in this example gets "
+                    "the full colour; fixed 0..1: weight 1 does, for every scheme")
     view = token_view(run, example_id, state.targets(run), state.vocab(run), s)
     tgt = view.filter(pl.col("is_target"))
     cols = st.columns(2 + len(SCHEMES))
@@ -35,15 +40,19 @@ def body() -> None:
     for col, sc in zip(cols[2:], SCHEMES):
         col.metric(f"Mean w {SCHEME_LABELS[sc]}", f"{tgt[f'w_{sc}'].mean():.3f}"
                    if tgt.height else "–")
-    st.html(legend_html(color_by, scheme))
-    st.html(token_html(view, color_by, scheme))
+    st.html(legend_html(color_by, scheme, weight_scale(view, scheme, scale), scale))
+    st.html(token_html(view, color_by, scheme, scale=scale))
     with st.expander("Side by side: the same example under SFT / DFT / InfoSFT / ProFit",
                      expanded=True):
         st.caption("The target tokens coloured by their weight under each scheme (white = 0, "
-                   "blue = the largest weight, at least 1); hover for the numbers.")
+                   + ("blue = that scheme's largest weight in this example"
+                      if scale == SCALES[0] else "blue = 1 for every scheme")
+                   + "); hover or focus a token for its numbers.")
         for col, sc in zip(st.columns(len(SCHEMES)), SCHEMES):
-            col.markdown(f"**{SCHEME_LABELS[sc]}**")
-            col.html(token_html(view, "weight", sc, targets_only=True))
+            top = weight_scale(view, sc, scale)
+            col.markdown(f"**{SCHEME_LABELS[sc]}**" + (f" · blue = {top:.3g}"
+                                                      if scale == SCALES[0] else ""))
+            col.html(token_html(view, "weight", sc, targets_only=True, scale=scale))
 
 
 state.guard(body)

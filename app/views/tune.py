@@ -20,9 +20,7 @@ def body() -> None:
         st.caption(auto["rule"])
         s = state.settings()
         if st.button("Use these knobs in Export", key="to_export", type="primary"):
-            st.session_state["export_settings"] = s
-            st.session_state["export_from_tune"] = True
-            st.switch_page("views/export.py")
+            st.switch_page("views/export.py")  # Export reads the same settings
         if st.button("Train with these knobs", key="to_train"):
             st.session_state["train_settings"] = s
             st.switch_page("views/train.py")
