@@ -4,8 +4,8 @@ One row per example: the original record fields plus ``input_ids``, ``labels``
 (unshifted, -100 on non-targets) and ``weights`` (0 on non-targets), all of the
 same length. Load it with ``datasets.load_dataset("parquet", data_files=PATH)``
 (or ``"json"`` for JSONL). The scheme, knobs and provenance are stored in the
-Parquet key-value metadata under ``infosft`` and, for both formats, in a
-``PATH.meta.json`` sidecar.
+Parquet key-value metadata and, for both formats, in a sidecar file: the format's
+names, its writer and its reader are :mod:`infosft.export_format`'s.
 
 The labels are the scored run's targets, made by the rule TRL's SFTTrainer supervises
 (``infosft.data.TARGET_RULE``, recorded as ``targets``), so the weights line up with
@@ -18,8 +18,6 @@ the previous one as it was.
 from __future__ import annotations
 
 import json
-import os
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,18 +28,17 @@ import polars as pl
 from infosft.analysis.stats import weights
 from infosft.analysis.store import Run
 from infosft import __version__
-from infosft.atomic import TEMP_GLOB, atomic_write
 from infosft.data import IGNORE_INDEX, TARGET_RULE
 from infosft.errors import InfosftError
+from infosft.export_format import (COLUMNS, file_format, parquet_metadata, require_meta,
+                                   sidecar, write_export)
 from infosft.weights import resolve_knobs
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; leftover temporary files stay
-    fcntl = None
 
-FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
-COLUMNS = ("input_ids", "labels", "weights")
+
+def read_export_meta(path: str | Path) -> dict[str, Any]:
+    """Scheme, knobs and provenance of an exported dataset (an error if it is none)."""
+    return require_meta(path)
 
 
 def weighted_frame(run: Run, scheme: str, **knobs: Any) -> pl.DataFrame:
@@ -106,7 +103,7 @@ def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,
                     overwrite: bool = False, **knobs: Any) -> Path:
     """Write the weighted dataset of a complete run to ``out`` (.parquet or .jsonl)."""
     run, out = Run(run_dir), Path(out)
-    fmt = FORMATS.get(out.suffix.lower())
+    fmt = file_format(out)
     if fmt is None:
         raise InfosftError(f"{out}: choose a .parquet or .jsonl output file")
     if _is_run_file(run, out):
@@ -132,27 +129,10 @@ def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,
         "n_targets": meta["counts"]["target_tokens"], "infosft_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _remove_dead_temps(out)
-    # Two files, renamed one after the other. The sidecar goes first and is put back if
-    # the data fails, so a failed export leaves the old pair as it was (a .jsonl has no
-    # other metadata: new data under the old sidecar would mislabel its weights).
-    side = sidecar(out)
-    old_side = side.read_bytes() if side.is_file() else None
-    _write_locked(side, lambda tmp: tmp.write_text(
-        json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8"))
-    try:
-        if fmt == "parquet":
-            _write_locked(out, lambda tmp: table.write_parquet(tmp, metadata={
-                "infosft": json.dumps(info)}))
-        else:
-            _write_locked(out, table.write_ndjson)
-    except BaseException:
-        if old_side is None:
-            side.unlink(missing_ok=True)
-        else:
-            _write_locked(side, lambda tmp: tmp.write_bytes(old_side))
-        raise
-    return out
+    if fmt == "parquet":
+        return write_export(out, info, lambda tmp: table.write_parquet(
+            tmp, metadata=parquet_metadata(info)))
+    return write_export(out, info, table.write_ndjson)
 
 
 def _is_run_file(run: Run, out: Path) -> bool:
@@ -161,68 +141,3 @@ def _is_run_file(run: Run, out: Path) -> bool:
     out = out.resolve()
     return (out in (run.examples_path.resolve(), run.vocab_path.resolve())
             or out.parent == run.tokens_dir.resolve())
-
-
-# Leftover temporary files. An export killed mid-write leaves ``.NAME.XXXXXXXX.tmp`` next
-# to its target, and the directory is the user's (not a run directory with a lock), so
-# another export of the same name may be writing there right now. A writer therefore
-# holds an flock on its temporary file until the file is renamed into place, and the
-# cleaner deletes only the temporary files of this target and its sidecar whose flock it
-# can take: their writer is gone (the kernel drops a dead process's locks).
-
-def _write_locked(path: Path, write) -> None:
-    """:func:`infosft.atomic.atomic_write`, holding an flock on the temporary file until
-    it is in place (the lock stays with the file through the rename)."""
-    held: list[int] = []
-
-    def locked(tmp: Path) -> None:
-        held.append(os.open(tmp, os.O_RDWR))
-        if fcntl is not None:
-            fcntl.flock(held[-1], fcntl.LOCK_EX)
-        write(tmp)
-
-    try:
-        atomic_write(path, locked)
-    finally:
-        for fd in held:
-            os.close(fd)
-
-
-def _remove_dead_temps(out: Path) -> None:
-    if fcntl is None or not out.parent.is_dir():
-        return
-    # mkstemp's random part has no dot, so ".w.parquet.*" never matches another target's
-    # (".w.parquet.x.parquet.*") and the sidecar's only match its own pattern.
-    mine = [re.compile(re.escape(f".{name}.") + r"[^.]+\.tmp") for name in
-            (out.name, sidecar(out).name)]
-    for tmp in out.parent.glob(TEMP_GLOB):
-        if not any(p.fullmatch(tmp.name) for p in mine):
-            continue
-        try:
-            fd = os.open(tmp, os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # a live export is writing it
-        finally:
-            os.close(fd)
-
-
-def sidecar(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".meta.json")
-
-
-def read_export_meta(path: str | Path) -> dict[str, Any]:
-    """Scheme, knobs and provenance of an exported dataset."""
-    path = Path(path)
-    if path.suffix.lower() == ".parquet":
-        md = pl.read_parquet_metadata(path)
-        if "infosft" in md:
-            return json.loads(md["infosft"])
-    if sidecar(path).exists():
-        return json.loads(sidecar(path).read_text())
-    raise InfosftError(f"{path}: not an infosft export (no scheme metadata)")

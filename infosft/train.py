@@ -37,6 +37,8 @@ from infosft import train_status as ts
 from infosft.atomic import atomic_write_text, usual_permissions
 from infosft.data import IGNORE_INDEX, TARGET_RULE
 from infosft.errors import InfosftError
+from infosft.export_format import COLUMNS as EXPORT_COLUMNS
+from infosft.export_format import has_columns, read_meta
 from infosft.fast_dropout import speed_up_lora_dropout
 from infosft.loss import WeightedLoss
 from infosft.packed_linear import packed_linears
@@ -45,7 +47,6 @@ from infosft.trainers import WeightedCollator, WeightedTrainer, pad_id_of
 from infosft.varlen_attention import use_varlen_attention
 
 log = logging.getLogger("infosft.train")
-EXPORT_COLUMNS = ("input_ids", "labels", "weights")
 TRUNCATED = "no target token left after truncation"  # infosft.data.prepare's reason
 
 
@@ -66,21 +67,7 @@ class TrainData:
 
 def is_exported(rows: list[tuple[int, dict[str, Any]]]) -> bool:
     """Whether records carry the token columns of an ``infosft export`` dataset."""
-    return bool(rows) and all(c in rows[0][1] for c in EXPORT_COLUMNS)
-
-
-def export_meta(path: str | Path) -> dict[str, Any] | None:
-    """Scheme, knobs and provenance of an exported dataset: the Parquet key ``infosft``
-    or the ``PATH.meta.json`` sidecar; None when neither exists."""
-    path = Path(path)
-    if path.suffix.lower() == ".parquet" and path.is_file():
-        import pyarrow.parquet as pq
-
-        md = pq.read_schema(path).metadata or {}
-        if b"infosft" in md:
-            return json.loads(md[b"infosft"])
-    side = path.with_name(path.name + ".meta.json")
-    return json.loads(side.read_text()) if side.is_file() else None
+    return bool(rows) and has_columns(rows[0][1])
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -200,7 +187,7 @@ def load_data(cfg: TrainConfig, tokenizer_fn) -> TrainData:
     examples, records = examples_of(raw)
     source = {"data": cfg.data, "kind": "exported" if exported else "raw",
               "content_hash": raw.content_hash, "rows": len(raw.rows),
-              "export_meta": export_meta(cfg.data) if exported else None}
+              "export_meta": read_meta(cfg.data) if exported else None}
     if cfg.eval_data:
         eval_raw = read_source(cfg.eval_data, cfg)
         eval_examples, eval_records = examples_of(eval_raw)

@@ -61,3 +61,41 @@ def test_export_refuses_bad_target(tmp_path, tiny_run):
     with pytest.raises(ValueError, match="C"):
         export_weighted(tiny_run.path, tmp_path / "w.parquet", "infosft", C=-1)
     assert not (tmp_path / "w.parquet").exists()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_exported_files_get_the_usual_permissions(tmp_path, tiny_run, suffix):
+    """Like any file a plain open() makes (0666 less the umask), not mkstemp's 0600."""
+    import os
+    import stat
+
+    from infosft.export_format import sidecar
+
+    old = os.umask(0o027)
+    try:
+        out = export_weighted(tiny_run.path, tmp_path / f"w{suffix}", "dft")
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in (out, sidecar(out))} == {
+        out.name: 0o640, sidecar(out).name: 0o640}
+
+
+def test_one_reader_of_the_export_metadata(tmp_path, tiny_run):
+    """Training and the app read the same metadata: the Parquet key, else the sidecar."""
+    from infosft.errors import InfosftError
+    from infosft.export_format import read_meta, require_meta, sidecar
+
+    out = export_weighted(tiny_run.path, tmp_path / "w.parquet", "dft")
+    meta = read_export_meta(out)
+    assert read_meta(out) == meta == json.loads(sidecar(out).read_text())
+    sidecar(out).unlink()  # the Parquet file carries its own metadata
+    assert read_meta(out) == meta == read_export_meta(out)
+    jsonl = export_weighted(tiny_run.path, tmp_path / "w.jsonl", "dft")
+    assert read_meta(jsonl)["scheme"] == "dft"
+    sidecar(jsonl).write_text("{not json")
+    with pytest.raises(InfosftError, match=r"w\.jsonl\.meta\.json: damaged export metadata"):
+        read_meta(jsonl)
+    sidecar(jsonl).unlink()
+    assert read_meta(jsonl) is None and read_meta(tmp_path / "missing.parquet") is None
+    with pytest.raises(InfosftError, match="not an infosft export"):
+        require_meta(jsonl)

@@ -137,3 +137,12 @@ def test_one_ignore_index():
     assert data.IGNORE_INDEX == -100 and loss.IGNORE_INDEX is data.IGNORE_INDEX
     spelled = {str(p.relative_to(ROOT)): n for p in SOURCE if (n := _minus_100(p))}
     assert spelled == {"infosft/data.py": 1}
+
+
+# ---------------------------------------------------------- the export
+
+def test_only_export_format_names_the_export_sidecar():
+    from infosft import train
+
+    assert _spelling(".meta.json", {"infosft/export_format.py"}) == []
+    assert not hasattr(train, "export_meta")  # training reads export_format.read_meta

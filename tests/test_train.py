@@ -260,16 +260,18 @@ def test_static_weights_from_an_export(tmp_path, tiny_run, tiny_model_dir):
 def test_an_export_made_under_the_old_target_rule_is_flagged(tmp_path, tiny_run, tiny_model_dir):
     """Exports made before the targets followed TRL's rule carry no ``targets``: they
     still train (their labels and weights agree with each other), with a warning."""
-    import shutil
+    import polars as pl
 
     from infosft.analysis.export import export_weighted
-    from infosft.train import export_meta
+    from infosft.export_format import parquet_metadata, read_meta, sidecar
 
     export = export_weighted(tiny_run.path, tmp_path / "w.parquet", "sft")
-    meta = export_meta(export)
+    meta = read_meta(export)
     del meta["targets"]
-    old = shutil.copy(export, tmp_path / "old.parquet")
-    (tmp_path / "old.parquet.meta.json").write_text(json.dumps(meta))
+    old = tmp_path / "old.parquet"  # the same rows, with the metadata of an older export
+    pl.read_parquet(export).write_parquet(old, metadata=parquet_metadata(meta))
+    sidecar(old).write_text(json.dumps(meta))
+    assert read_meta(old) == meta
     cfg = resolve({"data": str(old), "out": str(tmp_path / "run"), "model": str(tiny_model_dir),
                    "mode": "static", "scheme": "sft", "max_steps": 1, "batch_size": 4,
                    "max_length": 256, "device": "cpu", "eval_split": 0})
