@@ -41,6 +41,7 @@ from infosft.weights import resolve_knobs
 SWEEP_FILE = "sweep.json"
 REPORT_FILE = "report.json"
 RUNS = "runs"
+PER_RUN = ("scheme", "C", "P", "threshold", "direction", "seed")  # set by the grid
 
 
 def parse_point(text: str) -> tuple[str, dict[str, Any]]:
@@ -170,10 +171,7 @@ def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, e
     grid = [(parse_point(p), s) for p in points for s in seeds]
     if not grid:
         raise InfosftError("a sweep needs at least one --scheme and one seed")
-    plan = {"points": points, "seeds": seeds, "train": _plain(asdict(train_cfg), drop={
-        "out", "scheme", "C", "P", "threshold", "direction", "seed"}),
-        "eval": _plain(asdict(eval_cfg))}
-    _start(out, plan, resume)
+    _start(out, make_plan(points, seeds, train_cfg, eval_cfg), resume)
     for (scheme, knobs), seed in grid:
         run = out / RUNS / run_name(scheme, knobs, seed)
         knob_fields = {"C": None, "P": None, "threshold": None, "direction": None} | knobs
@@ -200,6 +198,42 @@ def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, e
     return write_report(out)
 
 
+def make_plan(points: list[str], seeds: list[int], train_cfg, eval_cfg) -> dict[str, Any]:
+    """What ``sweep.json`` records: the grid, and the training settings every run shares
+    (its per-run fields left out) and the evaluation settings, as plain JSON."""
+    return {"points": list(points), "seeds": list(seeds),
+            "train": _plain(asdict(train_cfg), drop={"out", *PER_RUN}),
+            "eval": _plain(asdict(eval_cfg))}
+
+
+def read_plan(out: str | Path) -> dict[str, Any]:
+    """``SWEEP/sweep.json``: the grid and the settings the sweep was started with."""
+    path = Path(out) / SWEEP_FILE
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(plan, dict) or not {"points", "seeds", "train", "eval"} <= set(plan):
+            raise ValueError
+    except (OSError, ValueError):
+        raise InfosftError(f"{out}: no sweep to resume (no readable {SWEEP_FILE})") from None
+    return plan
+
+
+def stored_settings(out: str | Path):
+    """``(points, seeds, train_cfg, eval_cfg)`` as the sweep in ``out`` was started, for a
+    ``--resume`` without the grid's flags."""
+    from infosft.analysis.evaluate import EvalConfig
+    from infosft.train_config import resolve
+
+    plan = read_plan(out)
+    train_cfg = resolve({**plan["train"], "out": str(Path(out) / RUNS / "_")},
+                        source=Path(out) / SWEEP_FILE)
+    try:
+        eval_cfg = EvalConfig(**plan["eval"])
+    except TypeError as e:
+        raise InfosftError(f"{Path(out) / SWEEP_FILE}: eval settings: {e}") from None
+    return plan["points"], plan["seeds"], train_cfg, eval_cfg
+
+
 def _plain(values: dict[str, Any], drop: set[str] = frozenset()) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in values.items() if k not in drop},
                                  default=str))
@@ -208,10 +242,7 @@ def _plain(values: dict[str, Any], drop: set[str] = frozenset()) -> dict[str, An
 def _start(out: Path, plan: dict[str, Any], resume: bool) -> None:
     path = out / SWEEP_FILE
     if resume:
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            raise InfosftError(f"{out}: no sweep to resume (no readable {SWEEP_FILE})") from None
+        old = read_plan(out)
         if old != plan:
             changed = sorted(k for k in plan if old.get(k) != plan[k])
             raise InfosftError(f"{out}: the sweep was started with other settings "
@@ -361,3 +392,49 @@ def report_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
                                      for s in ("", "_low", "_high")},
               "on_frontier": pl.Boolean, "run": pl.String}
     return pl.DataFrame(out, schema=schema)
+
+
+def sweep_progress(out: str | Path) -> dict[str, Any]:
+    """Where a sweep stands, read from its directory alone (so it survives an app
+    restart and works for sweeps started from the CLI).
+
+    Returns ``runs`` (grid order; each ``name``, ``state`` one of ``waiting``,
+    ``training``, ``trained`` (not evaluated yet), ``evaluating``, ``done``, ``stopped``,
+    ``failed``, and ``step`` / ``total_steps`` of its training), ``done``, ``total``,
+    ``current`` (the run being trained or evaluated, or None) and ``fraction`` (finished
+    runs plus the current training's share of its steps, over all runs).
+    """
+    from infosft.analysis.evaluate import read_report
+
+    out = Path(out)
+    plan = read_plan(out)
+    rows = []
+    for point in plan["points"]:
+        scheme, knobs = parse_point(point)
+        for seed in plan["seeds"]:
+            run = out / RUNS / run_name(scheme, knobs, seed)
+            row = {"name": run.name, "state": "waiting", "step": None, "total_steps": None}
+            if (run / ts.CONFIG).exists():
+                st = ts.read_status(run)
+                row.update(step=st.get("step"), total_steps=st.get("total_steps"))
+                if st["state"] == "finished":
+                    try:
+                        report = read_report(run)
+                    except InfosftError:
+                        report = None
+                    status = (report or {}).get("status")
+                    row["state"] = ("done" if status == "complete" else
+                                    "evaluating" if status == "running" else "trained")
+                elif st["state"] in ts.ACTIVE_STATES:
+                    row["state"] = "training"
+                else:
+                    row["state"] = st["state"] or "failed"
+            rows.append(row)
+    done = sum(r["state"] == "done" for r in rows)
+    current = next((r for r in rows if r["state"] in ("training", "evaluating")), None)
+    share = 0.0
+    if current and current["state"] == "training" and current["total_steps"]:
+        share = min((current["step"] or 0) / current["total_steps"], 1.0)
+    return {"runs": rows, "done": done, "total": len(rows),
+            "current": current["name"] if current else None,
+            "fraction": (done + share) / len(rows) if rows else 0.0}

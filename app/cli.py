@@ -84,9 +84,13 @@ def _eval_config(args, **more):
     """The EvalConfig of the evaluation flags ``eval`` and ``sweep`` share."""
     from infosft.analysis.evaluate import EvalConfig
 
+    defaults = EvalConfig()
     return EvalConfig(task_data=args.task_data, prior_data=args.prior_data or [],
                       default_prior=not args.no_default_prior,
-                      accuracy_limit=args.accuracy_limit, max_new_tokens=args.max_new_tokens,
+                      accuracy_limit=(defaults.accuracy_limit if args.accuracy_limit is None
+                                      else args.accuracy_limit),
+                      max_new_tokens=(defaults.max_new_tokens if args.max_new_tokens is None
+                                      else args.max_new_tokens),
                       **more)
 
 
@@ -110,19 +114,37 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from infosft.analysis.sweep import (REPORT_FILE, format_report, parse_point, run_sweep,
+                                        stored_settings)
     from infosft.train_config import FIELD_NAMES, load_config, resolve
 
-    file_values = load_config(args.config) if args.config else {}
     overrides = {name: getattr(args, name, None) for name in FIELD_NAMES}
     overrides["fields"] = _fields(args.fields)
-    overrides["out"] = str(Path(args.out) / "runs" / "_")  # set per run by the sweep
-    train_cfg = resolve(file_values, overrides, source=args.config)
-    from infosft.analysis.sweep import REPORT_FILE, format_report, parse_point, run_sweep
-
-    for point in args.points:
-        parse_point(point)  # every point checked before the first run starts
-    eval_cfg = _eval_config(args, device=train_cfg.device, dtype=train_cfg.dtype)
-    report = run_sweep(args.out, args.points, args.seeds, train_cfg, eval_cfg,
+    if not args.points:  # `--resume` alone: the sweep's own stored settings
+        if not args.resume:
+            raise InfosftError("give at least one --scheme NAME[:knob=value,...], or "
+                               "--resume to continue a sweep with its stored settings")
+        given = sorted(f"--{k.replace('_', '-')}" for k, v in overrides.items()
+                       if v is not None and k != "out")  # --out: the sweep's own directory
+        given += [flag for flag, v in (("--seeds", args.seeds), ("--config", args.config),
+                                        ("--task-data", args.task_data),
+                                        ("--prior-data", args.prior_data),
+                                        ("--accuracy-limit", args.accuracy_limit),
+                                        ("--max-new-tokens", args.max_new_tokens)) if v]
+        given += ["--no-default-prior"] if args.no_default_prior else []
+        if given:
+            raise InfosftError(f"--resume without --scheme continues with the sweep's stored "
+                               f"settings; drop {', '.join(given)} (or give the whole grid again)")
+        points, seeds, train_cfg, eval_cfg = stored_settings(args.out)
+    else:
+        file_values = load_config(args.config) if args.config else {}
+        overrides["out"] = str(Path(args.out) / "runs" / "_")  # set per run by the sweep
+        train_cfg = resolve(file_values, overrides, source=args.config)
+        points, seeds = args.points, args.seeds or [0]
+        for point in points:
+            parse_point(point)  # every point checked before the first run starts
+        eval_cfg = _eval_config(args, device=train_cfg.device, dtype=train_cfg.dtype)
+    report = run_sweep(args.out, points, seeds, train_cfg, eval_cfg,
                        resume=args.resume, progress=not args.quiet)
     print(format_report(report))
     print(f"* on the frontier; report in {Path(args.out) / REPORT_FILE}")
@@ -320,17 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
         "training run in SWEEP/runs/, is evaluated when it finishes, and SWEEP/report.json "
         "gets its row. Other flags are infosft train's and infosft eval's.")
     p.add_argument("--out", required=True, help="the sweep directory")
-    p.add_argument("--scheme", dest="points", action="append", required=True,
+    p.add_argument("--scheme", dest="points", action="append",
                    metavar="NAME[:knob=value,...]", help="a grid point (repeatable)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0)")
     p.add_argument("--resume", action="store_true",
-                   help="continue a sweep: finished runs are kept")
+                   help="continue a sweep: finished runs are kept; alone (no --scheme), "
+                   "with the settings the sweep was started with")
     p.add_argument("--config", help="YAML or JSON file of training config fields")
     p.add_argument("--task-data", help="held-out task data (default: each run's eval split)")
     p.add_argument("--prior-data", action="append", help="prior-capability data (repeatable)")
     p.add_argument("--no-default-prior", action="store_true")
-    p.add_argument("--accuracy-limit", type=int, default=20)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--accuracy-limit", type=int, help="greedy answers checked (default 20)")
+    p.add_argument("--max-new-tokens", type=int, help="per answer (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_train_flags(p, exclude=frozenset({"out", "scheme", "C", "P", "threshold",
                                            "direction", "mode", "seed"}))

@@ -74,3 +74,53 @@ def test_sweep_runs_the_grid_reports_the_frontier_and_resumes(tmp_path, tiny_mod
     assert "use --resume" in capsys.readouterr().err
     assert main(argv[:-1] + ["1", "--resume"]) == 2
     assert "started with other settings (seeds)" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a sweep stopped in its first run, then resumed with --resume alone
+def test_a_killed_sweep_resumes_with_its_stored_settings(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    from tests.helpers import HOLD_TRAIN_AT_STEP_2, hooked_cli, wait_parked
+
+    data = write_jsonl(tmp_path / "d.jsonl", MATH_ROWS[:8])
+    out = tmp_path / "sw"
+    argv = ["sweep", "--data", str(data), "--out", str(out), "--model", str(tiny_model_dir),
+            "--scheme", "sft", "--scheme", "dft", "--max-steps", "3", "--batch-size", "2",
+            "--logging-steps", "1",
+            "--eval-split", "0.25", "--accuracy-limit", "1", "--max-new-tokens", "2",
+            "--device", "cpu", "--quiet"]
+    hook = HOLD_TRAIN_AT_STEP_2.replace(  # say so once parked at step 2
+        "        while not self.stop.requested:",
+        "        print('parked', flush=True)\n        while not self.stop.requested:")
+    proc = subprocess.Popen(hooked_cli(hook, *argv), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_parked(proc), "the sweep ended before its first run reached step 2"
+        proc.terminate()
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and "continue the sweep with --resume" in rest
+    first = out / "runs" / "sft-s0"
+    assert sweep.sweep_progress(out)["runs"][0]["state"] == "stopped"
+    assert (first / "checkpoints").is_dir()
+    # only --resume: the grid and every setting come from SWEEP/sweep.json
+    assert main(["sweep", "--out", str(out), "--resume", "--quiet"]) == 0
+    progress = sweep.sweep_progress(out)
+    assert [r["state"] for r in progress["runs"]] == ["done", "done"]
+    steps = [json.loads(line)["step"] for line in (first / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == [1, 2, 3]  # each step logged once: resumed from step 2, not redone
+    report = json.loads((out / sweep.REPORT_FILE).read_text())
+    assert [r["scheme"] for r in report["runs"]] == ["sft", "dft"]
+    assert all(r["learned"] is not None for r in report["runs"])
+
+
+def test_resume_alone_refuses_flags_it_would_ignore(tmp_path, capsys):
+    assert main(["sweep", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no sweep to resume" in capsys.readouterr().err
+    assert main(["sweep", "--out", str(tmp_path), "--resume", "--lr", "0.1"]) == 2
+    assert "drop --lr" in capsys.readouterr().err
+    assert main(["sweep", "--out", str(tmp_path)]) == 2
+    assert "give at least one --scheme" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from infosft.analysis.delta import example_delta, example_deltas, token_movers, 
 from infosft.analysis.store import Run
 from infosft.analysis.sweep import find_sweeps, read_sweep_report, report_frame
 from infosft.analysis.training import find_train_runs
-from infosft.app import charts, jobs, state, workspace
+from infosft.app import charts, jobs, state, sweep_jobs, workspace
 from infosft.app.render import duration
 from infosft.app.render_delta import delta_html, delta_legend
 
@@ -170,7 +170,7 @@ def accuracy_section(done: list[dict]) -> None:
 def sweep_dirs() -> list[Path]:
     """Sweeps of the workspace (``WORKSPACE/sweeps/``) plus the ones added by path."""
     extra = [Path(p) for p in st.session_state.get("sweep_paths", [])]
-    return list(dict.fromkeys([*find_sweeps([workspace.subdir("sweeps")]), *extra]))
+    return list(dict.fromkeys([*find_sweeps([workspace.subdir(sweep_jobs.SWEEPS)]), *extra]))
 
 
 def sweeps_section() -> None:
@@ -184,7 +184,7 @@ def sweeps_section() -> None:
     sweeps = [str(p) for p in sweep_dirs()]
     if not sweeps:
         st.caption("No sweeps yet: `infosft sweep --data DATA --out "
-                   f"{workspace.subdir('sweeps')}/NAME --scheme sft --scheme infosft:P=0.9 ...` "
+                   f"{workspace.subdir(sweep_jobs.SWEEPS)}/NAME --scheme sft --scheme infosft:P=0.9 ...` "
                    "trains and evaluates a grid; its frontier appears here.")
         return
     pick = st.selectbox("Sweep", sweeps, key="sw_pick", format_func=lambda p: Path(p).name)
