@@ -79,7 +79,6 @@ def test_sweep_runs_the_grid_reports_the_frontier_and_resumes(tmp_path, tiny_mod
 @pytest.mark.slow  # a sweep stopped in its first run, then resumed with --resume alone
 def test_a_killed_sweep_resumes_with_its_stored_settings(tmp_path, tiny_model_dir):
     import subprocess
-    import sys
 
     from tests.helpers import HOLD_TRAIN_AT_STEP_2, hooked_cli, wait_parked
 
