@@ -28,6 +28,12 @@ SCHEME_LABELS = {"sft": "SFT", "dft": "DFT", "infosft": "InfoSFT", "profit": "Pr
 # no table: block children and table cells of a hidden element still break or pad the
 # text WebDriver reads as the token view's "visible text". Shown, they get their usual
 # display back. (A row: label and value, inline-blocks of fixed width.)
+#
+# Where the browser has CSS anchor positioning, the card hangs below its token and is
+# kept inside the token view's width: left-aligned with the token, else right-aligned
+# with it (flip-inline), else at the view's right edge. Its bottom inset far below the
+# view only stops a card taller than the rest of the view from counting as overflow.
+# Elsewhere it simply hangs below its token, left-aligned.
 
 #: The weight colour scale: each scheme's own largest weight in the example gets the
 #: full colour, or a fixed 0..1 for every scheme.
@@ -59,6 +65,14 @@ CSS = """<style>
 .tv .card .r .k {min-width: 5.5rem;}
 .tv .card .r .n {min-width: 4.5rem; text-align: right; font-variant-numeric: tabular-nums;}
 .tv .card .r.on {font-weight: 600;}
+@position-try --tv-right {left: auto; right: 0;}
+@supports (anchor-scope: all) {
+  .tv {position: relative;}
+  .tv span.t, .tv span.p {position: static; anchor-name: --tok; anchor-scope: --tok;}
+  .tv .card {position-anchor: --tok; top: calc(anchor(bottom) + 3px); left: anchor(left);
+       right: auto; bottom: -100vh; height: max-content;
+       position-try-fallbacks: flip-inline, --tv-right;}
+}
 .tv-legend {display: flex; align-items: center; gap: 0.5rem; font-size: 0.8rem;}
 .tv-legend .bar {width: 220px; height: 12px; border-radius: 3px;}
 </style>"""

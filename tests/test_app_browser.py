@@ -212,6 +212,17 @@ def test_hover_token_shows_the_apps_card(server, browser):
     assert r["width"] > 100 and r["height"] > 100
     browser.save_screenshot(str(ARTIFACTS / "token-view-hover.png"))
     (ARTIFACTS / "token-view-hover.txt").write_text(text)
+    # a token at the right of the last side-by-side column: its card stays inside the
+    # column's width (right-aligned), not past the window's edge
+    tvs = browser.find_elements(By.CSS_SELECTOR, ".tv")
+    edge = tvs[-1].find_elements(By.CSS_SELECTOR, "span.t")[12]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", edge)
+    ActionChains(browser).move_to_element(edge).perform()
+    edge_card = card_of(edge)
+    wait(browser, 10).until(lambda d: edge_card.is_displayed())
+    box, cr = tvs[-1].rect, edge_card.rect
+    assert cr["x"] >= box["x"] - 1 and cr["x"] + cr["width"] <= box["x"] + box["width"] + 1
+    assert browser.execute_script("return document.documentElement.scrollWidth <= innerWidth")
     # keyboard: focus a token (move the mouse away first), then Tab to the next one
     ActionChains(browser).move_to_element(browser.find_element(By.TAG_NAME, "h1")).perform()
     wait(browser, 10).until(lambda d: not card.is_displayed())

@@ -10,6 +10,7 @@ import streamlit as st
 from infosft.analysis.export import export_weighted
 from infosft.app import knobs, state, workspace
 from infosft.app.render import export_name, knobs_text
+from infosft.errors import InfosftError
 
 DOWNLOAD_LIMIT = 500 * 1024**2
 OVERWRITE = "Overwrite an existing file"
@@ -42,13 +43,20 @@ def body() -> None:
         if st.button("Export", type="primary", key="export_go"):
             out = workspace.inside(workspace.subdir("exports"), name.removesuffix(fmt) + fmt,
                                    "file name")
+            exists = (f"{out.name} already exists in {out.parent}; tick “{OVERWRITE}” to "
+                      "replace it, or choose another file name")
             if out.exists() and not overwrite:
-                st.error(f"{out.name} already exists in {out.parent}; tick “{OVERWRITE}” "
-                         "to replace it, or choose another file name")
+                st.error(exists)
                 return
-            with st.spinner("Writing the weighted dataset..."):
-                ss["export_last"] = str(export_weighted(run.path, out, s.scheme,
-                                                        overwrite=overwrite, **s.knobs()))
+            try:
+                with st.spinner("Writing the weighted dataset..."):
+                    ss["export_last"] = str(export_weighted(run.path, out, s.scheme,
+                                                            overwrite=overwrite, **s.knobs()))
+            except InfosftError:
+                if out.exists() and not overwrite:  # written meanwhile (another session)
+                    st.error(exists)
+                    return
+                raise
         last = ss.get("export_last")
         if last:
             show_result(last)
