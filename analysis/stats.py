@@ -19,12 +19,8 @@ import polars as pl
 import torch
 
 from infosft.analysis.store import Run
-from infosft.weights import resolve_knobs, token_weights
-
-#: q band edges: low q < 0.1 <= medium < 0.9 <= high. 0.1 is ProFit's default tau;
-#: q > 0.9 is "the base model already knows this token".
-BANDS = (0.1, 0.9)
-BAND_NAMES = ("low", "medium", "high")
+from infosft.weights import BAND_NAMES, resolve_knobs, token_weights
+from infosft.weights import Q_BANDS as BANDS
 
 
 def load_targets(run: str | Path | Run) -> pl.DataFrame:

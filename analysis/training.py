@@ -21,7 +21,9 @@ from infosft.weights import resolve_knobs
 METRIC_SCHEMA = {"step": pl.Int64, "epoch": pl.Float64, "loss": pl.Float64,
                  "learning_rate": pl.Float64, "grad_norm": pl.Float64,
                  "tokens_per_s": pl.Float64, "mean_weight": pl.Float64,
-                 "zero_weight_share": pl.Float64, "eval_loss": pl.Float64, "time": pl.Float64}
+                 "zero_weight_share": pl.Float64, "weight_share_low": pl.Float64,
+                 "weight_share_medium": pl.Float64, "weight_share_high": pl.Float64,
+                 "eval_loss": pl.Float64, "time": pl.Float64}
 
 RUN_SCHEMA = {"name": pl.String, "path": pl.String, "state": pl.String, "scheme": pl.String,
               "knobs": pl.String, "mode": pl.String, "lora": pl.Boolean, "model": pl.String,
@@ -104,6 +106,26 @@ def metrics_frame(run_dirs: Iterable[str | Path]) -> pl.DataFrame:
     empty = pl.DataFrame(schema={"run": pl.String, "path": pl.String, **METRIC_SCHEMA})
     return (pl.concat([empty, *frames], how="diagonal_relaxed")
             .select(empty.columns).sort("path", "step", maintain_order=True))
+
+
+def q_drift(run_dir: str | Path) -> pl.DataFrame:
+    """How the q of the supervised tokens moved during a run: per logged training step
+    and q bin, ``step``, ``q_low``, ``q_high`` (the bin's edges) and ``share`` (the bin's
+    share of that step's supervised tokens). Empty for runs logged before the histogram
+    was (or lines whose ``q_hist`` is damaged)."""
+    from infosft.loss import Q_BINS
+
+    rows = []
+    for m in ts.read_metrics(run_dir):
+        hist, step = m.get("q_hist"), m.get("step")
+        if ("loss" not in m or not _is_number(step) or not isinstance(hist, list)
+                or len(hist) != Q_BINS or not all(_is_number(c) and c >= 0 for c in hist)):
+            continue
+        total = sum(hist)
+        rows += [(int(step), i / Q_BINS, (i + 1) / Q_BINS, c / total)
+                 for i, c in enumerate(hist) if total > 0]
+    return pl.DataFrame(rows, schema={"step": pl.Int64, "q_low": pl.Float64,
+                                      "q_high": pl.Float64, "share": pl.Float64}, orient="row")
 
 
 def _is_number(v: Any) -> bool:

@@ -100,6 +100,47 @@ def mean_weight_curve(metrics: pl.DataFrame) -> go.Figure:
     return _train_layout(fig, "token weights during training", "weight / share")
 
 
+def q_drift_heatmap(drift: pl.DataFrame) -> go.Figure:
+    """Steps (x) by q bins (y), coloured by each bin's share of the step's supervised
+    tokens (input: :func:`analysis.training.q_drift`): how the step-0 histogram of the
+    analysis pages moves to the right as the model learns its data."""
+    steps = sorted(drift["step"].unique().to_list())
+    bins = drift.select("q_low", "q_high").unique().sort("q_low")
+    share = {(s, lo): v for s, lo, v in drift.select("step", "q_low", "share").iter_rows()}
+    z = [[share.get((s, lo), 0.0) for s in steps] for lo in bins["q_low"].to_list()]
+    fig = go.Figure(go.Heatmap(
+        x=steps, y=[(lo + hi) / 2 for lo, hi in bins.iter_rows()], z=z, colorscale="Viridis",
+        colorbar=dict(title="share of<br>tokens", tickformat=".0%"),
+        hovertemplate="step %{x}<br>q %{y:.3f}<br>%{z:.1%} of the step's supervised tokens"
+                      "<extra></extra>"))
+    fig.update_yaxes(title="q of the target token (under the model being trained)",
+                     range=[0, 1], dtick=0.1)
+    fig.update_xaxes(tickformat="d")
+    return _train_layout(fig, "where the supervised tokens' q lies, step by step", "q")
+
+
+BAND_COLORS = {"low": "#1f77b4", "medium": "#d62728", "high": "#2ca02c"}
+
+
+def band_weight_curve(metrics: pl.DataFrame) -> go.Figure:
+    """One run's share of the summed weight on low / medium / high q tokens per logging
+    step (bands: ``infosft.weights.Q_BANDS``)."""
+    from infosft.weights import Q_BANDS
+
+    label = {"low": f"low q (< {Q_BANDS[0]})", "medium": "medium q",
+             "high": f"high q (≥ {Q_BANDS[1]})"}
+    fig = go.Figure()
+    for band, color in BAND_COLORS.items():
+        part = metrics.filter(pl.col(f"weight_share_{band}").is_not_null())
+        fig.add_trace(go.Scatter(x=part["step"].to_list(),
+                                 y=part[f"weight_share_{band}"].to_list(),
+                                 name=label[band], mode="lines+markers",
+                                 line=dict(color=color)))
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    fig.update_xaxes(tickformat="d")
+    return _train_layout(fig, "share of the weight per q band", "share of the weight")
+
+
 def loss_comparison(metrics: pl.DataFrame, column: str = "eval_loss") -> go.Figure:
     """``column`` (eval_loss or loss) of several runs on one chart, one line per run."""
     fig = go.Figure()

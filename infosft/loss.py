@@ -30,7 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from infosft.data import IGNORE_INDEX  # noqa: F401  (re-exported: the loss's ignore label)
-from infosft.weights import resolve_knobs, token_weights
+from infosft.weights import BAND_NAMES, Q_BANDS, resolve_knobs, token_weights
+
+#: bins of the q histogram logged at each logging step (0.05 wide over [0, 1])
+Q_BINS = 20
+#: what each training log line adds about its supervised tokens (see WeightedLoss.pop_stats)
+STEP_PICTURE = ("q_hist", *(f"weight_share_{b}" for b in BAND_NAMES))
 
 MODES = ("online", "static")
 # Elements of one fp32 chunk of logits (64 MiB): bounds the temporaries of the
@@ -174,8 +179,10 @@ class WeightedLoss:
     * ``weights``: ``(B, T)`` float per token aligned with ``labels`` (0 on non-targets),
       required in ``static`` mode, ignored ``online``.
 
-    It also accumulates, for logging, the mean weight and the share of zero-weight
-    tokens over supervised tokens since the last :meth:`pop_stats`.
+    It also accumulates, for logging, over the supervised tokens since the last
+    :meth:`pop_stats`: the mean weight, the share of zero-weight tokens, the histogram of
+    q (:data:`Q_BINS` bins) and the weight per q band (``infosft.weights.Q_BANDS``), so
+    a run shows how the picture of the step-0 analysis drifts as the model learns.
     """
 
     def __init__(self, scheme: str = "infosft", mode: str = "online",
@@ -228,8 +235,7 @@ class WeightedLoss:
         w = w.masked_fill(~mask, 0.0)
         self._calls += 1
         with torch.no_grad():
-            self._stats.append(torch.stack([w.sum(), ((w == 0) & mask).sum().float(),
-                                            mask.sum().float()]))
+            self._stats.append(_step_stats(logp, w, mask))
         return weighted_nll(logp, w, mask, num_items_in_batch)
 
     def skip_calls(self, n: int) -> None:
@@ -237,17 +243,38 @@ class WeightedLoss:
         trained) draws the same ProFit-random patterns as an uninterrupted one."""
         self._calls = n
 
-    def pop_stats(self) -> dict[str, float | int | None]:
-        """Mean weight and zero-weight share over the supervised tokens seen since
-        the last call: ``{"mean_weight", "zero_weight_share", "target_tokens"}``."""
+    def pop_stats(self) -> dict[str, Any]:
+        """What the supervised tokens seen since the last call looked like:
+        ``mean_weight``, ``zero_weight_share``, ``target_tokens``, ``q_hist`` (token
+        counts in :data:`Q_BINS` equal bins of q over [0, 1]) and ``weight_share_low``,
+        ``_medium``, ``_high`` (each band's share of the summed weight; None when every
+        weight is 0). None / empty when no token was seen."""
+        empty = {"mean_weight": None, "zero_weight_share": None, "target_tokens": 0,
+                 "q_hist": None, **{f"weight_share_{b}": None for b in BAND_NAMES}}
         if not self._stats:
-            return {"mean_weight": None, "zero_weight_share": None, "target_tokens": 0}
-        sum_w, zeros, n = torch.stack(self._stats).sum(0).tolist()
+            return empty
+        total = torch.stack(self._stats).sum(0).tolist()
         self._stats.clear()
+        sum_w, zeros, n = total[:3]
         if n == 0:
-            return {"mean_weight": None, "zero_weight_share": None, "target_tokens": 0}
+            return empty
+        hist, band_w = total[3:3 + Q_BINS], total[3 + Q_BINS:]
         return {"mean_weight": sum_w / n, "zero_weight_share": zeros / n,
-                "target_tokens": int(n)}
+                "target_tokens": int(n), "q_hist": [int(round(c)) for c in hist],
+                **{f"weight_share_{b}": (x / sum_w if sum_w > 0 else None)
+                   for b, x in zip(BAND_NAMES, band_w)}}
+
+
+def _step_stats(logp: torch.Tensor, w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(3 + Q_BINS + 3,)`` float: summed weight, zero-weight targets, targets, the q
+    histogram and the weight per q band, of one call's supervised tokens."""
+    q, wm = logp.detach()[mask].float().exp(), w[mask]
+    hist = torch.histc(q, bins=Q_BINS, min=0.0, max=1.0)  # q = 1 falls in the last bin
+    edges = torch.tensor(Q_BANDS, device=q.device, dtype=q.dtype)
+    band = torch.bucketize(q, edges, right=True)  # low < 0.1 <= medium < 0.9 <= high
+    band_w = torch.zeros(len(BAND_NAMES), device=q.device).index_add_(0, band, wm.float())
+    head = torch.stack([w.sum(), ((w == 0) & mask).sum().float(), mask.sum().float()])
+    return torch.cat([head.float(), hist, band_w])
 
 
 def make_loss_func(scheme: str = "infosft", mode: str = "online", **knobs: Any) -> WeightedLoss:

@@ -40,7 +40,7 @@ from infosft.errors import InfosftError
 from infosft.export_format import COLUMNS as EXPORT_COLUMNS
 from infosft.export_format import has_columns, read_meta
 from infosft.fast_dropout import speed_up_lora_dropout
-from infosft.loss import WeightedLoss
+from infosft.loss import STEP_PICTURE, WeightedLoss
 from infosft.packed_linear import packed_linears
 from infosft.train_config import TrainConfig, dump, first_change, result_values
 from infosft.trainers import WeightedCollator, WeightedTrainer, pad_id_of
@@ -334,7 +334,8 @@ class RunWriter(TrainerCallback):
                     "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
                     "grad_norm": logs.get("grad_norm"), "tokens_per_s": tps,
                     "mean_weight": logs.get("mean_weight"),
-                    "zero_weight_share": logs.get("zero_weight_share"), "time": now}
+                    "zero_weight_share": logs.get("zero_weight_share"),
+                    **{k: logs.get(k) for k in STEP_PICTURE}, "time": now}
         elif "eval_loss" in logs:
             line = {"step": state.global_step, "epoch": state.epoch,
                     "eval_loss": logs["eval_loss"], "time": now}
@@ -342,15 +343,14 @@ class RunWriter(TrainerCallback):
             return
         if state.is_world_process_zero:
             ts.append_metrics(self.run_dir, line)
-            log.info(" ".join(f"{k} {_fmt(v)}" for k, v in line.items() if k != "time"))
+            log.info(" ".join(f"{k} {_fmt(v)}" for k, v in line.items()
+                              if k not in ("time", "q_hist")))
 
     def on_save(self, args, state, control, **kw):
         if state.is_world_process_zero:
             ckpt = ts.last_checkpoint(self.run_dir)
             if ckpt:
                 usual_permissions(ckpt)  # safetensors writes owner-only files
-            ts.write_status(self.run_dir, last_checkpoint=str(ckpt) if ckpt else None,
-                            resumable=ckpt is not None)
 
 
 def _fmt(v: Any) -> str:
@@ -637,10 +637,8 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
         if is_main:
             log.error("training failed: %s", one_line(e),
                       exc_info=not isinstance(e, (InfosftError, KeyboardInterrupt)))
-            last = ts.last_checkpoint(run_dir)
             ts.write_status(run_dir, state="failed", error=one_line(e) or "interrupted",
-                            eta_s=None, last_checkpoint=str(last) if last else None,
-                            resumable=last is not None)
+                            eta_s=None)
         raise
     finally:
         stop.uninstall()
@@ -658,8 +656,7 @@ def _start_run_files(cfg: TrainConfig, run_dir: Path, ckpt: Path | None,
                     started_at=previous.get("started_at") or time.time(), error=None,
                     step=previous.get("step") or 0, total_steps=previous.get("total_steps"),
                     epoch=previous.get("epoch"), elapsed_s=previous.get("elapsed_s"),
-                    eta_s=None, final_model=None,
-                    last_checkpoint=str(ckpt) if ckpt else None, resumable=ckpt is not None)
+                    eta_s=None)
     atomic_write_text(run_dir / ts.SOURCE, json.dumps(data.source, indent=1, default=str) + "\n")
     if data.eval_records:
         atomic_write_text(run_dir / ts.EVAL_DATA, "".join(
@@ -713,9 +710,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
     if is_main:
         usual_permissions(final)  # safetensors writes owner-only files
         write_model_info(final, cfg, knobs)
-        last = ts.last_checkpoint(run_dir)
-        ts.write_status(run_dir, state="finished", final_model=str(final), eta_s=0.0,
-                        last_checkpoint=str(last) if last else None, resumable=False)
+        ts.write_status(run_dir, state="finished", eta_s=0.0)
         steps = trainer.state.global_step
         log.info("finished %d step%s; the model is in %s", steps, "" if steps == 1 else "s", final)
     return run_dir
@@ -724,8 +719,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
 def _stopped(run_dir: Path, is_main: bool) -> Path:
     if is_main:
         last = ts.last_checkpoint(run_dir)
-        ts.write_status(run_dir, state="stopped", eta_s=None,
-                        last_checkpoint=str(last) if last else None, resumable=last is not None)
+        ts.write_status(run_dir, state="stopped", eta_s=None)
         log.info("stopped%s", f"; resume from {last} with --resume" if last else "")
     return run_dir
 

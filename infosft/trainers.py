@@ -260,8 +260,8 @@ class _WeightedLossMixin:
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:  # a training log: the weights of the tokens seen since the last one
             stats = self.weighted_loss.pop_stats()
-            logs.update({k: stats[k] for k in ("mean_weight", "zero_weight_share")
-                         if stats[k] is not None})
+            logs.update({k: v for k, v in stats.items()
+                         if k != "target_tokens" and v is not None})
         super().log(logs, *args, **kwargs)
 
 

@@ -29,6 +29,12 @@ from typing import Any
 
 import torch
 
+#: q band edges: low q < 0.1 <= medium < 0.9 <= high. 0.1 is ProFit's default tau;
+#: q > 0.9 is "the base model already knows this token". The analysis pages and the
+#: training logs both split by these.
+Q_BANDS = (0.1, 0.9)
+BAND_NAMES = ("low", "medium", "high")
+
 SCHEMES = ("sft", "dft", "infosft", "profit")
 DIRECTIONS = ("higher", "lower", "middle", "random")
 DEFAULT_P = 0.93

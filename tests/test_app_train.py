@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
@@ -430,3 +431,35 @@ def test_launch_a_tiny_training_from_the_page(tmp_path, workspace, tiny_model_di
     at.text_input(key="train_name").set_value("tiny").run()
     at.button(key="train_go").click().run()
     assert at.error and "already exists" in at.error[0].value
+
+
+def test_q_drift_heat_map_and_band_weights_follow_the_logged_histograms(workspace):
+    from infosft.analysis.training import q_drift
+
+    hists = [[0] * 20 for _ in range(3)]
+    hists[0][2], hists[0][10] = 6, 2          # step 1: mostly q in [0.10, 0.15)
+    hists[1][10], hists[1][19] = 4, 4         # step 2: half medium, half high
+    hists[2][19] = 8                          # step 3: all learned
+    metrics = [{**m, "q_hist": h, "weight_share_low": 0.0, "weight_share_medium": wm,
+                "weight_share_high": 1 - wm}
+               for m, h, wm in zip(losses([2.0, 1.0, 0.5]), hists, [1.0, 0.6, 0.0])]
+    metrics.insert(1, {"step": 9, "loss": 1.5, "q_hist": [1, 2]})  # damaged: skipped
+    run = fake_run(workspace, "drift", status={"state": "finished", "step": 3,
+                                               "total_steps": 3}, metrics=metrics)
+    drift = q_drift(run)
+    assert sorted(drift["step"].unique().to_list()) == [1, 2, 3]
+    row = drift.filter((pl.col("step") == 1) & (pl.col("q_low") == 0.1))
+    assert row["share"].to_list() == [0.75] and row["q_high"].to_list() == [0.15]
+    assert drift.group_by("step").agg(pl.col("share").sum())["share"].to_list() == \
+        pytest.approx([1.0, 1.0, 1.0])
+    at = app()
+    pick(at, run)
+    ok(at)
+    spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                if c.key == "train_drift_chart")
+    heat = spec["data"][0]
+    assert heat["type"] == "heatmap" and heat["x"] == [1, 2, 3]
+    z = [[float(v) for v in r] for r in heat["z"]]
+    assert z[2] == [0.75, 0.0, 0.0] and z[19] == [0.0, 0.5, 1.0]  # bins (y) by steps (x)
+    bands = {t["name"]: t["y"] for t in charts(at)["train_band_chart"]["data"]}
+    assert bands["medium q"] == [1.0, 0.6, 0.0] and bands["high q (≥ 0.9)"] == [0.0, 0.4, 1.0]

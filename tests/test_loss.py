@@ -277,3 +277,25 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir, tmp_path):
     torch.testing.assert_close(step_accum, step_big, rtol=1e-3, atol=1e-6)
     # Dividing each micro-batch by its own count is a different (wrong) step.
     assert ((local - base) - step_big).abs().max() > 10 * (step_accum - step_big).abs().max()
+
+
+def test_logged_q_histogram_and_band_weights_match_numpy_over_two_calls():
+    torch.manual_seed(7)
+    loss_fn = make_loss_func("infosft", P=0.9)
+    qs, ws = [], []
+    for _ in range(2):  # two micro-batches before one logging step
+        logits, labels = torch.randn(3, 10, 16) * 3, torch.randint(0, 16, (3, 10))
+        labels[0, :4] = -100
+        loss_fn(logits, labels)
+        logp, mask = target_logprobs(logits, labels)
+        qs.append(logp[mask].exp().numpy())
+        ws.append(token_weights(logp[mask], "infosft", P=0.9).numpy())
+    q, w = np.concatenate(qs), np.concatenate(ws)
+    stats = loss_fn.pop_stats()
+    want, _ = np.histogram(q, bins=20, range=(0.0, 1.0))
+    assert stats["q_hist"] == want.tolist() and sum(stats["q_hist"]) == q.size
+    band = np.searchsorted([0.1, 0.9], q, side="right")  # low / medium / high
+    for i, name in enumerate(("low", "medium", "high")):
+        assert stats[f"weight_share_{name}"] == pytest.approx(w[band == i].sum() / w.sum(),
+                                                              rel=1e-5)
+    assert loss_fn.pop_stats()["q_hist"] is None  # popped

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -336,17 +337,23 @@ def test_lora_step_one_loss_is_the_plain_nll_of_the_whole_batch(tmp_path, tiny_m
     assert "padding-free, each document's attention alone; 14 LoRA dropouts" in log
     if supported():  # the LoRA base layers and the (tied, frozen) LM head
         assert "15 frozen linear layers on oneDNN packed weights" in log
-    loss = next(m["loss"] for m in ts.read_metrics(run) if "loss" in m)
+    line = next(m for m in ts.read_metrics(run) if "loss" in m)
+    loss = line["loss"]
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
     _, examples = prepare(enumerate(rows, 1), load_tokenizer(str(tiny_model_dir)),
                           max_length=cfg.max_length)
-    total, n = 0.0, 0
+    total, n, qs = 0.0, 0, []
     for ex in examples:
         ids = torch.tensor(ex.tokens.input_ids)
         with torch.no_grad():
             logp = model(ids[None]).logits[0, :-1].log_softmax(-1)
         mask = torch.tensor(ex.tokens.target_mask[1:])
-        total -= logp[mask].gather(1, ids[1:][mask, None]).sum().item()
+        target = logp[mask].gather(1, ids[1:][mask, None])
+        total -= target.sum().item()
+        qs.append(target.exp().flatten().numpy())
         n += int(mask.sum())
     assert n > 0 and loss == pytest.approx(total / n, rel=1e-5)
+    # the step's picture: every target counted once in the logged q histogram
+    want, _ = np.histogram(np.concatenate(qs), bins=20, range=(0.0, 1.0))
+    assert line["q_hist"] == want.tolist() and sum(line["q_hist"]) == n

@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from infosft.analysis.export import read_export_meta
-from infosft.analysis.training import list_train_runs, metrics_frame, tail_lines
+from infosft.analysis.training import list_train_runs, metrics_frame, q_drift, tail_lines
 from infosft.app import charts, jobs, knobs, state, sweep_view, workspace
 from infosft.app.render import duration, knobs_text
 from infosft.bundled import bundled_source
@@ -281,6 +281,10 @@ def curves(run_dir: str) -> None:
         col.metric(labels[c], f"{s[-1]:.4g}" if len(s) else "–")
     st.plotly_chart(charts.loss_curve(m), key="train_loss_chart")
     st.plotly_chart(charts.mean_weight_curve(m), key="train_weight_chart")
+    drift = q_drift(run_dir)
+    if not drift.is_empty():  # runs logged before the histogram have none
+        st.plotly_chart(charts.q_drift_heatmap(drift), key="train_drift_chart")
+        st.plotly_chart(charts.band_weight_curve(m), key="train_band_chart")
 
 
 @state.fragment(run_every=2)
@@ -304,6 +308,12 @@ def live_panel(run_dir: str) -> None:
 
 # --- all runs --------------------------------------------------------------------------
 
+COMPARE = {"eval_loss": "eval loss (plain NLL: comparable across schemes)",
+           "loss": "training loss (each run's own weighted loss)",
+           "weight_share_medium": "share of the weight on medium q",
+           "weight_share_low": "on low q", "weight_share_high": "on high q"}
+
+
 def runs_section(runs) -> None:
     """The table of runs and a comparison of their loss curves."""
     st.subheader("Training runs")
@@ -317,10 +327,8 @@ def runs_section(runs) -> None:
         return
     picked = st.multiselect("Compare runs", logged, default=logged[:3], key="train_compare",
                             format_func=lambda p: Path(p).name)
-    column = st.radio("Curve", ("eval_loss", "loss"), horizontal=True, key="train_compare_y",
-                      format_func={"eval_loss": "eval loss (plain NLL: comparable across "
-                                   "schemes)", "loss": "training loss (each run's own "
-                                   "weighted loss)"}.get)
+    column = st.radio("Curve", tuple(COMPARE), horizontal=True, key="train_compare_y",
+                      format_func=COMPARE.get)
     if picked:
         st.plotly_chart(charts.loss_comparison(metrics_frame(picked), column),
                         key="train_compare_chart")
