@@ -4,7 +4,7 @@ read by anyone (the CLI, the app's Train page).
 Layout of a run directory ``RUN``::
 
     RUN/config.yaml                    the resolved TrainConfig
-    RUN/status.json                    see STATUS_FIELDS; rewritten atomically
+    RUN/status.json                    STORED_FIELDS; rewritten atomically
     RUN/metrics.jsonl                  one JSON object per logging step (and per evaluation)
     RUN/train.log                      transformers' and infosft's log messages
     RUN/checkpoints/checkpoint-N/      Hugging Face Trainer checkpoints (resumable)
@@ -33,16 +33,19 @@ from infosft.errors import InfosftError
 
 STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 ACTIVE_STATES = ("queued", "running", "stopping")
-STATUS_FIELDS = ("state", "step", "total_steps", "epoch", "elapsed_s", "eta_s", "pid", "host",
-                 "started", "started_at", "updated_at", "error", "last_checkpoint",
-                 "final_model", "resumable")
+STORED_FIELDS = ("state", "step", "total_steps", "epoch", "elapsed_s", "eta_s", "pid", "host",
+                 "started", "started_at", "updated_at", "error")
+# What read_status derives from the directory (checkpoints/, final/) instead of storing:
+# status.json cannot disagree with the files. Older status files that store them still
+# read; their stored values are not used.
+DERIVED_FIELDS = ("last_checkpoint", "final_model", "resumable")
+STATUS_FIELDS = STORED_FIELDS + DERIVED_FIELDS  # what read_status returns
 # The type each field must have to be believed: a damaged or hand-edited status.json
 # reads as "unknown" (None) field by field instead of breaking its readers.
 _NUM = (int, float)
 FIELD_TYPES = {"state": str, "step": int, "total_steps": int, "epoch": _NUM,
                "elapsed_s": _NUM, "eta_s": _NUM, "pid": int, "host": str, "started": _NUM,
-               "started_at": _NUM, "updated_at": _NUM, "error": str, "last_checkpoint": str,
-               "final_model": str, "resumable": bool}
+               "started_at": _NUM, "updated_at": _NUM, "error": str}
 
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
@@ -100,12 +103,16 @@ def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     Returns the merged status. Only one process (the trainer) writes a run's status.
     """
     run_dir = Path(run_dir)
-    unknown = sorted(set(fields) - set(STATUS_FIELDS))
+    derived = sorted(set(fields) & set(DERIVED_FIELDS))
+    if derived:
+        raise ValueError(f"status field {derived[0]!r} is derived from the run directory "
+                         "(read_status), not stored")
+    unknown = sorted(set(fields) - set(STORED_FIELDS))
     if unknown:
         raise ValueError(f"unknown status field {unknown[0]!r}")
     if "state" in fields and fields["state"] not in STATES:
         raise ValueError(f"unknown state {fields['state']!r}: one of {', '.join(STATES)}")
-    status = {k: None for k in STATUS_FIELDS} | _read_raw_status(run_dir) | fields
+    status = {k: None for k in STORED_FIELDS} | _read_raw_status(run_dir) | fields
     status["updated_at"] = time.time()
     atomic_write_text(run_dir / STATUS, json.dumps(status, indent=1) + "\n")
     return status
@@ -114,27 +121,31 @@ def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
 def read_status(run_dir: str | Path) -> dict[str, Any]:
     """``RUN/status.json`` with every field of STATUS_FIELDS present (None when unknown).
 
+    The derived fields come from the directory: ``last_checkpoint`` is
+    :func:`last_checkpoint` (a path, or None), ``resumable`` says that a run that did not
+    finish has one, and ``final_model`` is ``RUN/final`` once the run finished with it.
+
     A run that claims to be active while its process is gone (killed, crashed, machine
-    rebooted) is reported as ``failed`` with an explanatory ``error`` and ``resumable``
-    set when a checkpoint exists. The process is identified by pid and start time
+    rebooted) is reported as ``failed`` with an explanatory ``error`` (resumable when a
+    checkpoint exists). The process is identified by pid and start time
     (:mod:`infosft.process`), so a stranger that inherited the pid does not keep a dead
     run "running"; files written before start times were stored are checked by pid.
     Processes on another host cannot be checked and are taken at their word. Fields of
     the wrong type (a damaged file) read as None.
     """
     run_dir = Path(run_dir)
-    status = {k: None for k in STATUS_FIELDS} | _read_raw_status(run_dir)
+    status = {k: None for k in STORED_FIELDS} | _read_raw_status(run_dir)
     pid = status.get("pid")
     if (status.get("state") in ACTIVE_STATES and pid is not None  # no pid: cannot tell
             and not process.alive(pid, status.get("started"), status.get("host"))):
-        ckpt = last_checkpoint(run_dir)
         status.update(state="failed", eta_s=None,
-                      error=f"the training process (pid {pid}) died without finishing",
-                      last_checkpoint=str(ckpt) if ckpt else None, resumable=ckpt is not None)
+                      error=f"the training process (pid {pid}) died without finishing")
     if status.get("state") not in STATES:
         status["state"] = None
-    if status.get("resumable") is None:
-        status["resumable"] = False
+    state, ckpt, final = status["state"], last_checkpoint(run_dir), run_dir / FINAL
+    status["last_checkpoint"] = str(ckpt) if ckpt else None
+    status["resumable"] = state not in (None, "finished") and ckpt is not None
+    status["final_model"] = str(final) if state == "finished" and final.is_dir() else None
     return status
 
 

@@ -146,3 +146,37 @@ def test_only_export_format_names_the_export_sidecar():
 
     assert _spelling(".meta.json", {"infosft/export_format.py"}) == []
     assert not hasattr(train, "export_meta")  # training reads export_format.read_meta
+
+
+# ---------------------------------------------------------- status.json: derived, not stored
+
+def test_status_derives_checkpoint_resumable_and_final_from_the_directory(tmp_path):
+    from infosft import train_status as ts
+
+    run = tmp_path
+    # an older status file stores the three fields: it still reads, the directory decides
+    (run / ts.STATUS).write_text(json.dumps({
+        "state": "stopped", "step": 2, "last_checkpoint": "elsewhere", "resumable": True,
+        "final_model": "x/final"}))
+    s = ts.read_status(run)
+    assert (s["state"], s["step"]) == ("stopped", 2)
+    assert (s["last_checkpoint"], s["resumable"], s["final_model"]) == (None, False, None)
+    ckpt = run / ts.CHECKPOINTS / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    s = ts.read_status(run)
+    assert (s["last_checkpoint"], s["resumable"], s["final_model"]) == (str(ckpt), True, None)
+    for state in ("queued", "failed"):
+        ts.write_status(run, state=state)
+        assert ts.read_status(run)["resumable"] is True
+    (run / ts.FINAL).mkdir()
+    ts.write_status(run, state="finished")
+    s = ts.read_status(run)
+    assert (s["last_checkpoint"], s["resumable"], s["final_model"]) == (
+        str(ckpt), False, str(run / ts.FINAL))
+    # written back without them; a writer cannot store them
+    assert set(json.loads((run / ts.STATUS).read_text())) == set(ts.STORED_FIELDS)
+    for field in ts.DERIVED_FIELDS:
+        with pytest.raises(ValueError, match="derived"):
+            ts.write_status(run, **{field: None})
+    assert set(ts.read_status(run)) == set(ts.STATUS_FIELDS)

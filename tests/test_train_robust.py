@@ -133,7 +133,8 @@ def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path, capsys, finis
     """While another process holds the run (a trainer still loading, an evaluation), a
     --resume and an --overwrite fail with one line naming its pid and change nothing."""
     run = copy_run(finished, tmp_path / "run")
-    ts.write_status(run, state="stopped", resumable=True)  # resumable from checkpoint-2
+    ts.write_status(run, state="stopped")  # resumable from checkpoint-2
+    assert ts.read_status(run)["resumable"] is True
     before = snapshot(run)
     with lock_held_by_another_process(run) as holder:
         for extra in (["--out", str(run), "--resume"],
@@ -155,7 +156,7 @@ def test_pid_reuse_is_not_a_live_run(tmp_path, capsys, finished):
         me = process.current()
         real = process.start_time(stranger.pid)
         ts.write_status(run, state="running", pid=stranger.pid, host=me["host"],
-                        started=real - 3600, final_model=None)
+                        started=real - 3600)
         s = ts.read_status(run)
         assert s["state"] == "failed" and s["resumable"] is True, s
         assert f"pid {stranger.pid}" in s["error"]

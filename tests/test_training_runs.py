@@ -54,6 +54,7 @@ def runs_root(tmp_path) -> Path:
              metrics=train_lines([2.0, 1.5], [0.3, 0.2], every=2)
              + [{"step": 4, "epoch": 1.0, "eval_loss": 1.7, "time": 1010.0}],
              tail='{"step": 5, "loss"')  # cut by a kill: skipped
+    (root / "done" / "final").mkdir()  # its final model (the stored final_model is not used)
     make_run(root, "live", config={**CFG, "scheme": "profit", "P": None, "threshold": 0.2,
                                    "direction": "lower", "lora": False},
              status={"state": "running", "step": 3, "total_steps": 10, "started_at": 3000.0,
@@ -77,7 +78,8 @@ def test_list_train_runs_one_row_per_run(runs_root):
     assert row["done"]["final_loss"] == 1.5 and row["done"]["final_eval_loss"] == 1.7
     assert row["done"]["final_mean_weight"] == 0.2
     assert row["done"]["knobs"] == f"C={math.log(0.9 / 0.1):.4g}"
-    assert row["done"]["lora"] is True and row["done"]["final_model"] == "x/final"
+    assert row["done"]["lora"] is True and row["done"]["final_model"] == str(
+        runs_root / "done" / "final")
     assert row["live"]["state"] == "running" and row["live"]["progress"] == "3/10"
     assert row["live"]["final_loss"] == 2.5 and row["live"]["final_eval_loss"] is None
     assert row["live"]["knobs"] == "threshold=0.2, direction=lower"
