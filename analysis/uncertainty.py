@@ -86,7 +86,7 @@ def accuracy_intervals(path: Path) -> dict[str, dict[str, float]] | None:
 
 def nll_fall_interval(eval_dir: Path) -> dict[str, float] | None:
     """The fall of the task NLL (base − tuned, per target token) with its interval."""
-    base, tuned = Run(eval_dir / "base-task"), Run(eval_dir / "tuned-task")
+    base, tuned = (Run(eval_dir / ev.scored_name(who, "task")) for who in ev.WHO)
     per = (joined_targets(base, tuned).group_by("example_id")
            .agg(pl.col("delta").cast(pl.Float64).sum().alias("sum"), pl.len().alias("n"))
            .collect())
@@ -117,7 +117,7 @@ def outcome_intervals(run_dir: str | Path, report: dict[str, Any]) -> dict[str, 
     The values equal the report's own numbers; the intervals come from the per-example
     files of ``RUN/eval/``.
     """
-    eval_dir = Path(run_dir) / ev.EVAL
+    eval_dir = ev.eval_dir(run_dir)
     acc, prior = report.get("accuracy"), report.get("prior_accuracy")
     task = accuracy_intervals(eval_dir / ev.ACCURACY) if acc and acc.get("n") else None
     if task:
