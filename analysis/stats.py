@@ -11,6 +11,7 @@ over tokens. Recomputing everything for a new C on 10 million tokens takes
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,11 @@ def weights(logp: np.ndarray | pl.Series, scheme: str, **knobs: Any) -> np.ndarr
     """Weights ``(n,)`` float32 of target log-probs ``(n,)`` under a scheme (nulls/NaN -> 0)."""
     arr = np.ascontiguousarray(logp.to_numpy() if isinstance(logp, pl.Series) else logp,
                                dtype=np.float32)
-    w = token_weights(torch.from_numpy(arr), scheme, **knobs).numpy()
+    with warnings.catch_warnings():
+        # polars hands out read-only views; token_weights only reads its input, so the
+        # zero-copy tensor is safe (a copy would double the memory of a 100M-token run)
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        w = token_weights(torch.from_numpy(arr), scheme, **knobs).numpy()
     nan = np.isnan(arr)
     return np.where(nan, np.float32(0), w) if nan.any() else w
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
@@ -10,6 +12,49 @@ from plotly.subplots import make_subplots
 from infosft.app.render import SCHEME_LABELS
 
 COLORS = {"sft": "#7f7f7f", "dft": "#1f77b4", "infosft": "#d62728", "profit": "#2ca02c"}
+#: SFT's w = 1 coincides with ProFit's kept tokens, and DFT's w = q with InfoSFT's low-q
+#: end: wide dashed SFT under the rest, dotted ProFit, so every curve stays visible
+LINES = {"sft": dict(width=5, dash="dash"), "dft": dict(width=2),
+         "infosft": dict(width=2.5), "profit": dict(width=2.5, dash="dot")}
+
+
+def nice_step(span: float, target: int = 5) -> float:
+    """A 1 / 2 / 2.5 / 5 x 10^k tick step giving about ``target`` ticks over ``span``.
+
+    >>> nice_step(1.05), nice_step(3.0), nice_step(0.3), nice_step(40)
+    (0.25, 1.0, 0.1, 10.0)
+    """
+    if span <= 0:
+        return 1.0
+    raw = span / target
+    base = 10.0 ** math.floor(math.log10(raw))
+    return float(next(m * base for m in (1, 2, 2.5, 5, 10) if m * base >= raw))
+
+
+def log_q_ticks(low: float = 1e-8) -> dict:
+    """Tick values and labels for a log-scale probability axis: 10⁻ⁿ below 0.01, plain
+    decimals above (not Plotly's SI "1µ"), from ``low`` to 1.
+
+    >>> log_q_ticks(1e-3)["ticktext"]
+    ['10⁻³', '0.01', '0.1', '1']
+    """
+    sup = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+    vals, v = [], 1.0
+    while v >= low * 0.999:
+        vals.append(v)
+        v /= 10
+    vals.reverse()
+    text = [f"{x:g}" if x >= 0.01 else f"10{str(round(math.log10(x))).translate(sup)}"
+            for x in vals]
+    return dict(tickmode="array", tickvals=vals, ticktext=text)
+
+
+def _q_axis(fig: go.Figure, hist: pl.DataFrame, log_x: bool, title: str) -> None:
+    if log_x:
+        low = max(float(hist["lo"].min()), 1e-12) if hist.height else 1e-8
+        fig.update_xaxes(title=title, type="log", **log_q_ticks(low))
+    else:
+        fig.update_xaxes(title=title, type="linear", range=[0, 1], dtick=0.1)
 
 
 def _steps(hist: pl.DataFrame, col: str) -> tuple[list[float], list[float]]:
@@ -26,17 +71,18 @@ def q_histogram_with_curves(hist: pl.DataFrame, curves: pl.DataFrame, *, log_x: 
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     x, y = _steps(hist, "count")
     fig.add_trace(go.Scatter(x=x, y=y, line_shape="hv", fill="tozeroy", name="target tokens",
-                             line=dict(color="#bbbbbb"), fillcolor="rgba(160,160,160,0.35)"),
-                  secondary_y=False)
+                             line=dict(color="#8c8c8c", width=1),
+                             fillcolor="rgba(140,140,140,0.45)"), secondary_y=False)
     for s in SCHEME_LABELS:
-        fig.add_trace(go.Scatter(x=curves["q"], y=curves[s], name=f"w(q) {labels[s]}",
-                                 line=dict(color=COLORS[s], width=2)), secondary_y=True)
-    fig.update_xaxes(title="q (base model probability of the target token)",
-                     type="log" if log_x else "linear")
-    fig.update_yaxes(title="target tokens", secondary_y=False)
+        fig.add_trace(go.Scatter(x=curves["q"].to_list(), y=curves[s].to_list(),
+                                 name=f"w(q) {labels[s]}",
+                                 line=dict(color=COLORS[s], **LINES[s])), secondary_y=True)
+    _q_axis(fig, hist, log_x, "q (base model probability of the target token)")
+    fig.update_yaxes(title="target tokens", secondary_y=False, rangemode="tozero")
     top = max(1.0, max(float(curves[s].max()) for s in SCHEME_LABELS))
+    # its own round ticks (0, 0.2, ...), not ticks aligned to the count axis' gridlines
     fig.update_yaxes(title="weight w(q)", secondary_y=True, range=[0, top * 1.05],
-                     showgrid=False)
+                     tick0=0, dtick=nice_step(top), tickmode="linear", showgrid=False)
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=60, b=10),
                       legend=dict(orientation="h", y=-0.25), title="q of target tokens")
     return fig
@@ -50,9 +96,10 @@ def weight_share_histogram(hist: pl.DataFrame, *, log_x: bool,
     for s in SCHEME_LABELS:
         x, y = _steps(hist, s)
         fig.add_trace(go.Scatter(x=x, y=y, line_shape="hv", name=labels[s],
-                                 line=dict(color=COLORS[s], width=2)))
-    fig.update_xaxes(title="q", type="log" if log_x else "linear")
-    fig.update_yaxes(title="share of the scheme's total weight", tickformat=".0%")
+                                 line=dict(color=COLORS[s], **LINES[s])))
+    _q_axis(fig, hist, log_x, "q")
+    fig.update_yaxes(title="share of the scheme's total weight", tickformat=".0%",
+                     rangemode="tozero")
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=60, b=10),
                       legend=dict(orientation="h", y=-0.25),
                       title="where the learning signal goes")
@@ -61,8 +108,12 @@ def weight_share_histogram(hist: pl.DataFrame, *, log_x: bool,
 
 # --- training curves (inputs: analysis.training.metrics_frame) ---------------------------
 
-def _train_layout(fig: go.Figure, title: str, y_title: str) -> go.Figure:
-    fig.update_xaxes(title="optimizer step")
+def _train_layout(fig: go.Figure, title: str, y_title: str,
+                  steps: pl.Series | None = None) -> go.Figure:
+    # whole steps only: Plotly would tick 1.5, 2.5 on a short run
+    top = int(steps.max()) if steps is not None and len(steps) and steps.max() else 0
+    step_ticks = dict(tick0=0, dtick=max(1, round(nice_step(top)))) if top else {}
+    fig.update_xaxes(title="optimizer step", tickformat="d", **step_ticks)
     fig.update_layout(yaxis_title=y_title, height=340, margin=dict(l=10, r=10, t=60, b=10), title=title,
                       legend=dict(orientation="h", y=-0.3))
     return fig
@@ -74,16 +125,20 @@ def loss_curve(metrics: pl.DataFrame) -> go.Figure:
     differ (InfoSFT's weighted loss can be 100x smaller)."""
     train = metrics.filter(pl.col("loss").is_not_null())
     evals = metrics.filter(pl.col("eval_loss").is_not_null())
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=train["step"], y=train["loss"], name="train loss (weighted)",
-                             mode="lines+markers", line=dict(color="#d62728")),
-                  secondary_y=False)
-    fig.add_trace(go.Scatter(x=evals["step"], y=evals["eval_loss"],
-                             name="eval loss (plain NLL)", mode="lines+markers",
-                             marker=dict(size=9, symbol="diamond"),
-                             line=dict(color="#1f77b4", dash="dot")), secondary_y=True)
-    fig.update_yaxes(title="eval loss", secondary_y=True, showgrid=False)
-    return _train_layout(fig, "loss per supervised token", "train loss")
+    fig = make_subplots(specs=[[{"secondary_y": not evals.is_empty()}]])
+    fig.add_trace(go.Scatter(x=train["step"].to_list(), y=train["loss"].to_list(),
+                             name="train loss (weighted)", mode="lines+markers",
+                             line=dict(color="#d62728")), **({"secondary_y": False}
+                                                              if not evals.is_empty() else {}))
+    if not evals.is_empty():  # its own axis only once there is an eval point to show
+        fig.add_trace(go.Scatter(x=evals["step"].to_list(), y=evals["eval_loss"].to_list(),
+                                 name="eval loss (plain NLL)", mode="lines+markers",
+                                 marker=dict(size=9, symbol="diamond"),
+                                 line=dict(color="#1f77b4", dash="dot")), secondary_y=True)
+        fig.update_yaxes(title="eval loss", secondary_y=True, showgrid=False,
+                         rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero")
+    return _train_layout(fig, "loss per supervised token", "train loss", metrics["step"])
 
 
 def mean_weight_curve(metrics: pl.DataFrame) -> go.Figure:
@@ -97,7 +152,25 @@ def mean_weight_curve(metrics: pl.DataFrame) -> go.Figure:
                              name="share of zero-weight tokens", mode="lines",
                              line=dict(color="#7f7f7f", dash="dash")))
     fig.update_yaxes(rangemode="tozero")
-    return _train_layout(fig, "token weights during training", "weight / share")
+    return _train_layout(fig, "token weights during training", "weight / share",
+                         metrics["step"])
+
+
+def optimizer_curve(metrics: pl.DataFrame) -> go.Figure:
+    """One run's learning rate and gradient norm per logging step, each on its own axis."""
+    train = metrics.filter(pl.col("loss").is_not_null())
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=train["step"].to_list(), y=train["learning_rate"].to_list(),
+                             name="learning rate", mode="lines", line=dict(color="#9467bd")),
+                  secondary_y=False)
+    fig.add_trace(go.Scatter(x=train["step"].to_list(), y=train["grad_norm"].to_list(),
+                             name="gradient norm", mode="lines+markers",
+                             line=dict(color="#ff7f0e", dash="dot")), secondary_y=True)
+    fig.update_yaxes(title="learning rate", secondary_y=False, rangemode="tozero",
+                     exponentformat="e")
+    fig.update_yaxes(title="gradient norm", secondary_y=True, rangemode="tozero",
+                     showgrid=False)
+    return _train_layout(fig, "optimizer", "learning rate", metrics["step"])
 
 
 def q_drift_heatmap(drift: pl.DataFrame) -> go.Figure:
@@ -146,9 +219,12 @@ def loss_comparison(metrics: pl.DataFrame, column: str = "eval_loss") -> go.Figu
     fig = go.Figure()
     rows = metrics.filter(pl.col(column).is_not_null())
     for (run,), part in rows.partition_by("run", as_dict=True, maintain_order=True).items():
-        fig.add_trace(go.Scatter(x=part["step"], y=part[column], name=run,
+        fig.add_trace(go.Scatter(x=part["step"].to_list(), y=part[column].to_list(), name=run,
                                  mode="lines+markers"))
-    return _train_layout(fig, f"{column.replace('_', ' ')} by run", column.replace("_", " "))
+    if column.startswith("weight_share"):
+        fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return _train_layout(fig, f"{column.replace('_', ' ')} by run", column.replace("_", " "),
+                         rows["step"])
 
 
 # --- before/after evaluation (inputs: analysis.evaluate.report_table) --------------------
@@ -175,7 +251,8 @@ def tradeoff_scatter(table: pl.DataFrame, x: str = "prior_kl") -> go.Figure:
                           "<br>Δ prior NLL %{customdata[1]:+.4f}<br>KL %{customdata[2]:.4f}"
                           "<extra></extra>"))
     fig.add_hline(y=0, line=dict(color="#bbbbbb", dash="dot"))
-    fig.update_xaxes(title=FORGOT_AXES.get(x, x))
+    fig.update_xaxes(title=FORGOT_AXES.get(x, x),
+                     **({"rangemode": "tozero"} if x == "prior_kl" else {}))  # KL >= 0
     fig.update_yaxes(title="learned: task NLL drop (base − tuned, nats/token)")
     fig.update_layout(height=420, margin=dict(l=10, r=10, t=60, b=10),
                       legend=dict(orientation="h", y=-0.25), title="learn more, forget less")

@@ -212,7 +212,7 @@ def cancel(job: Job) -> None:
 # --- training jobs ----------------------------------------------------------------------
 
 #: ``infosft train`` options that take one value, in the order they are written.
-TRAIN_OPTIONS = ("model", "lr", "max_steps", "epochs", "batch_size", "grad_accum",
+TRAIN_OPTIONS = ("model", "lr", "max_steps", "epochs", "batch_size", "grad_accum", "eval_steps",
                   "max_length", "eval_split", "logging_steps", "save_steps", "limit", "split")
 
 

@@ -57,7 +57,7 @@ def input_defaults() -> dict:
             "train_accum": field_default("grad_accum"),
             "train_max_len": field_default("max_length"),
             "train_eval_split": float(field_default("eval_split")),
-            "train_log_every": field_default("logging_steps"),
+            "train_log_every": field_default("logging_steps"), "train_eval_every": 0,
             "train_name": f"train-{time.strftime('%Y%m%d-%H%M%S')}"}
 
 
@@ -150,9 +150,14 @@ def optimizer_inputs() -> dict:
     eval_split = a.number_input("Eval split (held out; 0 = none)", 0.0, 0.5, step=0.01,
                                 key="train_eval_split")
     log_every = int(b.number_input("Log every N steps", 1, 100_000, key="train_log_every"))
+    eval_every = int(a.number_input("Evaluate every N steps (0 = only at the end)", 0,
+                                    1_000_000, key="train_eval_every",
+                                    help="the eval loss (plain NLL on the eval split) during "
+                                    "training, not only once it ends"))
     return {"model": model or None, "lora": lora, "lr": float(lr), **length,
             "batch_size": batch, "grad_accum": accum, "max_length": max_len,
-            "eval_split": float(eval_split), "logging_steps": log_every}
+            "eval_split": float(eval_split), "logging_steps": log_every,
+            "eval_steps": eval_every or None}
 
 
 def launch_form() -> None:
@@ -281,6 +286,8 @@ def curves(run_dir: str) -> None:
         col.metric(labels[c], f"{s[-1]:.4g}" if len(s) else "–")
     st.plotly_chart(charts.loss_curve(m), key="train_loss_chart")
     st.plotly_chart(charts.mean_weight_curve(m), key="train_weight_chart")
+    if m["learning_rate"].drop_nulls().len() or m["grad_norm"].drop_nulls().len():
+        st.plotly_chart(charts.optimizer_curve(m), key="train_optimizer_chart")
     drift = q_drift(run_dir)
     if not drift.is_empty():  # runs logged before the histogram have none
         st.plotly_chart(charts.q_drift_heatmap(drift), key="train_drift_chart")
