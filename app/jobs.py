@@ -87,7 +87,7 @@ def score_argv(source: str, run_dir: Path, *, model: str | None = None,
 
 def launch(name: str, argv: list[str], run_dir: Path, kind: str = "score") -> Job:
     """Start ``argv`` in its own process group, output to ``jobs/ID.log``."""
-    jobs = workspace.subdir("jobs")
+    jobs = workspace.subdir(workspace.JOBS)
     job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log = jobs / f"{job_id}.log"
     with open(log, "wb") as out:
@@ -102,7 +102,7 @@ def launch(name: str, argv: list[str], run_dir: Path, kind: str = "score") -> Jo
 
 def launch_score(name: str, source: str, **options: Any) -> Job:
     """Validate the run name and start scoring ``source`` into ``WORKSPACE/runs/NAME``."""
-    run_dir = workspace.inside(workspace.subdir("runs"), name, "run name")
+    run_dir = workspace.inside(workspace.subdir(workspace.RUNS), name, "run name")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise InfosftError(f"a run named {name!r} already exists; choose another name")
     return launch(name, score_argv(source, run_dir, **options), run_dir)
@@ -112,7 +112,7 @@ def list_jobs(limit: int = 20, kind: str | None = "score") -> list[Job]:
     """The most recent jobs of ``kind`` (None: every kind) first; unreadable records are
     skipped. Scoring is the default: the Data page's panel shows token progress."""
     out = []
-    for p in sorted(workspace.subdir("jobs").glob("*.json"), reverse=True):
+    for p in sorted(workspace.subdir(workspace.JOBS).glob("*.json"), reverse=True):
         if len(out) >= limit:
             break
         try:
@@ -126,7 +126,7 @@ def list_jobs(limit: int = 20, kind: str | None = "score") -> list[Job]:
 
 def load(job_id: str) -> Job:
     """A job's current record (e.g. after another session cancelled it)."""
-    path = workspace.inside(workspace.subdir("jobs"), f"{job_id}.json", "job id")
+    path = workspace.inside(workspace.subdir(workspace.JOBS), f"{job_id}.json", "job id")
     try:
         return Job(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as e:
@@ -251,7 +251,7 @@ def launch_train(name: str, data: str, **options: Any) -> Job:
     """Validate the run name and start training into ``WORKSPACE/trainings/NAME``.
 
     An existing name is an error, never an overwrite."""
-    run_dir = workspace.inside(workspace.subdir("trainings"), name, "run name")
+    run_dir = workspace.inside(workspace.subdir(workspace.TRAININGS), name, "run name")
     starting = train_job(run_dir)  # launched, but the trainer has not made the folder yet
     if run_dir.exists() or (starting is not None and alive(starting)):
         raise InfosftError(f"a training run named {name!r} already exists; choose another name")

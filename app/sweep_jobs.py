@@ -19,7 +19,7 @@ from infosft.app import jobs, workspace
 from infosft.errors import InfosftError
 
 KIND = "sweep"
-SWEEPS = "sweeps"  # WORKSPACE/sweeps/NAME
+SWEEPS = workspace.SWEEPS  # WORKSPACE/sweeps/NAME
 
 
 def sweep_argv(data: str, out: Path, points: list[str], seeds: list[int], *,

@@ -16,6 +16,9 @@ from infosft.atomic import atomic_write_bytes
 from infosft.bundled import SAMPLE_DATA, SAMPLE_RUN  # noqa: F401  (the app's defaults)
 from infosft.errors import InfosftError
 
+#: the workspace's folders, named here only
+RUNS, TRAININGS, SWEEPS, EXPORTS, JOBS, UPLOADS = (
+    "runs", "trainings", "sweeps", "exports", "jobs", "uploads")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -80,7 +83,7 @@ def save_upload(name: str, data: bytes) -> Path:
     stays put however often the page reruns), and another file of the same name never
     replaces it, so the runs scored from an upload keep naming what they read."""
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip("._") or "upload"
-    folder = inside(subdir("uploads"), hashlib.sha256(data).hexdigest()[:12], "upload")
+    folder = inside(subdir(UPLOADS), hashlib.sha256(data).hexdigest()[:12], "upload")
     path = inside(folder, stem[:100], "file name")
     if not (path.is_file() and path.stat().st_size == len(data)):
         atomic_write_bytes(path, data)  # (a reader sees no half-written upload)

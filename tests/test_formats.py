@@ -107,11 +107,8 @@ def test_model_info_has_one_reader(tmp_path):
 def test_only_evaluate_names_the_evaluation_directory_and_its_scored_runs(tmp_path):
     from infosft.analysis import evaluate as ev
 
-    # Known gap (docs/design.md): the Evaluate page still builds RUN/eval/base-... itself;
-    # it is to call evaluate.scored_pair
-    gaps = {"app/views/evaluate.py"}
-    assert _spelling("base-", {"analysis/evaluate.py", *gaps}) == []
-    assert _spelling("tuned-", {"analysis/evaluate.py", *gaps}) == []
+    assert _spelling("base-", {"analysis/evaluate.py"}) == []
+    assert _spelling("tuned-", {"analysis/evaluate.py"}) == []
     assert ev.eval_dir(tmp_path) == tmp_path / "eval"
     assert ev.report_path(tmp_path) == tmp_path / "eval" / "report.json"
     base, tuned = ev.scored_pair(tmp_path, "prior")
@@ -180,3 +177,17 @@ def test_status_derives_checkpoint_resumable_and_final_from_the_directory(tmp_pa
         with pytest.raises(ValueError, match="derived"):
             ts.write_status(run, **{field: None})
     assert set(ts.read_status(run)) == set(ts.STATUS_FIELDS)
+
+
+def test_only_the_workspace_module_names_its_folders():
+    import re
+
+    from infosft.app import workspace
+
+    literal = re.compile(r"""subdir\(\s*["']""")
+    spelled = [str(p.relative_to(ROOT)) for p in (ROOT / "app").rglob("*.py")
+               if literal.search(p.read_text(encoding="utf-8"))]
+    assert spelled == []
+    assert {workspace.RUNS, workspace.TRAININGS, workspace.SWEEPS, workspace.EXPORTS,
+            workspace.JOBS, workspace.UPLOADS} == {"runs", "trainings", "sweeps", "exports",
+                                                   "jobs", "uploads"}

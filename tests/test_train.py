@@ -26,7 +26,8 @@ from tests.helpers import (HOLD_TRAIN_AT_STEP_2, ROOT, SAMPLE, cli_args, hooked_
                            tiny_cfg, torchrun, write_jsonl)
 
 METRIC_FIELDS = {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s",
-                 "mean_weight", "zero_weight_share", "time"}
+                 "mean_weight", "zero_weight_share", "q_hist", "weight_share_low",
+                 "weight_share_medium", "weight_share_high", "time"}
 
 
 @pytest.fixture(scope="module")

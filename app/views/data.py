@@ -147,7 +147,7 @@ def jobs_panel() -> None:
 
 def runs_section() -> None:
     st.subheader("Scored runs")
-    runs = list_runs([workspace.SAMPLE_RUN], [workspace.subdir("runs")])
+    runs = list_runs([workspace.SAMPLE_RUN], [workspace.subdir(workspace.RUNS)])
     st.dataframe(runs, hide_index=True, key="runs_table")
     complete = runs.filter(runs["status"] == "complete")["path"].to_list()
     current = st.session_state["run_path"]

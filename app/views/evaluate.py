@@ -24,7 +24,7 @@ def run_dirs() -> list[Path]:
     "evaluate this run", which puts them in ``eval_runs``)."""
     extra = [Path(p) for p in st.session_state.get("eval_paths", [])]
     extra += [Path(p) for p in st.session_state.get("eval_runs", [])]
-    return list(dict.fromkeys([*find_train_runs([workspace.subdir("trainings")]), *extra]))
+    return list(dict.fromkeys([*find_train_runs([workspace.subdir(workspace.TRAININGS)]), *extra]))
 
 
 def launch_form(runs: list[Path]) -> None:
@@ -61,8 +61,11 @@ def jobs_panel() -> None:
     if not all_jobs:
         return
     st.subheader("Evaluation jobs")
+    seen, ended = st.session_state.setdefault("_ev_jobs_seen", {}), False
     for job in all_jobs:
         s = jobs.status(job)
+        was, seen[job.id] = seen.get(job.id), s["state"]
+        ended |= was in ("starting", "running") and s["state"] not in ("starting", "running")
         with st.container(border=True):
             a, b = st.columns([5, 1])
             a.markdown(f"**{job.name}** · {s['state']}")
@@ -74,6 +77,8 @@ def jobs_panel() -> None:
                 a.error(f"Evaluation failed: {s['message']}")
                 with a.expander("Log"):
                     st.code(s.get("log") or "(empty)")
+    if ended:  # an evaluation just ended: the whole page, so its results table shows it
+        st.rerun()
 
 
 def results(reports: list[dict]) -> list[dict]:
@@ -114,9 +119,9 @@ def delta_view(done: list[dict]) -> None:
     run = a.selectbox("Run", list(names), format_func=names.get, key="ev_run")
     which = b.radio("Set", list(SETS), format_func=SETS.get, horizontal=True, key="ev_set")
     scale = c.slider("Colour scale (±nats)", 0.1, 5.0, 2.0, 0.1, key="ev_scale")
-    eval_dir = Path(run) / ev.EVAL
-    base, tuned = eval_dir / f"base-{which}", eval_dir / f"tuned-{which}"
-    mtime = (eval_dir / ev.REPORT).stat().st_mtime
+    eval_dir = ev.eval_dir(run)
+    base, tuned = (r.path for r in ev.scored_pair(run, which))
+    mtime = ev.report_path(run).stat().st_mtime
     per_ex = _example_deltas(str(base), str(tuned), mtime)
     top, by_token = _movers(str(base), str(tuned), mtime)
     left, right = st.columns(2)
@@ -162,7 +167,7 @@ def accuracy_section(done: list[dict]) -> None:
         st.caption(f"{summary['base']:.0%} -> {summary['tuned']:.0%} of {summary['n']}: "
                    f"{summary.get('lost', 0)} lost (right before, wrong after), "
                    f"{summary.get('gained', 0)} gained")
-        path = Path(run) / ev.EVAL / sets[which]
+        path = ev.eval_dir(run) / sets[which]
         st.dataframe(pl.read_parquet(path).drop("reference_text"), hide_index=True,
                      key="ev_acc_table")
 

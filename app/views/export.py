@@ -41,7 +41,7 @@ def body() -> None:
         name = st.text_input("File name (in the workspace's exports/)", key="export_name")
         overwrite = st.checkbox(OVERWRITE, key="export_overwrite")
         if st.button("Export", type="primary", key="export_go"):
-            out = workspace.inside(workspace.subdir("exports"), name.removesuffix(fmt) + fmt,
+            out = workspace.inside(workspace.subdir(workspace.EXPORTS), name.removesuffix(fmt) + fmt,
                                    "file name")
             exists = (f"{out.name} already exists in {out.parent}; tick “{OVERWRITE}” to "
                       "replace it, or choose another file name")

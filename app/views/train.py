@@ -90,7 +90,7 @@ def lr_follows_lora() -> None:
 
 def exports() -> list[str]:
     """Weighted datasets in the workspace's exports/ (newest first)."""
-    found = [p for p in workspace.subdir("exports").iterdir()
+    found = [p for p in workspace.subdir(workspace.EXPORTS).iterdir()
              if p.suffix in (".parquet", ".jsonl") and p.is_file()]
     return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
@@ -315,17 +315,35 @@ def live_panel(run_dir: str) -> None:
 
 # --- all runs --------------------------------------------------------------------------
 
+def with_live_states(runs):
+    """A resumed run's status file says ``stopped`` until its new process writes one:
+    a run with a live training job is at least ``queued``."""
+    live = {str(Path(j.run_dir).resolve()) for j in jobs.list_jobs(limit=50, kind="train")
+            if jobs.alive(j)}
+    if not live or runs.is_empty():
+        return runs
+    import polars as pl
+
+    relive = pl.col("path").map_elements(lambda p: str(Path(p).resolve()) in live,
+                                         return_dtype=pl.Boolean)
+    return runs.with_columns(pl.when(relive & ~pl.col("state").is_in(list(ACTIVE_STATES)))
+                             .then(pl.lit("queued")).otherwise(pl.col("state")).alias("state"))
+
+
 COMPARE = {"eval_loss": "eval loss (plain NLL: comparable across schemes)",
            "loss": "training loss (each run's own weighted loss)",
            "weight_share_medium": "share of the weight on medium q",
            "weight_share_low": "on low q", "weight_share_high": "on high q"}
 
 
-def runs_section(runs) -> None:
-    """The table of runs and a comparison of their loss curves."""
+@state.fragment(run_every=3)
+def runs_section() -> None:
+    """The table of runs and a comparison of their curves; refreshes itself, so a run
+    launched, resumed or finished meanwhile shows as it is."""
     st.subheader("Training runs")
+    runs = with_live_states(list_train_runs(workspace.subdir(workspace.TRAININGS)))
     if runs.is_empty():
-        st.caption(f"None yet in `{workspace.subdir('trainings')}`.")
+        st.caption(f"None yet in `{workspace.subdir(workspace.TRAININGS)}`.")
         return
     st.dataframe(runs.drop("path", "step", "total_steps", "final_model"), hide_index=True,
                  key="train_runs_table")
@@ -343,8 +361,8 @@ def runs_section(runs) -> None:
 
 def body() -> None:
     st.title("Train")
-    st.caption(f"Runs go to `{workspace.subdir('trainings')}`")
-    runs = list_train_runs(workspace.subdir("trainings"))
+    st.caption(f"Runs go to `{workspace.subdir(workspace.TRAININGS)}`")
+    runs = list_train_runs(workspace.subdir(workspace.TRAININGS))
     left, right = st.columns([2, 3])
     with left:
         state.guard(launch_form)
@@ -353,7 +371,7 @@ def body() -> None:
         run_dir = pick_run(runs["path"].to_list())
         if run_dir:
             live_panel(run_dir)
-    state.guard(lambda: runs_section(runs))
+    runs_section()
     sweep_view.panel()
 
 
