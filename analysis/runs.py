@@ -47,3 +47,25 @@ def list_runs(paths: Iterable[Path], parents: Iterable[Path] = ()) -> pl.DataFra
         if Path(parent).is_dir():
             found += sorted(p for p in Path(parent).iterdir() if p.is_dir() and Run(p).exists())
     return pl.DataFrame([scored_run_row(p) for p in found], schema=COLUMNS)
+
+
+def scoring_summary(path: str | Path) -> dict:
+    """What a finished scoring produced, for its job card: ``examples``, ``tokens``,
+    ``target_tokens``, ``seconds``, ``tokens_per_s`` (from ``meta.json``) and ``mean_q``
+    (the mean probability of the target tokens under the model: one scan of the run).
+    Missing or unreadable values are None."""
+    out = dict.fromkeys(("examples", "tokens", "target_tokens", "seconds", "tokens_per_s",
+                         "mean_q"))
+    run = Run(path)
+    try:
+        meta = run.meta()
+        counts = run.counts()
+        out.update(examples=counts.get("examples"), tokens=counts.get("tokens"),
+                   target_tokens=counts.get("target_tokens"),
+                   seconds=meta.get("scoring_seconds"), tokens_per_s=meta.get("tokens_per_s"))
+        if out["target_tokens"]:
+            out["mean_q"] = run.collect(run.scan_tokens().filter(pl.col("is_target")).select(
+                pl.col("logp").cast(pl.Float64).exp().mean())).item()
+    except InfosftError:
+        pass
+    return out

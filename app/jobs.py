@@ -297,6 +297,8 @@ def train_status(run_dir: str | Path) -> dict[str, Any]:
                         "failed" if job else "unknown")
     elif running and job.created_at > (out.get("updated_at") or 0):
         out["state"] = "queued"  # resumed: the new process has not rewritten the status yet
+    if running and job.cancelled and out["state"] in ("queued", "running"):
+        out["state"] = "stopping"  # Stop was sent: say so now, not when the step ends
     cli_error = [l for l in tail.splitlines() if l.startswith("infosft: error:")]
     if out["state"] == "failed" and (cli_error or not out["error"]):
         # the CLI's own one-line reason beats "the process died"

@@ -125,6 +125,27 @@ def duration(seconds) -> str:
     return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
 
 
+def scoring_text(s: dict) -> str:
+    """A finished scoring job in one line (input: :func:`analysis.runs.scoring_summary`).
+
+    >>> scoring_text({"examples": 200, "tokens": 27992, "target_tokens": 13013,
+    ...               "seconds": 75.4, "tokens_per_s": 371.2, "mean_q": 0.6234})
+    '200 examples · 13,013 target tokens of 27,992 · 1m 15s at 371 tokens/s · mean q 0.623'
+    """
+    parts = []
+    if s.get("examples") is not None:
+        parts.append(f"{s['examples']:,} examples")
+    if s.get("target_tokens") is not None:
+        parts.append(f"{s['target_tokens']:,} target tokens"
+                     + (f" of {s['tokens']:,}" if s.get("tokens") is not None else ""))
+    if s.get("seconds") is not None:
+        parts.append(f"{duration(s['seconds'])}"
+                     + (f" at {s['tokens_per_s']:,.0f} tokens/s" if s.get("tokens_per_s") else ""))
+    if s.get("mean_q") is not None:
+        parts.append(f"mean q {s['mean_q']:.3f}")
+    return " · ".join(parts) or "finished"
+
+
 def number_text(x: Any, fmt: str) -> str:
     """``x`` formatted with ``fmt``; a dash for a missing value (None or NaN)."""
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)

@@ -380,3 +380,62 @@ def test_running_job_shows_progress_eta_and_cancel(workspace):
     at.button(key=f"cancel_{job.id}").click().run()
     assert not at.exception
     assert wait_for(job, {"cancelled"}, timeout=20)["state"] == "cancelled"
+
+
+def test_a_finished_scoring_card_says_what_it_produced(workspace):
+    """Tokens, time, speed and mean q on the finished job's card, from the run itself."""
+    import shutil
+    import sys
+
+    import numpy as np
+
+    from infosft.analysis.stats import load_targets
+    from infosft.app import jobs
+
+    run = workspace / "runs" / "done"
+    shutil.copytree(SAMPLE_RUN, run)
+    job = jobs.launch("done", [sys.executable, "-c", "pass"], run)
+    wait_for(job, {"complete"})
+    at = app("views/data.py")
+    ok(at)
+    meta = json.loads((run / "meta.json").read_text())
+    mean_q = float(np.exp(load_targets(run)["logp"].to_numpy().astype(np.float64)).mean())
+    card = next(c.value for c in at.caption if "target tokens" in c.value)
+    assert f"{meta['counts']['examples']:,} examples" in card
+    assert f"{meta['counts']['target_tokens']:,} target tokens of {meta['counts']['tokens']:,}" in card
+    assert f"at {meta['tokens_per_s']:,.0f} tokens/s" in card
+    assert f"mean q {mean_q:.3f}" in card
+
+
+def test_stop_is_acknowledged_before_the_step_ends(workspace):
+    """The trainer sees SIGTERM only at the end of its step; the page says "stopping" at
+    once (here the job's process ignores SIGTERM, like a trainer mid-step)."""
+    import os
+    import sys
+    import time
+
+    from infosft.app import jobs
+
+    run = workspace / "trainings" / "busy"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("scheme: sft\n")
+    (run / "status.json").write_text(json.dumps(
+        {"state": "running", "pid": os.getpid(), "step": 4, "total_steps": 10,
+         "updated_at": time.time() + 60}))  # the trainer has written since the job began
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)")
+    job = jobs.launch("busy", [sys.executable, "-c", code], run, kind="train")
+    try:
+        deadline = time.time() + 30
+        while "ready" not in jobs.log_tail(job):  # SIGTERM ignored from here on
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert jobs.train_status(run)["state"] == "running"
+        jobs.stop_train(run)
+        assert jobs.train_status(run)["state"] == "stopping"
+        at = app("views/train.py")
+        at.selectbox(key="train_pick").set_value(str(run)).run()
+        assert any("Stopping after step 5" in i.value for i in at.info)
+        assert not [b for b in at.button if b.key == "train_stop"]
+    finally:
+        os.killpg(job.pid, 9)

@@ -7,9 +7,10 @@ from pathlib import Path
 import streamlit as st
 
 from infosft.analysis.preview import preview
-from infosft.analysis.runs import list_runs
+from infosft.analysis.runs import list_runs, scoring_summary
+from infosft.analysis.store import Run
 from infosft.app import jobs, state, workspace
-from infosft.app.render import duration
+from infosft.app.render import duration, scoring_text
 
 SOURCES = ("Bundled sample", "Upload a file", "Local path", "Hugging Face dataset")
 MODELS = ("Embedded default (SmolLM2-135M-Instruct)", "Local path", "Hugging Face id")
@@ -116,6 +117,18 @@ def scoring_form() -> None:
         st.success(f"Started job {job.id}: scoring into `{job.run_dir}`")
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _summary(run_dir: str, mtime: float) -> dict:
+    return scoring_summary(run_dir)
+
+
+def _mtime(run_dir: str) -> float:
+    try:
+        return Run(run_dir).meta_path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 @state.fragment(run_every=2)
 def jobs_panel() -> None:
     """Refreshes itself every 2 s without rerunning the rest of the page."""
@@ -140,6 +153,7 @@ def jobs_panel() -> None:
                 with a.expander("Log"):
                     st.code(stt["log"] or "(empty)")
             elif stt["state"] == "complete":
+                a.caption(scoring_text(_summary(job.run_dir, _mtime(job.run_dir))))
                 if b.button("Make active", key=f"activate_{job.id}"):
                     state.set_active_run(job.run_dir)
                     st.rerun()  # the whole app: the sidebar shows the active run

@@ -223,10 +223,13 @@ def controls(run_dir: str, stt: dict) -> None:
     state_ = stt["state"]
     if state_ in ACTIVE_STATES:
         progress(stt)
-        if state_ != "stopping" and st.button("Stop", key="train_stop",
-                                              help="SIGTERM: saves a checkpoint, resumable"):
+        if state_ == "stopping":
+            st.info(f"Stopping after step {(stt['step'] or 0) + 1}: the trainer finishes it "
+                    "and saves a checkpoint, then Resume continues from there.")
+        elif st.button("Stop", key="train_stop", help="SIGTERM: saves a checkpoint, resumable"):
             jobs.stop_train(run_dir)
-            st.info("Stopping: the trainer saves a checkpoint first.")
+            st.info(f"Stopping after step {(stt['step'] or 0) + 1}: the trainer finishes it "
+                    "and saves a checkpoint first.")
         return
     if state_ == "failed":
         st.error(f"Training failed: {stt['message']}")
