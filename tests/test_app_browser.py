@@ -46,10 +46,15 @@ READY = {"data": "Start scoring", "": "Hard (q < 0.1)", "tune": "Effective token
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def app_workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ws")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, app_workspace):
     """``infosft app`` on a free port with a fresh workspace; yields the base URL."""
     port = free_port()
-    ws = tmp_path_factory.mktemp("ws")
+    ws = app_workspace
     exe = shutil.which("infosft", path=str(Path(sys.executable).parent))
     argv = ([exe] if exe else [sys.executable, "-m", "infosft"]) + [
         "app", "--port", str(port), "--workspace", str(ws)]
@@ -422,3 +427,41 @@ def test_export_in_the_browser(server, browser):
     assert "load_dataset" in browser.find_element(By.TAG_NAME, "body").text
     no_errors(browser)
     browser.save_screenshot(str(ARTIFACTS / "export-done.png"))
+
+
+def test_an_evaluation_that_ends_appears_without_navigation(server, browser, app_workspace,
+                                                            tiny_model_dir, tokenizer,
+                                                            tmp_path, monkeypatch):
+    """The Evaluate page is open while an evaluation job runs; when the job's report lands
+    the page shows the run's results by itself (it used to say "No evaluated runs yet"
+    until the user left and came back)."""
+    import json
+
+    from infosft.analysis.evaluate import EvalConfig, eval_dir, evaluate_run, report_path
+    from infosft.app import jobs
+    from tests.helpers import MATH_ROWS, make_training_run, perturbed
+
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(app_workspace))  # the app's own workspace
+    staged = make_training_run(tmp_path / "staged", perturbed(tiny_model_dir, 0.05, "layers.1"),
+                               tokenizer, base=str(tiny_model_dir), eval_rows=MATH_ROWS[:2])
+    evaluate_run(staged, EvalConfig(limit=2, accuracy_limit=0), progress=False)
+    run = app_workspace / "trainings" / "live-eval"
+    shutil.copytree(staged, run, ignore=lambda d, names: ["eval"] if Path(d) == staged else [])
+    job = jobs.launch("eval live-eval", [sys.executable, "-c", "import time; time.sleep(120)",
+                                         "eval", str(run)], run, kind="eval")
+    try:
+        open_page(browser, server, "evaluate")
+        body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
+        wait(browser).until(lambda d: "eval live-eval" in body(d))
+        assert "No evaluated runs yet" in body(browser)
+        # the evaluation ends: its report lands (the job's process is still winding down)
+        shutil.copytree(eval_dir(staged), eval_dir(run))
+        report = json.loads(report_path(run).read_text())
+        report.update(run=str(run), name=run.name)
+        report_path(run).write_text(json.dumps(report))
+        wait(browser, 30).until(lambda d: "Which tokens moved" in body(d))
+        assert "No evaluated runs yet" not in body(browser)
+        no_errors(browser)
+        browser.save_screenshot(str(ARTIFACTS / "evaluate-after-job.png"))
+    finally:
+        jobs.cancel(job)
