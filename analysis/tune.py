@@ -116,13 +116,30 @@ def overview_facts(targets: Targets, examples: pl.DataFrame) -> dict[str, Any]:
     return facts
 
 
+SCHEME_TABLE = {"scheme": pl.String, "mean_weight": pl.Float64, "share_nonzero": pl.Float64,
+                "effective_tokens": pl.Float64, "effective_share": pl.Float64,
+                "weight_share_low": pl.Float64, "weight_share_medium": pl.Float64,
+                "weight_share_high": pl.Float64}
+
+
+def scheme_table(targets: Targets, weights: dict[str, np.ndarray],
+                 settings: Settings) -> pl.DataFrame:
+    """The schemes side by side, one row each with the knobs in force: mean weight,
+    share of tokens with w > 0, effective tokens (sum(w)^2 / sum(w^2)) and their share,
+    and the share of the weight on low / medium / high q."""
+    rows = [targets.summary(s, w=w, **settings.knobs(s)) for s, w in weights.items()]
+    return pl.DataFrame([{k: r[k] for k in SCHEME_TABLE} for r in rows], schema=SCHEME_TABLE)
+
+
 def tune_view(targets: Targets, settings: Settings, *, bins: int = 50,
               log_x: bool = False) -> dict[str, Any]:
-    """Everything that changes when a knob moves: the chosen scheme's summary, the
-    weighted histogram of all schemes and the weight curves."""
+    """Everything that changes when a knob moves: the chosen scheme's summary, every
+    scheme's summary side by side, the weighted histogram of all schemes and the
+    weight curves."""
     ws = all_weights(targets, settings)
     chosen = settings.scheme
     return {"summary": targets.summary(chosen, w=ws[chosen], **settings.knobs(chosen)),
+            "schemes": scheme_table(targets, ws, settings),
             "weights": ws,
             "hist": weighted_histogram(targets, ws, bins=bins, log_x=log_x),
             "curves": weight_curves(settings, log_x=log_x)}

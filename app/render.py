@@ -312,6 +312,22 @@ def export_name(run_name: str, scheme: str, knobs: dict[str, Any]) -> str:
     return "-".join(parts)
 
 
+def scheme_table_view(table, labels: dict[str, str]):
+    """:func:`analysis.tune.scheme_table` as shown: each scheme's legend name, percentages
+    as percentages, effective tokens as a count."""
+    import polars as pl
+
+    shares = ["share_nonzero", "effective_share", "weight_share_low", "weight_share_medium",
+              "weight_share_high"]
+    return table.select(
+        pl.col("scheme").replace_strict(labels, default=pl.col("scheme")).alias("Scheme"),
+        pl.col("mean_weight").round(4).alias("Mean weight"),
+        *(pl.col(c).mul(100).round(1).alias(n) for c, n in zip(shares, (
+            "w > 0 (%)", "Effective (%)", "Weight on low q (%)", "on medium q (%)",
+            "on high q (%)"))),
+        pl.col("effective_tokens").round(0).cast(pl.Int64).alias("Effective tokens"))
+
+
 def scheme_labels(settings) -> dict[str, str]:
     """Legend names with the knobs in force, e.g. ``InfoSFT (C=2.59)``."""
     tau = settings.knobs("profit")["threshold"]

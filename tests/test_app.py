@@ -439,3 +439,31 @@ def test_stop_is_acknowledged_before_the_step_ends(workspace):
         assert not [b for b in at.button if b.key == "train_stop"]
     finally:
         os.killpg(job.pid, 9)
+
+
+@pytest.mark.parametrize("page", ["views/tune.py", "views/overview.py"])
+def test_schemes_side_by_side_follow_the_knobs(targets, page):
+    """One row per scheme, each number computed here from the reference formulas."""
+    import numpy as np
+
+    from tests.helpers import reference_weights
+
+    at = app(page)
+    if page.endswith("tune.py"):
+        at.slider(key="tune_C").set_value(1.5).run()
+        at.selectbox(key="tune_scheme").set_value("profit").run()
+        at.slider(key="tune_threshold").set_value(0.3).run()
+    ok(at)
+    C, tau = (1.5, 0.3) if page.endswith("tune.py") else (Settings().C, Settings().threshold)
+    table = next(d.value for d in at.dataframe if "Effective tokens" in d.value.columns)
+    assert len(table) == 4
+    q = np.exp(targets.logp.astype(np.float64))
+    for (_, row), scheme in zip(table.iterrows(), ("sft", "dft", "infosft", "profit")):
+        w = reference_weights(targets.logp, scheme, C=C, tau=tau)
+        assert row["Mean weight"] == pytest.approx(round(w.mean(), 4), abs=1e-4)
+        assert row["w > 0 (%)"] == pytest.approx(round(100 * (w > 0).mean(), 1), abs=0.051)
+        assert row["Effective tokens"] == pytest.approx(w.sum() ** 2 / (w ** 2).sum(), abs=1)
+        medium = w[(q >= 0.1) & (q < 0.9)].sum() / w.sum()
+        assert row["on medium q (%)"] == pytest.approx(round(100 * medium, 1), abs=0.051)
+    if page.endswith("tune.py"):  # the knobs in force name each row
+        assert table["Scheme"][2] == "InfoSFT (C=1.5)" and "τ=0.3" in table["Scheme"][3]

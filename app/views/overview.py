@@ -5,7 +5,7 @@ import streamlit as st
 
 from infosft.analysis.tune import overview_facts, tune_view
 from infosft.app import charts, state
-from infosft.app.render import fact_cards, scheme_labels
+from infosft.app.render import fact_cards, scheme_labels, scheme_table_view
 
 
 def body() -> None:
@@ -25,6 +25,9 @@ def body() -> None:
                                                      labels=scheme_labels(s)), key="ov_hist")
     right.plotly_chart(charts.weight_share_histogram(view["hist"], log_x=log_x, labels=scheme_labels(s)),
                        key="ov_whist")
+    st.subheader("The schemes side by side")
+    st.dataframe(scheme_table_view(view["schemes"], scheme_labels(s)), hide_index=True,
+                 key="ov_schemes")
     st.caption("Left: how many target tokens have each q, with each scheme's weight curve "
                "w(q). Right: the same bins weighted by w, as a share of each scheme's total "
                "weight. Change C and the ProFit threshold on the Tune page.")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from infosft.analysis.tune import tune_view
 from infosft.app import charts, knobs, state
-from infosft.app.render import knobs_text, scheme_labels, summary_cards
+from infosft.app.render import knobs_text, scheme_labels, scheme_table_view, summary_cards
 
 
 def body() -> None:
@@ -33,6 +33,8 @@ def body() -> None:
         for row in (cards[:3], cards[3:]):
             for col, (label, value) in zip(st.columns(len(row)), row):
                 col.metric(label, value)
+        st.dataframe(scheme_table_view(view["schemes"], scheme_labels(s)), hide_index=True,
+                     key="tune_schemes")
         a, b = st.columns(2)
         a.plotly_chart(charts.q_histogram_with_curves(view["hist"], view["curves"], log_x=log_x,
                                                       labels=scheme_labels(s)), key="tune_hist")
