@@ -240,6 +240,16 @@ def spans_html(view: pl.DataFrame, backgrounds: Sequence[str],
     return f'{CSS}<div class="tv">{"".join(out)}</div>'
 
 
+def generated_html(tokens: pl.DataFrame, writer: str, other: str) -> str:
+    """A generated answer (:func:`analysis.try_model.side_by_side`'s ``tokens``), each
+    token coloured by its probability under the *other* model (red: the other model
+    would not have said it), with both probabilities on its hover card."""
+    view = tokens.with_columns(pl.lit(True).alias("is_target"))
+    return spans_html(view, colors(view["q_other"].to_numpy(), "q"), lambda row: (
+        f"{row['token']!r}\nq under the {writer} model (who wrote it) {row['q_self']:.4f}\n"
+        f"q under the {other} model {row['q_other']:.4f}"))
+
+
 def legend_html(color_by: str, scheme: str = "infosft", top: float | None = None,
                 scale: str = SCALES[0]) -> str:
     """A colour bar with its end labels for the chosen colouring; for weights the right

@@ -218,3 +218,26 @@ def test_no_sweep_yet_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("INFOSFT_WORKSPACE", str(tmp_path))
     at = page()
     assert any("infosft sweep --data DATA" in c.value for c in at.caption)
+
+
+def test_try_the_model_shows_both_answers(ws):
+    from infosft.analysis.try_model import side_by_side
+    from infosft.models import load_model
+
+    alpha = ws / "trainings" / "alpha"
+    at = page()
+    at.selectbox(key="try_run").set_value(str(alpha))
+    at.number_input(key="try_new").set_value(5)
+    at.text_area(key="try_prompt").set_value("Tell me a number.").run()
+    at.button(key="try_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    import yaml
+
+    base, tok, _ = load_model(yaml.safe_load((alpha / "config.yaml").read_text())["model"])
+    tuned, _, _ = load_model(str(alpha / "final"))
+    want = side_by_side(base, tuned, tok, "Tell me a number.", max_new_tokens=5)
+    html = [h.proto.body for h in at.get("html") if "q under the" in h.proto.body]
+    assert len(html) == 2
+    for body, who in zip(html, ("base", "tuned")):
+        n = want[who]["tokens"].height
+        assert body.count('class="t"') == n and f"q under the {who} model (who wrote it)" in body

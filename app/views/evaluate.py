@@ -228,6 +228,49 @@ def frontier_view(sweep: str) -> None:
         st.rerun()
 
 
+@st.cache_resource(max_entries=2, show_spinner="loading the base and the tuned model...")
+def _models(base: str | None, final: str):
+    """(base, tuned, tokenizer), loaded once per run and kept for the next prompt."""
+    from infosft.models import load_model
+
+    base_model, tokenizer, _ = load_model(base)
+    tuned_model, _, _ = load_model(final)
+    return base_model, tuned_model, tokenizer
+
+
+def try_model(runs: list[Path]) -> None:
+    """A prompt answered by the base and the tuned model side by side."""
+    from infosft.analysis.try_model import side_by_side
+    from infosft.app.render import generated_html
+
+    finished = [str(p) for p in runs if ev.is_finished(p)]
+    if not finished:
+        return
+    with st.expander("Try the model: one prompt, the base and the tuned model side by side"):
+        a, b = st.columns([3, 1])
+        run = a.selectbox("Run", finished, key="try_run", format_func=lambda p: Path(p).name)
+        new = b.number_input("Max new tokens", 1, 1024, 64, key="try_new")
+        prompt = st.text_area("Prompt (sent as a user turn through the chat template)",
+                              key="try_prompt", height=80)
+        if not st.button("Generate", key="try_go", disabled=not prompt.strip()):
+            return
+        tr = ev.open_training_run(run)
+        base, tuned, tok = _models(tr.base_model, str(tr.final))
+        out = side_by_side(base, tuned, tok, prompt, max_new_tokens=int(new),
+                           use_template=tr.config.get("use_template") is not False)
+        st.caption("Each token coloured by its probability under the *other* model: red "
+                   "where the other model would not have said it. Hover or focus a token "
+                   "for both probabilities.")
+        left, right = st.columns(2)
+        for col, who, other in ((left, "base", "tuned"), (right, "tuned", "base")):
+            col.markdown(f"**{who.capitalize()} model**")
+            toks = out[who]["tokens"]
+            if toks.is_empty():
+                col.caption("(no tokens: it ended its turn at once)")
+            else:
+                col.html(generated_html(toks, who, other))
+
+
 def body() -> None:
     st.title("Evaluate")
     st.caption("What a fine-tune learned (held-out task examples) and what it forgot (things "
@@ -237,6 +280,7 @@ def body() -> None:
     state.guard(jobs_panel)
     state.guard(sweeps_section)
     state.guard(lambda: results_section(runs))  # a damaged report: one line, the form stays
+    state.guard(lambda: try_model(runs))
     state.guard(lambda: launch_form(runs))
 
 
