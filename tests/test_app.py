@@ -467,3 +467,22 @@ def test_schemes_side_by_side_follow_the_knobs(targets, page):
         assert row["on medium q (%)"] == pytest.approx(round(100 * medium, 1), abs=0.051)
     if page.endswith("tune.py"):  # the knobs in force name each row
         assert table["Scheme"][2] == "InfoSFT (C=1.5)" and "τ=0.3" in table["Scheme"][3]
+
+
+def test_make_active_on_a_job_card_updates_the_active_run_box(workspace):
+    import shutil
+    import sys
+
+    from infosft.app import jobs
+
+    run = workspace / "runs" / "fresh"
+    shutil.copytree(SAMPLE_RUN, run)
+    job = jobs.launch("fresh", [sys.executable, "-c", "pass"], run)
+    wait_for(job, {"complete"})
+    at = app("views/data.py")
+    assert at.selectbox(key="run_pick").value == str(SAMPLE_RUN)
+    at.button(key=f"activate_{job.id}").click().run()
+    ok(at)
+    assert at.session_state["run_path"] == str(run)
+    assert at.selectbox(key="run_pick").value == str(run)  # the page's box, not only the sidebar
+    assert not [b for b in at.button if b.key == "run_activate"]  # nothing to switch back to

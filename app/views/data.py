@@ -164,9 +164,12 @@ def runs_section() -> None:
     runs = list_runs([workspace.SAMPLE_RUN], [workspace.subdir(workspace.RUNS)])
     st.dataframe(runs, hide_index=True, key="runs_table")
     complete = runs.filter(runs["status"] == "complete")["path"].to_list()
-    current = st.session_state["run_path"]
+    ss = st.session_state
+    current = ss["run_path"]
     options = complete if current in complete else [current, *complete]
-    pick = st.selectbox("Active run", options, index=options.index(current), key="run_pick")
+    if ss.get("_run_pick_for") != current:  # made active elsewhere (a job card, a page)
+        ss["run_pick"], ss["_run_pick_for"] = current, current
+    pick = st.selectbox("Active run", options, key="run_pick")
     if pick != current and st.button("Make active", key="run_activate"):
         state.set_active_run(pick)
         st.rerun()
