@@ -409,20 +409,22 @@ def check_eval_dir(run: TrainingRun, overwrite: bool) -> None:
         raise InfosftError(f"{d} already exists; use --overwrite to evaluate again")
 
 
-def _check_models_load(run: TrainingRun, cfg: EvalConfig) -> None:
-    """Load the base and the tuned model once, and free them: before an old evaluation
-    is replaced, a model that cannot load must fail while the old one is still there."""
+def _load_models(run: TrainingRun, cfg: EvalConfig) -> dict[str, tuple]:
+    """The base and the tuned model, each loaded once for the whole evaluation:
+    ``who -> (model, tokenizer, ModelInfo)``. Loaded before an old evaluation is
+    replaced, so a model that cannot load fails while the old one is still there."""
     from infosft.models import load_model
     from infosft.train import one_line
 
-    for name in (run.base_model, str(run.final)):
+    out = {}
+    for who, name in zip(WHO, (run.base_model, str(run.final))):
         try:
-            model = load_model(name, device=cfg.device, dtype=cfg.dtype)[0]
+            out[who] = load_model(name, device=cfg.device, dtype=cfg.dtype)
         except InfosftError:
             raise
         except Exception as e:  # noqa: BLE001 - a damaged model file: one line naming it
             raise InfosftError(f"cannot load model {name or 'default'}: {one_line(e)}") from None
-        del model
+    return out
 
 
 def _check_tokenizers(base_tok, tuned_tok, run: TrainingRun) -> None:
@@ -463,8 +465,7 @@ def _evaluate_locked(run: TrainingRun, cfg: EvalConfig, others: list[Path],
     _check_tokenizers(base_tok, load_tokenizer(tuned_name), run)
     with tempfile.TemporaryDirectory(prefix="infosft-eval-") as staging:
         sets = _prepare_sets(run, cfg, base_tok, Path(staging))
-        if not runlock.is_empty(run.eval_dir):  # something to lose: load the models first
-            _check_models_load(run, cfg)
+        loaded = _load_models(run, cfg)  # before anything is cleared
         eval_dir = run.eval_dir
         eval_dir.mkdir(exist_ok=True)
         runlock.clear_dir(eval_dir)
@@ -479,7 +480,7 @@ def _evaluate_locked(run: TrainingRun, cfg: EvalConfig, others: list[Path],
         "versions": versions()}
     atomic_write_json(eval_dir / REPORT, report)
     try:
-        _evaluate(run, cfg, eval_dir, base_tok, report, others, progress, sets)
+        _evaluate(run, cfg, eval_dir, base_tok, report, others, progress, sets, loaded)
     except BaseException as e:
         report.update(status="failed", error=(str(e).splitlines() or [type(e).__name__])[0]
                       if not isinstance(e, KeyboardInterrupt) else "interrupted")
@@ -552,9 +553,10 @@ def _reusable_base(run: TrainingRun, sets: _Sets, others: list[Path]) -> dict[st
 
 
 def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
-              report: dict[str, Any], others: list[Path], show: bool, sets: _Sets) -> None:
-    from infosft.models import load_model
-
+              report: dict[str, Any], others: list[Path], show: bool, sets: _Sets,
+              loaded: dict[str, tuple]) -> None:
+    """Every step on the models loaded once (``loaded``: ``who -> (model, tokenizer,
+    info)``): the four scored runs, KL, greedy answers."""
     task_examples, prior_examples = sets.prepared["task"][2], sets.prepared["prior"][2]
     report["task"] = {"source": sets.sources["task"], "examples": len(task_examples)}
     report["prior"] = {"sources": prior_sources(cfg), "scored_source": sets.sources["prior"],
@@ -586,17 +588,14 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
             shutil.copytree(reused[name], eval_dir / name)
         else:
             _say(show, f"{run.path.name}: scoring {name}")
-            score_dataset(sets.score_cfgs[name], progress=show)
+            score_dataset(sets.score_cfgs[name], progress=show,
+                          loaded=loaded[name.split("-")[0]])
         prog.finish(name)
     for s in SETS:
         check_same_tokens(*scored_pair(run.path, s))
 
-    _say(show, f"{run.path.name}: loading the base and the tuned model")
-    models = {}
-    for who in WHO:
-        models[who], _, info = load_model(sets.score_cfgs[scored_name(who, "task")].model,
-                                          device=cfg.device, dtype=cfg.dtype)
-        report.setdefault("models", {})[who] = info.as_dict()
+    models = {who: loaded[who][0] for who in WHO}
+    report["models"] = {who: loaded[who][2].as_dict() for who in WHO}
 
     _say(show, f"{run.path.name}: KL(base || tuned) on the prior set")
     with _bar(show, n_tok["prior"], "kl", "tok") as bar:
@@ -617,6 +616,7 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
         prog.finish("prior-accuracy-base")
         prog.finish("prior-accuracy-tuned")
     models.clear()
+    loaded.clear()
     for key, value in report_numbers(eval_dir).items():
         report[key] = {**report.get(key, {}), **value}
     report["accuracy"] = ({**accuracy_summary(pl.read_parquet(eval_dir / ACCURACY)), **acc_settings}

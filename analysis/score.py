@@ -1,16 +1,13 @@
 """Scoring a dataset under a base model: per-token log-prob, entropy, rank and top-k.
 
-Examples are sorted by length and packed into batches by a padded-token budget.
-The transformer body runs on every position, but the vocabulary projection (a
-large share of a small model's FLOPs) runs only on the positions that predict a
-target token, in row chunks, so no [batch, seq, vocab] tensor ever exists.
-Token rows stream into ``tokens/part-*.parquet`` (whole examples per part,
+The tensor work (batches by a padded-token budget, the shared prefix's KV cache, the
+vocabulary projection only where a target is predicted) is ``infosft.scoring``; this
+module reads the records, owns the run directory and writes the Parquet. Token rows stream into ``tokens/part-*.parquet`` (whole examples per part,
 written atomically), which is what makes ``resume`` after a kill exact.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import platform
@@ -25,17 +22,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from transformers import DynamicCache
 
 from infosft.analysis.store import (PART_NAME, TOKEN_SCHEMA, Run, atomic_write_parquet,
                                     old_targets, old_targets_error, read_part)
 from infosft.data import TARGET_RULE, PreparedExample, has_template, prepare
 from infosft.errors import InfosftError
-from infosft.memory import release_freed_memory
 from infosft.models import load_model, load_tokenizer
 from infosft.packed_linear import packed_linears
 from infosft.records import read_records
 from infosft.runlock import RunLock, clear_dir, is_empty
+from infosft.scoring import STATS, Scorer, shared_prefix, vocab_pieces
 
 
 @dataclass
@@ -86,209 +82,23 @@ def versions() -> dict[str, str]:
     return out
 
 
-def batches_by_budget(lengths: list[int], budget: int) -> list[list[int]]:
-    """Indices grouped so each batch's ``len(batch) * max(length)`` stays within ``budget``
-    (one over-long example still forms its own batch). Longest first."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out: list[list[int]] = []
-    for i in order:
-        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= budget:
-            out[-1].append(i)
-        else:
-            out.append([i])
-    return out
-
-
-def target_rank(logits: torch.Tensor, tgt: torch.Tensor, top_vals: torch.Tensor) -> torch.Tensor:
-    """1 + the number of logits strictly above the target's (1 = argmax; ties share).
-
-    Args:
-        logits: ``(n, V)``.
-        tgt: ``(n,)`` the target's logit in each row.
-        top_vals: ``(n, k)`` each row's k largest logits, descending.
-
-    Returns:
-        ``(n,)`` int32. A target at or above the k-th largest logit is ranked from
-        ``top_vals`` alone (every larger logit is among them); only the other rows
-        are compared with the whole vocabulary.
-    """
-    rank = (top_vals > tgt[:, None]).sum(-1, dtype=torch.int32) + 1
-    outside = (tgt < top_vals[:, -1]).nonzero().squeeze(1)
-    if outside.numel():
-        rows = logits.index_select(0, outside)
-        rank[outside] = (rows > tgt[outside, None]).sum(-1, dtype=torch.int32) + 1
-    return rank
-
-
-@torch.inference_mode()
-def target_stats(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.Module, *,
-                 top_k: int, chunk: int, softcap: float | None = None) -> dict[str, torch.Tensor]:
-    """Log-prob, entropy, rank and top-k of target tokens from the hidden states that predict them.
-
-    Args:
-        hidden: ``(N, H)`` final hidden states at the positions before each target.
-        targets: ``(N,)`` target token ids.
-        lm_head: the output projection, ``H -> V``.
-        chunk: rows projected at a time; peak extra memory is about ``3 * chunk * V`` floats.
-
-    Returns:
-        ``logp (N,)``, ``entropy (N,)`` (nats), ``rank (N,)`` (1 = argmax),
-        ``top_ids (N, k)``, ``top_logps (N, k)``; all float32 / int64 on CPU.
-    """
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                          ("logp", "entropy", "rank", "top_ids", "top_logps")}
-    for s in range(0, hidden.shape[0], chunk):
-        logits = lm_head(hidden[s:s + chunk]).float()                     # (n, V)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        top_vals, top_ids = logits.topk(top_k, dim=-1)                    # (n, k)
-        tgt = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)     # (n,)
-        rank = target_rank(logits, tgt, top_vals)                         # (n,)
-        top = top_vals[:, 0]
-        z = logits.sub_(top[:, None])                                     # (n, V), <= 0
-        probs = torch.softmax(z, dim=-1)                                  # (n, V)
-        # log sum exp(z) from the top token's probability: p_max >= 1/V never
-        # underflows, and it saves a pass over the vocabulary.
-        log_sum = -probs.gather(1, top_ids[:, :1]).squeeze(1).log()       # (n,)
-        # Entropy = log_sum - E[z]. On the shifted logits the two terms do not cancel,
-        # so a fast dot product is as exact as an elementwise sum (on raw logits it
-        # loses ~4e-3 nats).
-        mean_z = torch.bmm(probs[:, None, :], z[:, :, None]).view(-1)     # (n,)
-        out["entropy"].append((log_sum - mean_z).cpu())
-        out["logp"].append((tgt - top - log_sum).cpu())
-        out["rank"].append(rank.cpu())
-        out["top_ids"].append(top_ids.cpu())
-        out["top_logps"].append((top_vals - (top + log_sum)[:, None]).cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-class Scorer:
-    """Runs a loaded model over prepared examples and yields token frames."""
-
-    def __init__(self, model, tokenizer, cfg: ScoreConfig, prefix: list[int] | None = None,
-                 pieces: list[str] | None = None):
-        self.model, self.cfg = model, cfg
-        self.device = next(model.parameters()).device
-        self.decoder = model.get_decoder()
-        self.lm_head = model.get_output_embeddings()
-        self.softcap = getattr(model.config, "final_logit_softcapping", None)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # padded tokens per batch: big enough to keep the GEMMs efficient
-        self.budget = cfg.token_budget or (2048 if self.device.type == "cpu" else 16384)
-        if pieces is None:
-            pieces = vocab_pieces(tokenizer, max(len(tokenizer), model.config.vocab_size))
-        self.pieces = np.array(pieces, dtype=object)
-        self.prefix_len, self.prefix_cache = 0, None
-        # transformers >= 5.2x calls the KV-cache argument and output field ``cache``
-        # (``past_key_values`` before; the old name now warns)
-        self._cache_arg = ("cache" if "cache" in inspect.signature(self.decoder.forward).parameters
-                           else "past_key_values")
-        if prefix:
-            # inference mode: the cache must not hold an autograd graph (and through it
-            # the dense weights that packed_linears frees)
-            with torch.inference_mode():
-                out = self.decoder(input_ids=torch.tensor([prefix], device=self.device),
-                                   use_cache=True)
-            self.prefix_len = len(prefix)
-            self.prefix_cache = [(layer.keys, layer.values) for layer in out[self._cache_arg].layers]
-
-    def body(self, ids: torch.Tensor) -> torch.Tensor:
-        """Final hidden states ``(B, T - prefix_len, H)`` for right-padded ``ids (B, T)``.
-
-        The shared prefix (e.g. a chat template's system prompt) was run once; its
-        key/value cache is reused for every batch. No attention mask: with right
-        padding, causal attention already keeps real tokens from seeing pads.
-        """
-        suffix = ids[:, self.prefix_len:].to(self.device)
-        if self.prefix_cache is None:
-            return self.decoder(input_ids=suffix, use_cache=False).last_hidden_state
-        B = ids.shape[0]
-        cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
-                                             for k, v in self.prefix_cache],
-                             config=self.model.config)
-        return self.decoder(input_ids=suffix, use_cache=True,
-                            **{self._cache_arg: cache}).last_hidden_state
-
-    @torch.inference_mode()
-    def score_batch(self, batch: list[PreparedExample]) -> pl.DataFrame:
-        """Token rows (see ``analysis.store.TOKEN_SCHEMA``) for a batch of examples."""
-        lens = [ex.tokens.n_tokens for ex in batch]
-        T = max(lens)
-        ids = torch.full((len(batch), T), self.pad_id, dtype=torch.long)
-        real = torch.zeros((len(batch), T), dtype=torch.bool)
-        target = torch.zeros((len(batch), T), dtype=torch.bool)
-        for b, ex in enumerate(batch):
-            n = ex.tokens.n_tokens
-            ids[b, :n] = torch.tensor(ex.tokens.input_ids)
-            real[b, :n] = True
-            target[b, :n] = torch.tensor(ex.tokens.target_mask)
-        hidden = self.body(ids)
-        b_idx, p_idx = target.nonzero(as_tuple=True)
-        h_idx = (p_idx - 1 - self.prefix_len).to(self.device)
-        stats = target_stats(hidden[b_idx.to(self.device), h_idx],
-                             ids[b_idx, p_idx].to(self.device), self.lm_head,
-                             top_k=self.cfg.top_k, chunk=self.cfg.head_chunk,
-                             softcap=self.softcap)
-        return self._frame(batch, ids, real, target, stats)
-
-    def _frame(self, batch, ids, real, target, stats) -> pl.DataFrame:
-        b_all, p_all = real.nonzero(as_tuple=True)       # row-major: example, then position
-        M, k = len(b_all), self.cfg.top_k
-        is_target = target[b_all, p_all].numpy()
-        # Targets come in the same row-major order, so they fill the is_target slots in order.
-        logp = np.full(M, np.nan, dtype=np.float32)
-        entropy = np.full(M, np.nan, dtype=np.float32)
-        rank = np.zeros(M, dtype=np.int32)
-        top_ids = np.zeros((M, k), dtype=np.int32)
-        top_logps = np.zeros((M, k), dtype=np.float32)
-        logp[is_target] = stats["logp"].numpy()
-        entropy[is_target] = stats["entropy"].numpy()
-        rank[is_target] = stats["rank"].numpy()
-        top_ids[is_target] = stats["top_ids"].numpy()
-        top_logps[is_target] = stats["top_logps"].numpy()
-        token_ids = ids[b_all, p_all].numpy().astype(np.int32)
-        example_ids = np.array([ex.example_id for ex in batch], dtype=np.int32)[b_all.numpy()]
-        df = pl.DataFrame({
-            "example_id": example_ids,
-            "position": p_all.numpy().astype(np.int32),
-            "token_id": token_ids,
-            "token": self.pieces[token_ids].tolist(),
-            "is_target": is_target,
-            "logp": logp, "entropy": entropy, "rank": rank,
-            "top_ids": pl.Series(top_ids).cast(pl.List(pl.Int32)),
-            "top_logps": pl.Series(top_logps).cast(pl.List(pl.Float32)),
-        })
-        tgt = pl.col("is_target")
-        return df.with_columns(
-            *(pl.when(tgt).then(pl.col(c)).otherwise(None).alias(c)
-              for c in ("logp", "entropy", "rank", "top_ids", "top_logps"))
-        ).cast(TOKEN_SCHEMA)
-
-
-def shared_prefix(examples: list[PreparedExample]) -> list[int]:
-    """The longest token prefix all examples share, ending before the position that
-    predicts their first target (so every needed hidden state is computed per batch)."""
-    if not examples:
-        return []
-    first = examples[0].tokens.input_ids
-    n = min(ex.tokens.target_mask.index(True) for ex in examples) - 1
-    for ex in examples[1:]:
-        ids = ex.tokens.input_ids
-        n = min(n, len(ids))
-        for i in range(n):
-            if ids[i] != first[i]:
-                n = i
-                break
-    return first[:max(n, 0)]
-
-
-def vocab_pieces(tokenizer, size: int) -> list[str]:
-    """The text of each token id on its own (byte-level pieces of a split character
-    decode to U+FFFD)."""
-    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))],
-                                    skip_special_tokens=False,
-                                    clean_up_tokenization_spaces=False)
-    return pieces + [""] * (size - len(pieces))
+def token_frame(arrays: dict[str, np.ndarray], pieces: np.ndarray) -> pl.DataFrame:
+    """Token rows (see ``analysis.store.TOKEN_SCHEMA``) from the engine's arrays
+    (``infosft.scoring.Scorer.score_batch``): statistics null off target."""
+    df = pl.DataFrame({
+        "example_id": arrays["example_id"],
+        "position": arrays["position"],
+        "token_id": arrays["token_id"],
+        "token": pieces[arrays["token_id"]].tolist(),
+        "is_target": arrays["is_target"],
+        "logp": arrays["logp"], "entropy": arrays["entropy"], "rank": arrays["rank"],
+        "top_ids": pl.Series(arrays["top_ids"]).cast(pl.List(pl.Int32)),
+        "top_logps": pl.Series(arrays["top_logps"]).cast(pl.List(pl.Float32)),
+    })
+    tgt = pl.col("is_target")
+    return df.with_columns(
+        *(pl.when(tgt).then(pl.col(c)).otherwise(None).alias(c) for c in STATS)
+    ).cast(TOKEN_SCHEMA)
 
 
 def load_examples(cfg: ScoreConfig, tokenizer, skipped: list) -> tuple[Any, Any, list]:
@@ -364,7 +174,7 @@ def _check_out(run: Run, cfg: ScoreConfig, resume: bool, overwrite: bool) -> dic
 
 
 def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False,
-                  progress: bool = True) -> Run:
+                  progress: bool = True, loaded: tuple | None = None) -> Run:
     """Score ``cfg.source`` into the run directory ``cfg.out``; returns the finished run.
 
     The data is read and validated and the model loaded before anything in ``out``
@@ -376,6 +186,9 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
     Under ``torchrun`` / ``accelerate launch`` (``RANK`` / ``WORLD_SIZE`` set), each rank
     scores the examples with ``example_id % WORLD_SIZE == RANK`` into its own part series;
     rank 0 holds the lock, prepares the directory and writes ``examples.parquet`` at the end.
+    ``loaded``: the model already loaded, ``(model, tokenizer, ModelInfo)`` as
+    ``infosft.models.load_model`` returns them for ``cfg.model`` (an evaluation loads
+    each model once for all its steps); ``cfg.device`` and ``cfg.dtype`` are then not used.
     """
     cfg.check()
     run = Run(cfg.out)
@@ -386,19 +199,20 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
     with RunLock(run.path, "scoring into it") if rank == 0 else nullcontext():
         # Again under the lock: another process may have changed it since the first check.
         old_meta = _check_out(run, cfg, resume, overwrite) if rank == 0 else None
-        return _score_locked(run, cfg, old_meta, rank, world, progress)
+        return _score_locked(run, cfg, old_meta, rank, world, progress, loaded)
 
 
 def _score_locked(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, world: int,
-                  progress: bool) -> Run:
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+                  progress: bool, loaded: tuple | None) -> Run:
+    tokenizer = (loaded[1] if loaded is not None
+                 else load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code))
     skipped: list[dict] = []
     raw, fmt, examples = load_examples(cfg, tokenizer, skipped)
     if old_meta and (old_meta.get("dataset") or {}).get("content_hash") != raw.content_hash:
         raise InfosftError(f"{run.path}: cannot resume, the dataset {cfg.source} changed since "
                            "scoring started; use --overwrite")
-    model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
-                                        trust_remote_code=cfg.trust_remote_code)
+    model, tokenizer, info = loaded or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                                  trust_remote_code=cfg.trust_remote_code)
     pieces = vocab_pieces(tokenizer, max(len(tokenizer), model.config.vocab_size))
     if cfg.top_k > len(pieces):
         raise InfosftError(f"--top-k {cfg.top_k} exceeds the model's vocabulary ({len(pieces)})")
@@ -419,10 +233,12 @@ def _score_locked(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, 
     done = _done_examples(run)
     remaining = [ex for ex in examples if ex.example_id not in done]
     todo = [ex for ex in remaining if ex.example_id % world == rank]
-    scorer = Scorer(model, tokenizer, cfg, prefix=shared_prefix(todo), pieces=pieces)
+    scorer = Scorer(model, tokenizer, top_k=cfg.top_k, head_chunk=cfg.head_chunk,
+                    token_budget=cfg.token_budget, prefix=shared_prefix(todo))
     started = time.perf_counter()
     with packed_linears(model, batch_hint=scorer.budget):
-        _write_parts(run, scorer, todo, rank, progress)
+        _write_parts(run, scorer, np.array(pieces, dtype=object), todo, rank, cfg.part_tokens,
+                     progress)
     _barrier(world)
     seconds = time.perf_counter() - started
     if rank == 0:
@@ -519,8 +335,8 @@ def _next_part_index(run: Run, rank: int) -> int:
     return max(mine) + 1 if mine else 0
 
 
-def _write_parts(run: Run, scorer: Scorer, todo: list[PreparedExample], rank: int,
-                 show_progress: bool) -> None:
+def _write_parts(run: Run, scorer: Scorer, pieces: np.ndarray, todo: list[PreparedExample],
+                 rank: int, part_tokens: int, show_progress: bool) -> None:
     from tqdm.auto import tqdm
 
     total = sum(ex.tokens.n_tokens for ex in todo)
@@ -529,15 +345,14 @@ def _write_parts(run: Run, scorer: Scorer, todo: list[PreparedExample], rank: in
     pending_tokens = written = 0
     t0 = time.perf_counter()
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc="scoring", disable=not show_progress)
-    batches = batches_by_budget([ex.tokens.n_tokens for ex in todo], scorer.budget)
-    for i, batch_idx in enumerate(batches):
-        batch = [todo[j] for j in batch_idx]
-        df = scorer.score_batch(batch)
-        release_freed_memory()  # else fragmentation grows RSS with every new batch shape
+    left = total
+    for batch, arrays in scorer.score(todo):
+        df = token_frame(arrays, pieces)
         pending.append(df)
         pending_tokens += df.height
+        left -= df.height
         bar.update(df.height)
-        if pending_tokens >= scorer.cfg.part_tokens or i == len(batches) - 1:
+        if pending_tokens >= part_tokens or not left:
             run.write_part(pl.concat(pending), rank, index)
             index += 1
             written += pending_tokens

@@ -308,3 +308,24 @@ def test_an_evaluation_holds_the_run(tmp_path, capsys, tuned_run):
             check_eval_dir(open_training_run(run), True)
         assert _snapshot(run) == before
     check_eval_dir(open_training_run(run), True)  # free again once its holder is gone
+
+
+def test_an_evaluation_loads_each_model_once(tmp_path, monkeypatch, tuned_run, tiny_model_dir):
+    """Scoring the four sets, KL and the greedy answers all run on the base and the
+    tuned model loaded once each (the real loader, counted)."""
+    import infosft.analysis.score as score_module
+    import infosft.models as models_module
+
+    real, loads = models_module.load_model, []
+
+    def counting_load_model(name=None, **kw):
+        loads.append(str(name))
+        return real(name, **kw)
+
+    monkeypatch.setattr(models_module, "load_model", counting_load_model)
+    monkeypatch.setattr(score_module, "load_model", counting_load_model)
+    run = tmp_path / "tuned"
+    shutil.copytree(tuned_run, run, ignore=shutil.ignore_patterns(".lock"))
+    rep = evaluate_run(run, EvalConfig(**TINY_EVAL, overwrite=True), progress=False)
+    assert rep["status"] == "complete" and (run / EVAL / KL_FILE).exists()
+    assert sorted(loads) == sorted([str(tiny_model_dir), str(run / "final")])

@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 import torch
 
-from infosft.analysis.score import (ScoreConfig, batches_by_budget, score_dataset, shared_prefix,
-                            target_stats)
+from infosft.analysis.score import ScoreConfig, score_dataset
 from infosft.analysis.store import Run
+from infosft.scoring import Scorer, batches_by_budget, shared_prefix, target_stats
 from tests.helpers import (ROOT, SAMPLE, SAMPLE_RUN, hold_score_after_part, hooked_cli,
                            torchrun, wait_parked, write_jsonl)
 
@@ -177,19 +177,18 @@ def test_resume_refuses_a_changed_config(tmp_path, tiny_model_dir):
 
 
 def test_prefix_cache_gives_the_same_scores(tokenizer, tiny_model_dir):
-    from infosft.analysis.score import Scorer
     from infosft.data import prepare
     from infosft.models import load_model
 
     model, tok, _ = load_model(str(tiny_model_dir), device="cpu")
     _, exs = prepare(enumerate(ROWS[:6], 1), tok, max_length=512)
-    cfg = ScoreConfig(source="", out="")
-    plain = Scorer(model, tok, cfg).score_batch(exs)
-    cached = Scorer(model, tok, cfg, prefix=shared_prefix(exs)).score_batch(exs)
-    assert plain["token_id"].to_list() == cached["token_id"].to_list()
-    np.testing.assert_allclose(plain["logp"].to_numpy(), cached["logp"].to_numpy(), atol=1e-5)
-    np.testing.assert_allclose(plain["entropy"].to_numpy(), cached["entropy"].to_numpy(),
-                               atol=1e-5)
+    plain = Scorer(model, tok).score_batch(exs)
+    prefix = shared_prefix(exs)
+    assert prefix
+    cached = Scorer(model, tok, prefix=prefix).score_batch(exs)
+    assert plain["token_id"].tolist() == cached["token_id"].tolist()
+    np.testing.assert_allclose(plain["logp"], cached["logp"], atol=1e-5)
+    np.testing.assert_allclose(plain["entropy"], cached["entropy"], atol=1e-5)
 
 
 @pytest.mark.slow
