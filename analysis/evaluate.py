@@ -414,7 +414,7 @@ def _load_models(run: TrainingRun, cfg: EvalConfig) -> dict[str, tuple]:
     ``who -> (model, tokenizer, ModelInfo)``. Loaded before an old evaluation is
     replaced, so a model that cannot load fails while the old one is still there."""
     from infosft.models import load_model
-    from infosft.train import one_line
+    from infosft.train_run import one_line
 
     out = {}
     for who, name in zip(WHO, (run.base_model, str(run.final))):
