@@ -18,6 +18,11 @@ LINES = {"sft": dict(width=5, dash="dash"), "dft": dict(width=2),
          "infosft": dict(width=2.5), "profit": dict(width=2.5, dash="dot")}
 
 
+#: a second y axis with round ticks of its own (an overlaying axis otherwise gets ticks
+#: aligned to the first axis' gridlines: 0.103, 0.207, 0.31)
+OWN_TICKS = dict(tickmode="auto", nticks=6)
+
+
 def nice_step(span: float, target: int = 5) -> float:
     """A 1 / 2 / 2.5 / 5 x 10^k tick step giving about ``target`` ticks over ``span``.
 
@@ -136,7 +141,7 @@ def loss_curve(metrics: pl.DataFrame) -> go.Figure:
                                  marker=dict(size=9, symbol="diamond"),
                                  line=dict(color="#1f77b4", dash="dot")), secondary_y=True)
         fig.update_yaxes(title="eval loss", secondary_y=True, showgrid=False,
-                         rangemode="tozero")
+                         rangemode="tozero", **OWN_TICKS)
     fig.update_yaxes(rangemode="tozero")
     return _train_layout(fig, "loss per supervised token", "train loss", metrics["step"])
 
@@ -169,7 +174,7 @@ def optimizer_curve(metrics: pl.DataFrame) -> go.Figure:
     fig.update_yaxes(title="learning rate", secondary_y=False, rangemode="tozero",
                      exponentformat="e")
     fig.update_yaxes(title="gradient norm", secondary_y=True, rangemode="tozero",
-                     showgrid=False)
+                     showgrid=False, **OWN_TICKS)
     return _train_layout(fig, "optimizer", "learning rate", metrics["step"])
 
 

@@ -463,3 +463,16 @@ def test_q_drift_heat_map_and_band_weights_follow_the_logged_histograms(workspac
     assert z[2] == [0.75, 0.0, 0.0] and z[19] == [0.0, 0.5, 1.0]  # bins (y) by steps (x)
     bands = {t["name"]: t["y"] for t in charts(at)["train_band_chart"]["data"]}
     assert bands["medium q"] == [1.0, 0.6, 0.0] and bands["high q (≥ 0.9)"] == [0.0, 0.4, 1.0]
+
+
+def test_compare_says_why_when_no_run_logged_the_curve(workspace):
+    run = fake_run(workspace, "noeval", status={"state": "finished", "step": 2,
+                                                "total_steps": 2}, metrics=losses([2.0, 1.5]))
+    at = app()
+    ok(at)
+    assert at.multiselect(key="train_compare").value == [str(run)]
+    assert "train_compare_chart" not in charts(at)  # no empty eval-loss axes
+    assert any("No eval loss logged for these runs (they had no eval split)" in c.value
+               for c in at.caption)
+    at.radio(key="train_compare_y").set_value("loss").run()
+    assert charts(at)["train_compare_chart"]["data"][0]["y"] == [2.0, 1.5]

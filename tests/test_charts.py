@@ -74,9 +74,11 @@ def test_training_charts_have_whole_steps_and_no_empty_eval_axis():
     assert x["dtick"] == 1 and x["tickformat"] == "d"
     f = _fig(charts.loss_curve(pl.concat([m, _metrics([{"step": 3, "eval_loss": 1.5}])])))
     assert len(f["data"]) == 2 and f["layout"]["yaxis2"]["rangemode"] == "tozero"
+    assert f["layout"]["yaxis2"]["tickmode"] == "auto"  # its own ticks, not synced
     long = _metrics([{"step": s, "loss": 1.0} for s in range(1, 401)])
     assert _fig(charts.loss_curve(long))["layout"]["xaxis"]["dtick"] == 100
     opt = _fig(charts.optimizer_curve(m))
+    assert opt["layout"]["yaxis2"]["tickmode"] == "auto"
     by_name = {t["name"]: t["y"] for t in opt["data"]}
     assert by_name["learning rate"] == pytest.approx(m["learning_rate"].to_list())
     assert by_name["gradient norm"] == [2.0, 3.0, 4.0]

@@ -357,9 +357,14 @@ def runs_section() -> None:
                             format_func=lambda p: Path(p).name)
     column = st.radio("Curve", tuple(COMPARE), horizontal=True, key="train_compare_y",
                       format_func=COMPARE.get)
-    if picked:
-        st.plotly_chart(charts.loss_comparison(metrics_frame(picked), column),
-                        key="train_compare_chart")
+    if not picked:
+        return
+    m = metrics_frame(picked)
+    if m[column].drop_nulls().is_empty():  # no empty axes: say why there is no curve
+        st.caption(f"No {COMPARE[column].split(' (')[0]} logged for these runs"
+                   + (" (they had no eval split)" if column == "eval_loss" else "") + ".")
+        return
+    st.plotly_chart(charts.loss_comparison(m, column), key="train_compare_chart")
 
 
 def body() -> None:
