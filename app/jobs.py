@@ -237,14 +237,20 @@ def train_argv(data: str, out: Path, *, scheme: str = "infosft",
         if value is None:
             continue
         argv += [f"--{name}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return argv + option_flags(options, fields, no_template)
+
+
+def option_flags(options: dict[str, Any], fields: dict[str, str] | None = None,
+                 no_template: bool = False) -> list[str]:
+    """The CLI flags of :data:`TRAIN_OPTIONS` (None or "" left out), the field mapping and
+    ``--no-template``: what ``infosft train`` and ``infosft sweep`` share."""
+    flags = []
     for name in TRAIN_OPTIONS:
         if options.get(name) not in (None, ""):
-            argv += [f"--{name.replace('_', '-')}", str(options[name])]
+            flags += [f"--{name.replace('_', '-')}", str(options[name])]
     for k, v in (fields or {}).items():
-        argv += ["--field", f"{k}={v}"]
-    if no_template:
-        argv.append("--no-template")
-    return argv
+        flags += ["--field", f"{k}={v}"]
+    return flags + (["--no-template"] if no_template else [])
 
 
 def launch_train(name: str, data: str, **options: Any) -> Job:

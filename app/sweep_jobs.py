@@ -41,14 +41,7 @@ def sweep_argv(data: str, out: Path, points: list[str], seeds: list[int], *,
             "--lora" if lora else "--no-lora"]
     for point in points:
         argv += ["--scheme", point]
-    argv += ["--seeds", *map(str, seeds)]
-    for name in jobs.TRAIN_OPTIONS:
-        if options.get(name) not in (None, ""):
-            argv += [f"--{name.replace('_', '-')}", str(options[name])]
-    for k, v in (fields or {}).items():
-        argv += ["--field", f"{k}={v}"]
-    if no_template:
-        argv.append("--no-template")
+    argv += ["--seeds", *map(str, seeds), *jobs.option_flags(options, fields, no_template)]
     if task_data:
         argv += ["--task-data", workspace.local_path(task_data)]
     for p in prior_data or []:
