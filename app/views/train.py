@@ -319,18 +319,18 @@ def live_panel(run_dir: str) -> None:
 # --- all runs --------------------------------------------------------------------------
 
 def with_live_states(runs):
-    """A resumed run's status file says ``stopped`` until its new process writes one:
-    a run with a live training job is at least ``queued``."""
+    """A resumed run's status file says ``stopped`` until its new process writes one: the
+    rows of runs with a live training job take :func:`app.jobs.train_status`'s state,
+    which knows (queued, stopping, or finished while the process exits)."""
     live = {str(Path(j.run_dir).resolve()) for j in jobs.list_jobs(limit=50, kind="train")
             if jobs.alive(j)}
     if not live or runs.is_empty():
         return runs
     import polars as pl
 
-    relive = pl.col("path").map_elements(lambda p: str(Path(p).resolve()) in live,
-                                         return_dtype=pl.Boolean)
-    return runs.with_columns(pl.when(relive & ~pl.col("state").is_in(list(ACTIVE_STATES)))
-                             .then(pl.lit("queued")).otherwise(pl.col("state")).alias("state"))
+    states = [jobs.train_status(p)["state"] if str(Path(p).resolve()) in live else s
+              for p, s in zip(runs["path"], runs["state"])]
+    return runs.with_columns(pl.Series("state", states, dtype=pl.String))
 
 
 COMPARE = {"eval_loss": "eval loss (plain NLL: comparable across schemes)",
