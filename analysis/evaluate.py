@@ -40,7 +40,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +58,7 @@ from infosft import train_status as ts
 from infosft.bundled import PRIOR
 from infosft.atomic import atomic_write_bytes, atomic_write_json
 from infosft.data import RecordError, detect_format, normalize
+from infosft.configs import option
 from infosft.errors import InfosftError, InputError
 from infosft.records import read_records
 
@@ -93,19 +94,28 @@ TRAINING_KEYS = ("scheme", "C", "P", "threshold", "direction", "mode", "lora", "
 
 @dataclass
 class EvalConfig:
-    """Settings of an evaluation (recorded in the report)."""
+    """Settings of an evaluation (recorded in the report); the fields' help is
+    ``infosft eval --help``."""
 
-    task_data: str | None = None             # default: RUN/data/eval.jsonl
-    prior_data: list[str] = field(default_factory=list)
-    default_prior: bool = True               # include sample_data/prior.jsonl
-    accuracy_limit: int = 20
-    max_new_tokens: int = 256
-    limit: int | None = None                 # at most N rows of each data file
-    overwrite: bool = False
-    device: str | None = None
-    dtype: str | None = None
-    token_budget: int | None = None
-    gen_batch_size: int = 8
+    runs: list[str] = option([], "finished training run directories", positional=True,
+                             cli=dict(nargs="*", metavar="RUN"))
+    task_data: str | None = option(None, "held-out task data (default: RUN/data/eval.jsonl)")
+    prior_data: list[str] = option([], "more prior-capability data, besides the bundled "
+                                   "prior set (repeatable)",
+                                   cli=dict(action="append", metavar="FILE"))
+    default_prior: bool = option(True, "include the bundled prior set (sample_data/"
+                                 "prior.jsonl; --no-default-prior leaves it out)")
+    accuracy_limit: int = option(20, "math task data: greedy answers on this many "
+                                 "examples (0: none)")
+    max_new_tokens: int = option(256, "tokens per greedy answer")
+    limit: int | None = option(None, "use only the first N rows of each data file")
+    overwrite: bool = option(False, "replace an existing RUN/eval")
+    device: str | None = option(None, "cpu, cuda, mps (default: best available)")
+    dtype: str | None = option(None, "float32, bfloat16 (default: bf16 on CUDA, fp32 "
+                               "elsewhere)")
+    token_budget: int | None = option(None, "padded tokens per scoring batch (default: as "
+                                      "infosft score)")
+    gen_batch_size: int = option(8, "greedy answers generated together")
 
 
 # --- the training run ----------------------------------------------------------------
@@ -150,8 +160,8 @@ def scored_pair(run_dir: str | Path, which: str) -> tuple[Run, Run]:
 
 def require_config(path: Path) -> dict[str, Any]:
     """``config.yaml`` as a dict; one-line errors for a missing or malformed file (as for
-    any config file: :func:`infosft.train_config.read_config_file`)."""
-    from infosft.train_config import read_config_file
+    any config file: :func:`infosft.configs.read_config_file`)."""
+    from infosft.configs import read_config_file
 
     if not path.is_file():
         raise InfosftError(f"{path.parent}: not a training run (no {path.name})")

@@ -8,6 +8,7 @@ written atomically), which is what makes ``resume`` after a kill exact.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import torch
 
 from infosft.analysis.store import (PART_NAME, TOKEN_SCHEMA, Run, atomic_write_parquet,
                                     old_targets, old_targets_error, read_part)
+from infosft.configs import option, required
 from infosft.data import TARGET_RULE, PreparedExample, has_template, prepare
 from infosft.errors import InfosftError
 from infosft.models import load_model, load_tokenizer
@@ -36,25 +38,36 @@ from infosft.scoring import STATS, Scorer, shared_prefix, vocab_pieces
 
 @dataclass
 class ScoreConfig:
-    """Everything that decides a run's numbers (recorded in meta.json; ``resume`` checks it)."""
+    """Everything that decides a run's numbers (recorded in meta.json; ``resume`` checks
+    it). The fields' help is ``infosft score --help``."""
 
-    source: str
-    out: str
-    model: str | None = None
-    max_length: int = 2048
-    limit: int | None = None
-    fields: dict[str, str] | None = None
-    use_template: bool = True
-    skip_invalid: bool = False
-    split: str = "train"
-    top_k: int = 5
-    trust_remote_code: bool = False
+    source: str = required("JSONL/JSON/CSV/Parquet file, dataset directory or hub name",
+                           positional=True)
+    out: str = required("run directory to create")
+    model: str | None = option(None, "local path or hub id (default: embedded "
+                               "SmolLM2-135M-Instruct)")
+    max_length: int = option(2048, "tokens per example; longer ones are cut from the right")
+    limit: int | None = option(None, "score only the first N rows")
+    fields: dict[str, str] | None = option(
+        None, "map a column: prompt=, response=, input=, messages= or text= (repeatable)",
+        flag="--field", cli=dict(action="append", metavar="NAME=COLUMN"))
+    use_template: bool = option(True, "apply the tokenizer's chat template (--no-template: "
+                                "prompt + response)", flag="--template",
+                                cli=dict(action=argparse.BooleanOptionalAction))
+    skip_invalid: bool = option(False, "skip bad rows (listed in meta.json) instead of "
+                                "stopping")
+    split: str = option("train", "split of a dataset directory / hub name")
+    top_k: int = option(5, "alternatives stored per token")
+    trust_remote_code: bool = option(False, "allow model repos to run their own code (off "
+                                     "by default)", cli=dict(action="store_const", const=True))
     # Speed knobs: they change timings and memory, not results.
-    token_budget: int | None = None     # padded tokens per batch; None: 2048 on CPU, 16384 GPU
-    part_tokens: int = 1 << 16
-    head_chunk: int = 256
-    device: str | None = None
-    dtype: str | None = None
+    token_budget: int | None = option(None, "padded tokens per forward batch (memory vs "
+                                      "speed; default 2048 on CPU, 16384 on GPU)")
+    part_tokens: int = option(1 << 16, "tokens per Parquet part (resume granularity)")
+    head_chunk: int = option(256, "target positions per vocabulary projection (memory)")
+    device: str | None = option(None, "cpu, cuda, mps (default: best available)")
+    dtype: str | None = option(None, "float32, bfloat16 (default: bf16 on CUDA, fp32 "
+                               "elsewhere)")
 
     RESULT_FIELDS = ("source", "model", "max_length", "limit", "fields", "use_template",
                      "skip_invalid", "split", "top_k")

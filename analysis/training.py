@@ -15,7 +15,7 @@ import polars as pl
 
 from infosft import train_status as ts
 from infosft.errors import InfosftError
-from infosft.train_config import read_config_file
+from infosft.configs import read_config_file
 from infosft.weights import resolve_knobs
 
 METRIC_SCHEMA = {"step": pl.Int64, "epoch": pl.Float64, "loss": pl.Float64,

@@ -42,16 +42,21 @@ def _add_scheme_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="ProFit random: seed (default 0)")
 
 
+def _config(cls, args, *, source_field: str | None = None):
+    """``cls`` from ``args.config`` (a YAML/JSON file of its fields) and the flags typed."""
+    from infosft.configs import build, flag_values, read_config_file
+
+    values = flag_values(args, cls)
+    if "fields" in values:
+        values["fields"] = _fields(values["fields"])
+    file_values = read_config_file(args.config) if args.config else {}
+    return build(cls, file_values, values, source=args.config)
+
+
 def cmd_score(args) -> int:
     from infosft.analysis.score import ScoreConfig, score_dataset
 
-    cfg = ScoreConfig(source=args.data, out=args.out, model=args.model,
-                      max_length=args.max_length, limit=args.limit, fields=_fields(args.field),
-                      use_template=not args.no_template, skip_invalid=args.skip_invalid,
-                      split=args.split, top_k=args.top_k,
-                      trust_remote_code=args.trust_remote_code, token_budget=args.token_budget,
-                      part_tokens=args.part_tokens,
-                      device=args.device, dtype=args.dtype)
+    cfg = _config(ScoreConfig, args)
     run = score_dataset(cfg, resume=args.resume, overwrite=args.overwrite,
                         progress=not args.quiet)
     meta = run.meta()
@@ -80,26 +85,14 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _eval_config(args, **more):
-    """The EvalConfig of the evaluation flags ``eval`` and ``sweep`` share."""
-    from infosft.analysis.evaluate import EvalConfig
-
-    defaults = EvalConfig()
-    return EvalConfig(task_data=args.task_data, prior_data=args.prior_data or [],
-                      default_prior=not args.no_default_prior,
-                      accuracy_limit=(defaults.accuracy_limit if args.accuracy_limit is None
-                                      else args.accuracy_limit),
-                      max_new_tokens=(defaults.max_new_tokens if args.max_new_tokens is None
-                                      else args.max_new_tokens),
-                      **more)
-
-
 def cmd_eval(args) -> int:
-    from infosft.analysis.evaluate import evaluate_runs
+    from infosft.analysis.evaluate import EvalConfig, evaluate_runs, report_path
 
-    cfg = _eval_config(args, limit=args.limit, overwrite=args.overwrite, device=args.device,
-                       dtype=args.dtype)
-    for rep in evaluate_runs(args.runs, cfg, progress=not args.quiet):
+    cfg = _config(EvalConfig, args)
+    if not cfg.runs:
+        raise InfosftError("give at least one finished training run (RUN..., or `runs:` in "
+                           "the --config file)")
+    for rep in evaluate_runs(cfg.runs, cfg, progress=not args.quiet):
         learned, forgot, acc = rep["learned"], rep["forgot"], rep.get("accuracy")
         prior_acc = rep.get("prior_accuracy")
         print(f"{rep['run']}: learned: task NLL {learned['delta_nll']:+.4f}, "
@@ -109,8 +102,13 @@ def cmd_eval(args) -> int:
                  if acc else "")
               + (f"; prior accuracy {prior_acc['base']:.0%} -> {prior_acc['tuned']:.0%} "
                  f"({prior_acc['lost']} of {prior_acc['n']} lost)" if prior_acc else "")
-              + f"; report in {Path(rep['run']) / 'eval' / 'report.json'}")
+              + f"; report in {report_path(rep['run'])}")
     return 0
+
+
+#: The evaluation settings ``infosft sweep`` takes (the rest are per run or per machine).
+SWEEP_EVAL_FIELDS = ("task_data", "prior_data", "default_prior", "accuracy_limit",
+                     "max_new_tokens")
 
 
 def cmd_sweep(args) -> int:
@@ -126,12 +124,10 @@ def cmd_sweep(args) -> int:
                                "--resume to continue a sweep with its stored settings")
         given = sorted(f"--{k.replace('_', '-')}" for k, v in overrides.items()
                        if v is not None and k != "out")  # --out: the sweep's own directory
-        given += [flag for flag, v in (("--seeds", args.seeds), ("--config", args.config),
-                                        ("--task-data", args.task_data),
-                                        ("--prior-data", args.prior_data),
-                                        ("--accuracy-limit", args.accuracy_limit),
-                                        ("--max-new-tokens", args.max_new_tokens)) if v]
-        given += ["--no-default-prior"] if args.no_default_prior else []
+        given += [flag for flag, v in (("--seeds", args.seeds), ("--config", args.config))
+                  if v]
+        given += [f"--{k.replace('_', '-')}" for k in SWEEP_EVAL_FIELDS
+                  if getattr(args, k) is not None]
         if given:
             raise InfosftError(f"--resume without --scheme continues with the sweep's stored "
                                f"settings; drop {', '.join(given)} (or give the whole grid again)")
@@ -143,7 +139,11 @@ def cmd_sweep(args) -> int:
         points, seeds = args.points, args.seeds or [0]
         for point in points:
             parse_point(point)  # every point checked before the first run starts
-        eval_cfg = _eval_config(args, device=train_cfg.device, dtype=train_cfg.dtype)
+        from infosft.analysis.evaluate import EvalConfig
+        from infosft.configs import build, flag_values
+
+        eval_cfg = build(EvalConfig, None, flag_values(args, EvalConfig)
+                         | {"device": train_cfg.device, "dtype": train_cfg.dtype})
     report = run_sweep(args.out, points, seeds, train_cfg, eval_cfg,
                        resume=args.resume, progress=not args.quiet)
     print(format_report(report))
@@ -165,42 +165,6 @@ def cmd_app(args) -> int:
     from infosft.app.serve import serve
 
     return serve(args.host, args.port, args.workspace, args.allow_host)
-
-
-# How each TrainConfig field becomes a flag; the rest are taken from the annotation.
-_TRAIN_FLAG_SPECIAL = {
-    "threshold": dict(type=float, nargs="+", metavar="TAU"),
-    "report_to": dict(nargs="+", metavar="TRACKER"),
-    "use_template": dict(flag="--template", action=argparse.BooleanOptionalAction),
-    "trust_remote_code": dict(action="store_const", const=True),
-    "fields": dict(flag="--field", action="append", metavar="NAME=COLUMN",
-                   help="map a column: prompt=, response=, input=, messages= or text= "
-                   "(repeatable)"),
-}
-
-
-def _add_train_flags(p: argparse.ArgumentParser, exclude: frozenset[str] = frozenset()) -> None:
-    """Every TrainConfig field (but ``exclude``) as a flag with default None: only typed
-    flags override the config file."""
-    from dataclasses import fields
-
-    from infosft.train_config import TrainConfig, field_default
-
-    for f in fields(TrainConfig):
-        if f.name in exclude:
-            continue
-        spec = dict(_TRAIN_FLAG_SPECIAL.get(f.name, {}))
-        flag = spec.pop("flag", "--" + f.name.replace("_", "-"))
-        help_ = spec.pop("help", f.metadata["help"])
-        default = field_default(f.name)
-        if default is not None and "default" not in help_:
-            help_ += f" (default {default})"
-        ann = str(f.type)
-        if not spec:
-            spec = (dict(action=argparse.BooleanOptionalAction) if ann.startswith("bool")
-                    else dict(type=int) if ann.startswith("int")
-                    else dict(type=float) if ann.startswith("float") else {})
-        p.add_argument(flag, dest=f.name, default=None, help=help_, **spec)
 
 
 def cmd_train(args) -> int:
@@ -231,9 +195,8 @@ def cmd_train(args) -> int:
     except Exception as e:  # noqa: BLE001 - a training crash: one line, details in the log
         from infosft.train import one_line
 
-        print(f"infosft: error: training failed: {one_line(e)} (traceback in "
-              f"{Path(cfg.out) / ts.LOG})", file=sys.stderr)
-        return 1
+        raise _Failed(1, f"training failed: {one_line(e)} (traceback in "
+                         f"{Path(cfg.out) / ts.LOG})") from None
     status = ts.read_status(run)
     if status["state"] == "stopped":  # (a finished run was announced by the trainer's log)
         print(f"stopped at step {status['step']}; continue with: infosft train --out {run} "
@@ -243,38 +206,25 @@ def cmd_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from infosft.analysis.evaluate import EvalConfig
+    from infosft.analysis.score import ScoreConfig
+    from infosft.configs import add_flags
+    from infosft.train_config import TrainConfig
+
     parser = argparse.ArgumentParser(
         prog="infosft", description="See what token-weighted SFT (DFT, InfoSFT, ProFit) does "
         "to your data before you train.")
+    parser.add_argument("--status-file", metavar="FILE",
+                        help="when the command ends, write its outcome as JSON to FILE "
+                        "(returncode, the one-line error): how a launcher tells why it failed")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="score a dataset under a base model into a run directory")
-    p.add_argument("data", help="JSONL/JSON/CSV/Parquet file, dataset directory or hub name")
-    p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--model", help="local path or hub id (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--limit", type=int, help="score only the first N rows")
-    p.add_argument("--field", action="append", metavar="NAME=COLUMN",
-                   help="map a column: prompt=, response=, input=, messages= or text= "
-                   "(repeatable)")
-    p.add_argument("--no-template", action="store_true",
-                   help="ignore the tokenizer's chat template: prompt + response")
-    p.add_argument("--split", default="train", help="split of a dataset directory / hub name")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="skip bad rows (listed in meta.json) instead of stopping")
+    p.add_argument("--config", help="YAML or JSON file of the fields below (flags beat it)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--token-budget", type=int,
-                   help="padded tokens per forward batch (memory vs speed; default 2048 on "
-                   "CPU, 16384 on GPU)")
-    p.add_argument("--part-tokens", type=int, default=1 << 16,
-                   help="tokens per Parquet part (resume granularity)")
-    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--dtype", help="float32, bfloat16 (default: bf16 on CUDA, fp32 elsewhere)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow model repos to run their own code (off by default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_flags(p, ScoreConfig, exclude=frozenset({"head_chunk"}))
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("stats", help="print a short summary of a scored run under a scheme")
@@ -292,21 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="before/after report of finished training runs: what "
                        "they learned (held-out task) and forgot (prior-capability set)")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="finished training run directories")
-    p.add_argument("--task-data", help="held-out task data (default: RUN/data/eval.jsonl)")
-    p.add_argument("--prior-data", action="append", metavar="FILE",
-                   help="more prior-capability data, besides sample_data/prior.jsonl "
-                   "(repeatable)")
-    p.add_argument("--no-default-prior", action="store_true",
-                   help="leave out the bundled sample_data/prior.jsonl")
-    p.add_argument("--accuracy-limit", type=int, default=20,
-                   help="math task data: greedy answers on this many examples (0: none)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--limit", type=int, help="use only the first N rows of each data file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN/eval")
-    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--dtype", help="float32, bfloat16 (default: bf16 on CUDA, fp32 elsewhere)")
+    p.add_argument("--config", help="YAML or JSON file of the fields below (flags beat it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_flags(p, EvalConfig, exclude=frozenset({"token_budget", "gen_batch_size"}))
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("app", help="start the browser app (opens on the bundled sample run)")
@@ -331,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    _add_train_flags(p)
+    add_flags(p, TrainConfig)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -349,14 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a sweep: finished runs are kept; alone (no --scheme), "
                    "with the settings the sweep was started with")
     p.add_argument("--config", help="YAML or JSON file of training config fields")
-    p.add_argument("--task-data", help="held-out task data (default: each run's eval split)")
-    p.add_argument("--prior-data", action="append", help="prior-capability data (repeatable)")
-    p.add_argument("--no-default-prior", action="store_true")
-    p.add_argument("--accuracy-limit", type=int, help="greedy answers checked (default 20)")
-    p.add_argument("--max-new-tokens", type=int, help="per answer (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_train_flags(p, exclude=frozenset({"out", "scheme", "C", "P", "threshold",
-                                           "direction", "mode", "seed"}))
+    add_flags(p, EvalConfig, only=SWEEP_EVAL_FIELDS)
+    add_flags(p, TrainConfig, exclude=frozenset({"out", "scheme", "C", "P", "threshold",
+                                                 "direction", "mode", "seed"}))
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("minitask", help="write the miniature arithmetic task (train, test, "
@@ -391,20 +325,54 @@ def describe_error(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    import time
+
+    started = time.time()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--status-file")
+    status_file = pre.parse_known_args(argv)[0].status_file
+    command, error = None, None
+    try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        rc = _run(args)
+    except SystemExit as e:  # argparse: its message is on stderr already
+        rc = e.code if isinstance(e.code, int) else 2
+        error = None if rc == 0 else "invalid command line (see the usage message)"
+    except _Failed as e:
+        rc, error = e.rc, e.line
+    if status_file:
+        from infosft.outcome import write_outcome
+
+        write_outcome(status_file, command or "", rc, error, started)
+    return rc
+
+
+class _Failed(Exception):
+    def __init__(self, rc: int, line: str):
+        super().__init__(line)
+        self.rc, self.line = rc, line
+
+
+def _run(args) -> int:
+    """Run the command; an error is printed as one line and raised as :class:`_Failed`."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar shows scoring progress
     try:
         return args.func(args)
+    except _Failed as e:  # a command's own failure, its line made already
+        print(f"infosft: error: {e.line}", file=sys.stderr)
+        raise
     except KeyboardInterrupt:
         print("infosft: interrupted", file=sys.stderr)
-        return 130
+        raise _Failed(130, "interrupted") from None
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 2
         if os.environ.get("INFOSFT_DEBUG"):
             raise
-        print(f"infosft: error: {describe_error(e)}", file=sys.stderr)
-        return 2
+        line = describe_error(e)
+        print(f"infosft: error: {line}", file=sys.stderr)
+        raise _Failed(2, line) from None
 
 
 if __name__ == "__main__":

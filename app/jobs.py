@@ -4,8 +4,11 @@
 * state comes from the run's ``meta.json`` (``status`` running / complete) and the
   scorer's progress files (:meth:`infosft.analysis.store.Run.read_progress`: tokens done
   and to do, an ETA), so it survives an app restart;
-* a process that is gone while its run is not complete has failed: its log tail
-  says why;
+* a job runs ``infosft --status-file jobs/ID.outcome COMMAND --config jobs/ID.yaml``:
+  the app writes the command's config file (the same fields as the command's flags,
+  :mod:`infosft.configs`) and the command writes its outcome (:mod:`infosft.outcome`):
+  a process that is gone while its run is not complete has failed, and its outcome
+  file says why (no outcome file: it was killed before it could say);
 * Cancel sends SIGTERM to the job's process group (the run's whole parts stay, so
   ``infosft score --resume`` can finish it);
 * a job's process is its pid *and* start time (:mod:`infosft.process`): once it is gone
@@ -16,14 +19,20 @@ Training jobs (kind ``train``) write ``WORKSPACE/trainings/NAME``; their state c
 from :func:`infosft.train_status.read_status` (the trainer's ``status.json``), and the
 job record only fills in what happened before the trainer wrote it (a CLI error).
 
-Evaluation jobs (kind ``eval``) run ``infosft eval RUN...``; their state comes from each
-run's ``RUN/eval/report.json`` and ``RUN/eval/progress.json``.
+Evaluation jobs (kind ``eval``) run ``infosft eval``; their runs are the ``runs`` of
+the job's config file, and their state comes from each run's ``RUN/eval/report.json``
+and ``RUN/eval/progress.json``.
+
+The latest job per run directory is found through a pointer file
+(``jobs/by-target/KIND-HASH``, :func:`latest_job`), not by reading every record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,9 +45,16 @@ from infosft.analysis.store import Run, atomic_write_json
 from infosft.app import workspace
 from infosft import process
 from infosft import train_status as ts
+from infosft.atomic import atomic_write_text
+from infosft.configs import read_config_file, write_config
 from infosft.errors import InfosftError
+from infosft.outcome import read_outcome
 
 PART_TOKENS = 8192  # finer parts than the CLI default: more frequent progress updates
+# A job's files in WORKSPACE/jobs/: ID.json (the record), ID.log (its output), ID.yaml
+# (the config its command reads), ID.outcome (what the command says when it ends).
+RECORD, LOG, CONFIG, OUTCOME = ".json", ".log", ".yaml", ".outcome"
+BY_TARGET = "by-target"  # jobs/by-target/KIND-HASH: the id of the latest job per run dir
 
 
 @dataclass
@@ -58,46 +74,90 @@ class Job:
 
     @property
     def record_path(self) -> Path:
-        return Path(self.log).with_suffix(".json")
+        return Path(self.log).with_suffix(RECORD)
+
+    @property
+    def config_path(self) -> Path:
+        """The config file the job's command runs with (``--config``)."""
+        return Path(self.log).with_suffix(CONFIG)
+
+    @property
+    def outcome_path(self) -> Path:
+        """Where the command writes its outcome (``--status-file``)."""
+        return Path(self.log).with_suffix(OUTCOME)
 
     def save(self) -> None:
         atomic_write_json(self.record_path, asdict(self))
 
 
-def score_argv(source: str, run_dir: Path, *, model: str | None = None,
-               max_length: int = 2048, fields: dict[str, str] | None = None,
-               limit: int | None = None, split: str = "train",
-               no_template: bool = False) -> list[str]:
-    """The ``infosft score`` command line (an argument list, never a shell string); local
-    paths absolute (:func:`app.workspace.local_path`)."""
-    source, model = workspace.local_path(str(source)), workspace.local_path(model)
-    argv = [sys.executable, "-m", "infosft", "score", source, "--out", str(run_dir),
-            "--max-length", str(int(max_length)), "--part-tokens", str(PART_TOKENS),
-            "--split", split, "--quiet"]
-    if model:
-        argv += ["--model", model]
-    for k, v in (fields or {}).items():
-        argv += ["--field", f"{k}={v}"]
-    if limit:
-        argv += ["--limit", str(int(limit))]
-    if no_template:
-        argv.append("--no-template")
-    return argv
+def score_config(source: str, run_dir: Path, *, model: str | None = None,
+                 max_length: int = 2048, fields: dict[str, str] | None = None,
+                 limit: int | None = None, split: str = "train",
+                 no_template: bool = False) -> dict[str, Any]:
+    """The ``infosft score`` config of a scoring job, checked as the command will check
+    it; local paths absolute (:func:`app.workspace.local_path`)."""
+    from infosft.analysis.score import ScoreConfig
+    from infosft.configs import build
+
+    values = {"source": workspace.local_path(str(source)), "out": str(run_dir),
+              "model": workspace.local_path(model), "max_length": int(max_length),
+              "fields": fields or None, "limit": int(limit) if limit else None,
+              "split": split, "use_template": not no_template, "part_tokens": PART_TOKENS}
+    build(ScoreConfig, values).check()
+    return values
 
 
-def launch(name: str, argv: list[str], run_dir: Path, kind: str = "score") -> Job:
-    """Start ``argv`` in its own process group, output to ``jobs/ID.log``."""
-    jobs = workspace.subdir(workspace.JOBS)
+def new_job_log() -> Path:
+    """``jobs/ID.log`` for a new job id (time-sortable, unique); the job's other files
+    share its stem."""
     job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    log = jobs / f"{job_id}.log"
+    return workspace.subdir(workspace.JOBS) / f"{job_id}{LOG}"
+
+
+def launch(name: str, command: str, run_dir: Path, kind: str = "score", *,
+           config: dict[str, Any] | None = None, args: list[str] | tuple = ()) -> Job:
+    """Start ``infosft --status-file jobs/ID.outcome COMMAND [--config jobs/ID.yaml] ARGS``;
+    ``config`` is written to the config file first."""
+    log = new_job_log()
+    argv = [sys.executable, "-m", "infosft", "--status-file", str(log.with_suffix(OUTCOME)),
+            command]
+    if config is not None:
+        argv += ["--config", str(write_config(config, log.with_suffix(CONFIG)))]
+    return start(name, argv + list(args), run_dir, kind, log=log)
+
+
+def start(name: str, argv: list[str], run_dir: Path, kind: str = "score", *,
+          log: Path | None = None) -> Job:
+    """Start ``argv`` (an argument list, never a shell string) in its own process group,
+    in the workspace, output to ``jobs/ID.log``; record the job and point its run
+    directory's :func:`latest_job` at it."""
+    log = log or new_job_log()
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=workspace.workspace_dir(),
                                 start_new_session=True)
-    job = Job(job_id, name, kind, list(argv), proc.pid, str(run_dir), str(log), time.time(),
+    job = Job(log.stem, name, kind, list(argv), proc.pid, str(run_dir), str(log), time.time(),
               started=process.start_time(proc.pid), host=process.current()["host"])
     job.save()
+    pointer = _pointer(kind, run_dir)
+    pointer.parent.mkdir(exist_ok=True)
+    atomic_write_text(pointer, job.id)
     return job
+
+
+def _pointer(kind: str, run_dir: str | Path) -> Path:
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:24]
+    return workspace.subdir(workspace.JOBS) / BY_TARGET / f"{kind}-{digest}"
+
+
+def latest_job(run_dir: str | Path, kind: str) -> Job | None:
+    """The latest job of ``kind`` launched into ``run_dir`` (None: none from this app,
+    e.g. a run started from the CLI): one pointer file read, whatever the number of jobs."""
+    try:
+        job_id = _pointer(kind, run_dir).read_text().strip()
+        return load(job_id)
+    except (OSError, InfosftError):
+        return None
 
 
 def launch_score(name: str, source: str, **options: Any) -> Job:
@@ -105,14 +165,15 @@ def launch_score(name: str, source: str, **options: Any) -> Job:
     run_dir = workspace.inside(workspace.subdir(workspace.RUNS), name, "run name")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise InfosftError(f"a run named {name!r} already exists; choose another name")
-    return launch(name, score_argv(source, run_dir, **options), run_dir)
+    return launch(name, "score", run_dir, config=score_config(source, run_dir, **options),
+                  args=["--quiet"])
 
 
 def list_jobs(limit: int = 20, kind: str | None = "score") -> list[Job]:
     """The most recent jobs of ``kind`` (None: every kind) first; unreadable records are
     skipped. Scoring is the default: the Data page's panel shows token progress."""
     out = []
-    for p in sorted(workspace.subdir(workspace.JOBS).glob("*.json"), reverse=True):
+    for p in sorted(workspace.subdir(workspace.JOBS).glob(f"*{RECORD}"), reverse=True):
         if len(out) >= limit:
             break
         try:
@@ -126,7 +187,7 @@ def list_jobs(limit: int = 20, kind: str | None = "score") -> list[Job]:
 
 def load(job_id: str) -> Job:
     """A job's current record (e.g. after another session cancelled it)."""
-    path = workspace.inside(workspace.subdir(workspace.JOBS), f"{job_id}.json", "job id")
+    path = workspace.inside(workspace.subdir(workspace.JOBS), f"{job_id}{RECORD}", "job id")
     try:
         return Job(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as e:
@@ -158,12 +219,27 @@ def log_tail(job: Job, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def error_line(tail: str) -> str:
-    """The CLI's one-line error if there is one, else the last line of the log."""
-    lines = tail.splitlines()
-    errs = [l for l in lines if l.startswith("infosft: error:")]
-    return (errs[-1].removeprefix("infosft: error:").strip() if errs else
-            (lines[-1] if lines else "the job stopped without output"))
+def outcome(job: Job) -> dict[str, Any] | None:
+    """What the job's command said when it ended (:mod:`infosft.outcome`), or None."""
+    return read_outcome(job.outcome_path)
+
+
+def failure(job: Job) -> str:
+    """Why an ended job failed, from its outcome file: the command's one-line error, or
+    what is known when the process was killed before it could write one."""
+    o = outcome(job)
+    if o is not None and o.get("error"):
+        return o["error"]
+    if o is not None:
+        return f"the command ended with exit code {o['returncode']}"
+    rc = job.returncode
+    if rc is not None and rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"the process was killed ({name}) before it could report; see its log"
+    return "the process ended without reporting an outcome (killed?); see its log"
 
 
 def status(job: Job) -> dict[str, Any]:
@@ -193,8 +269,7 @@ def status(job: Job) -> dict[str, Any]:
         return {**out, "state": "cancelled" if not running else "cancelling"}
     if running:
         return {**out, "state": "running" if meta_status == "running" else "starting"}
-    tail = log_tail(job)
-    return {**out, "state": "failed", "message": error_line(tail), "log": tail}
+    return {**out, "state": "failed", "message": failure(job), "log": log_tail(job)}
 
 
 def cancel(job: Job) -> None:
@@ -211,80 +286,60 @@ def cancel(job: Job) -> None:
 
 # --- training jobs ----------------------------------------------------------------------
 
-#: ``infosft train`` options that take one value, in the order they are written.
+#: The training options the app's forms pass (TrainConfig fields, one value each).
 TRAIN_OPTIONS = ("model", "lr", "max_steps", "epochs", "batch_size", "grad_accum", "eval_steps",
-                  "max_length", "eval_split", "logging_steps", "save_steps", "limit", "split")
+                 "max_length", "eval_split", "logging_steps", "save_steps", "limit", "split")
 
 
-def train_argv(data: str, out: Path, *, scheme: str = "infosft",
-               knobs: dict[str, Any] | None = None, mode: str = "online", lora: bool = True,
-               fields: dict[str, str] | None = None, no_template: bool = False,
-               **options: Any) -> list[str]:
-    """The ``infosft train`` command line (an argument list, never a shell string).
-
-    ``knobs`` are a scheme's knobs as :meth:`analysis.tune.Settings.knobs` gives them;
-    ``options`` are :data:`TRAIN_OPTIONS` (None or "" leaves the CLI's default). Local
-    paths are made absolute (:func:`app.workspace.local_path`)."""
+def train_values(data: str, out: Path, *, scheme: str | None = "infosft",
+                 knobs: dict[str, Any] | None = None, mode: str | None = "online",
+                 lora: bool = True, fields: dict[str, str] | None = None,
+                 no_template: bool = False, **options: Any) -> dict[str, Any]:
+    """The TrainConfig values of a form: ``knobs`` as :meth:`analysis.tune.Settings.knobs`
+    gives them, ``options`` among :data:`TRAIN_OPTIONS` (None or "" leaves the default);
+    local paths made absolute (:func:`app.workspace.local_path`)."""
     unknown = sorted(set(options) - set(TRAIN_OPTIONS))
     if unknown:
         raise TypeError(f"unknown training option {unknown[0]!r}")
-    if options.get("model"):
-        options["model"] = workspace.local_path(options["model"])
-    argv = [sys.executable, "-m", "infosft", "train", "--data", workspace.local_path(str(data)),
-            "--out", str(out),
-            "--scheme", scheme, "--mode", mode, "--lora" if lora else "--no-lora"]
-    for name, value in (knobs or {}).items():
-        if value is None:
-            continue
-        argv += [f"--{name}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
-    return argv + option_flags(options, fields, no_template)
+    values = {"data": workspace.local_path(str(data)), "out": str(out), "scheme": scheme,
+              "mode": mode, "lora": lora, "fields": fields or None,
+              "use_template": not no_template, **(knobs or {}), **options}
+    if values.get("model"):
+        values["model"] = workspace.local_path(values["model"])
+    return {k: v for k, v in values.items() if v not in (None, "")}
 
 
-def option_flags(options: dict[str, Any], fields: dict[str, str] | None = None,
-                 no_template: bool = False) -> list[str]:
-    """The CLI flags of :data:`TRAIN_OPTIONS` (None or "" left out), the field mapping and
-    ``--no-template``: what ``infosft train`` and ``infosft sweep`` share."""
-    flags = []
-    for name in TRAIN_OPTIONS:
-        if options.get(name) not in (None, ""):
-            flags += [f"--{name.replace('_', '-')}", str(options[name])]
-    for k, v in (fields or {}).items():
-        flags += ["--field", f"{k}={v}"]
-    return flags + (["--no-template"] if no_template else [])
+def train_config(data: str, out: Path, **options: Any):
+    """The resolved, validated TrainConfig of a form (a bad value is a one-line error now,
+    not a failed job later): what the job's config file holds."""
+    from infosft.train_config import resolve
+
+    return resolve(train_values(data, out, **options))
+
+
+def check_train_options(data: str, out: Path, **options: Any) -> None:
+    """Validate a form's training options exactly as the trainer will."""
+    train_config(data, out, **options)
 
 
 def launch_train(name: str, data: str, **options: Any) -> Job:
     """Validate the run name and start training into ``WORKSPACE/trainings/NAME``.
 
     An existing name is an error, never an overwrite."""
+    from infosft.train_config import as_dict
+
     run_dir = workspace.inside(workspace.subdir(workspace.TRAININGS), name, "run name")
     starting = train_job(run_dir)  # launched, but the trainer has not made the folder yet
     if run_dir.exists() or (starting is not None and alive(starting)):
         raise InfosftError(f"a training run named {name!r} already exists; choose another name")
-    check_train_options(data, run_dir, **options)
-    return launch(name, train_argv(data, run_dir, **options), run_dir, kind="train")
-
-
-def check_train_options(data: str, out: Path, *, scheme: str = "infosft",
-                        knobs: dict[str, Any] | None = None, mode: str = "online",
-                        lora: bool = True, fields: dict[str, str] | None = None,
-                        no_template: bool = False, **options: Any) -> None:
-    """Validate what :func:`train_argv` would pass exactly as the trainer will, so a bad
-    value is a one-line error now rather than a failed job later."""
-    from infosft.train_config import resolve
-
-    values = {"data": str(data), "out": str(out), "scheme": scheme, "mode": mode,
-              "lora": lora, "fields": fields or None, "use_template": not no_template,
-              **(knobs or {}), **options}
-    resolve({k: v for k, v in values.items() if v not in (None, "")})
+    cfg = train_config(data, run_dir, **options)
+    return launch(name, "train", run_dir, kind="train", config=as_dict(cfg))
 
 
 def train_job(run_dir: str | Path) -> Job | None:
-    """The latest job record that trains into ``run_dir`` (None for runs started outside
-    the app, e.g. from the CLI)."""
-    target = str(Path(run_dir).resolve())
-    return next((j for j in list_jobs(limit=10_000, kind="train")
-                 if str(Path(j.run_dir).resolve()) == target), None)
+    """The latest job that trains into ``run_dir`` (None for runs started outside the
+    app, e.g. from the CLI)."""
+    return latest_job(run_dir, "train")
 
 
 def train_status(run_dir: str | Path) -> dict[str, Any]:
@@ -298,6 +353,7 @@ def train_status(run_dir: str | Path) -> dict[str, Any]:
     job = train_job(run_dir)
     running = job is not None and alive(job)  # also reaps a finished child
     tail = log_tail(job) if job is not None else ""
+    said = outcome(job) if job is not None and not running else None
     if out["state"] is None:
         out["state"] = ("queued" if running else "stopped" if job and job.cancelled else
                         "failed" if job else "unknown")
@@ -305,10 +361,10 @@ def train_status(run_dir: str | Path) -> dict[str, Any]:
         out["state"] = "queued"  # resumed: the new process has not rewritten the status yet
     if running and job.cancelled and out["state"] in ("queued", "running"):
         out["state"] = "stopping"  # Stop was sent: say so now, not when the step ends
-    cli_error = [l for l in tail.splitlines() if l.startswith("infosft: error:")]
-    if out["state"] == "failed" and (cli_error or not out["error"]):
-        # the CLI's own one-line reason beats "the process died"
-        out["error"] = error_line(tail) if job else out["error"] or "unknown error"
+    if out["state"] == "failed" and job is not None and (
+            (said and said.get("error")) or not out["error"]):
+        # the command's own one-line reason beats the trainer's "the process died"
+        out["error"] = failure(job)
     total, step = out.get("total_steps"), out.get("step") or 0
     out["fraction"] = (1.0 if out["state"] == "finished" else
                        min(step / total, 1.0) if total else 0.0)
@@ -339,34 +395,28 @@ def resume_train(run_dir: str | Path) -> Job:
     if not st.get("resumable"):
         raise InfosftError(f"{run_dir.name} has no checkpoint to resume from")
     # the stored config.yaml is the run's config; the CLI reads it from --out
-    argv = [sys.executable, "-m", "infosft", "train", "--out", str(run_dir), "--resume"]
-    return launch(run_dir.name, argv, run_dir, kind="train")
+    return launch(run_dir.name, "train", run_dir, kind="train",
+                  args=["--out", str(run_dir), "--resume"])
 
 
 # --- evaluation jobs --------------------------------------------------------------------
 
-def eval_argv(run_dirs: list[str | Path], *, task_data: str | None = None,
-              prior_data: list[str] | None = None, accuracy_limit: int = 20,
-              max_new_tokens: int = 256, limit: int | None = None,
-              overwrite: bool = False) -> list[str]:
-    """The ``infosft eval`` command line (an argument list, never a shell string); the
-    run directories come first, right after ``eval`` (:func:`eval_runs` reads them back).
-    Local paths are made absolute (:func:`app.workspace.local_path`)."""
-    run_dirs = [workspace.local_path(str(d)) for d in run_dirs]
-    task_data = workspace.local_path(task_data)
-    prior_data = [workspace.local_path(p) for p in prior_data or []]
-    argv = [sys.executable, "-m", "infosft", "eval", *run_dirs,
-            "--accuracy-limit", str(int(accuracy_limit)),
-            "--max-new-tokens", str(int(max_new_tokens)), "--quiet"]
-    if task_data:
-        argv += ["--task-data", str(task_data)]
-    for p in prior_data:
-        argv += ["--prior-data", p]
-    if limit:
-        argv += ["--limit", str(int(limit))]
-    if overwrite:
-        argv.append("--overwrite")
-    return argv
+def eval_config(run_dirs: list[str | Path], *, task_data: str | None = None,
+                prior_data: list[str] | None = None, accuracy_limit: int = 20,
+                max_new_tokens: int = 256, limit: int | None = None,
+                overwrite: bool = False) -> dict[str, Any]:
+    """The ``infosft eval`` config of an evaluation job, checked as the command will;
+    local paths absolute (:func:`app.workspace.local_path`)."""
+    from infosft.analysis.evaluate import EvalConfig, check_settings
+    from infosft.configs import build
+
+    values = {"runs": [workspace.local_path(str(d)) for d in run_dirs],
+              "task_data": workspace.local_path(task_data),
+              "prior_data": [workspace.local_path(p) for p in prior_data or []],
+              "accuracy_limit": int(accuracy_limit), "max_new_tokens": int(max_new_tokens),
+              "limit": int(limit) if limit else None, "overwrite": bool(overwrite)}
+    check_settings(build(EvalConfig, values))
+    return values
 
 
 def launch_eval(run_dirs: list[str | Path], **options: Any) -> Job:
@@ -379,18 +429,17 @@ def launch_eval(run_dirs: list[str | Path], **options: Any) -> Job:
     for d in run_dirs:
         check_eval_dir(open_training_run(d), bool(options.get("overwrite")))
     name = Path(run_dirs[0]).name + (f" (+{len(run_dirs) - 1})" if len(run_dirs) > 1 else "")
-    return launch(f"eval {name}", eval_argv(run_dirs, **options), Path(run_dirs[0]), kind="eval")
+    return launch(f"eval {name}", "eval", Path(run_dirs[0]), kind="eval",
+                  config=eval_config(run_dirs, **options), args=["--quiet"])
 
 
-def eval_runs(job: Job) -> list[Path]:
-    """The run directories of an evaluation job (the arguments after ``eval``)."""
-    args = job.argv[job.argv.index("eval") + 1:] if "eval" in job.argv else []
-    out = []
-    for a in args:
-        if a.startswith("--"):
-            break
-        out.append(Path(a))
-    return out
+def job_runs(job: Job) -> list[Path]:
+    """The run directories of an evaluation job: the ``runs`` of its config file."""
+    try:
+        runs = read_config_file(job.config_path).get("runs")
+    except InfosftError:  # a record from before config files, or a damaged one
+        return []
+    return [Path(r) for r in runs] if isinstance(runs, list) else []
 
 
 def eval_status(job: Job) -> dict[str, Any]:
@@ -399,7 +448,7 @@ def eval_status(job: Job) -> dict[str, Any]:
     the job (a previous evaluation being replaced) do not count."""
     from infosft.analysis.evaluate import eval_dir, read_progress, report_path
 
-    runs = eval_runs(job)
+    runs = job_runs(job)
     out: dict[str, Any] = {"state": "starting", "done": 0, "total": len(runs), "fraction": 0.0,
                            "eta_s": None, "elapsed_s": time.time() - job.created_at,
                            "stage": None}
@@ -431,6 +480,5 @@ def eval_status(job: Job) -> dict[str, Any]:
         return {**out, "state": "cancelling" if running else "cancelled"}
     if running:
         return {**out, "state": "running" if out["stage"] else "starting"}
-    tail = log_tail(job)
-    return {**out, "state": "failed", "message": errors[0] if errors else error_line(tail),
-            "log": tail}
+    return {**out, "state": "failed", "message": errors[0] if errors else failure(job),
+            "log": log_tail(job)}

@@ -10,7 +10,6 @@ settings the sweep was started with (its ``sweep.json``), retraining nothing fin
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +21,32 @@ KIND = "sweep"
 SWEEPS = workspace.SWEEPS  # WORKSPACE/sweeps/NAME
 
 
-def sweep_argv(data: str, out: Path, points: list[str], seeds: list[int], *,
-               lora: bool = True, fields: dict[str, str] | None = None,
-               no_template: bool = False, task_data: str | None = None,
-               prior_data: list[str] | None = None, accuracy_limit: int = 20,
-               max_new_tokens: int = 256, **options: Any) -> list[str]:
-    """The ``infosft sweep`` command line (an argument list, never a shell string).
+def sweep_config(data: str, *, lora: bool = True, fields: dict[str, str] | None = None,
+                 no_template: bool = False, **options: Any) -> dict[str, Any]:
+    """The training settings every run of the sweep shares, as the sweep's ``--config``
+    file holds them (TrainConfig fields; scheme, knobs, seed and out are per run).
+    ``options`` are :data:`app.jobs.TRAIN_OPTIONS`; local paths made absolute."""
+    values = jobs.train_values(data, Path("_"), scheme=None, mode=None, lora=lora,
+                               fields=fields, no_template=no_template, **options)
+    values.pop("out")
+    return values
 
-    ``options`` are the training options of :func:`app.jobs.train_argv`; local paths are
-    made absolute (:func:`app.workspace.local_path`)."""
-    unknown = sorted(set(options) - set(jobs.TRAIN_OPTIONS))
-    if unknown:
-        raise TypeError(f"unknown training option {unknown[0]!r}")
-    if options.get("model"):
-        options["model"] = workspace.local_path(options["model"])
-    argv = [sys.executable, "-m", "infosft", "sweep", "--data",
-            workspace.local_path(str(data)), "--out", str(out),
-            "--lora" if lora else "--no-lora"]
+
+def sweep_args(out: Path, points: list[str], seeds: list[int], *,
+               task_data: str | None = None, prior_data: list[str] | None = None,
+               accuracy_limit: int = 20, max_new_tokens: int = 256) -> list[str]:
+    """The ``infosft sweep`` arguments besides ``--config``: the sweep directory, the
+    grid, the seeds and the evaluation settings (an argument list, never a shell string)."""
+    args = ["--out", str(out)]
     for point in points:
-        argv += ["--scheme", point]
-    argv += ["--seeds", *map(str, seeds), *jobs.option_flags(options, fields, no_template)]
+        args += ["--scheme", point]
+    args += ["--seeds", *map(str, seeds)]
     if task_data:
-        argv += ["--task-data", workspace.local_path(task_data)]
+        args += ["--task-data", workspace.local_path(task_data)]
     for p in prior_data or []:
-        argv += ["--prior-data", workspace.local_path(p)]
-    argv += ["--accuracy-limit", str(int(accuracy_limit)),
-             "--max-new-tokens", str(int(max_new_tokens)), "--quiet"]
-    return argv
+        args += ["--prior-data", workspace.local_path(p)]
+    return args + ["--accuracy-limit", str(int(accuracy_limit)),
+                   "--max-new-tokens", str(int(max_new_tokens)), "--quiet"]
 
 
 def parse_grid(text: str) -> list[str]:
@@ -92,13 +90,14 @@ def launch_sweep(name: str, data: str, points: list[str], seeds: list[int],
         raise InfosftError(f"a sweep named {name!r} already exists; choose another name")
     if not data:
         raise InfosftError("choose the training data first")
-    train_only = {k: v for k, v in options.items()
-                  if k not in ("task_data", "prior_data", "accuracy_limit", "max_new_tokens")}
+    evaluation = {k: options.pop(k) for k in ("task_data", "prior_data", "accuracy_limit",
+                                              "max_new_tokens") if k in options}
     for point in points:  # every grid point checked as the trainer will, before the job
         scheme, knobs = parse_point(point)
         jobs.check_train_options(data, out / "runs" / "_", scheme=scheme, knobs=knobs,
-                                 **train_only)
-    return jobs.launch(name, sweep_argv(data, out, points, seeds, **options), out, kind=KIND)
+                                 **options)
+    return jobs.launch(name, "sweep", out, kind=KIND, config=sweep_config(data, **options),
+                       args=sweep_args(out, points, seeds, **evaluation))
 
 
 def list_sweeps() -> list[Path]:
@@ -112,10 +111,8 @@ def list_sweeps() -> list[Path]:
 
 
 def sweep_job(out: str | Path) -> jobs.Job | None:
-    """The latest job record that runs the sweep in ``out`` (None if started elsewhere)."""
-    target = str(Path(out).resolve())
-    return next((j for j in jobs.list_jobs(limit=200, kind=KIND)
-                 if str(Path(j.run_dir).resolve()) == target), None)
+    """The latest job that runs the sweep in ``out`` (None if started elsewhere)."""
+    return jobs.latest_job(out, KIND)
 
 
 def sweep_status(out: str | Path) -> dict[str, Any]:
@@ -141,11 +138,11 @@ def sweep_status(out: str | Path) -> dict[str, Any]:
         state = "finished"
     elif job is not None and job.cancelled:
         state = "stopped"
-    elif job is None or job.returncode == 0:
+    elif job is None or (jobs.outcome(job) or {"returncode": job.returncode})["returncode"] == 0:
         state = "stopped"  # started from the CLI, or ended without finishing the grid
     else:
         state = "failed"
-    message = jobs.error_line(tail) if state == "failed" else None
+    message = jobs.failure(job) if state == "failed" else None
     return {**prog, "state": state, "message": message, "log": tail}
 
 
@@ -166,5 +163,5 @@ def resume_sweep(out: str | Path) -> jobs.Job:
         raise InfosftError(f"{out.name} is still {st['state']}")
     if st["state"] == "finished":
         raise InfosftError(f"{out.name} is finished: every run is trained and evaluated")
-    argv = [sys.executable, "-m", "infosft", "sweep", "--out", str(out), "--resume", "--quiet"]
-    return jobs.launch(out.name, argv, out, kind=KIND)
+    return jobs.launch(out.name, "sweep", out, kind=KIND,
+                       args=["--out", str(out), "--resume", "--quiet"])

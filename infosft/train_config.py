@@ -7,13 +7,14 @@ a one-line message naming the field and what it accepts.
 
 from __future__ import annotations
 
-import functools
+import argparse
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from infosft.configs import check_keys, option as _f, read_config_file, write_config
 from infosft.errors import InfosftError
 from infosft.weights import SCHEMES, resolve_knobs
 
@@ -23,13 +24,6 @@ LORA_LR, FULL_LR = 2e-4, 2e-5
 # Fields that a resumed run may change: they do not affect what is learned.
 RESUME_FREE = frozenset({"out", "logging_steps", "save_steps", "eval_steps", "report_to",
                          "device", "trust_remote_code"})
-
-
-def _f(default: Any, help: str, **kw: Any):
-    """A dataclass field with a one-line help (shown by ``infosft train --help``)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
@@ -45,7 +39,8 @@ class TrainConfig:
     C: float | None = _f(None, "InfoSFT: C > 0 (or give P)")
     P: float | None = _f(None, "InfoSFT: P in (0.5, 1), C = log(P/(1-P)); default 0.93")
     threshold: float | list[float] | None = _f(
-        None, "ProFit: tau in [0, 1] (default 0.1), or [low, high] for direction middle")
+        None, "ProFit: tau in [0, 1] (default 0.1), or [low, high] for direction middle",
+        cli=dict(type=float, nargs="+", metavar="TAU"))
     direction: str | None = _f(None, "ProFit: higher (default), lower, middle or random")
     mode: str = _f("online", "online: weights from the trained model's own q at every step "
                    "(the papers' method); static: the per-token weights of an exported dataset")
@@ -70,12 +65,17 @@ class TrainConfig:
     eval_data: str | None = _f(None, "a separate eval dataset (then nothing is held out)")
     limit: int | None = _f(None, "use only the first N rows of data")
     split: str = _f("train", "split of a dataset directory or hub name")
-    fields: dict[str, str] | None = _f(None, "column mapping, e.g. {prompt: q, response: a}")
+    fields: dict[str, str] | None = _f(
+        None, "column mapping, e.g. {prompt: q, response: a}; as a flag NAME=COLUMN with "
+        "NAME one of prompt, response, input, messages, text (repeatable)", flag="--field",
+        cli=dict(action="append", metavar="NAME=COLUMN"))
     use_template: bool = _f(True, "apply the tokenizer's chat template (false: prompt + "
-                            "response)")
-    trust_remote_code: bool = _f(False, "allow model repos to run their own code")
+                            "response)", flag="--template",
+                            cli=dict(action=argparse.BooleanOptionalAction))
+    trust_remote_code: bool = _f(False, "allow model repos to run their own code",
+                                 cli=dict(action="store_const", const=True))
     report_to: list[str] = _f(["none"], "experiment trackers (wandb, tensorboard, ...) "
-                              "passed to transformers")
+                              "passed to transformers", cli=dict(nargs="+", metavar="TRACKER"))
     device: str | None = _f(None, "cpu, cuda, mps (default: the best available)")
     dtype: str | None = _f(None, "model weights: float32, bfloat16 (default: bf16 on CUDA, "
                            "fp32 elsewhere; for a full fine-tune on GPU prefer float32)")
@@ -101,55 +101,6 @@ def field_default(name: str) -> Any:
     return f.default_factory() if f.default is MISSING else f.default
 
 
-MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; anything near this is a mistake
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML or JSON file (a ``--config`` or a run's ``config.yaml``),
-    keys unchecked.
-
-    Raises:
-        InfosftError: one line naming the file (and the line where the parser knows it):
-            missing, unreadable, too large, not UTF-8, not valid YAML/JSON, an alias, a
-            duplicate key, too deeply nested, or not a mapping.
-    """
-    path = Path(path)
-    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise InfosftError(f"{path}: {path.stat().st_size} bytes is too large for a "
-                               "config file")
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise InfosftError(f"{path}: no such config file") from None
-    except OSError as e:  # a directory, no permission, ...
-        raise InfosftError(f"{path}: cannot read the config file ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise InfosftError(f"{path}: not a UTF-8 text file (byte 0x{e.object[e.start]:02x} "
-                           f"at offset {e.start})") from None
-    import yaml
-
-    try:
-        values = (json.loads(text, object_pairs_hook=_json_mapping) if kind == "JSON"
-                  else yaml.load(text, Loader=_config_loader()))  # noqa: S506 - a SafeLoader
-    except json.JSONDecodeError as e:
-        raise InfosftError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
-    except RecursionError:
-        raise InfosftError(f"{path}: nested too deeply for a config file") from None
-    except (yaml.YAMLError, _DuplicateKey) as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        problem = (getattr(e, "problem", None) or getattr(e, "reason", None)
-                   or (str(e).splitlines() or [type(e).__name__])[0])
-        raise InfosftError(f"{path}{line}: not valid {kind} ({problem})") from None
-    if values is None:  # an empty file (or only comments): no settings
-        return {}
-    if not isinstance(values, dict):
-        raise InfosftError(f"{path}: expected a mapping of config fields, got "
-                           f"{type(values).__name__}")
-    return values
-
-
 def load_config(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML or JSON config file; unknown keys are an error naming them."""
     values = read_config_file(path)
@@ -157,67 +108,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return values
 
 
-class _DuplicateKey(ValueError):
-    def __init__(self, key: Any, mark: Any = None):
-        self.problem, self.problem_mark = f"duplicate key {key!r}", mark
-        super().__init__(self.problem)
-
-
-def _json_mapping(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:  # json.loads would keep the last one silently
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
-@functools.cache
-def _config_loader():
-    import re
-
-    import yaml
-
-    class ConfigLoader(yaml.SafeLoader):
-        """SafeLoader with three changes for config files:
-
-        * aliases (``*name``) are refused: a config needs none, and a few nested ones
-          expand a kilobyte into billions of values ("billion laughs") as soon as anything
-          walks or prints the result;
-        * a duplicate key is an error (YAML keeps the last one silently, so the first,
-          perhaps the one the user meant, would be ignored);
-        * ``2e-4`` is a number, as in JSON and YAML 1.2 (YAML 1.1 reads it as a string
-          and insists on ``2.0e-4``), because that is how learning rates are written.
-        """
-
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                raise yaml.composer.ComposerError(
-                    None, None, "aliases (*name) are not allowed in a config file",
-                    self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-
-        def construct_mapping(self, node, deep=False):
-            self.flatten_mapping(node)  # merge keys (<<) first, as SafeLoader does
-            seen = []
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise _DuplicateKey(key, key_node.start_mark)
-                seen.append(key)
-            return super().construct_mapping(node, deep=deep)
-
-    exponent = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
-    ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", exponent,
-                                       list("-+0123456789."))
-    return ConfigLoader
-
-
 def _check_keys(values: dict[str, Any], where: str) -> None:
-    unknown = sorted(str(k) for k in values if k not in FIELD_NAMES)
-    if unknown:
-        raise InfosftError(f"{where}: unknown config key {unknown[0]!r} (known: "
-                           f"{', '.join(FIELD_NAMES)})")
+    check_keys(values, FIELD_NAMES, where)
 
 
 class ConfigError(InfosftError):
@@ -396,14 +288,7 @@ def as_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 def dump(cfg: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically; returns ``path``."""
-    import yaml
-
-    from infosft.atomic import atomic_write_text
-
-    path = Path(path)
-    atomic_write_text(path, yaml.safe_dump(as_dict(cfg), sort_keys=False,
-                                           default_flow_style=None, allow_unicode=True))
-    return path
+    return write_config(as_dict(cfg), path)
 
 
 # Fields that name a local file or directory (or a hub id / dataset name): equal when

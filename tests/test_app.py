@@ -297,7 +297,7 @@ def test_cancel_stops_a_job(workspace):
 
     from infosft.app import jobs
 
-    job = jobs.launch("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+    job = jobs.start("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
                       workspace / "runs" / "sleeper")
     assert jobs.status(job)["state"] == "starting"
     jobs.cancel(job)
@@ -370,7 +370,7 @@ def test_running_job_shows_progress_eta_and_cancel(workspace):
     (run / "meta.json").write_text(json.dumps({"status": "running"}))
     (run / "progress-000.json").write_text(json.dumps(
         {"done_tokens": 1000, "total_tokens": 4000, "elapsed_s": 10.0, "eta_s": 30.0}))
-    job = jobs.launch("live", [sys.executable, "-c", "import time; time.sleep(60)"], run)
+    job = jobs.start("live", [sys.executable, "-c", "import time; time.sleep(60)"], run)
     st = jobs.status(job)
     assert st["state"] == "running" and st["fraction"] == 0.25 and st["eta_s"] == 30.0
     at = app("views/data.py")
@@ -394,7 +394,7 @@ def test_a_finished_scoring_card_says_what_it_produced(workspace):
 
     run = workspace / "runs" / "done"
     shutil.copytree(SAMPLE_RUN, run)
-    job = jobs.launch("done", [sys.executable, "-c", "pass"], run)
+    job = jobs.start("done", [sys.executable, "-c", "pass"], run)
     wait_for(job, {"complete"})
     at = app("views/data.py")
     ok(at)
@@ -424,7 +424,7 @@ def test_stop_is_acknowledged_before_the_step_ends(workspace):
          "updated_at": time.time() + 60}))  # the trainer has written since the job began
     code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print('ready', flush=True); time.sleep(60)")
-    job = jobs.launch("busy", [sys.executable, "-c", code], run, kind="train")
+    job = jobs.start("busy", [sys.executable, "-c", code], run, kind="train")
     try:
         deadline = time.time() + 30
         while "ready" not in jobs.log_tail(job):  # SIGTERM ignored from here on
@@ -477,7 +477,7 @@ def test_make_active_on_a_job_card_updates_the_active_run_box(workspace):
 
     run = workspace / "runs" / "fresh"
     shutil.copytree(SAMPLE_RUN, run)
-    job = jobs.launch("fresh", [sys.executable, "-c", "pass"], run)
+    job = jobs.start("fresh", [sys.executable, "-c", "pass"], run)
     wait_for(job, {"complete"})
     at = app("views/data.py")
     assert at.selectbox(key="run_pick").value == str(SAMPLE_RUN)

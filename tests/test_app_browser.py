@@ -447,8 +447,12 @@ def test_an_evaluation_that_ends_appears_without_navigation(server, browser, app
     evaluate_run(staged, EvalConfig(limit=2, accuracy_limit=0), progress=False)
     run = app_workspace / "trainings" / "live-eval"
     shutil.copytree(staged, run, ignore=lambda d, names: ["eval"] if Path(d) == staged else [])
-    job = jobs.launch("eval live-eval", [sys.executable, "-c", "import time; time.sleep(120)",
-                                         "eval", str(run)], run, kind="eval")
+    from infosft.configs import write_config
+
+    log = jobs.new_job_log()  # a stand-in for `infosft eval`: its config names the run
+    write_config(jobs.eval_config([run]), log.with_suffix(jobs.CONFIG))
+    job = jobs.start("eval live-eval", [sys.executable, "-c", "import time; time.sleep(120)"],
+                     run, kind="eval", log=log)
     try:
         open_page(browser, server, "evaluate")
         body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731

@@ -136,23 +136,32 @@ def test_delta_html_colours():
     assert "&lt;a&gt;" in out and "↵" in out and "Δlogp +0.500" in out and "KL(base‖tuned)" in out
 
 
-def _job(ws: Path, argv_runs: list[Path], created_at: float) -> jobs.Job:
+def _job(ws: Path, runs: list[Path], created_at: float, error: str | None = None) -> jobs.Job:
+    """An ended evaluation job's record: its config names ``runs``; its command said
+    ``error`` (an outcome file), while its log says something else."""
+    from infosft.configs import write_config
+    from infosft.outcome import write_outcome
+
     log = ws / "jobs" / f"test-{created_at}.log"
     log.parent.mkdir(exist_ok=True)
-    log.write_text("infosft: error: something broke\n")
-    return jobs.Job("t", "eval", "eval", jobs.eval_argv(argv_runs), 2 ** 22 + 12345,
-                    str(argv_runs[0]), str(log), created_at)
+    log.write_text("infosft: error: a line of the log, not the reason\n")
+    job = jobs.Job("t", "eval", "eval", ["infosft", "eval"], 2 ** 22 + 12345, str(runs[0]),
+                   str(log), created_at)
+    write_config(jobs.eval_config(runs), job.config_path)
+    if error is not None:
+        write_outcome(job.outcome_path, "eval", 2, error, created_at)
+    return job
 
 
 def test_eval_job_status(ws):
     both = runs(ws)
-    assert jobs.eval_runs(_job(ws, both, 0)) == both
-    argv = jobs.eval_argv(both, prior_data=["p.jsonl"], limit=3, overwrite=True)
-    assert argv[4:6] == [str(p) for p in both] and "--overwrite" in argv
+    assert jobs.job_runs(_job(ws, both, 0)) == both  # from its config, not its command line
     assert jobs.status(_job(ws, both, 0))["state"] == "complete"
     # reports older than the job belong to the evaluation being replaced: they do not count
-    st = jobs.status(_job(ws, both, time.time() + 60))
+    st = jobs.status(_job(ws, both, time.time() + 60, error="something broke"))
     assert st["state"] == "failed" and st["message"] == "something broke"
+    st = jobs.status(_job(ws, both, time.time() + 61))  # killed: no outcome to read
+    assert st["state"] == "failed" and "without reporting an outcome" in st["message"]
 
 
 @pytest.fixture(scope="module")

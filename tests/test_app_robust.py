@@ -325,7 +325,7 @@ def test_job_identity_is_stored_and_old_records_still_read(workspace):
     from infosft.app import jobs
     from infosft import process
 
-    job = jobs.launch("live", [sys.executable, "-c", "import time; time.sleep(30)"],
+    job = jobs.start("live", [sys.executable, "-c", "import time; time.sleep(30)"],
                       workspace / "runs" / "live")
     try:
         rec = json.loads(job.record_path.read_text())
@@ -356,7 +356,7 @@ def test_relative_paths_reach_jobs_absolute(tmp_path, workspace, monkeypatch):
     data.write_text('{"prompt": "hi", "response": "there"}\n')
     monkeypatch.chdir(tmp_path)
     launched = []
-    monkeypatch.setattr(jobs, "launch", lambda name, argv, run_dir, kind="score":
+    monkeypatch.setattr(jobs, "start", lambda name, argv, run_dir, kind="score", log=None:
                         launched.append(argv) or jobs.Job("j", name, kind, argv, 0, str(run_dir),
                                                           "x.log", 0.0))
     at = page("views/data.py")
@@ -365,13 +365,16 @@ def test_relative_paths_reach_jobs_absolute(tmp_path, workspace, monkeypatch):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any(str(data) in c.value for c in at.caption)  # the preview names the file
     at.button(key="score_go").click().run()
-    assert launched and launched[0][4] == str(data)  # score SOURCE
-    argv = jobs.train_argv("data/d.jsonl", workspace / "t", model="data")
-    assert argv[argv.index("--data") + 1] == str(data)
-    assert argv[argv.index("--model") + 1] == str(tmp_path / "data")
-    argv = jobs.eval_argv(["data"], task_data="data/d.jsonl", prior_data=["data/d.jsonl"])
-    assert argv[4] == str(tmp_path / "data") and argv.count(str(data)) == 2
-    assert jobs.train_argv("openai/gsm8k", workspace / "t")[5] == "openai/gsm8k"  # a hub name
+    from infosft.configs import read_config_file
+
+    argv, = launched
+    assert read_config_file(argv[argv.index("--config") + 1])["source"] == str(data)
+    values = jobs.train_values("data/d.jsonl", workspace / "t", model="data")
+    assert (values["data"], values["model"]) == (str(data), str(tmp_path / "data"))
+    values = jobs.eval_config(["data"], task_data="data/d.jsonl", prior_data=["data/d.jsonl"])
+    assert values["runs"] == [str(tmp_path / "data")]
+    assert values["task_data"] == str(data) and values["prior_data"] == [str(data)]
+    assert jobs.train_values("openai/gsm8k", workspace / "t")["data"] == "openai/gsm8k"  # hub
 
 
 # --- 6. uploads are content-addressed ------------------------------------------------------

@@ -23,6 +23,7 @@ from infosft.analysis import sweep  # noqa: E402
 from infosft.app import jobs  # noqa: E402
 from infosft.app.cli import build_parser  # noqa: E402
 from infosft.errors import InfosftError  # noqa: E402
+from infosft.train_config import load_config, resolve  # noqa: E402
 from tests.helpers import MATH_ROWS, write_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def test_grid_and_seeds_are_checked_with_one_line_errors():
 
 def test_the_form_launches_the_sweep_the_cli_reads_back(workspace, tmp_path, monkeypatch):
     launched = []
-    monkeypatch.setattr(jobs, "launch", lambda name, argv, run_dir, kind="score":
+    monkeypatch.setattr(jobs, "start", lambda name, argv, run_dir, kind="score", log=None:
                         launched.append((name, argv, run_dir, kind)) or
                         jobs.Job("j1", name, kind, argv, os.getpid(), str(run_dir), "x.log", 0))
     data = write_jsonl(tmp_path / "d.jsonl", MATH_ROWS[:4])
@@ -80,16 +81,17 @@ def test_the_form_launches_the_sweep_the_cli_reads_back(workspace, tmp_path, mon
     assert not at.exception and not at.error, [e.value for e in at.error]
     (name, argv, run_dir, kind), = launched
     assert (name, kind, run_dir) == ("grid", "sweep", workspace / "sweeps" / "grid")
-    assert argv[:4] == [sys.executable, "-m", "infosft", "sweep"]
+    assert argv[:3] == [sys.executable, "-m", "infosft"] and argv[5] == "sweep"
     args = build_parser().parse_args(argv[3:])
     assert args.points == ["sft", "infosft:P=0.9", "profit:threshold=0.2"]
-    assert args.seeds == [0, 1] and args.data == str(data) and args.out == str(run_dir)
-    assert (args.batch_size, args.eval_split, args.lora) == (2, 0.25, True)
+    assert args.seeds == [0, 1] and args.out == str(run_dir)
+    cfg = resolve(load_config(args.config), {"out": str(run_dir / "runs" / "_")})
+    assert (cfg.data, cfg.batch_size, cfg.eval_split, cfg.lora) == (str(data), 2, 0.25, True)
     assert at.session_state["sw_follow"] == str(run_dir)
 
 
 def test_the_form_refuses_what_would_fail_later(workspace, tmp_path, monkeypatch):
-    monkeypatch.setattr(jobs, "launch", lambda *a, **k: pytest.fail("launched"))
+    monkeypatch.setattr(jobs, "start", lambda *a, **k: pytest.fail("launched"))
     data = write_jsonl(tmp_path / "d.jsonl", MATH_ROWS[:4])
     at = train_page()
     at.text_input(key="train_data").set_value(str(data))
@@ -141,7 +143,7 @@ def test_progress_is_read_from_the_sweep_directory(workspace):
 
 
 def _job(out: Path, code: str) -> jobs.Job:
-    job = jobs.launch(out.name, [sys.executable, "-c", code], out, kind=sweep_jobs.KIND)
+    job = jobs.start(out.name, [sys.executable, "-c", code], out, kind=sweep_jobs.KIND)
     deadline = time.time() + 30
     while jobs.alive(job):
         assert time.time() < deadline
@@ -153,18 +155,27 @@ def test_job_states_stop_and_resume(workspace, monkeypatch):
     out = workspace / "sweeps" / "s"
     _plan(out, ["sft", "dft"], [0])
     _run(out, "sft-s0", "finished", 4, 4, report="complete")
-    _job(out, "import sys; print('infosft: error: data.jsonl: row 3: bad'); sys.exit(2)")
+    # a stand-in for the command: it says why it failed in its outcome file, as the CLI does
+    log = jobs.new_job_log()
+    code = ("import sys, time; from infosft.outcome import write_outcome; "
+            f"write_outcome({str(log.with_suffix(jobs.OUTCOME))!r}, 'sweep', 2, "
+            "'data.jsonl: row 3: bad', time.time()); sys.exit(2)")
+    job = jobs.start(out.name, [sys.executable, "-c", code], out, kind=sweep_jobs.KIND, log=log)
+    deadline = time.time() + 30
+    while jobs.alive(job):
+        assert time.time() < deadline
+        time.sleep(0.05)
     st = sweep_jobs.sweep_status(out)
     assert st["state"] == "failed" and st["message"] == "data.jsonl: row 3: bad"
     assert (st["done"], st["total"]) == (1, 2)
     with pytest.raises(InfosftError, match="not running"):
         sweep_jobs.stop_sweep(out)
     launched = []
-    monkeypatch.setattr(jobs, "launch", lambda name, argv, run_dir, kind="score":
+    monkeypatch.setattr(jobs, "start", lambda name, argv, run_dir, kind="score", log=None:
                         launched.append(argv) or jobs.Job("j2", name, kind, argv, os.getpid(),
                                                           str(run_dir), "x.log", time.time()))
     sweep_jobs.resume_sweep(out)
-    assert launched[0][3:] == ["sweep", "--out", str(out), "--resume", "--quiet"]
+    assert launched[0][5:] == ["sweep", "--out", str(out), "--resume", "--quiet"]
     assert build_parser().parse_args(launched[0][3:]).resume
 
 
@@ -179,7 +190,7 @@ def test_the_queue_panel_shows_the_runs_and_offers_resume(workspace, monkeypatch
     assert list(queue["state"]) == ["done", "stopped"]
     assert "stopped · 1 of 2 runs done" in at.get("progress")[-1].proto.text
     launched = []
-    monkeypatch.setattr(jobs, "launch", lambda name, argv, run_dir, kind="score":
+    monkeypatch.setattr(jobs, "start", lambda name, argv, run_dir, kind="score", log=None:
                         launched.append(argv) or jobs.Job("j3", name, kind, argv, os.getpid(),
                                                           str(run_dir), "x.log", time.time()))
     at.button(key="sw_resume").click().run()

@@ -167,12 +167,19 @@ def test_bad_saved_knobs_are_one_error_line(workspace):
     assert not at.exception and at.error and "C must be" in at.error[0].value
 
 
+def config_of(argv: list[str]) -> dict:
+    """The config file a job's command line names (``--config FILE``)."""
+    from infosft.configs import read_config_file
+
+    return read_config_file(argv[argv.index("--config") + 1])
+
+
 def capture_launches(monkeypatch) -> list:
     """Replace the job launcher: record (name, argv, run_dir, kind), start nothing."""
     from infosft.app import jobs
 
     launched = []
-    monkeypatch.setattr(jobs, "launch", lambda name, argv, run_dir, kind="score":
+    monkeypatch.setattr(jobs, "start", lambda name, argv, run_dir, kind="score", log=None:
                         launched.append((name, argv, run_dir, kind)) or
                         jobs.Job("j1", name, kind, argv, os.getpid(), str(run_dir), "x.log", 0))
     return launched
@@ -193,9 +200,9 @@ def test_static_mode_trains_on_an_export(workspace, monkeypatch):
     at.button(key="train_go").click().run()
     ok(at)
     (name, argv, run_dir, kind), = launched
-    line = " ".join(argv)
-    assert f"--data {out} " in line and "--mode static" in line and "--C 2.0" in line
-    assert "--P" not in line and "--field" not in line  # C only; tokens come from the export
+    cfg = config_of(argv)
+    assert (cfg["data"], cfg["mode"], cfg["C"]) == (str(out), "static", 2.0)
+    assert cfg["P"] is None and cfg["fields"] is None  # C only; tokens come from the export
     assert run_dir == workspace / "trainings" / "static-run"
 
 
@@ -269,7 +276,7 @@ def test_stopped_run_resumes_with_the_resume_flag(fake_runs, monkeypatch):
     assert not at.exception
     (name, argv, run_dir, kind), = launched
     assert kind == "train" and name == "stopped" and run_dir == fake_runs["stopped"]
-    assert argv[1:4] == ["-m", "infosft", "train"] and "--resume" in argv
+    assert argv[1:3] == ["-m", "infosft"] and argv[5] == "train" and "--resume" in argv
     assert argv[argv.index("--out") + 1] == str(fake_runs["stopped"])
 
 
@@ -277,7 +284,7 @@ def test_a_resumed_run_is_queued_until_the_trainer_writes(fake_runs, workspace):
     from infosft.app import jobs
 
     run = fake_runs["stopped"]
-    jobs.launch("stopped", [sys.executable, "-c", "import time; time.sleep(60)"], run,
+    jobs.start("stopped", [sys.executable, "-c", "import time; time.sleep(60)"], run,
                       kind="train")
     try:
         assert jobs.train_status(run)["state"] == "queued"  # not the stale "stopped"
@@ -315,7 +322,7 @@ def test_evaluate_this_run_launches_an_evaluation_and_opens_the_page(fake_runs, 
     assert not at.exception
     (name, argv, run_dir, kind), = launched
     assert kind == "eval" and run_dir == fake_runs["finished"]
-    assert argv[3:5] == ["eval", str(fake_runs["finished"])]
+    assert argv[5] == "eval" and config_of(argv)["runs"] == [str(fake_runs["finished"])]
     assert at.title[0].value == "Evaluate"
     assert at.session_state["eval_runs"] == [str(fake_runs["finished"])]
 
@@ -344,32 +351,42 @@ def test_runs_table_and_comparison(fake_runs):
 
 # --- the job helpers ------------------------------------------------------------------
 
-def test_train_argv_carries_every_option(tmp_path):
-    from infosft.app.jobs import train_argv
+def test_the_train_job_config_carries_every_option_and_reads_back(tmp_path, workspace,
+                                                                  monkeypatch):
+    """The form's options become the job's config file; ``infosft train --config`` reads
+    back exactly the config the app validated."""
+    from infosft.app import jobs
+    from infosft.train_config import load_config, resolve
 
-    argv = train_argv("d.jsonl", tmp_path / "out", scheme="profit",
-                      knobs=Settings(scheme="profit", direction="middle",
-                                     middle=(0.25, 0.75)).knobs(),
-                      mode="online", lora=False, lr=1e-5, max_steps=7, batch_size=2,
-                      grad_accum=3, max_length=128, eval_split=0.1, logging_steps=1,
-                      fields={"prompt": "q"}, no_template=True, model="m")
-    line = " ".join(argv[1:])
-    assert line.startswith("-m infosft train --data d.jsonl --out ")
-    for part in ("--scheme profit", "--mode online", "--no-lora", "--threshold 0.25 0.75",
-                 "--direction middle", "--seed 0", "--lr 1e-05", "--max-steps 7",
-                 "--batch-size 2", "--grad-accum 3", "--max-length 128",
-                 "--eval-split 0.1", "--logging-steps 1", "--field prompt=q",
-                 "--no-template", "--model m"):
-        assert part in line, part
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "hi", "response": "there"}\n')
+    launched = []
+    monkeypatch.setattr(jobs, "start", lambda name, argv, run_dir, kind="score", log=None:
+                        launched.append(argv) or jobs.Job("j", name, kind, argv, 0,
+                                                          str(run_dir), str(log), 0.0))
+    knobs = Settings(scheme="profit", direction="middle", middle=(0.25, 0.75)).knobs()
+    jobs.launch_train("t", str(data), scheme="profit", knobs=knobs, mode="online", lora=False,
+                      lr=1e-5, max_steps=7, batch_size=2, grad_accum=3, max_length=128,
+                      eval_split=0.1, logging_steps=1, fields={"prompt": "q"},
+                      no_template=True, model=str(tmp_path))
+    argv, = launched
+    assert argv[1:3] == ["-m", "infosft"] and argv[5:7] == ["train", "--config"]
+    cfg = resolve(load_config(argv[7]))
+    expected = dict(data=str(data), out=str(workspace / "trainings" / "t"), scheme="profit",
+                    threshold=[0.25, 0.75], direction="middle", seed=0, mode="online",
+                    lora=False, lr=1e-5, max_steps=7, batch_size=2, grad_accum=3,
+                    max_length=128, eval_split=0.1, logging_steps=1, fields={"prompt": "q"},
+                    use_template=False, model=str(tmp_path))
+    assert {k: getattr(cfg, k) for k in expected} == expected
     with pytest.raises(TypeError):
-        train_argv("d", tmp_path, bogus=1)
+        jobs.train_values("d", tmp_path, bogus=1)
 
 
 def test_stop_sends_sigterm_to_the_job(workspace):
     from infosft.app import jobs
 
     run = workspace / "trainings" / "sleepy"
-    job = jobs.launch("sleepy", [sys.executable, "-c", "import time; time.sleep(60)"], run,
+    job = jobs.start("sleepy", [sys.executable, "-c", "import time; time.sleep(60)"], run,
                       kind="train")
     assert jobs.train_status(run)["state"] == "queued"  # no status.json yet
     assert jobs.list_jobs() == [] and jobs.list_jobs(kind="train")[0].id == job.id
@@ -383,16 +400,39 @@ def test_stop_sends_sigterm_to_the_job(workspace):
         jobs.stop_train(run)  # nothing to stop
 
 
-def test_cli_error_before_the_trainer_starts_is_the_failure_reason(workspace):
+def test_cli_error_before_the_trainer_starts_is_the_failure_reason(workspace, tmp_path):
+    """The real command fails on its config (the trainer never starts): the reason shown
+    is the line its outcome file carries, not whatever its log says last."""
     from infosft.app import jobs
 
     run = workspace / "trainings" / "bad"
-    jobs.launch("bad", [sys.executable, "-c", "print('infosft: error: data.jsonl, line 3: "
-                        "oops'); raise SystemExit(2)"], run, kind="train")
+    missing = tmp_path / "missing.jsonl"
+    job = jobs.launch("bad", "train", run, kind="train",
+                      config={"data": str(missing), "out": str(run)})
+    assert job.argv[3:7] == ["--status-file", str(job.outcome_path), "train", "--config"]
+    deadline = time.time() + 60
+    while (st := jobs.train_status(run))["state"] == "queued" and time.time() < deadline:
+        time.sleep(0.2)
+    assert st["state"] == "failed"
+    assert st["message"] == f"{job.config_path}: config field 'data': no such file {missing}"
+    assert jobs.outcome(job)["returncode"] == 2
+
+
+def test_a_job_killed_before_it_could_report_says_so(workspace):
+    """No outcome file: the message says the process was killed, even when its log ends
+    with something that looks like an error line."""
+    from infosft.app import jobs
+
+    run = workspace / "trainings" / "killed"
+    jobs.start("killed", [sys.executable, "-c", "import os, signal; print('infosft: "
+                                "error: a line from the log'); os.kill(os.getpid(), "
+                                "signal.SIGKILL)"], run, kind="train")
     deadline = time.time() + 20
     while (st := jobs.train_status(run))["state"] == "queued" and time.time() < deadline:
         time.sleep(0.2)
-    assert st["state"] == "failed" and st["message"] == "data.jsonl, line 3: oops"
+    assert st["state"] == "failed"
+    assert st["message"] == "the process was killed (SIGKILL) before it could report; see its log"
+    assert "a line from the log" in st["log"]  # the log is still shown, for the details
 
 
 # --- a real training from the page -------------------------------------------------------
@@ -476,3 +516,19 @@ def test_compare_says_why_when_no_run_logged_the_curve(workspace):
                for c in at.caption)
     at.radio(key="train_compare_y").set_value("loss").run()
     assert charts(at)["train_compare_chart"]["data"][0]["y"] == [2.0, 1.5]
+
+
+def test_a_run_finds_its_job_without_reading_every_record(workspace, monkeypatch):
+    """``train_job`` reads one pointer file: it neither lists the job records nor confuses
+    two runs, and a newer job into the same run replaces the older one."""
+    from infosft.app import jobs
+
+    a, b = workspace / "trainings" / "a", workspace / "trainings" / "b"
+    first = jobs.start("a", [sys.executable, "-c", "pass"], a, kind="train")
+    other = jobs.start("b", [sys.executable, "-c", "pass"], b, kind="train")
+    monkeypatch.setattr(jobs, "list_jobs", lambda *a, **k: pytest.fail("listed every job"))
+    assert jobs.train_job(a).id == first.id and jobs.train_job(b).id == other.id
+    second = jobs.start("a", [sys.executable, "-c", "pass"], a, kind="train")
+    assert jobs.train_job(a).id == second.id
+    assert jobs.train_job(workspace / "trainings" / "c") is None
+    assert jobs.latest_job(a, "eval") is None  # a kind of its own

@@ -191,3 +191,14 @@ def test_only_the_workspace_module_names_its_folders():
     assert {workspace.RUNS, workspace.TRAININGS, workspace.SWEEPS, workspace.EXPORTS,
             workspace.JOBS, workspace.UPLOADS} == {"runs", "trainings", "sweeps", "exports",
                                                    "jobs", "uploads"}
+
+
+# ---------------------------------------------------------- jobs: config in, outcome out
+
+def test_job_state_never_comes_from_log_text_or_the_command_line():
+    """The CLI prints its error line; only the outcome file (:mod:`infosft.outcome`) carries
+    it to the app. No module but the CLI spells the line's prefix, and none reads a job's
+    command line back (``.argv.index``, ``argv[``)."""
+    assert _spelling("infosft: error:", {"app/cli.py"}) == []
+    assert _spelling(".argv.index(", set()) == []
+    assert _spelling("job.argv[", set()) == []
