@@ -158,16 +158,6 @@ def scored_pair(run_dir: str | Path, which: str) -> tuple[Run, Run]:
     return Run(d / scored_name("base", which)), Run(d / scored_name("tuned", which))
 
 
-def require_config(path: Path) -> dict[str, Any]:
-    """``config.yaml`` as a dict; one-line errors for a missing or malformed file (as for
-    any config file: :func:`infosft.configs.read_config_file`)."""
-    from infosft.configs import read_config_file
-
-    if not path.is_file():
-        raise InfosftError(f"{path.parent}: not a training run (no {path.name})")
-    return read_config_file(path)
-
-
 def check_config(config: dict[str, Any], path: Path) -> None:
     """The settings evaluation takes from a training config have usable types."""
     ml = config.get("max_length")
@@ -207,7 +197,7 @@ def open_training_run(path: str | Path) -> TrainingRun:
     p = Path(path)
     if not p.is_dir():
         raise InfosftError(f"{p}: no such training run directory")
-    config = require_config(p / ts.CONFIG)
+    config = ts.read_run_config(p)
     status = read_status(p)
     state = status.get("state")
     if state != "finished":

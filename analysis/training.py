@@ -15,7 +15,6 @@ import polars as pl
 
 from infosft import train_status as ts
 from infosft.errors import InfosftError
-from infosft.configs import read_config_file
 from infosft.weights import resolve_knobs
 
 METRIC_SCHEMA = {"step": pl.Int64, "epoch": pl.Float64, "loss": pl.Float64,
@@ -49,7 +48,7 @@ def config_of(run_dir: str | Path) -> dict[str, Any]:
     """``RUN/config.yaml`` as a dict; ``{}`` when missing or unreadable (a run that
     failed before writing it still lists; a damaged one too)."""
     try:
-        return read_config_file(Path(run_dir) / ts.CONFIG)
+        return ts.read_run_config(run_dir)
     except InfosftError:
         return {}
 

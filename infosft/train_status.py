@@ -64,6 +64,19 @@ def is_run(run_dir: str | Path) -> bool:
     return (Path(run_dir) / STATUS).is_file() or (Path(run_dir) / CONFIG).is_file()
 
 
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """``RUN/config.yaml`` as a dict (keys unchecked: :func:`infosft.train_config.load_config`
+    checks them); one-line errors for a directory that is not a training run (no config)
+    and for a malformed file (:func:`infosft.configs.read_config_file`). The one reader
+    of a run's config: the app lists runs with it, evaluation and resume require it."""
+    from infosft.configs import read_config_file
+
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise InfosftError(f"{Path(run_dir)}: not a training run (no {CONFIG})")
+    return read_config_file(path)
+
+
 def read_model_info(model_dir: str | Path) -> dict[str, Any] | None:
     """``MODEL_INFO`` of a trained model directory (a run's ``final/``, written by
     :func:`infosft.train.write_model_info`): ``base_model``, ``adapter``, how it was
