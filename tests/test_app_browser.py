@@ -358,8 +358,12 @@ def test_unreadable_upload_shows_a_message(server, browser, tmp_path):
     no_errors(browser)
 
 
-def test_score_a_dataset_in_the_background(server, browser, tiny_model_dir):
-    """Bundled sample, first 5 rows, a tiny local model: progress, completion, make active."""
+def test_score_a_dataset_in_the_background(server, browser, tiny_model_dir, app_workspace):
+    """Bundled sample, first 5 rows, a tiny local model: progress, completion (a card
+    with the run's counts, time, speed and mean q), make active (the sidebar and the
+    page's own Active run box follow)."""
+    import json
+    import re
     open_page(browser, server, "data")
     browser.find_element(By.XPATH, "//label[.//p[text()='Local path']]"
                          "[ancestor::*[@data-testid='stRadio'][.//p[text()='Model']]]").click()
@@ -381,12 +385,24 @@ def test_score_a_dataset_in_the_background(server, browser, tiny_model_dir):
     finally:
         browser.save_screenshot(str(ARTIFACTS / "data-job.png"))
     browser.save_screenshot(str(ARTIFACTS / "data-job-complete.png"))
+    counts = json.loads((app_workspace / "runs" / "e2e-run" / "meta.json").read_text())["counts"]
+    card = re.search(r"(\d+) examples · ([\d,]+) target tokens of ([\d,]+) · [^·]+ at "
+                     r"([\d,]+) tokens/s · mean q (0\.\d{3})",
+                     browser.find_element(By.TAG_NAME, "body").text)
+    assert card, "the finished card lacks counts, time, speed or mean q"
+    assert int(card[1]) == counts["examples"] == 5
+    assert int(card[2].replace(",", "")) == counts["target_tokens"]
+    assert int(card[3].replace(",", "")) == counts["tokens"]
     button = browser.find_element(By.CSS_SELECTOR, '[class*="st-key-activate_"] button')
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
     time.sleep(0.5)
     button.click()
     wait(browser).until(EC.text_to_be_present_in_element(
         (By.CSS_SELECTOR, '[data-testid="stSidebar"]'), "e2e-run"))
+    box = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Active run"]')
+    # the page's own box follows, not only the sidebar
+    assert box.get_attribute("value") == str(app_workspace / "runs" / "e2e-run")
+    assert not browser.find_elements(By.CSS_SELECTOR, '[class*="st-key-run_activate"] button')
     # in-app navigation keeps the session (a full page load would start a new one)
     browser.find_element(By.XPATH, "//a[@data-testid='stSidebarNavLink'][.//p[text()='Overview']]"
                          ).click()
@@ -467,5 +483,62 @@ def test_an_evaluation_that_ends_appears_without_navigation(server, browser, app
         assert "No evaluated runs yet" not in body(browser)
         no_errors(browser)
         browser.save_screenshot(str(ARTIFACTS / "evaluate-after-job.png"))
+    finally:
+        jobs.cancel(job)
+
+
+# A stand-in trainer: writes a running status at step 3 of 10 (with its own pid), and on
+# SIGTERM waits a little (the step in flight) before writing "stopped", as the trainer does.
+_FAKE_TRAINER = """
+import os, signal, sys, time
+from infosft import process
+from infosft import train_status as ts
+run = sys.argv[1]
+os.makedirs(run, exist_ok=True)
+me = process.current()
+ts.write_status(run, state="running", step=3, total_steps=10, pid=me["pid"],
+                started=me["started"], host=me["host"], started_at=time.time())
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+while not stop:
+    time.sleep(0.1)
+time.sleep(4)  # the step in flight finishes
+ts.write_status(run, state="stopped", step=4)
+"""
+
+
+def row_text(d, name: str) -> str:
+    """The text of the table row (a Streamlit dataframe's accessible grid) naming ``name``."""
+    rows = d.find_elements(By.XPATH, f"//*[@data-testid='stDataFrame']//tr[.//*[text()='{name}']]")
+    return " ".join(r.get_attribute("innerText") for r in rows)
+
+
+def test_a_training_shows_live_and_stop_is_acknowledged_at_once(server, browser, app_workspace,
+                                                                monkeypatch):
+    """A training launched meanwhile appears on the open Train page without navigation;
+    Stop says "stopping after step 4" at once (before the trainer ends its step), and the
+    stopped state shows when the trainer writes it."""
+    from infosft.app import jobs
+
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(app_workspace))
+    open_page(browser, server, "train")
+    body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
+    run = app_workspace / "trainings" / "live-train"
+    job = jobs.start("live-train", [sys.executable, "-c", _FAKE_TRAINER, str(run)], run,
+                     kind="train")
+    try:
+        # the runs table (a fragment) shows it with its live state, no reload
+        wait(browser, 30).until(lambda d: "running" in row_text(d, "live-train"))
+        browser.get(f"{server}/train")  # the page picks the newest run to follow
+        wait(browser, 30).until(lambda d: "live-train · running" in body(d))
+        button = wait(browser).until(EC.element_to_be_clickable(
+            (By.CSS_SELECTOR, '[class*="st-key-train_stop"] button')))
+        button.click()
+        wait(browser, 3).until(lambda d: "Stopping after step 4" in body(d))
+        assert jobs.alive(job)  # acknowledged while the step is still running
+        wait(browser, 30).until(lambda d: "Stopped at step 4 of 10" in body(d))
+        wait(browser, 10).until(lambda d: "stopped" in row_text(d, "live-train"))
+        no_errors(browser)
+        browser.save_screenshot(str(ARTIFACTS / "train-stopped.png"))
     finally:
         jobs.cancel(job)
