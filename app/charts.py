@@ -322,3 +322,41 @@ def frontier_scatter(runs: pl.DataFrame, points: pl.DataFrame | None, *, learned
                       legend=dict(orientation="h", y=-0.25),
                       title="learn more, forget less: the sweep's frontier")
     return fig
+
+
+# --- breakdowns by a record column (input: analysis.breakdown.breakdown) -----------------
+
+def group_share_bars(table: pl.DataFrame, schemes: list[str] | tuple[str, ...],
+                     labels: dict[str, str] | None = None, column: str = "group") -> go.Figure:
+    """Per group (x), its share of the run's target tokens (grey) next to its share of
+    each scheme's total weight: a bar above the grey one is a group the scheme leans on
+    more than its size (hover: the ratio, ``emphasis``)."""
+    labels = labels or SCHEME_LABELS
+    first = table.filter(pl.col("scheme") == table["scheme"][0]) if table.height else table
+    groups = first["group"].to_list()
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=groups, y=first["token_share"].to_list(), name="target tokens",
+                         marker_color="#b0b0b0",
+                         customdata=first.select("target_tokens", "examples").rows(),
+                         hovertemplate="<b>%{x}</b><br>%{y:.1%} of the target tokens "
+                                       "(%{customdata[0]:,} in %{customdata[1]:,} examples)"
+                                       "<extra></extra>"))
+    for s in schemes:
+        part = table.filter(pl.col("scheme") == s)
+        fig.add_trace(go.Bar(x=part["group"].to_list(), y=part["weight_share"].to_list(),
+                             name=f"weight {labels.get(s, s)}",
+                             marker_color=COLORS.get(s, "#9467bd"),
+                             customdata=part.select("emphasis", "mean_weight").rows(),
+                             hovertemplate="<b>%{x}</b><br>%{y:.1%} of the weight<br>"
+                                           "emphasis %{customdata[0]:.2f}x its size, mean w "
+                                           "%{customdata[1]:.3f}<extra></extra>"))
+    top = max([0.0, *first["token_share"].to_list(),
+               *table.filter(pl.col("scheme").is_in(list(schemes)))["weight_share"].to_list()])
+    fig.update_yaxes(title="share", tickformat=".0%", range=[0, top * 1.1 or 1],
+                     tick0=0, dtick=nice_step(top or 1.0), tickmode="linear")
+    fig.update_xaxes(title=column, type="category")
+    fig.update_layout(barmode="group", height=380, margin=dict(l=10, r=10, t=60, b=10),
+                      legend=dict(orientation="h", y=-0.25),
+                      title=f"which {column} each scheme emphasizes: share of tokens vs "
+                            "share of weight")
+    return fig

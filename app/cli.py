@@ -69,6 +69,15 @@ def cmd_score(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    if args.by is not None:
+        from infosft.analysis.breakdown import breakdown_report, format_breakdown
+
+        if args.max_groups < 1:
+            raise InfosftError(f"--max-groups must be at least 1, got {args.max_groups}")
+        rep = breakdown_report(args.run, args.by, args.scheme, max_groups=args.max_groups,
+                               **_knobs(args))
+        print(json.dumps(rep, indent=2) if args.json else format_breakdown(rep))
+        return 0
     from infosft.analysis.stats import format_summary, run_summary
 
     summary = run_summary(args.run, args.scheme, **_knobs(args))
@@ -230,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="print a short summary of a scored run under a scheme")
     p.add_argument("run")
     _add_scheme_args(p)
+    p.add_argument("--by", metavar="COLUMN",
+                   help="break the run down by a record column (task, source, ...): per "
+                   "group the q distribution and, under every scheme, mean weight, effective "
+                   "tokens and the share of the weight")
+    p.add_argument("--max-groups", type=int, default=20, metavar="N",
+                   help="with --by: the N groups with the most target tokens, the rest "
+                   "pooled as (other) (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_stats)
 

@@ -3,9 +3,11 @@ each scheme puts the learning signal."""
 
 import streamlit as st
 
+from infosft.analysis import breakdown
 from infosft.analysis.tune import overview_facts, tune_view
 from infosft.app import charts, state
 from infosft.app.render import fact_cards, scheme_labels, scheme_table_view
+from infosft.weights import SCHEMES
 
 
 def body() -> None:
@@ -31,6 +33,28 @@ def body() -> None:
     st.caption("Left: how many target tokens have each q, with each scheme's weight curve "
                "w(q). Right: the same bins weighted by w, as a share of each scheme's total "
                "weight. Change C and the ProFit threshold on the Tune page.")
+    st.subheader("By record column")
+    columns = breakdown.run_columns(run, examples=ex)
+    if not columns:
+        st.caption(NO_COLUMN)
+        return
+    column = st.selectbox("Break down by", columns, key="ov_by", help=BY_HELP)
+    g = breakdown.grouping(run, column, targets=t, examples=ex)
+    table = g.table(t, {sc: s.knobs(sc) for sc in SCHEMES}, view["weights"])
+    st.plotly_chart(charts.group_share_bars(table, [sc for sc in SCHEMES if sc != "sft"],
+                                            scheme_labels(s), column), key="ov_by_chart")
+    st.dataframe(breakdown.display_table(table, None, scheme_labels(s)), hide_index=True,
+                 key="ov_by_table")
+    st.caption(" ".join(filter(None, [g.note, "SFT's share of the weight is the share of the tokens. "
+               "Per scheme mean weight, effective tokens and weight per q band: Tune, or "
+               f"`infosft stats RUN --by {column}`."])))
+
+
+BY_HELP = ("a field of the records with 2 to 50 distinct values (strings or integers); "
+           "(none) collects the records without it")
+NO_COLUMN = ("No field of this run's records splits it into 2 to 50 groups (strings or "
+             "integers), so there is no breakdown by source or task; "
+             "`infosft stats RUN --by COLUMN` breaks a run down by any field.")
 
 
 state.guard(body)

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from infosft.analysis import breakdown
 from infosft.analysis.tune import tune_view
 from infosft.app import charts, knobs, state
 from infosft.app.render import knobs_text, scheme_labels, scheme_table_view, summary_cards
@@ -40,6 +41,30 @@ def body() -> None:
                                                       labels=scheme_labels(s)), key="tune_hist")
         b.plotly_chart(charts.weight_share_histogram(view["hist"], log_x=log_x,
                                                      labels=scheme_labels(s)), key="tune_whist")
+        by_column(run, t, s, view["weights"])
+
+
+def by_column(run, t, s, weights) -> None:
+    """Which group of a record column the chosen scheme emphasizes."""
+    st.subheader("By record column")
+    ex = state.examples(run)
+    columns = breakdown.run_columns(run, examples=ex)
+    if not columns:
+        st.caption("No field of this run's records splits it into 2 to 50 groups (strings "
+                   "or integers); `infosft stats RUN --by COLUMN` breaks a run down by any "
+                   "field.")
+        return
+    column = st.selectbox("Break down by", columns, key="tune_by",
+                          help="a field of the records with 2 to 50 distinct values")
+    g = breakdown.grouping(run, column, targets=t, examples=ex)
+    table = g.table(t, {s.scheme: s.knobs()}, {s.scheme: weights[s.scheme]})
+    st.plotly_chart(charts.group_share_bars(table, [s.scheme], scheme_labels(s), column),
+                    key="tune_by_chart")
+    st.dataframe(breakdown.display_table(table, s.scheme), hide_index=True,
+                 key="tune_by_table")
+    st.caption(" ".join(filter(None, [g.note, "Emphasis: the group's share of the weight over its share of the tokens "
+               "(above 1: the scheme leans on it more than its size); effective tokens "
+               "and the q bands are within the group."])))
 
 
 state.guard(body)
