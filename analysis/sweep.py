@@ -18,7 +18,8 @@ KL(base || tuned) on the prior set. A point row is the same over the point's eva
 seeds: ``value`` their mean, ``low`` / ``high`` their smallest and largest (the spread
 over seeds), ``seeds`` how many, and its own ``on_frontier`` among the points.
 
-Runs go one after another on one device. A killed sweep continues with ``--resume``:
+Runs go one after another on one device, or side by side on several
+(:mod:`analysis.sweep_devices`: ``SWEEP/queue/``). A killed sweep continues with ``--resume``:
 finished and evaluated runs are kept, a stopped run resumes from its checkpoint, a
 failed or half-written one starts again.
 """
@@ -157,12 +158,19 @@ def points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, eval_cfg, *,
-              resume: bool = False, progress: bool = True) -> dict[str, Any]:
+              resume: bool = False, progress: bool = True,
+              devices: list[str] | None = None) -> dict[str, Any]:
     """Train and evaluate every grid point and seed into ``out``; returns the report.
 
     ``train_cfg`` is a resolved :class:`infosft.train_config.TrainConfig` (its scheme,
     knobs, seed and out are set per run); ``eval_cfg`` an ``analysis.evaluate.EvalConfig``.
+    ``devices``: two or more run the queue side by side, one run per device
+    (:mod:`analysis.sweep_devices`); default one per GPU where there are several, else
+    one run after another in this process. They do not change the results, so a resume
+    may use others.
     """
+    from infosft.analysis.sweep_devices import check_devices, default_devices, run_on_devices
+
     from infosft.analysis.evaluate import read_report
     from infosft.train import train
     from infosft.train_config import validate
@@ -171,7 +179,23 @@ def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, e
     grid = [(parse_point(p), s) for p in points for s in seeds]
     if not grid:
         raise InfosftError("a sweep needs at least one --scheme and one seed")
+    devices = check_devices(devices) if devices else default_devices()
     _start(out, make_plan(points, seeds, train_cfg, eval_cfg), resume)
+    if devices and len(devices) > 1:
+        todo = []
+        for (scheme, knobs), seed in grid:
+            run = out / RUNS / run_name(scheme, knobs, seed)
+            knob_fields = {"C": None, "P": None, "threshold": None, "direction": None} | knobs
+            cfg = replace(train_cfg, out=str(run), scheme=scheme, seed=seed, **knob_fields)
+            validate(cfg)
+            todo.append((cfg, run))
+        problems = run_on_devices(out, todo, eval_cfg, devices, progress)
+        report = write_report(out)
+        if problems:
+            raise InfosftError(f"{problems[0]}" + (f" (and {len(problems) - 1} more)"
+                                                   if len(problems) > 1 else "")
+                               + "; continue the sweep with --resume")
+        return report
     for (scheme, knobs), seed in grid:
         run = out / RUNS / run_name(scheme, knobs, seed)
         knob_fields = {"C": None, "P": None, "threshold": None, "direction": None} | knobs

@@ -154,7 +154,7 @@ def cmd_sweep(args) -> int:
         eval_cfg = build(EvalConfig, None, flag_values(args, EvalConfig)
                          | {"device": train_cfg.device, "dtype": train_cfg.dtype})
     report = run_sweep(args.out, points, seeds, train_cfg, eval_cfg,
-                       resume=args.resume, progress=not args.quiet)
+                       resume=args.resume, progress=not args.quiet, devices=args.devices)
     print(format_report(report))
     print(f"* on the frontier; report in {Path(args.out) / REPORT_FILE}")
     return 0
@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a sweep: finished runs are kept; alone (no --scheme), "
                    "with the settings the sweep was started with")
     p.add_argument("--config", help="YAML or JSON file of training config fields")
+    p.add_argument("--devices", nargs="+", metavar="DEVICE",
+                   help="run the queue side by side, one run per device (cuda:0 cuda:1 ...; "
+                   "cpu may repeat); default: one per GPU where there are several, else "
+                   "one run after another")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_flags(p, EvalConfig, only=SWEEP_EVAL_FIELDS)
     add_flags(p, TrainConfig, exclude=frozenset({"out", "scheme", "C", "P", "threshold",

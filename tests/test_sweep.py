@@ -123,3 +123,48 @@ def test_resume_alone_refuses_flags_it_would_ignore(tmp_path, capsys):
     assert "drop --lr" in capsys.readouterr().err
     assert main(["sweep", "--out", str(tmp_path)]) == 2
     assert "give at least one --scheme" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two tiny trainings side by side in subprocesses, each evaluated
+def test_a_sweep_on_two_devices_runs_side_by_side_with_the_same_results(tmp_path,
+                                                                       tiny_model_dir):
+    """``--devices cpu cpu``: two workers; each run trains and is evaluated in its own
+    process, both at once, and the report equals the one-after-another sweep's."""
+    from infosft import train_status as ts
+
+    data = write_jsonl(tmp_path / "d.jsonl", MATH_ROWS[:8])
+    common = ["--data", str(data), "--model", str(tiny_model_dir), "--scheme", "sft",
+              "--scheme", "infosft:P=0.9", "--max-steps", "2", "--batch-size", "4",
+              "--eval-split", "0.25", "--limit", "8", "--accuracy-limit", "1",
+              "--max-new-tokens", "2", "--device", "cpu", "--quiet", "--seeds", "0"]
+    assert main(["sweep", "--out", str(tmp_path / "one"), *common]) == 0
+    assert main(["sweep", "--out", str(tmp_path / "two"), *common, "--devices", "cpu",
+                 "cpu"]) == 0
+    one, two = (json.loads((tmp_path / d / sweep.REPORT_FILE).read_text())["runs"]
+                for d in ("one", "two"))
+    for a, b in zip(one, two, strict=True):
+        for key in ("learned", "forgot"):
+            assert b[key]["value"] == pytest.approx(a[key]["value"], rel=1e-4, abs=1e-6)
+        assert a["on_frontier"] == b["on_frontier"]
+    queue = tmp_path / "two" / "queue"
+    spans = []
+    for r in two:
+        run = tmp_path / "two" / "runs" / r["run"].split("/")[-1]
+        assert ts.read_status(run)["state"] == "finished"
+        assert (queue / f"{run.name}.train.yaml").is_file()
+        assert json.loads((queue / f"{run.name}.eval.outcome").read_text())["returncode"] == 0
+        st = json.loads((run / "status.json").read_text())
+        spans.append((st["started_at"], st["updated_at"]))
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1  # the two trainings overlapped in time
+
+
+def test_devices_are_checked_before_anything_runs(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", MATH_ROWS[:4])
+    for devices, message in ((["cpu", "tpu"], "unknown device 'tpu'"),
+                             (["cuda:0", "cpu"], "not available")):
+        assert main(["sweep", "--data", str(data), "--out", str(tmp_path / "sw"),
+                     "--scheme", "sft", "--devices", *devices]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not (tmp_path / "sw").exists()
