@@ -20,6 +20,7 @@ import polars as pl
 import torch
 
 from infosft.analysis.store import Run
+from infosft.errors import InfosftError
 from infosft.weights import BAND_NAMES, resolve_knobs, token_weights
 from infosft.weights import Q_BANDS as BANDS
 
@@ -51,19 +52,40 @@ def band_index(q: np.ndarray, bands: tuple[float, float] = BANDS) -> np.ndarray:
     return np.searchsorted(np.asarray(bands), q, side="right").astype(np.int8)
 
 
+#: The grid of a binned run (:meth:`Targets.binned`): bins of width ``BIN_WIDTH`` in
+#: z = logit(q) over [-Z, Z] (q from 4e-18 to 1 - 4e-18; beyond, the end bins). The width
+#: divides logit(0.9) exactly, so the q bands' edges (0.1, 0.9) are bin edges and every
+#: bin lies in one band. ~33k bins: a knob change costs the same at any run size.
+BIN_WIDTH = math.log(9) / 896
+BIN_HALF = 16320
+BIN_EDGES_Z = BIN_WIDTH * np.arange(-BIN_HALF, BIN_HALF + 1)
+
+
+def _logp_of_z(z: np.ndarray) -> np.ndarray:
+    """log(sigmoid(z)) without overflow."""
+    return -np.logaddexp(0.0, -z)
+
+
 class Targets:
     """A run's target tokens with everything that does not depend on the scheme
     precomputed (q bands, histogram bins, example boundaries), so a knob change costs
     one weight pass plus a few ``bincount`` / ``reduceat`` reductions.
 
+    A *binned* Targets (:meth:`binned`) holds a fine histogram instead of the tokens:
+    ``logp`` are the bin centres and ``count`` how many tokens fall in each, so memory
+    and the cost of a knob change do not grow with the run; its numbers are within
+    :meth:`bounds` of the exact ones. Per-example numbers need the tokens.
+
     Args:
         example_id: ``(n,)`` sorted example ids.
         logp: ``(n,)`` target log-probs.
+        count: ``(n,)`` multiplicities (a binned run), or None: one token each.
     """
 
     def __init__(self, example_id: np.ndarray, logp: np.ndarray,
-                 bands: tuple[float, float] = BANDS):
+                 bands: tuple[float, float] = BANDS, count: np.ndarray | None = None):
         self.logp = np.ascontiguousarray(logp, dtype=np.float32)
+        self.count = None if count is None else np.asarray(count, dtype=np.float64)
         self.example_id = np.asarray(example_id)
         self.bands = bands
         self.band = band_index(np.exp(self.logp), bands)
@@ -82,23 +104,66 @@ class Targets:
     def from_run(cls, run: str | Path | Run) -> "Targets":
         return cls.from_frame(load_targets(run))
 
+    @classmethod
+    def binned(cls, run: str | Path | Run) -> "Targets":
+        """The run's target tokens as a fine histogram (see the class), built by polars'
+        streaming engine: memory bounded by a batch of tokens, not the run."""
+        run = run if isinstance(run, Run) else Run(run)
+        lp = pl.col("logp").cast(pl.Float64)
+        z = lp - (1 - lp.exp()).log()  # logit(q); 1 - exp in float64 is exact enough here
+        idx = ((z + BIN_HALF * BIN_WIDTH) / BIN_WIDTH).floor().clip(0, 2 * BIN_HALF - 1)
+        counts = run.collect(run.scan_tokens()
+                             .filter(pl.col("is_target") & pl.col("logp").is_not_null()
+                                     & ~pl.col("logp").is_nan())
+                             .select(idx.fill_nan(0).cast(pl.Int32).alias("bin"))
+                             .group_by("bin").len(), streaming=True)
+        full = np.zeros(2 * BIN_HALF)
+        full[counts["bin"].to_numpy()] = counts["len"].to_numpy()
+        keep = np.flatnonzero(full)
+        centres = (BIN_EDGES_Z[keep] + BIN_EDGES_Z[keep + 1]) / 2
+        t = cls(np.zeros(len(keep), dtype=np.int32), _logp_of_z(centres), count=full[keep])
+        t.bin_index = keep
+        return t
+
     def __len__(self) -> int:
-        return len(self.logp)
+        return len(self.logp) if self.count is None else int(round(self.count.sum()))
+
+    @property
+    def is_binned(self) -> bool:
+        return self.count is not None
+
+    @staticmethod
+    def _random(scheme: str, knobs: dict[str, Any]) -> bool:
+        return scheme == "profit" and resolve_knobs(scheme, **knobs)["direction"] == "random"
 
     def weights(self, scheme: str, **knobs: Any) -> np.ndarray:
+        if self.is_binned and self._random(scheme, knobs):
+            # per-token draws mean nothing per bin: a bin keeps 1 - tau of its tokens
+            keep = 1.0 - resolve_knobs(scheme, **knobs)["threshold"]
+            return np.full(len(self.logp), keep, dtype=np.float32)
         return weights(self.logp, scheme, **knobs)
+
+    def _totals(self, w: np.ndarray) -> tuple[float, float, float, np.ndarray]:
+        """Sum of w, sum of w^2, count of w > 0, and weight per q band."""
+        w64 = w.astype(np.float64)
+        c = self.count if self.count is not None else np.ones_like(w64)
+        cw = c * w64
+        return (cw.sum(), float(np.dot(cw, w64)), float(c[w != 0].sum()),
+                np.bincount(self.band, weights=cw, minlength=3))
 
     def summary(self, scheme: str, w: np.ndarray | None = None, **knobs: Any) -> dict[str, Any]:
         """See :func:`scheme_summary`; pass ``w`` to reuse weights already computed."""
         w = self.weights(scheme, **knobs) if w is None else w
-        n = len(w)
-        w64 = w.astype(np.float64)
-        total, total_sq = w64.sum(), np.dot(w64, w64)
-        by_band = np.bincount(self.band, weights=w64, minlength=3)
+        n = len(self)
+        total, total_sq, nonzero, by_band = self._totals(w)
+        if self.is_binned and self._random(scheme, knobs):
+            # each token kept (w = 1) with probability 1 - tau: in expectation, the sums
+            # of w, of w^2 and of kept tokens are all the kept mass
+            total_sq = nonzero = total
         out = {
             "scheme": scheme, "knobs": resolve_knobs(scheme, **knobs), "n_targets": n,
             "mean_weight": total / n if n else math.nan,
-            "share_nonzero": float(np.count_nonzero(w)) / n if n else math.nan,
+            "share_nonzero": nonzero / n if n else math.nan,
             "effective_tokens": total * total / total_sq if total_sq > 0 else 0.0,
         }
         out["effective_share"] = out["effective_tokens"] / n if n else math.nan
@@ -118,13 +183,69 @@ class Targets:
             self._bins[key] = np.clip((pos * bins).astype(np.int64), 0, bins - 1)
         idx = self._bins[key]
         edges = np.logspace(min_log10, 0, bins + 1) if log_x else np.linspace(0, 1, bins + 1)
-        out = {"lo": edges[:-1], "hi": edges[1:], "count": np.bincount(idx, minlength=bins)}
+        c = self.count
+        out = {"lo": edges[:-1], "hi": edges[1:],
+               "count": (np.bincount(idx, minlength=bins) if c is None else
+                         np.rint(np.bincount(idx, weights=c, minlength=bins)).astype(np.int64))}
         if w is not None:
-            out["weight"] = np.bincount(idx, weights=w, minlength=bins)
+            out["weight"] = np.bincount(idx, weights=w if c is None else c * w, minlength=bins)
         return pl.DataFrame(out)
+
+    def quantile(self, p: float) -> float:
+        """The ``p`` quantile of target logp (of the bin centres, by count, if binned)."""
+        if self.count is None:
+            return float(np.quantile(self.logp.astype(np.float64), p))
+        cum = np.cumsum(self.count)
+        return float(self.logp[np.searchsorted(cum, p * cum[-1])])
+
+    def q_facts(self) -> dict[str, float]:
+        """:func:`q_summary` of these tokens (of the bins, by count, if binned)."""
+        if self.count is None:
+            return q_summary(self.logp)
+        c, lp = self.count, self.logp.astype(np.float64)
+        q = np.exp(lp)
+        return {"mean_q": float(np.dot(c, q) / c.sum()), "median_q": math.exp(self.quantile(0.5)),
+                "mean_nll": float(-np.dot(c, lp) / c.sum()),
+                "share_q_above_0.9": float(c[q > 0.9].sum() / c.sum()),
+                "share_q_below_0.1": float(c[q < 0.1].sum() / c.sum())}
+
+    def bounds(self, scheme: str, **knobs: Any) -> dict[str, tuple[float, float]]:
+        """For a binned Targets: intervals that hold the exact ``mean_weight``,
+        ``share_nonzero`` and ``effective_tokens`` of the tokens the bins stand for.
+
+        Each bin's weight is taken at its two edges and its centre; the smallest and
+        the largest bound every token in the bin wherever the weight is monotone within
+        a bin (every scheme but at InfoSFT's one peak, where the miss is second order in
+        the bin width, and ProFit random, whose per-token draws are replaced by their
+        expectation). ``effective_tokens`` = S^2 / Q follows by interval arithmetic."""
+        if self.count is None:
+            s = self.summary(scheme, **knobs)
+            return {k: (s[k], s[k]) for k in ("mean_weight", "share_nonzero",
+                                               "effective_tokens")}
+        lo_z, hi_z = BIN_EDGES_Z[self.bin_index], BIN_EDGES_Z[self.bin_index + 1]
+        lo_z[self.bin_index == 0] = -np.inf  # the end bins hold everything beyond the grid
+        hi_z[self.bin_index == 2 * BIN_HALF - 1] = np.inf
+        at = np.stack([self.weights(scheme, **knobs),
+                       weights(_logp_of_z(lo_z).astype(np.float32), scheme, **knobs),
+                       weights(_logp_of_z(hi_z).astype(np.float32), scheme, **knobs)])
+        if self._random(scheme, knobs):  # the expectation: no bin-width error, no bound
+            m = self.summary(scheme, **knobs)
+            return {k: (m[k], m[k]) for k in ("mean_weight", "share_nonzero",
+                                               "effective_tokens")}
+        w_lo, w_hi = at.min(axis=0).astype(np.float64), at.max(axis=0).astype(np.float64)
+        c, n = self.count, self.count.sum()
+        s_lo, s_hi = float(c @ w_lo), float(c @ w_hi)
+        q_lo, q_hi = float(c @ (w_lo * w_lo)), float(c @ (w_hi * w_hi))
+        nz_lo, nz_hi = float(c[w_lo > 0].sum()), float(c[w_hi > 0].sum())
+        eff_lo = s_lo * s_lo / q_hi if q_hi > 0 else 0.0
+        eff_hi = min(s_hi * s_hi / q_lo, n) if q_lo > 0 else n
+        return {"mean_weight": (s_lo / n, s_hi / n), "share_nonzero": (nz_lo / n, nz_hi / n),
+                "effective_tokens": (eff_lo, eff_hi)}
 
     def per_example(self, w: np.ndarray) -> pl.DataFrame:
         """``example_id``, ``mean_weight``, ``zero_weight_share`` for weights ``w (n,)``."""
+        if self.is_binned:
+            raise InfosftError("per-example numbers need the run's tokens, not its histogram")
         if not len(w):
             return pl.DataFrame(schema={"example_id": pl.Int32, "mean_weight": pl.Float64,
                                         "zero_weight_share": pl.Float64})

@@ -257,12 +257,13 @@ class Run:
             raise InfosftError(f"{self.path}: no scored tokens yet")
         return pl.scan_parquet(parts)
 
-    def collect(self, query: pl.LazyFrame) -> pl.DataFrame:
-        """``query`` (built on :meth:`scan_tokens`) collected. A part whose data, not only
-        its footer, is damaged fails only here: it is found and named, not left to
-        surface as a polars error."""
+    def collect(self, query: pl.LazyFrame, *, streaming: bool = False) -> pl.DataFrame:
+        """``query`` (built on :meth:`scan_tokens`) collected (``streaming``: by polars'
+        streaming engine, in memory bounded by a batch rather than the run). A part whose
+        data, not only its footer, is damaged fails only here: it is found and named,
+        not left to surface as a polars error."""
         try:
-            return query.collect()
+            return query.collect(engine="streaming") if streaming else query.collect()
         except READ_ERRORS:
             for part in self.part_paths():
                 read_part(part)  # raises damaged() naming the first bad part

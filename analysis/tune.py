@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from infosft.analysis.stats import Targets, q_summary
+from infosft.analysis.stats import Targets
 from infosft.weights import DEFAULT_MIDDLE, DEFAULT_P, DEFAULT_THRESHOLD, SCHEMES, c_from_p, \
     weight_curve
 
@@ -97,8 +97,8 @@ def auto_c(targets: Targets) -> dict[str, Any]:
     if not len(targets):
         P = DEFAULT_P
     else:
-        # np.quantile on logp equals exp of the q quantile (exp is monotone).
-        P = float(np.exp(np.quantile(targets.logp.astype(np.float64), AUTO_QUANTILE)))
+        # the logp quantile equals log of the q quantile (exp is monotone)
+        P = float(np.exp(targets.quantile(AUTO_QUANTILE)))
         P = float(np.clip(P, *AUTO_P_RANGE))
     return {"C": c_from_p(P), "P": P,
             "rule": (f"P = the {AUTO_QUANTILE:.0%} quantile of q over target tokens (clipped to "
@@ -112,7 +112,7 @@ def overview_facts(targets: Targets, examples: pl.DataFrame) -> dict[str, Any]:
              "tokens": int(examples["n_tokens"].sum()) if examples.height else 0,
              "truncated": int(examples["truncated"].sum()) if examples.height else 0}
     if len(targets):
-        facts.update(q_summary(targets.logp))
+        facts.update(targets.q_facts())
     return facts
 
 

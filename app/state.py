@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,12 +57,41 @@ def _key(run: Run) -> tuple[str, float]:
     return str(run.path.resolve()), run.meta_path.stat().st_mtime
 
 
+#: Above this many target tokens, Overview and Tune work on a fine histogram of the run
+#: (:meth:`analysis.stats.Targets.binned`): a knob change then costs the same at any size
+#: and memory stays flat; below, on the tokens themselves (exact, and per example).
+BINNED_ABOVE = int(os.environ.get("INFOSFT_BINNED_ABOVE", 20_000_000))
+BINNED_NOTE = ("This run is large, so Overview and Tune work on a fine histogram of its "
+               "target tokens (33k bins in logit q): a knob change costs the same at any "
+               "size; mean weight, share with w > 0 and effective tokens are within 1% of "
+               "the exact ones.")
+BINNED_BY = ("A breakdown by column needs the tokens themselves, which this page does not "
+             "load for a run this large: `infosft stats RUN --by COLUMN`.")
+
+
 @st.cache_resource(max_entries=4, show_spinner="Loading the run's target tokens...")
 def _targets(path: str, mtime: float) -> Targets:
     t = Targets.from_run(path)
     for log_x in (False, True):  # bin indices once per run, so slider moves only bincount
         t.histogram(bins=50, log_x=log_x)
     return t
+
+
+@st.cache_resource(max_entries=4, show_spinner="Binning the run's target tokens...")
+def _binned(path: str, mtime: float) -> Targets:
+    t = Targets.binned(path)
+    for log_x in (False, True):
+        t.histogram(bins=50, log_x=log_x)
+    return t
+
+
+def _summary_targets(path: str, mtime: float) -> Targets:
+    try:
+        n = Run(path).meta()["counts"]["target_tokens"]
+    except (InfosftError, KeyError, TypeError):
+        n = 0
+    return _binned(path, mtime) if isinstance(n, int) and n > BINNED_ABOVE else _targets(
+        path, mtime)
 
 
 @st.cache_resource(max_entries=4)
@@ -76,10 +106,17 @@ def _vocab(path: str, mtime: float) -> pl.DataFrame:
 
 @st.cache_resource(max_entries=4)
 def _auto_c(path: str, mtime: float) -> dict[str, Any]:
-    return auto_c(_targets(path, mtime))
+    return auto_c(_summary_targets(path, mtime))
 
 
 def targets(run: Run) -> Targets:
+    """What Overview and Tune summarize: the run's target tokens, or their fine histogram
+    for a run of more than :data:`BINNED_ABOVE` target tokens (``is_binned``)."""
+    return _summary_targets(*_key(run))
+
+
+def token_targets(run: Run) -> Targets:
+    """The run's target tokens themselves (per-example views: Examples, Token view)."""
     return _targets(*_key(run))
 
 

@@ -25,7 +25,7 @@ def body() -> None:
     sort_by = c.selectbox("Sort by", SORTABLE, key="ex_sort")
     desc = d.toggle("Desc.", key="ex_desc")
     trunc = d.toggle("Truncated only", key="ex_trunc")
-    table = examples_view(state.targets(run), state.examples(run), s.scheme, s.knobs(),
+    table = examples_view(state.token_targets(run), state.examples(run), s.scheme, s.knobs(),
                           search=search, truncated_only=trunc, mean_q=mean_q, sort_by=sort_by,
                           descending=desc)
     st.caption(f"{table.height:,} of {state.examples(run).height:,} examples")

@@ -14,6 +14,8 @@ def body() -> None:
     st.title("Overview")
     run = state.active_run()
     t, ex, s = state.targets(run), state.examples(run), state.settings()
+    if t.is_binned:
+        st.caption(state.BINNED_NOTE)
     st.caption(f"run `{run.path}` · model {run.meta()['model']['name']} · "
                f"data `{run.meta()['dataset']['source']}`")
     cards = fact_cards(overview_facts(t, ex))
@@ -34,6 +36,9 @@ def body() -> None:
                "w(q). Right: the same bins weighted by w, as a share of each scheme's total "
                "weight. Change C and the ProFit threshold on the Tune page.")
     st.subheader("By record column")
+    if t.is_binned:
+        st.caption(state.BINNED_BY)
+        return
     columns = breakdown.run_columns(run, examples=ex)
     if not columns:
         st.caption(NO_COLUMN)

@@ -32,7 +32,7 @@ def body() -> None:
     scale = d.radio("Weight colour scale", SCALES, horizontal=True, key="tv_scale",
                     help="per scheme max: each scheme's largest weight in this example gets "
                     "the full colour; fixed 0..1: weight 1 does, for every scheme")
-    view = token_view(run, example_id, state.targets(run), state.vocab(run), s)
+    view = token_view(run, example_id, state.token_targets(run), state.vocab(run), s)
     tgt = view.filter(pl.col("is_target"))
     cols = st.columns(2 + len(SCHEMES))
     cols[0].metric("Target tokens", f"{tgt.height:,} of {view.height:,}")

@@ -12,6 +12,8 @@ def body() -> None:
     st.title("Tune")
     run = state.active_run()
     t = state.targets(run)
+    if t.is_binned:
+        st.caption(state.BINNED_NOTE)
     left, right = st.columns([1, 3])
     with left:
         knobs.knob_widgets("settings", "tune")
@@ -47,6 +49,9 @@ def body() -> None:
 def by_column(run, t, s, weights) -> None:
     """Which group of a record column the chosen scheme emphasizes."""
     st.subheader("By record column")
+    if t.is_binned:
+        st.caption(state.BINNED_BY)
+        return
     ex = state.examples(run)
     columns = breakdown.run_columns(run, examples=ex)
     if not columns:

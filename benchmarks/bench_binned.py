@@ -1,0 +1,67 @@
+"""A slider move at any run size: exact per-token statistics against the binned ones.
+
+    python benchmarks/bench_binned.py [--tokens 1000000 10000000 100000000]
+
+For each size, writes a light synthetic run (the token columns statistics read, q drawn
+like real SFT data; ``bench_stats.synthetic_run``), then in a fresh process per mode
+loads it as Overview and Tune do (``Targets.from_run``, exact; ``Targets.binned``, a fine
+histogram) and times a slider move: ``analysis.tune.tune_view`` for a new C (the summary,
+the four schemes' table, both histograms), median of 7. Prints the load time, the move,
+and the process's RSS after loading, per mode and size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_CHILD = """
+import json, statistics, sys, time
+import psutil
+from infosft.analysis.stats import Targets
+from infosft.analysis.tune import Settings, tune_view
+path, mode = sys.argv[1], sys.argv[2]
+t0 = time.perf_counter()
+t = Targets.binned(path) if mode == "binned" else Targets.from_run(path)
+for log_x in (False, True):
+    t.histogram(bins=50, log_x=log_x)
+load = time.perf_counter() - t0
+moves = []
+for i in range(7):
+    s = Settings(scheme="infosft", C=1.5 + 0.25 * i)
+    t0 = time.perf_counter()
+    tune_view(t, s, bins=50)
+    moves.append(time.perf_counter() - t0)
+print(json.dumps({"load_s": load, "move_ms": 1000 * statistics.median(moves),
+                  "rss_mb": psutil.Process().memory_info().rss / 2**20}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_stats import synthetic_run
+
+    print(f"{'targets':>12} {'mode':>7} {'load s':>8} {'move ms':>8} {'RSS MB':>8}")
+    for n in args.tokens:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = synthetic_run(Path(tmp) / "run", n)
+            for mode in ("binned", "exact"):
+                out = subprocess.run([sys.executable, "-c", _CHILD, str(run.path), mode],
+                                     capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"{n:>12,} {mode:>7} {r['load_s']:8.2f} {r['move_ms']:8.1f} "
+                      f"{r['rss_mb']:8.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"({time.perf_counter() - t0:.0f} s in all)")
