@@ -1,9 +1,9 @@
 """A slider move at any run size: exact per-token statistics against the binned ones.
 
-    python benchmarks/bench_binned.py [--tokens 1000000 10000000 100000000]
+    python benchmarks/bench_binned.py [--tokens 1000000 10000000] [--modes binned exact]
 
-For each size, writes a light synthetic run (the token columns statistics read, q drawn
-like real SFT data; ``bench_stats.synthetic_run``), then in a fresh process per mode
+For each size, writes a synthetic run with the real layout (``analysis.synthetic``:
+q drawn like real SFT data, 250 targets and 10 prompt tokens an example), then in a fresh process per mode
 loads it as Overview and Tune do (``Targets.from_run``, exact; ``Targets.binned``, a fine
 histogram) and times a slider move: ``analysis.tune.tune_view`` for a new C (the summary,
 the four schemes' table, both histograms), median of 7. Prints the load time, the move,
@@ -45,15 +45,19 @@ print(json.dumps({"load_s": load, "move_ms": 1000 * statistics.median(moves),
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--modes", nargs="+", default=["binned", "exact"],
+                    choices=["binned", "exact"], help="exact at 100M needs ~10 GB and minutes")
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_stats import synthetic_run
+    from infosft.analysis.synthetic import make_run
 
     print(f"{'targets':>12} {'mode':>7} {'load s':>8} {'move ms':>8} {'RSS MB':>8}")
     for n in args.tokens:
         with tempfile.TemporaryDirectory() as tmp:
-            run = synthetic_run(Path(tmp) / "run", n)
-            for mode in ("binned", "exact"):
+            t0 = time.perf_counter()
+            run = make_run(Path(tmp) / "run", n_examples=max(1, n // 250), prompt_tokens=10,
+                           target_tokens=250, part_examples=4000)
+            print(f"({n:,} targets written in {time.perf_counter() - t0:.0f} s)", flush=True)
+            for mode in args.modes:
                 out = subprocess.run([sys.executable, "-c", _CHILD, str(run.path), mode],
                                      capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
