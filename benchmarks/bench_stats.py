@@ -17,27 +17,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from infosft.analysis.stats import Targets
 from infosft.analysis.store import Run
+from infosft.analysis.synthetic import make_run
 
 
 def synthetic_run(path: Path, n_tokens: int, tokens_per_example: int = 200) -> Run:
-    rng = np.random.default_rng(0)
-    run = Run(path)
-    part = 1_000_000
-    for i, start in enumerate(range(0, n_tokens, part)):
-        n = min(part, n_tokens - start)
-        idx = np.arange(start, start + n)
-        q = np.where(rng.random(n) < 0.5, rng.beta(20, 1, n), rng.beta(1, 2, n))
-        run.write_part(pl.DataFrame({
-            "example_id": (idx // tokens_per_example).astype(np.int32),
-            "position": (idx % tokens_per_example).astype(np.int32),
-            "is_target": np.ones(n, dtype=bool),
-            "logp": np.log(np.clip(q, 1e-12, 1)).astype(np.float32),
-        }), 0, i)
-    return run
+    """A complete run with the real layout (every part is checked on reading), about
+    ``n_tokens`` target tokens, 10 prompt tokens an example."""
+    return make_run(path, n_examples=max(1, n_tokens // tokens_per_example), prompt_tokens=10,
+                    target_tokens=tokens_per_example, part_examples=5000)
 
 
 def main() -> None:
