@@ -435,7 +435,11 @@ def test_export_in_the_browser(server, browser):
     name.send_keys(Keys.CONTROL, "a")
     name.send_keys("e2e-export", Keys.ENTER)
     time.sleep(1.0)
-    browser.find_element(By.XPATH, "//button[.//p[text()='Export']]").click()
+    # the rerun the new name starts may still be drawing on a busy machine: wait for it
+    wait(browser).until(lambda d: not d.find_elements(By.CSS_SELECTOR,
+                                                      '[data-testid="stStatusWidget"]'))
+    wait(browser).until(EC.element_to_be_clickable(
+        (By.XPATH, "//button[.//p[text()='Export']]"))).click()
     wait(browser).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"),
                                                          "e2e-export.parquet"))
     wait(browser).until(EC.presence_of_element_located(
