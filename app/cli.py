@@ -89,8 +89,15 @@ def cmd_export(args) -> int:
     from infosft.analysis.export import export_weighted
 
     path = export_weighted(args.run, args.out, args.scheme, overwrite=args.overwrite,
-                           **_knobs(args))
+                           where=args.where, drop=args.drop, **_knobs(args))
     print(f"wrote {path}")
+    if args.where:
+        from infosft.analysis.export import read_export_meta
+
+        f = read_export_meta(path)["filter"]
+        kept = f["of"] - f["matched"] if f["mode"] == "drop" else f["matched"]
+        print(f"{f['matched']} of {f['of']} examples match {' and '.join(f['where'])}; "
+              f"{'dropped them, ' if f['mode'] == 'drop' else ''}wrote {kept}")
     return 0
 
 
@@ -254,6 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file, .parquet or .jsonl")
     p.add_argument("--overwrite", action="store_true")
     _add_scheme_args(p)
+    p.add_argument("--where", action="append", metavar="EXPR",
+                   help="export only the examples that match, e.g. \"min_q<0.01\" or "
+                   "\"weight_mass<=0.05 and truncated==false\" (repeatable, ANDed): FIELD OP "
+                   "VALUE, OP one of < <= > >= == !=; FIELD an examples column (n_target, "
+                   "mean_q, min_q, mean_logp, min_logp, mean_entropy, top1_share, truncated, "
+                   "...) or, under the chosen scheme, weight_mass (mean weight) or "
+                   "zero_weight_share; recorded in the export's metadata")
+    p.add_argument("--drop", action="store_true",
+                   help="with --where: drop the matching examples, export the rest")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="before/after report of finished training runs: what "

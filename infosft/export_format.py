@@ -6,7 +6,8 @@
                                 labels (unshifted, IGNORE_INDEX off-target) and weights
                                 (0 off-target), all of one length
     FILE.meta.json              the metadata (scheme, knobs, run, model, dataset, ...), for
-                                both formats
+                                both formats; a curated export (``--where``) adds
+                                ``filter`` (where, mode, matched, of), others lack it
     Parquet key ``infosft``     the same metadata inside a Parquet file (it travels with
                                 the data, so it wins over the sidecar)
 
