@@ -84,3 +84,18 @@ def test_run_level_stats(tiny_run):
         reference_weights(targets["logp"].to_numpy(), "infosft", C=1.5).mean(), rel=1e-5)
     text = format_summary(s)
     assert "infosft" in text and "effective tokens" in text
+
+
+def test_auto_c_is_the_median_q_clipped():
+    """P = the median of target q (the rule the sweeps chose), clipped to [0.6, 0.99]."""
+    from infosft.analysis.stats import Targets
+    from infosft.analysis.tune import auto_c
+    from infosft.weights import c_from_p
+
+    q = np.array([0.1, 0.3, 0.7, 0.75, 0.9, 0.95, 0.99])  # median 0.75
+    got = auto_c(Targets(np.zeros(len(q), dtype=np.int32), np.log(q)))
+    assert got["P"] == pytest.approx(0.75, rel=1e-6)
+    assert got["C"] == pytest.approx(c_from_p(0.75), rel=1e-5)
+    low = auto_c(Targets(np.zeros(3, dtype=np.int32), np.log([0.01, 0.2, 0.3])))
+    high = auto_c(Targets(np.zeros(3, dtype=np.int32), np.log([0.999, 0.9999, 0.99999])))
+    assert (low["P"], high["P"]) == (pytest.approx(0.6), pytest.approx(0.99))
