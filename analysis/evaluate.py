@@ -273,55 +273,166 @@ def combine_prior(sources: list[str], out: Path, limit: int | None) -> Path:
 # --- progress --------------------------------------------------------------------------
 
 class Progress:
-    """``RUN/eval/progress.json``: the stage, its done/total and an ETA, for the app's
-    progress bar. Each stage has a weight (its cost in scored-token units), so the
-    overall fraction moves at a roughly even pace."""
+    """``RUN/eval/progress.json``: the stage, its done/total and when each stage started
+    and how long each finished one took, for the app's progress bar and ETA. Each stage
+    has a weight (its cost in scored-token units), so the overall fraction moves at a
+    roughly even pace; the ETA comes from measured times only (see :func:`read_progress`)."""
 
     def __init__(self, path: Path, weights: dict[str, float]):
         self.path, self.weights = path, {k: float(v) for k, v in weights.items()}
         self.t0 = time.time()
         self.completed: list[str] = []
-        self._last = 0.0
+        self.stage_started: dict[str, float] = {}
+        self.stage_seconds: dict[str, float] = {}
+        self._last, self._ended = 0.0, self.t0
 
     def update(self, stage: str, done: float = 0, total: float | None = None,
                force: bool = False) -> None:
         now = time.time()
+        # stages run back to back: one starts when the last ended (its first update may
+        # come only with its first measured batch), even when this write is skipped
+        self.stage_started.setdefault(stage, self._ended)
         if not force and now - self._last < 0.5:
             return  # at most two writes a second
         self._last = now
         atomic_write_json(self.path, {
             "stage": stage, "stages": list(self.weights), "weights": self.weights,
             "completed": self.completed, "done": done, "total": total,
-            "started_at": self.t0, "updated_at": now})
+            "started_at": self.t0, "updated_at": now, "stage_started_at": self.stage_started,
+            "stage_seconds": self.stage_seconds})
 
     def finish(self, stage: str) -> None:
+        now = time.time()
+        self.stage_seconds[stage] = now - self.stage_started.setdefault(stage, self._ended)
+        self._ended = now
         self.completed.append(stage)
         self.update(stage, 1, 1, force=True)
 
 
+#: What each stage does, as the progress bar names it.
+STAGE_LABELS = {
+    "base-task": "scoring the task set (base model)",
+    "tuned-task": "scoring the task set (tuned model)",
+    "base-prior": "scoring the prior set (base model)",
+    "tuned-prior": "scoring the prior set (tuned model)",
+    "kl-prior": "KL(base || tuned) on the prior set",
+    "accuracy-base": "greedy answers (base model)",
+    "accuracy-tuned": "greedy answers (tuned model)",
+    "prior-accuracy-base": "greedy answers on the prior set (base model)",
+    "prior-accuracy-tuned": "greedy answers on the prior set (tuned model)",
+}
+
+
+def _stage_kind(stage: str) -> str:
+    """Stages whose cost per weight unit is alike: generation or forward passes."""
+    return "generate" if "accuracy" in stage else "forward"
+
+
+def _measured(eval_dir: Path, p: dict[str, Any], stage: str) -> tuple[float, float, float, float] | None:
+    """The current stage's last measurement ``(done, total, seconds it took, when)``:
+    the scorer's own progress files for a scoring stage, the writer's for the rest;
+    None before its first measurable step."""
+    if stage in SCORED:
+        run = Run(eval_dir / stage)
+        try:
+            ranks = [(json.loads(f.read_text(encoding="utf-8")), f.stat().st_mtime)
+                     for f in run.progress_files()]
+            done = sum(r["done_tokens"] for r, _ in ranks)
+            total = sum(r["total_tokens"] for r, _ in ranks)
+            seconds = max(r["elapsed_s"] for r, _ in ranks)
+            when = max(m for _, m in ranks)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return (done, total, seconds, when) if ranks and done > 0 and total else None
+    done, total = p.get("done") or 0, p.get("total")
+    start = (p.get("stage_started_at") or {}).get(stage)
+    if done <= 0 or not total or start is None:
+        return None
+    return done, total, p.get("updated_at", start) - start, p.get("updated_at", start)
+
+
+def _scored(run_dir: Path) -> bool:
+    """Whether a scored run has all its tokens (its meta says complete)."""
+    try:
+        return Run(run_dir).meta().get("status") == "complete"
+    except (InfosftError, OSError, ValueError):
+        return False
+
+
 def read_progress(eval_dir: str | Path) -> dict[str, Any] | None:
-    """The progress of a running evaluation: ``stage``, ``done``, ``total``, ``fraction``
-    (0..1 over all stages), ``elapsed_s``, ``eta_s``; None before it starts. During a
-    scoring stage, done/total are the scored run's tokens (:meth:`Run.read_progress`)."""
+    """The progress of a running evaluation: ``stage`` (what it does, in words),
+    ``done``, ``total``, ``fraction`` (0..1 over all stages, by weight), ``elapsed_s``,
+    ``eta_s``; None before it starts. During a scoring stage, done/total are the scored
+    run's tokens (:meth:`Run.read_progress`).
+
+    The ETA is measured, never guessed: the current stage's remaining work at its own
+    measured rate, counted down from the moment of that measurement (so between two
+    measurements it falls with the clock instead of growing with it), plus each later
+    stage's weight at the seconds per weight unit that finished stages of its kind
+    (generation or forward passes) took, else of any kind, else the current stage's.
+    None (with the stage named ``... (starting)``) while nothing has been measured yet.
+    """
     eval_dir = Path(eval_dir)
     try:
         p = json.loads((eval_dir / PROGRESS).read_text())
     except (OSError, ValueError):
         return None
+    now = time.time()
     stage, done, total = p.get("stage"), p.get("done") or 0, p.get("total")
-    if stage in SCORED and stage not in p.get("completed", []):
-        scoring = Run(eval_dir / stage).read_progress()
-        done, total = ((scoring["done_tokens"], scoring["total_tokens"]) if scoring
-                       else (0, None))
+    completed = p.get("completed", [])
     weights = p.get("weights") or {}
+    running = stage not in completed
+    meas = _measured(eval_dir, p, stage) if running else None
+    # a scorer that has written its last part removes its progress files while it
+    # finalizes the run: that stage is not starting again, it is ending
+    ending = running and meas is None and stage in SCORED and _scored(eval_dir / stage)
+    if stage in SCORED and running:
+        done, total = (meas[0], meas[1]) if meas else (1, 1) if ending else (0, None)
     all_w = sum(weights.values()) or 1.0
-    w_done = sum(weights.get(s, 0) for s in p.get("completed", []))
-    if stage not in p.get("completed", []) and total:
+    w_done = sum(weights.get(s, 0) for s in completed)
+    if running and total:
         w_done += weights.get(stage, 0) * min(done / total, 1.0)
     fraction = min(w_done / all_w, 1.0)
-    elapsed = time.time() - p.get("started_at", time.time())
-    eta = elapsed / fraction * (1 - fraction) if fraction > 0.01 else None
-    return {"stage": stage, "done": done, "total": total, "fraction": fraction,
+    elapsed = now - p.get("started_at", now)
+
+    seconds = p.get("stage_seconds") or {}
+
+    def rate(kinds: set[str]) -> float | None:
+        """Seconds per weight unit that the finished stages of these kinds took."""
+        took = [(weights.get(s, 0), seconds[s]) for s in completed
+                if s in seconds and _stage_kind(s) in kinds and weights.get(s, 0) > 0]
+        w = sum(w for w, _ in took)
+        return sum(t for _, t in took) / w if w > 0 else None
+
+    own = None  # the current stage's seconds per weight unit
+    if meas and weights.get(stage, 0) > 0:
+        own = meas[2] / meas[0] * meas[1] / weights[stage]
+
+    def per_weight(s: str) -> float | None:
+        kind = _stage_kind(s)
+        return (rate({kind}) or (own if _stage_kind(stage) == kind else None)
+                or rate({"forward", "generate"}) or own)
+
+    eta: float | None = 0.0
+    if running:
+        if meas:
+            d, t, took, when = meas
+            eta = max(took / d * (t - d) - (now - when), 0.0)
+        elif weights.get(stage, 0) > 0 and not ending:
+            r = per_weight(stage)
+            start = (p.get("stage_started_at") or {}).get(stage, now)
+            eta = None if r is None else max(weights[stage] * r - (now - start), 0.0)
+    for s in weights:
+        if eta is None:
+            break
+        if s in completed or s == stage or weights[s] <= 0:
+            continue
+        r = per_weight(s)
+        eta = None if r is None else eta + weights[s] * r
+    label = STAGE_LABELS.get(stage, stage)
+    if running and meas is None and not ending and stage is not None:
+        label = f"{label} (starting)"
+    return {"stage": label, "done": done, "total": total, "fraction": fraction,
             "elapsed_s": elapsed, "eta_s": eta}
 
 
@@ -552,6 +663,33 @@ def _reusable_base(run: TrainingRun, sets: _Sets, others: list[Path]) -> dict[st
     return out
 
 
+def _accuracy_skipped(examples, fmt, style: str | None, items: pl.DataFrame, limit: int,
+                      max_length: int, which: str) -> str | None:
+    """Why greedy answers were not checked on a set (``which``: ``task`` or ``prior``),
+    in one user-facing line; None when they were (``items`` not empty)."""
+    from infosft.analysis.accuracy import reference_text
+    from infosft.analysis.answers import usable_reference
+
+    name, are = ("the task data", "are") if which == "task" else ("the prior set", "is")
+    if items.height:
+        return None
+    if limit <= 0:
+        return "not asked for (accuracy limit 0)"
+    if style is None:
+        if fmt.kind == "text":
+            return f"{name} {are} plain text, with no reference answers to check"
+        return (f"{name} {are} not math with final answers (too few references end in "
+                "'#### N' or with a number)")
+    refs = [reference_text(ex, fmt) for ex in examples]
+    answered = [ex for ex, r in zip(examples, refs) if r is not None and usable_reference(r, style)]
+    if answered and all(ex.tokens.truncated for ex in answered):
+        n = len(answered)
+        return (f"every one of the {n} {'held-out' if which == 'task' else 'prior'} example"
+                f"{'s' if n != 1 else ''} with an answer was cut at max_length {max_length} "
+                "before its answer")
+    return f"no example of {name} states a final answer"
+
+
 def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
               report: dict[str, Any], others: list[Path], show: bool, sets: _Sets,
               loaded: dict[str, tuple]) -> None:
@@ -566,6 +704,14 @@ def _evaluate(run: TrainingRun, cfg: EvalConfig, eval_dir: Path, tokenizer,
                                               cfg.accuracy_limit)
     if not prior_style:
         prior_items = prior_items.clear()
+    max_length = sets.score_cfgs[scored_name("base", "task")].max_length
+    skipped = {"accuracy": _accuracy_skipped(task_examples, sets.prepared["task"][1], style,
+                                             items, cfg.accuracy_limit, max_length, "task"),
+               "prior_accuracy": _accuracy_skipped(prior_examples, sets.prepared["prior"][1],
+                                                   prior_style, prior_items, cfg.accuracy_limit,
+                                                   max_length, "prior")}
+    # every measure left out says why: a bare None in the table read as a bug
+    report["skipped"] = {k: v for k, v in skipped.items() if v is not None}
     acc_settings = {"style": style, "limit": cfg.accuracy_limit,
                     "max_new_tokens": cfg.max_new_tokens}
     reused = _reusable_base(run, sets, others)

@@ -118,6 +118,8 @@ def cmd_eval(args) -> int:
                  if acc else "")
               + (f"; prior accuracy {prior_acc['base']:.0%} -> {prior_acc['tuned']:.0%} "
                  f"({prior_acc['lost']} of {prior_acc['n']} lost)" if prior_acc else "")
+              + "".join(f"; {k.replace('_', ' ')} skipped: {why}"
+                        for k, why in rep.get("skipped", {}).items())
               + f"; report in {report_path(rep['run'])}")
     return 0
 

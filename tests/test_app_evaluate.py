@@ -250,3 +250,27 @@ def test_try_the_model_shows_both_answers(ws):
     for body, who in zip(html, ("base", "tuned")):
         n = want[who]["tokens"].height
         assert body.count('class="t"') == n and f"q under the {who} model (who wrote it)" in body
+
+
+def test_a_measure_not_computed_shows_why(ws):
+    """alpha's prior set (the bundled capitals) has no final answers: its prior accuracy
+    was not computed, and the page says why, in the table and in a line per run."""
+    reason = json.loads((ws / "trainings" / "alpha" / EVAL / REPORT).read_text())[
+        "skipped"]["prior_accuracy"]
+    assert "not math with final answers" in reason
+    at = page()
+    assert f"alpha: prior accuracy not computed: {reason}" in [i.value for i in at.info]
+    shown = at.dataframe[0].value
+    assert list(shown["not computed"]) == [f"prior accuracy: {reason}"] * 2
+
+
+def test_an_older_report_without_reasons_is_not_silent(ws, tmp_path, monkeypatch):
+    old = tmp_path / "trainings" / "old"
+    shutil.copytree(ws / "trainings" / "alpha", old)
+    rep = json.loads((old / EVAL / REPORT).read_text())
+    rep.pop("skipped")
+    rep.update(name="old", run=str(old), accuracy=None)
+    (old / EVAL / REPORT).write_text(json.dumps(rep))
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(tmp_path))
+    infos = [i.value for i in page().info]
+    assert any(i.startswith("old: accuracy not computed: no reason recorded") for i in infos)

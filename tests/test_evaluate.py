@@ -177,9 +177,96 @@ def test_progress_fraction_and_eta(tmp_path):
         "completed": ["base-task", "tuned-task"], "done": 5, "total": 10,
         "started_at": 0}))
     p = read_progress(tmp_path)
-    assert p["stage"] == "kl-prior" and p["fraction"] == pytest.approx(0.75)
-    assert p["eta_s"] == pytest.approx(p["elapsed_s"] / 3, rel=1e-3)
+    assert p["stage"].startswith("KL(base || tuned)") and p["fraction"] == pytest.approx(0.75)
+    assert p["eta_s"] is None  # no stage times recorded: nothing measured, nothing guessed
     assert read_progress(tmp_path / "missing") is None
+
+
+class _Clock:
+    """``time.time`` of ``analysis.evaluate``, set by the test."""
+
+    def __init__(self, t: float):
+        self.t = t
+
+    def time(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import types
+
+    import infosft.analysis.evaluate as ev
+
+    c = _Clock(1000.0)
+    monkeypatch.setattr(ev, "time", types.SimpleNamespace(time=c.time))
+    return c
+
+
+def test_eta_falls_steadily_within_a_stage(tmp_path, clock):
+    """Two scoring stages of 10 s each, then KL at 10 tokens/s over 100 tokens: read
+    every half second, the ETA is the time left (to 0.01 s) and only ever falls."""
+    from infosft.analysis.evaluate import Progress
+
+    prog = Progress(tmp_path / PROGRESS, {"base-task": 100, "tuned-task": 100, "kl-prior": 200})
+    for name in ("base-task", "tuned-task"):
+        prog.update(name, force=True)
+        clock.t += 10
+        prog.finish(name)
+    etas = []
+    for k in range(1, 10):
+        clock.t = 1020 + k
+        prog.update("kl-prior", 10 * k, 100)
+        for _ in range(2):
+            p = read_progress(tmp_path)
+            assert p["eta_s"] == pytest.approx(1030 - clock.t, abs=0.01)
+            etas.append(p["eta_s"])
+            clock.t += 0.5
+    assert all(b < a for a, b in zip(etas, etas[1:]))
+
+
+WEIGHTS = {"base-task": 1000, "tuned-task": 1000, "base-prior": 500, "tuned-prior": 500,
+           "kl-prior": 1000, "accuracy-base": 3000, "accuracy-tuned": 3000}
+
+
+def test_eta_does_not_count_up_while_a_stage_waits_for_its_next_measure(tmp_path, clock):
+    """The reported case: the first scoring part measured 26 s in (3% of the work), then
+    20 s without a new part. The old ETA grew from ~14 to ~25 minutes; now it counts down
+    with the clock, and equals the measured rates' remaining time."""
+    from infosft.analysis.evaluate import Progress
+
+    prog = Progress(tmp_path / PROGRESS, WEIGHTS)
+    prog.update("base-task", force=True)
+    scorer = Run(tmp_path / "base-task")
+    scorer.path.mkdir()
+    scorer.write_progress(0, 300, 1000, 20.0)  # 300 of 1000 tokens in 20 s of scoring
+    os.utime(scorer.progress_path(0), (1026, 1026))
+    clock.t = 1026
+    first = read_progress(tmp_path)
+    per_unit = 20.0 / 300  # the only measure so far: seconds per token of base-task
+    left = 700 * per_unit + sum(w for s, w in WEIGHTS.items() if s != "base-task") * per_unit
+    assert first["eta_s"] == pytest.approx(left, rel=1e-6)
+    assert first["fraction"] == pytest.approx(300 / sum(WEIGHTS.values()))
+    clock.t = 1046
+    later = read_progress(tmp_path)
+    assert later["eta_s"] == pytest.approx(first["eta_s"] - 20, rel=1e-6)
+
+
+def test_eta_is_none_until_something_is_measured(tmp_path, clock):
+    from infosft.analysis.evaluate import Progress
+
+    prog = Progress(tmp_path / PROGRESS, WEIGHTS)
+    prog.update("base-task", force=True)
+    clock.t += 30
+    p = read_progress(tmp_path)
+    assert p["eta_s"] is None and p["stage"] == "scoring the task set (base model) (starting)"
+    prog.finish("base-task")  # 30 s for 1000 units: the next stages are timed from it
+    prog.update("tuned-task", force=True)
+    clock.t += 5
+    p = read_progress(tmp_path)
+    assert p["stage"] == "scoring the task set (tuned model) (starting)"
+    forward = (1000 + 500 + 500 + 1000) * 0.03 - 5  # tuned-task counted down from its start
+    assert p["eta_s"] == pytest.approx(forward + 6000 * 0.03, rel=1e-6)
 
 
 def test_prior_sets_of_different_formats_combine(tmp_path):
@@ -331,3 +418,36 @@ def test_an_evaluation_loads_each_model_once(tmp_path, monkeypatch, tuned_run, t
     rep = evaluate_run(run, EvalConfig(**TINY_EVAL, overwrite=True), progress=False)
     assert rep["status"] == "complete" and (run / EVAL / KL_FILE).exists()
     assert sorted(loads) == sorted([str(tiny_model_dir), str(run / "final")])
+
+
+# --- nothing skipped silently (issue #17) -----------------------------------------------
+
+def test_accuracy_not_asked_for_says_so(tmp_path, tiny_model_dir, tokenizer, capsys):
+    run = make_training_run(tmp_path / "run", perturbed(tiny_model_dir, 0.05, "layers.1"),
+                            tokenizer, base=str(tiny_model_dir), eval_rows=MATH_ROWS[:3])
+    assert main(["eval", str(run), "--quiet", "--limit", "3", "--accuracy-limit", "0"]) == 0
+    rep = report(run)
+    assert rep["accuracy"] is None and rep["prior_accuracy"] is None
+    assert rep["skipped"]["accuracy"] == "not asked for (accuracy limit 0)"
+    out = capsys.readouterr().out
+    assert "; accuracy skipped: not asked for (accuracy limit 0)" in out
+
+
+def test_accuracy_of_truncated_examples_says_why(tmp_path, tiny_model_dir, tokenizer):
+    """Every held-out math example cut at max_length before its answer: no accuracy, and
+    the report says so (the table used to show a bare None)."""
+    run = make_training_run(tmp_path / "run", perturbed(tiny_model_dir, 0.05, "layers.1"),
+                            tokenizer, base=str(tiny_model_dir), eval_rows=MATH_ROWS[:3],
+                            max_length=100)
+    rep = evaluate_run(run, EvalConfig(**TINY_EVAL), progress=False)
+    assert rep["status"] == "complete" and rep["accuracy"] is None
+    assert rep["skipped"]["accuracy"] == ("every one of the 3 held-out examples with an "
+                                          "answer was cut at max_length 100 before its answer")
+    # the bundled prior set (capitals, ...) has no final answers to check
+    assert "not math with final answers" in rep["skipped"]["prior_accuracy"]
+    assert report(run)["skipped"] == rep["skipped"]
+
+
+def test_computed_accuracy_has_no_skip_reason(tuned_run):
+    rep = report(tuned_run)
+    assert rep["accuracy"]["n"] == 3 and "accuracy" not in rep["skipped"]

@@ -81,10 +81,28 @@ def jobs_panel() -> None:
         st.rerun()
 
 
+MEASURES = {"accuracy": "accuracy", "prior_accuracy": "prior accuracy"}
+
+
+def skipped(report: dict) -> dict[str, str]:
+    """Measure -> why a complete report lacks it (``report["skipped"]``; a report from
+    before reasons were recorded says so rather than leaving a bare blank)."""
+    if report.get("status") != "complete":
+        return {}
+    why = dict(report.get("skipped") or {})
+    for key in MEASURES:
+        if not report.get(key) and key not in why:
+            why[key] = "no reason recorded (an older evaluation: evaluate again to see why)"
+    return why
+
+
 def results(reports: list[dict]) -> list[dict]:
     """The table and the trade-off plot; returns the complete reports."""
     st.subheader("Runs: learned vs forgot")
-    table = ev.report_table(reports)
+    notes = [skipped(r) for r in reports]
+    table = ev.report_table(reports).with_columns(pl.Series(
+        "not computed", ["; ".join(f"{MEASURES.get(k, k)}: {v}" for k, v in n.items()) or None
+                         for n in notes], dtype=pl.String))
     st.caption("Token-level means over all target tokens. Learned: Δ task NLL (tuned − base, "
                "negative = learned) and Δ mean q. Forgot: Δ prior NLL (positive = forgot) and "
                "the mean per-token KL(base ‖ tuned) on the prior set. Accuracy: exact match "
@@ -92,6 +110,9 @@ def results(reports: list[dict]) -> list[dict]:
     st.dataframe(table.drop("path"), hide_index=True, key="ev_table",
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
                                 for c in table.columns if table[c].dtype == pl.Float64})
+    for r, n in zip(reports, notes):
+        for k, why in n.items():
+            st.info(f"{r.get('name')}: {MEASURES.get(k, k)} not computed: {why}")
     x = st.radio("Forgetting axis", list(charts.FORGOT_AXES), horizontal=True, key="ev_x",
                  format_func=lambda c: "KL(base ‖ tuned)" if c == "prior_kl" else "Δ prior NLL")
     st.plotly_chart(charts.tradeoff_scatter(table, x), key="ev_scatter")
