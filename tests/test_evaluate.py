@@ -420,6 +420,21 @@ def test_an_evaluation_loads_each_model_once(tmp_path, monkeypatch, tuned_run, t
     assert sorted(loads) == sorted([str(tiny_model_dir), str(run / "final")])
 
 
+
+def test_a_scorer_finalizing_its_run_is_ending_not_starting(tmp_path, clock):
+    """The scorer removes its progress files once the run is complete, before the stage
+    finishes: the stage counts as done, with no time left, not as starting again."""
+    from infosft.analysis.evaluate import Progress
+
+    prog = Progress(tmp_path / PROGRESS, {"base-task": 100, "tuned-task": 100})
+    prog.update("base-task", force=True)
+    (tmp_path / "base-task").mkdir()
+    (tmp_path / "base-task" / "meta.json").write_text(json.dumps({"status": "complete"}))
+    clock.t += 10
+    p = read_progress(tmp_path)
+    assert p["stage"] == "scoring the task set (base model)" and p["fraction"] == 0.5
+    assert p["eta_s"] is None  # nothing measured to time tuned-task by, and nothing guessed
+
 # --- nothing skipped silently (issue #17) -----------------------------------------------
 
 def test_accuracy_not_asked_for_says_so(tmp_path, tiny_model_dir, tokenizer, capsys):
