@@ -1,8 +1,9 @@
-"""The token-weighting schemes: the one place their formulas live.
+"""Token weights: the one entry point to the schemes' formulas (:mod:`infosft.schemes`).
 
-Every scheme maps the log-probability ``logp`` of a supervised target token
-(under the model whose loss is weighted) to a weight ``w``; the weighted SFT
-loss is ``sum_t w_t * (-logp_t) / N``. Weights carry no gradient.
+Every scheme maps the per-token fields of a supervised target token (its log-probability
+``logp`` under the model whose loss is weighted, and for some schemes more: see
+:data:`infosft.schemes.FIELDS`) to a weight ``w``; the weighted SFT loss is
+``sum_t w_t * (-logp_t) / N``. Weights carry no gradient.
 
 ==========  =====================================================  ==========================
 scheme      w                                                      knobs (defaults)
@@ -15,19 +16,27 @@ scheme      w                                                      knobs (defaul
 ``profit``  1 where kept, 0 where dropped                          ``threshold`` = 0.1,
                                                                    ``direction`` = "higher",
                                                                    ``seed`` = 0
+``eaft``    (H_top20 / 3) ^ alpha  (H_top20: entropy of the top    ``alpha`` = 1
+            20 next-token probabilities, renormalized)
+``excess``  1 for the ``keep`` share of tokens with the largest    ``keep`` = 0.6,
+            ``logp_ref - logp``, else 0 (Rho-1)                    ``per`` = "all"
 ==========  =====================================================  ==========================
 
 with ``q = exp(logp)`` and ``logit(q) = log(q / (1 - q))``, computed from logp
-as ``logp - log(-expm1(logp))`` so that q -> 1 gives 0 rather than NaN.
+as ``logp - log(-expm1(logp))`` so that q -> 1 gives 0 rather than NaN. A user's scheme
+is named ``module:function`` (see :func:`infosft.schemes.load_custom`).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Any
+from typing import Any, Mapping
 
 import torch
+
+from infosft.schemes import BUILTIN, all_knob_names, get as get_scheme
+from infosft.schemes.infosft_scheme import (C_MAX, C_MIN, DEFAULT_P, c_from_p,  # noqa: F401
+                                            p_from_c, stable_logit)
+from infosft.schemes.profit import DEFAULT_MIDDLE, DEFAULT_THRESHOLD, DIRECTIONS  # noqa: F401
 
 #: q band edges: low q < 0.1 <= medium < 0.9 <= high. 0.1 is ProFit's default tau;
 #: q > 0.9 is "the base model already knows this token". The analysis pages and the
@@ -35,33 +44,10 @@ import torch
 Q_BANDS = (0.1, 0.9)
 BAND_NAMES = ("low", "medium", "high")
 
-SCHEMES = ("sft", "dft", "infosft", "profit")
-DIRECTIONS = ("higher", "lower", "middle", "random")
-DEFAULT_P = 0.93
-DEFAULT_THRESHOLD = 0.1
-DEFAULT_MIDDLE = (0.1, 0.9)
-
-_SCHEME_KNOBS = {
-    "sft": (),
-    "dft": (),
-    "infosft": ("C", "P"),
-    "profit": ("threshold", "direction", "seed"),
-}
-_ALL_KNOBS = {k for ks in _SCHEME_KNOBS.values() for k in ks}
-
-
-def c_from_p(P: float) -> float:
-    """The C at which InfoSFT's weight reaches 0: ``C = log(P / (1 - P))``."""
-    if not 0.5 < P < 1:
-        raise ValueError(f"P must be in (0.5, 1), got {P}")
-    return math.log(P / (1 - P))
-
-
-def p_from_c(C: float) -> float:
-    """The probability above which InfoSFT gives weight 0: ``P = sigmoid(C)``."""
-    if not C > 0:
-        raise ValueError(f"C must be > 0, got {C}")
-    return 1 / (1 + math.exp(-C))
+#: The built-in schemes, in display order.
+SCHEMES = BUILTIN
+#: The built-ins whose weight is a function of q alone (they have a curve w(q)).
+Q_SCHEMES = tuple(s for s in BUILTIN if get_scheme(s).q_only)
 
 
 def resolve_knobs(scheme: str, **knobs: Any) -> dict[str, Any]:
@@ -72,145 +58,66 @@ def resolve_knobs(scheme: str, **knobs: Any) -> dict[str, Any]:
 
     Returns the canonical knobs recorded in metadata: ``{}`` for sft/dft,
     ``{"C": float, "P": float}`` for infosft, ``{"threshold": float | [low, high],
-    "direction": str, "seed": int}`` for profit.
+    "direction": str, "seed": int}`` for profit, ``{"alpha": float}`` for eaft,
+    ``{"keep": float, "per": str}`` for excess.
 
     Raises:
         ValueError: naming the knob and its allowed range.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
-    unknown = sorted(set(knobs) - _ALL_KNOBS)
+    s = get_scheme(scheme)
+    unknown = sorted(set(knobs) - all_knob_names())
     if unknown:
         raise ValueError(f"unknown knob {unknown[0]!r} for scheme {scheme!r}; "
-                         f"knobs are {', '.join(_SCHEME_KNOBS[scheme]) or 'none'}")
-    given = {k: v for k, v in knobs.items() if v is not None and k in _SCHEME_KNOBS[scheme]}
-    if scheme == "infosft":
-        return _resolve_infosft(given.get("C"), given.get("P"))
-    if scheme == "profit":
-        return _resolve_profit(given.get("threshold"), given.get("direction", "higher"),
-                               given.get("seed", 0))
-    return {}
+                         f"knobs are {', '.join(s.knob_names) or 'none'}")
+    return s.resolve_knobs({k: v for k, v in knobs.items()
+                            if v is not None and k in s.knob_names})
 
 
-# Weights are float32: C is used in float32 arithmetic, so it must be a normal float32.
-# Above C_MAX, C rounds to inf (and logit(1) / C to NaN); from C_MIN up, q * logit(q) / C
-# stays below 0.28 / C_MIN, finite (see token_weights). P in (0.5, 1) always gives such a C.
-C_MIN = float(torch.finfo(torch.float32).tiny)   # ~1.2e-38
-C_MAX = float(torch.finfo(torch.float32).max)    # ~3.4e38
-
-
-def _resolve_infosft(C: float | None, P: float | None) -> dict[str, float]:
-    if C is not None and P is not None:
-        raise ValueError("give InfoSFT's C or P, not both (C = log(P / (1 - P)))")
-    if C is not None:
-        C = _number("C", C)
-        if not (C > 0 and math.isfinite(C)):
-            raise ValueError(f"C must be a finite number > 0, got {C}")
-        if not C_MIN <= C <= C_MAX:
-            raise ValueError(f"C must be between {C_MIN:.3g} and {C_MAX:.3g} (float32's "
-                             f"normal range), got {C}")
-        return {"C": C, "P": p_from_c(C)}
-    P = DEFAULT_P if P is None else _number("P", P)
-    if not 0.5 < P < 1:
-        raise ValueError(f"P must be in (0.5, 1) (exclusive), got {P}")
-    return {"C": c_from_p(P), "P": P}
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # (numpy's too)
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except OverflowError:  # an int beyond float range
-        raise ValueError(f"{name} must be a finite number, got {value}") from None
-
-
-def _resolve_profit(threshold: Any, direction: str, seed: Any) -> dict[str, Any]:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown ProFit direction {direction!r}: choose one of "
-                         f"{', '.join(DIRECTIONS)}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not -2 ** 63 <= seed < 2 ** 63:
-        raise ValueError(f"seed must be a 64-bit integer, got {seed!r}")
-    if direction == "middle":
-        if threshold is None:
-            threshold = DEFAULT_MIDDLE
-        if isinstance(threshold, (int, float)) or len(threshold) != 2:
-            raise ValueError("threshold for direction 'middle' must be a (low, high) pair "
-                             f"with 0 <= low < high <= 1, got {threshold!r}")
-        low, high = (_number("threshold", t) for t in threshold)
-        if not 0 <= low < high <= 1:
-            raise ValueError("threshold for direction 'middle' must satisfy "
-                             f"0 <= low < high <= 1, got ({low}, {high})")
-        return {"threshold": [low, high], "direction": direction, "seed": seed}
-    if threshold is None:
-        threshold = DEFAULT_THRESHOLD
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise ValueError(f"threshold for direction {direction!r} must be one number in "
-                         f"[0, 1], got {threshold!r}")
-    threshold = _number("threshold", threshold)
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    return {"threshold": threshold, "direction": direction, "seed": seed}
-
-
-def stable_logit(logp: torch.Tensor) -> torch.Tensor:
-    """``log(q / (1 - q))`` from ``logp = log q`` without cancellation.
-
-    Args:
-        logp: any shape, values <= 0 (``-inf`` allowed).
-
-    Returns:
-        Same shape: ``+inf`` where logp == 0, ``-inf`` where logp == -inf.
-    """
-    return logp - torch.log(-torch.expm1(logp))
+def needed_fields(scheme: str) -> tuple[str, ...]:
+    """The per-token fields a scheme reads beyond ``logp`` (e.g. ``entropy_top20``)."""
+    return get_scheme(scheme).extra_fields
 
 
 @torch.no_grad()
-def token_weights(logp: torch.Tensor, scheme: str, **knobs: Any) -> torch.Tensor:
+def token_weights(logp: torch.Tensor, scheme: str,
+                  fields: Mapping[str, torch.Tensor] | None = None, **knobs: Any) -> torch.Tensor:
     """Per-token weights of a scheme.
 
     Args:
         logp: ``(*)`` log-probabilities of the target tokens, any float dtype,
             values <= 0 (tiny positive rounding errors are clamped), ``-inf`` allowed.
-        scheme: one of ``sft``, ``dft``, ``infosft``, ``profit``.
+        scheme: a registered name (``sft``, ``dft``, ``infosft``, ``profit``, ``eaft``,
+            ``excess``) or ``module:function``.
+        fields: the other per-token fields the scheme needs, each ``(*)``
+            (:func:`needed_fields`), and optionally ``example`` ``(*)`` int.
         **knobs: see :func:`resolve_knobs`.
 
     Returns:
-        ``(*)`` float32 weights, detached, never NaN for finite or -inf logp.
+        ``(*)`` float32 weights, detached.
+
+    Raises:
+        ValueError: a bad knob, or a field the scheme needs is missing.
     """
+    s = get_scheme(scheme)
     k = resolve_knobs(scheme, **knobs)
-    logp = logp.detach().float().clamp(max=0.0)
-    if scheme == "sft":
-        return torch.ones_like(logp)
-    q = logp.exp()
-    if scheme == "dft":
-        return q
-    if scheme == "infosft":
-        # q - q * logit(q) / C, not q * (1 - logit(q) / C): logit(q) / C alone overflows
-        # float32 for tiny C (logit(1e-30) / 1e-38), while q * logit(q) >= -0.28, so the
-        # weight is at most q + 0.28 / C: finite for every C >= C_MIN.
-        w = (q - q * stable_logit(logp) / k["C"]).clamp(min=0.0)
-        # q == 0 (logp = -inf) would give 0 * inf; the limit is 0.
-        return torch.where(q > 0, w, torch.zeros_like(q))
-    return _profit_keep(q, k).float()
+    f = {"logp": logp.detach().float().clamp(max=0.0)}
+    for name, value in (fields or {}).items():
+        f[name] = value.detach() if name == "example" else value.detach().float()
+    missing = [n for n in s.needs if n not in f]
+    if missing:
+        raise ValueError(f"scheme {scheme!r} needs each token's {missing[0]}, which this "
+                         f"data does not have ({_where(missing[0])})")
+    w = s.weight(f, **k)
+    return w.detach().float()
 
 
-def _profit_keep(q: torch.Tensor, k: dict[str, Any]) -> torch.Tensor:
-    """Bool mask ``(*)`` of the tokens ProFit keeps."""
-    direction, tau = k["direction"], k["threshold"]
-    if direction == "higher":
-        return q >= tau
-    if direction == "lower":
-        return q <= tau
-    if direction == "middle":
-        return (q >= tau[0]) & (q <= tau[1])
-    gen = torch.Generator(device="cpu").manual_seed(k["seed"])
-    drop = torch.rand(q.shape, generator=gen) < tau
-    return ~drop.to(q.device)
+def _where(name: str) -> str:
+    return {"entropy_top20": "runs scored by this version of `infosft score` have it",
+            "logp_ref": "score with `infosft score --reference MODEL`"}.get(name, name)
 
 
 def weight_curve(q: torch.Tensor, scheme: str, **knobs: Any) -> torch.Tensor:
-    """Weight as a function of probability, for plotting ``w(q)``.
+    """Weight as a function of probability, for plotting ``w(q)`` (q-only schemes).
 
     Args:
         q: ``(n,)`` probabilities in [0, 1].
@@ -218,4 +125,6 @@ def weight_curve(q: torch.Tensor, scheme: str, **knobs: Any) -> torch.Tensor:
     Returns:
         ``(n,)`` float32 weights.
     """
+    if not get_scheme(scheme).q_only:
+        raise ValueError(f"scheme {scheme!r} is not a function of q alone: it has no w(q) curve")
     return token_weights(torch.log(q.double()), scheme, **knobs)
