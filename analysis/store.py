@@ -52,6 +52,14 @@ TOKEN_SCHEMA = {
     "top_ids": pl.List(pl.Int32),
     "top_logps": pl.List(pl.Float32),
 }
+#: Per-token fields some schemes need (``infosft.schemes.FIELDS``), after the columns
+#: above and in this order where a run has them; null on non-targets. A run's parts all
+#: have the same ones: ``entropy_top20`` in runs scored since the scheme registry,
+#: ``logp_ref`` in runs scored with ``--reference``.
+OPTIONAL_TOKEN_SCHEMA = {
+    "entropy_top20": pl.Float32,
+    "logp_ref": pl.Float32,
+}
 
 
 PART_NAME = re.compile(r"part-(\d{3,})-(\d{6,})\.parquet")  # rank, index
@@ -101,9 +109,14 @@ def read_part(path: Path) -> pl.DataFrame:
     return df
 
 
-def _check_schema(path: Path, schema) -> None:
-    if list(schema.items()) != list(TOKEN_SCHEMA.items()):
+def _check_schema(path: Path, schema) -> tuple[str, ...]:
+    """The optional columns of a token part's ``schema``; :func:`damaged` if it is not one."""
+    items = list(schema.items())
+    base, extra = items[:len(TOKEN_SCHEMA)], [name for name, _ in items[len(TOKEN_SCHEMA):]]
+    expected = [(n, OPTIONAL_TOKEN_SCHEMA[n]) for n in OPTIONAL_TOKEN_SCHEMA if n in extra]
+    if base != list(TOKEN_SCHEMA.items()) or items[len(TOKEN_SCHEMA):] != expected:
         raise damaged(path, f"not a token part: columns {', '.join(schema)}")
+    return tuple(extra)
 
 
 # Parts already checked, per tokens directory: (stat key, parts). Readers call
@@ -232,7 +245,7 @@ class Run:
         hit = _checked.get(self.tokens_dir.resolve())
         if hit and hit[0] == key:
             return hit[1]
-        rows = 0
+        rows, optional = 0, None
         for part in parts:
             try:
                 with pq.ParquetFile(part) as f:
@@ -240,7 +253,11 @@ class Run:
                     schema = pl.from_arrow(f.schema_arrow.empty_table()).schema
             except READ_ERRORS as e:
                 raise damaged(part, e) from None
-            _check_schema(part, schema)
+            extra = _check_schema(part, schema)
+            if optional is not None and extra != optional:
+                raise damaged(part, f"columns {', '.join(extra) or 'none'} beyond the usual, "
+                                    f"other parts have {', '.join(optional) or 'none'}")
+            optional = extra
             rows += n
         want = self.counts().get("tokens")
         if isinstance(want, int) and rows != want:
@@ -248,6 +265,14 @@ class Run:
                                            f"{META} counts {want}")
         _checked[self.tokens_dir.resolve()] = (key, parts)
         return parts
+
+    def token_fields(self) -> tuple[str, ...]:
+        """The optional per-token columns (:data:`OPTIONAL_TOKEN_SCHEMA`) this run has."""
+        parts = self.check_parts()
+        if not parts:
+            return ()
+        with pq.ParquetFile(parts[0]) as f:
+            return _check_schema(parts[0], pl.from_arrow(f.schema_arrow.empty_table()).schema)
 
     def scan_tokens(self) -> pl.LazyFrame:
         """All token rows, lazily, from checked parts (:meth:`check_parts`). Raises if
