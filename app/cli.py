@@ -23,23 +23,70 @@ def _fields(pairs: list[str] | None) -> dict[str, str] | None:
     return out
 
 
-def _knobs(args) -> dict:
-    threshold = args.threshold
-    if threshold is not None and len(threshold) == 1:
-        threshold = threshold[0]
-    return {"C": args.C, "P": args.P, "threshold": threshold, "direction": args.direction,
-            "seed": args.seed}
+#: The knobs ``infosft train`` has always had as flat config fields; every other scheme
+#: knob (EAFT's alpha, excess's keep and per, a user scheme's) travels in ``knobs``.
+FLAT_KNOBS = ("C", "P", "threshold", "direction", "seed")
+_KNOB_CLI = {"threshold": dict(nargs="+", metavar="TAU")}  # a (low, high) pair for middle
+
+
+def _registry_knobs():
+    """Every knob of the registered schemes, once each, in the schemes' order."""
+    from infosft.schemes import get, names
+
+    seen: dict[str, object] = {}
+    for name in names():
+        for knob in get(name).knobs:
+            seen.setdefault(knob.name, knob)
+    return list(seen.values())
+
+
+def _add_knob_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
+    """``--NAME`` for every registered scheme's knob (from its declaration) and
+    ``--knob NAME=VALUE`` for any knob by name (a ``module:function`` scheme's)."""
+    for knob in _registry_knobs():
+        if knob.name in skip:
+            continue
+        kw = dict(type=knob.kind, help=knob.help)
+        if knob.choices:
+            kw["choices"] = list(knob.choices)
+        p.add_argument(f"--{knob.name}", **(kw | _KNOB_CLI.get(knob.name, {})))
+    p.add_argument("--knob", action="append", metavar="NAME=VALUE", dest="knob_pairs",
+                   help="a scheme knob by name, e.g. --knob gamma=2 for your own "
+                   "module:function scheme (numbers become numbers; repeatable)")
+
+
+def _knob_pairs(pairs: list[str] | None) -> dict:
+    from infosft.analysis.sweep import parse_value
+
+    out = {}
+    for pair in pairs or ():
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise InfosftError(f"--knob expects NAME=VALUE (e.g. gamma=2), got {pair!r}")
+        out[name.strip()] = parse_value(value.strip())
+    return out
+
+
+def _knobs(args, names: tuple[str, ...] | None = None) -> dict:
+    """The knob values given on the command line (None = not given), ``names`` only."""
+    out = {k.name: getattr(args, k.name, None) for k in _registry_knobs()}
+    if isinstance(out.get("threshold"), list) and len(out["threshold"]) == 1:
+        out["threshold"] = out["threshold"][0]
+    out |= _knob_pairs(getattr(args, "knob_pairs", None))
+    return out if names is None else {k: v for k, v in out.items() if k in names}
+
+
+def _extra_knobs(args) -> dict | None:
+    """The knobs beyond the flat config fields, for TrainConfig's ``knobs`` (None: none)."""
+    extra = {k: v for k, v in _knobs(args).items() if k not in FLAT_KNOBS and v is not None}
+    return extra or None
 
 
 def _add_scheme_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheme", default="infosft", choices=["sft", "dft", "infosft", "profit"])
-    p.add_argument("--C", type=float, help="InfoSFT: C > 0 (or give --P)")
-    p.add_argument("--P", type=float, help="InfoSFT: P in (0.5, 1); C = log(P/(1-P)); default 0.93")
-    p.add_argument("--threshold", type=float, nargs="+",
-                   help="ProFit: tau in [0, 1] (default 0.1), or LOW HIGH for --direction middle")
-    p.add_argument("--direction", choices=["higher", "lower", "middle", "random"],
-                   help="ProFit: which tokens to keep (default higher: q >= tau)")
-    p.add_argument("--seed", type=int, help="ProFit random: seed (default 0)")
+    p.add_argument("--scheme", default="infosft", metavar="SCHEME",
+                   help="token weighting: sft, dft, infosft, profit, eaft, excess (from the "
+                   "scheme registry), or your own as module:function (default infosft)")
+    _add_knob_flags(p)
 
 
 def _config(cls, args, *, source_field: str | None = None):
@@ -190,8 +237,9 @@ def cmd_train(args) -> int:
     from infosft.train_config import FIELD_NAMES, load_config, resolve, resume_config
 
     file_values = load_config(args.config) if args.config else {}
-    overrides = {name: getattr(args, name) for name in FIELD_NAMES}
+    overrides = {name: getattr(args, name, None) for name in FIELD_NAMES}
     overrides["fields"] = _fields(args.fields)
+    overrides["knobs"] = _extra_knobs(args)
     if args.resume and args.overwrite:
         raise InfosftError("give --resume or --overwrite, not both")
     if args.resume:
@@ -304,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_flags(p, TrainConfig)
+    _add_knob_flags(p, skip=frozenset(FLAT_KNOBS))
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
