@@ -31,7 +31,8 @@ import polars as pl
 from infosft.analysis.stats import Targets, q_summary
 from infosft.analysis.store import Run
 from infosft.errors import InfosftError
-from infosft.weights import BAND_NAMES, SCHEMES, resolve_knobs
+from infosft.schemes import BUILTIN
+from infosft.weights import BAND_NAMES, resolve_knobs
 
 NONE = "(none)"
 OTHER = "(other)"
@@ -217,8 +218,7 @@ class Grouping:
         examples = np.zeros(len(names), dtype=np.int64)
         for g, n in ex_counts.items():
             examples[index.get(g, other)] += n
-        parts = [Targets(targets.example_id[order[a:b]], targets.logp[order[a:b]],
-                         targets.bands) for a, b in zip(bounds[:-1], bounds[1:])]
+        parts = [targets.subset(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         total = len(targets)
         rows = []
         for name, n_ex, part in zip(names, examples, parts):
@@ -318,21 +318,22 @@ def breakdown(run: str | Path | Run, column: str, scheme: str | None = None, *,
               targets: Targets | None = None, examples: pl.DataFrame | None = None,
               weights: dict[str, np.ndarray] | None = None, max_groups: int = MAX_GROUPS,
               **knobs: Any) -> pl.DataFrame:
-    """A run broken down by a record column, under one scheme or (``scheme=None``) all
-    four.
+    """A run broken down by a record column, under one scheme or (``scheme=None``) every
+    built-in scheme the run supports (:meth:`Targets.schemes`).
 
     Args:
         run: a complete scored run.
         column: a top-level key of the records (``task``, ``source``...).
-        scheme: ``sft``, ``dft``, ``infosft``, ``profit``; None for every scheme.
+        scheme: a registered name or ``module:function``; None for every scheme the run
+            supports.
         **knobs: as for ``infosft.weights.resolve_knobs``; knobs of another scheme are
-            ignored, so one set serves all four (``C=2.0, threshold=0.2``).
+            ignored, so one set serves all (``C=2.0, threshold=0.2, alpha=0.5``).
         targets, examples, weights: the run's, when already loaded or computed.
         max_groups: groups kept (by target tokens); the rest are pooled into ``(other)``.
 
     Returns:
         ``(g * s, len(SCHEMA))``: one row per group and scheme, groups by target tokens
-        (``(other)`` last), then schemes in :data:`infosft.weights.SCHEMES` order:
+        (``(other)`` last), then schemes in :data:`infosft.schemes.BUILTIN` order:
         ``group``, ``examples``, ``target_tokens``, ``token_share`` (of the run's targets),
         ``mean_q``, ``q_p10`` / ``q_p50`` / ``q_p90`` (quantiles of q), ``scheme``,
         ``mean_weight``, ``share_nonzero`` (w > 0), ``effective_tokens``
@@ -343,14 +344,18 @@ def breakdown(run: str | Path | Run, column: str, scheme: str | None = None, *,
         group's weight per q band).
 
     Raises:
-        InfosftError: the column is in no record (the message lists those that are).
+        InfosftError: the column is in no record (the message lists those that are), or
+            the run lacks a field ``scheme`` needs (the message says what to do).
     """
-    schemes = SCHEMES if scheme is None else (scheme,)
-    resolved = {s: {k: v for k, v in knobs.items() if v is not None} for s in schemes}
-    for s in schemes:
-        resolve_knobs(s, **resolved[s])  # a bad knob fails before any data is read
+    given = {k: v for k, v in knobs.items() if v is not None}
+    for s in (BUILTIN if scheme is None else (scheme,)):
+        resolve_knobs(s, **given)  # a bad knob fails before any data is read
     run = run if isinstance(run, Run) else Run(run)
     targets = Targets.from_run(run) if targets is None else targets
+    if scheme is not None:
+        targets.require(scheme)
+    schemes = targets.schemes() if scheme is None else [scheme]
+    resolved = {s: given for s in schemes}
     g = grouping(run, column, targets=targets, examples=examples, max_groups=max_groups)
     return g.table(targets, resolved, weights)
 
@@ -365,12 +370,15 @@ def breakdown_report(run: str | Path, column: str, scheme: str, *,
     scheme's :func:`breakdown` rows as dicts)."""
     r = Run(run)
     r.require_complete()
+    given = {k: v for k, v in knobs.items() if v is not None}
+    resolve_knobs(scheme, **given)
     targets = Targets.from_run(r)
-    table = breakdown(r, column, None, targets=targets, max_groups=max_groups, **knobs)
+    targets.require(scheme)
+    schemes = targets.schemes(extra=(scheme,))
     g = grouping(r, column, targets=targets, max_groups=max_groups)
+    table = g.table(targets, {s: given for s in schemes})
     return {"run": str(r.path), "column": column, "scheme": scheme,
-            "knobs": {s: resolve_knobs(s, **{k: v for k, v in knobs.items()
-                                              if v is not None}) for s in SCHEMES},
+            "knobs": {s: resolve_knobs(s, **given) for s in schemes},
             "groups": g.n_groups, "shown": len(g.names), "capped": g.capped,
             "max_groups": max_groups, "rows": table.to_dicts()}
 
@@ -418,7 +426,7 @@ def format_breakdown(rep: dict[str, Any]) -> str:
     wide = rows.pivot(on="scheme", index="group", values="weight_share",
                       maintain_order=True)
     tokens = chosen.select("group", "token_share")
-    lines += _grid(["group", "tokens", *SCHEMES],
+    lines += _grid(["group", "tokens", *wide.columns[1:]],
                    [[g, _pct(t), *(_pct(x) for x in wide.row(i)[1:])]
                     for i, (g, t) in enumerate(tokens.iter_rows())])
     return "\n".join(lines)

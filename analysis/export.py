@@ -31,15 +31,23 @@ from typing import Any, NamedTuple
 import numpy as np
 import polars as pl
 
-from infosft.analysis.stats import Targets, weights
+from infosft.analysis.stats import Targets, missing_reason, weights
 from infosft.analysis.store import Run
 from infosft import __version__
 from infosft.data import IGNORE_INDEX, TARGET_RULE
 from infosft.errors import InfosftError
 from infosft.export_format import (COLUMNS, file_format, parquet_metadata, require_meta,
                                    sidecar, write_export)
+from infosft.schemes import get as get_scheme
 from infosft.weights import resolve_knobs
 
+
+def require_scheme(run: Run, scheme: str) -> None:
+    """A one-line :class:`InfosftError` naming the run, the missing field and what to do,
+    unless ``run`` has every per-token field ``scheme`` reads."""
+    why = missing_reason(scheme, run.token_fields())
+    if why is not None:
+        raise InfosftError(f"{run.path}: {why}")
 
 
 def read_export_meta(path: str | Path) -> dict[str, Any]:
@@ -48,15 +56,25 @@ def read_export_meta(path: str | Path) -> dict[str, Any]:
 
 
 def weighted_frame(run: Run, scheme: str, **knobs: Any) -> pl.DataFrame:
-    """``example_id``, ``input_ids``, ``labels``, ``weights`` (lists, aligned by position)."""
+    """``example_id``, ``input_ids``, ``labels``, ``weights`` (lists, aligned by position).
+
+    The weights come from the fields the scheme reads (EAFT's ``entropy_top20``, excess'
+    ``logp_ref``); a run without them is a one-line :class:`InfosftError` saying what to
+    do (rescore, ``--reference``)."""
+    require_scheme(run, scheme)
+    needs = get_scheme(scheme).extra_fields
     tokens = run.collect(run.scan_tokens()
-                         .select("example_id", "position", "token_id", "is_target", "logp")
+                         .select("example_id", "position", "token_id", "is_target", "logp",
+                                 *needs)
                          .sort("example_id", "position"))
     # Weights of the targets alone, in load_targets' order, so ProFit's seeded random
-    # drop matches what `stats` and the app preview.
+    # drop (and excess' ranking over the run) matches what `stats` and the app preview.
     is_target = tokens["is_target"].to_numpy()
     w = np.zeros(tokens.height, dtype=np.float32)
-    w[is_target] = weights(tokens["logp"].to_numpy()[is_target], scheme, **knobs)
+    fields = {n: tokens[n].cast(pl.Float32).fill_null(np.nan).to_numpy()[is_target]
+              for n in needs}
+    w[is_target] = weights(tokens["logp"].to_numpy()[is_target], scheme, fields=fields,
+                           example=tokens["example_id"].to_numpy()[is_target], **knobs)
     tgt = pl.col("is_target")
     return (tokens.with_columns(w=pl.Series(w))
             .group_by("example_id", maintain_order=True)
@@ -133,6 +151,7 @@ def export_weighted(run_dir: str | Path, out: str | Path, scheme: str, *,
         raise InfosftError("--drop needs a --where filter: it drops the examples that match")
     resolved = resolve_knobs(scheme, **knobs)
     meta = run.require_current_targets()
+    require_scheme(run, scheme)
     examples = run.read_examples()
     curated = None
     if where:

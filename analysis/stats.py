@@ -19,31 +19,72 @@ import numpy as np
 import polars as pl
 import torch
 
-from infosft.analysis.store import Run
+from infosft.analysis.store import OPTIONAL_TOKEN_SCHEMA, Run
 from infosft.errors import InfosftError
+from infosft.schemes import BUILTIN, get as get_scheme
 from infosft.weights import BAND_NAMES, resolve_knobs, token_weights
 from infosft.weights import Q_BANDS as BANDS
 
+#: What to do to give a run each optional per-token field a scheme may need.
+FIELD_ADVICE = {
+    "entropy_top20": ("rescore the run", "rescore it with this version of `infosft score`"),
+    "logp_ref": ("rescore the run with --reference MODEL",
+                 "rescore it with `infosft score --reference MODEL`"),
+}
+
 
 def load_targets(run: str | Path | Run) -> pl.DataFrame:
-    """Target tokens of a run: ``example_id`` (i32), ``position`` (i32), ``logp`` (f32),
-    sorted by example and position."""
+    """Target tokens of a run: ``example_id`` (i32), ``position`` (i32), ``logp`` (f32)
+    and the optional per-token fields the run has (``entropy_top20``, ``logp_ref``: f32,
+    :meth:`Run.token_fields`), sorted by example and position."""
     run = run if isinstance(run, Run) else Run(run)
     return run.collect(run.scan_tokens().filter(pl.col("is_target"))
-                       .select("example_id", "position", "logp")
+                       .select("example_id", "position", "logp", *run.token_fields())
                        .sort("example_id", "position"))
 
 
-def weights(logp: np.ndarray | pl.Series, scheme: str, **knobs: Any) -> np.ndarray:
-    """Weights ``(n,)`` float32 of target log-probs ``(n,)`` under a scheme (nulls/NaN -> 0)."""
+def missing_reason(scheme: str, fields: Any = (), *, binned: bool = False,
+                   short: bool = False) -> str | None:
+    """Why a run with the optional per-token ``fields`` (names) cannot be weighted by
+    ``scheme``, in one line naming what to do; None when it can. A *binned* run (a
+    histogram of logp) only supports schemes of q alone. ``short``: the app's caption
+    (``EAFT needs entropy_top20: rescore the run``)."""
+    s = get_scheme(scheme)
+    for name in s.extra_fields:
+        if name not in fields:
+            brief, full = FIELD_ADVICE.get(name, ("rescore the run", "rescore it"))
+            return (f"{s.label} needs {name}: {brief}" if short else
+                    f"scheme {scheme!r} needs each target token's {name}, which this run "
+                    f"does not have: {full}")
+    if binned and not s.q_only:
+        return (f"{s.label} needs the run's tokens (this large run is summarized as a "
+                "histogram of q)" if short else
+                f"scheme {scheme!r} is not a function of q alone: it needs the run's "
+                "tokens, not their histogram (this run is binned)")
+    return None
+
+
+def weights(logp: np.ndarray | pl.Series, scheme: str, *,
+            fields: dict[str, np.ndarray] | None = None, example: np.ndarray | None = None,
+            **knobs: Any) -> np.ndarray:
+    """Weights ``(n,)`` float32 of target log-probs ``(n,)`` under a scheme (nulls/NaN -> 0).
+
+    ``fields``: the other per-token fields (``entropy_top20``, ``logp_ref``), each ``(n,)``;
+    ``example``: ``(n,)`` example ids (for a scheme that ranks within each example). A
+    token whose weight comes out NaN (a field missing on it) weighs 0."""
     arr = np.ascontiguousarray(logp.to_numpy() if isinstance(logp, pl.Series) else logp,
                                dtype=np.float32)
     with warnings.catch_warnings():
         # polars hands out read-only views; token_weights only reads its input, so the
         # zero-copy tensor is safe (a copy would double the memory of a 100M-token run)
         warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-        w = token_weights(torch.from_numpy(arr), scheme, **knobs).numpy()
-    nan = np.isnan(arr)
+        extra = {name: torch.from_numpy(np.ascontiguousarray(
+            v.to_numpy() if isinstance(v, pl.Series) else v, dtype=np.float32))
+            for name, v in (fields or {}).items()}
+        if example is not None:
+            extra["example"] = torch.from_numpy(np.ascontiguousarray(example))
+        w = token_weights(torch.from_numpy(arr), scheme, fields=extra, **knobs).numpy()
+    nan = np.isnan(arr) | np.isnan(w)
     return np.where(nan, np.float32(0), w) if nan.any() else w
 
 
@@ -80,11 +121,20 @@ class Targets:
         example_id: ``(n,)`` sorted example ids.
         logp: ``(n,)`` target log-probs.
         count: ``(n,)`` multiplicities (a binned run), or None: one token each.
+        fields: the run's optional per-token fields (``entropy_top20``, ``logp_ref``),
+            each ``(n,)`` float32 aligned with ``logp`` (none for a binned run).
     """
 
     def __init__(self, example_id: np.ndarray, logp: np.ndarray,
-                 bands: tuple[float, float] = BANDS, count: np.ndarray | None = None):
+                 bands: tuple[float, float] = BANDS, count: np.ndarray | None = None,
+                 fields: dict[str, np.ndarray] | None = None):
         self.logp = np.ascontiguousarray(logp, dtype=np.float32)
+        self.fields = {name: np.ascontiguousarray(v, dtype=np.float32)
+                       for name, v in (fields or {}).items()}
+        for name, v in self.fields.items():
+            if v.shape != self.logp.shape:
+                raise ValueError(f"field {name} has {v.shape[0]} values for "
+                                 f"{self.logp.shape[0]} tokens")
         self.count = None if count is None else np.asarray(count, dtype=np.float64)
         self.example_id = np.asarray(example_id)
         self.bands = bands
@@ -97,8 +147,18 @@ class Targets:
 
     @classmethod
     def from_frame(cls, df: pl.DataFrame, bands: tuple[float, float] = BANDS) -> "Targets":
-        """From :func:`load_targets`' frame (must be sorted by example_id)."""
-        return cls(df["example_id"].to_numpy(), df["logp"].to_numpy(), bands)
+        """From :func:`load_targets`' frame (must be sorted by example_id); its optional
+        per-token columns become :attr:`fields` (nulls as NaN)."""
+        fields = {c: df[c].cast(pl.Float32).fill_null(np.nan).to_numpy()
+                  for c in OPTIONAL_TOKEN_SCHEMA if c in df.columns}
+        return cls(df["example_id"].to_numpy(), df["logp"].to_numpy(), bands, fields=fields)
+
+    def subset(self, sl: slice | np.ndarray) -> "Targets":
+        """The tokens at ``sl`` (a slice or index array) as a Targets of their own, with
+        their fields."""
+        return Targets(self.example_id[sl], self.logp[sl], self.bands,
+                       None if self.count is None else self.count[sl],
+                       {k: v[sl] for k, v in self.fields.items()})
 
     @classmethod
     def from_run(cls, run: str | Path | Run) -> "Targets":
@@ -123,6 +183,7 @@ class Targets:
         centres = (BIN_EDGES_Z[keep] + BIN_EDGES_Z[keep + 1]) / 2
         t = cls(np.zeros(len(keep), dtype=np.int32), _logp_of_z(centres), count=full[keep])
         t.bin_index = keep
+        t.run_fields = run.token_fields()  # the run has them; its histogram does not
         return t
 
     def __len__(self) -> int:
@@ -132,16 +193,42 @@ class Targets:
     def is_binned(self) -> bool:
         return self.count is not None
 
+    def missing(self, scheme: str, short: bool = False) -> str | None:
+        """Why these tokens cannot be weighted by ``scheme`` (:func:`missing_reason`), or
+        None."""
+        have = getattr(self, "run_fields", ()) if self.is_binned else self.fields
+        return missing_reason(scheme, have, binned=self.is_binned, short=short)
+
+    def schemes(self, extra: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """The built-in schemes (and those of ``extra``, e.g. a user's ``module:function``)
+        these tokens can be weighted by, in display order: those whose fields the run
+        has; of a binned Targets only those of q alone."""
+        names = list(dict.fromkeys([*BUILTIN, *extra]))
+        return [s for s in names if self.missing(s) is None]
+
+    def require(self, scheme: str) -> None:
+        """:class:`InfosftError` (one line: what is missing, what to do) unless these
+        tokens can be weighted by ``scheme``."""
+        why = self.missing(scheme)
+        if why is not None:
+            raise InfosftError(why)
+
     @staticmethod
     def _random(scheme: str, knobs: dict[str, Any]) -> bool:
         return scheme == "profit" and resolve_knobs(scheme, **knobs)["direction"] == "random"
 
     def weights(self, scheme: str, **knobs: Any) -> np.ndarray:
+        """Weights ``(n,)`` of these tokens (of the bins, if binned) under ``scheme``, from
+        their fields and example ids. A scheme that ranks over a set (``excess``) ranks
+        over all of these tokens: the whole run for a run's Targets."""
         if self.is_binned and self._random(scheme, knobs):
             # per-token draws mean nothing per bin: a bin keeps 1 - tau of its tokens
             keep = 1.0 - resolve_knobs(scheme, **knobs)["threshold"]
             return np.full(len(self.logp), keep, dtype=np.float32)
-        return weights(self.logp, scheme, **knobs)
+        self.require(scheme)
+        s = get_scheme(scheme)
+        return weights(self.logp, scheme, fields={n: self.fields[n] for n in s.extra_fields},
+                       example=None if s.q_only else self.example_id, **knobs)
 
     def _totals(self, w: np.ndarray) -> tuple[float, float, float, np.ndarray]:
         """Sum of w, sum of w^2, count of w > 0, and weight per q band."""
@@ -304,11 +391,14 @@ def run_summary(run: str | Path, scheme: str, **knobs: Any) -> dict[str, Any]:
     """Everything ``infosft stats`` prints, as a dict."""
     r = Run(run)
     meta = r.require_complete()
-    targets = load_targets(r)
+    resolve_knobs(scheme, **knobs)  # a bad knob or scheme fails before the tokens are read
+    missing = missing_reason(scheme, r.token_fields())
+    if missing:
+        raise InfosftError(f"{r.path}: {missing}")
+    targets = Targets.from_frame(load_targets(r))
     return {"run": str(r.path), "model": meta["model"]["name"],
             "dataset": meta["dataset"]["source"], "counts": meta["counts"],
-            "q": q_summary(targets["logp"]),
-            "scheme": scheme_summary(targets["logp"], scheme, **knobs)}
+            "q": q_summary(targets.logp), "scheme": targets.summary(scheme, **knobs)}
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from infosft.analysis.store import TOKEN_SCHEMA, Run, atomic_write_parquet
+from infosft.analysis.store import OPTIONAL_TOKEN_SCHEMA, TOKEN_SCHEMA, Run, atomic_write_parquet
 
 VOCAB = 1000
 
@@ -23,10 +23,19 @@ def _q(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def make_run(path: str | Path, *, n_examples: int = 5000, prompt_tokens: int = 70,
-             target_tokens: int = 250, part_examples: int = 1000, seed: int = 0) -> Run:
+             target_tokens: int = 250, part_examples: int = 1000, seed: int = 0,
+             fields: tuple[str, ...] | list[str] = ()) -> Run:
     """Write a complete run of ``n_examples`` examples, each ``prompt_tokens`` prompt
     tokens followed by ``target_tokens`` targets (so ``n_examples * target_tokens``
-    target tokens in all)."""
+    target tokens in all).
+
+    ``fields``: optional per-token columns to write too (:data:`OPTIONAL_TOKEN_SCHEMA`,
+    null on prompt tokens): ``entropy_top20`` in [0, ln 20], lower where q is high (a
+    confident model), and ``logp_ref``, a reference model's logp near the token's own."""
+    unknown = sorted(set(fields) - set(OPTIONAL_TOKEN_SCHEMA))
+    if unknown:
+        raise ValueError(f"unknown optional field {unknown[0]!r}; fields are "
+                         f"{', '.join(OPTIONAL_TOKEN_SCHEMA)}")
     rng = np.random.default_rng(seed)
     run = Run(path)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -56,12 +65,23 @@ def make_run(path: str | Path, *, n_examples: int = 5000, prompt_tokens: int = 7
             *[pl.when(pl.col("is_target")).then(pl.col(c)).otherwise(None).alias(c)
               for c in ("rank", "top_ids", "top_logps")],
         ).cast(TOKEN_SCHEMA)
+        extra = {}
+        q = np.exp(logp.astype(np.float64))
+        for name in OPTIONAL_TOKEN_SCHEMA:  # drawn in one order, so a field's values
+            if name == "entropy_top20":     # do not depend on which others are written
+                v = np.log(20) * np.clip((1 - q) * rng.beta(2, 2, n) * 1.6, 0, 1)
+            else:
+                v = np.minimum(logp + rng.normal(0, 0.5, n), 0)
+            if name in fields:
+                extra[name] = pl.Series(name, np.where(is_t, v, np.nan), dtype=pl.Float32)
+        if extra:
+            df = df.with_columns(*[s.fill_nan(None) for s in extra.values()])
         run.write_part(df, 0, part)
-        q = pl.col("logp").exp()
+        qc = pl.col("logp").exp()
         stats.append(df.group_by("example_id").agg(
             pl.col("is_target").sum().cast(pl.Int32).alias("n_target"),
             pl.col("logp").mean().alias("mean_logp"), pl.col("logp").min().alias("min_logp"),
-            q.mean().alias("mean_q"), q.min().alias("min_q"),
+            qc.mean().alias("mean_q"), qc.min().alias("min_q"),
             pl.col("entropy").mean().alias("mean_entropy"),
             (pl.col("rank") == 1).mean().alias("top1_share")))
     per_ex = pl.concat(stats)

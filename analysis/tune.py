@@ -16,8 +16,11 @@ import polars as pl
 import torch
 
 from infosft.analysis.stats import Targets
-from infosft.weights import DEFAULT_MIDDLE, DEFAULT_P, DEFAULT_THRESHOLD, SCHEMES, c_from_p, \
-    weight_curve
+from infosft.schemes import BUILTIN, get as get_scheme
+from infosft.weights import DEFAULT_MIDDLE, DEFAULT_P, DEFAULT_THRESHOLD, c_from_p, weight_curve
+
+#: The knobs :class:`Settings` holds in fields of their own (InfoSFT's C, ProFit's).
+FIXED = {"infosft": ("C",), "profit": ("threshold", "direction", "seed")}
 
 #: auto C: the quantile of target q that becomes InfoSFT's zero-weight cut P, and its range.
 #: The median since session 9: on three data sets (the miniature task, GSM8K rows, the
@@ -29,7 +32,12 @@ AUTO_P_RANGE = (0.6, 0.99)
 
 @dataclass(frozen=True)
 class Settings:
-    """All knobs of all schemes, as a UI holds them (one scheme is "chosen")."""
+    """All knobs of all schemes, as a UI holds them (one scheme is "chosen").
+
+    InfoSFT's C and ProFit's knobs have fields of their own (``middle``: ProFit's pair
+    for direction middle); every other scheme's knobs (EAFT's alpha, excess' keep and
+    per, a user's ``module:function`` knobs) live in ``extra``, ``(scheme, knob, value)``
+    triples, and default to their :class:`infosft.schemes.Knob` declarations."""
 
     scheme: str = "infosft"
     C: float = field(default_factory=lambda: round(c_from_p(DEFAULT_P), 4))
@@ -37,16 +45,45 @@ class Settings:
     middle: tuple[float, float] = DEFAULT_MIDDLE
     direction: str = "higher"
     seed: int = 0
+    extra: tuple[tuple[str, str, Any], ...] = ()
+
+    def value(self, scheme: str, knob: str) -> Any:
+        """The value of one knob of ``scheme``: its field, its entry in ``extra``, else its
+        declared default."""
+        if knob in FIXED.get(scheme, ()):
+            return getattr(self, knob)
+        for sc, name, v in self.extra:
+            if sc == scheme and name == knob:
+                return v
+        for k in get_scheme(scheme).knobs:
+            if k.name == knob:
+                return k.default
+        raise ValueError(f"scheme {scheme!r} has no knob {knob!r}")
+
+    def with_knob(self, scheme: str, knob: str, value: Any) -> "Settings":
+        """These settings with one knob of ``scheme`` set."""
+        if knob in FIXED.get(scheme, ()):
+            return replace(self, **{knob: value})
+        if knob not in get_scheme(scheme).knob_names:
+            raise ValueError(f"scheme {scheme!r} has no knob {knob!r}")
+        rest = tuple(t for t in self.extra if (t[0], t[1]) != (scheme, knob))
+        return replace(self, extra=rest + ((scheme, knob, value),))
 
     def knobs(self, scheme: str | None = None) -> dict[str, Any]:
-        """The keyword knobs of ``scheme`` (default: the chosen one) for ``infosft.weights``."""
+        """The keyword knobs of ``scheme`` (default: the chosen one) for ``infosft.weights``;
+        any registered scheme, a user's ``module:function`` too."""
         scheme = scheme or self.scheme
         if scheme == "infosft":
             return {"C": float(self.C)}
         if scheme == "profit":
             tau = list(self.middle) if self.direction == "middle" else float(self.threshold)
             return {"threshold": tau, "direction": self.direction, "seed": int(self.seed)}
-        return {}
+        out = {}
+        for k in get_scheme(scheme).knobs:
+            v = self.value(scheme, k.name)
+            if v is not None:
+                out[k.name] = v
+        return out
 
     def with_(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
@@ -55,9 +92,19 @@ class Settings:
         return asdict(self)
 
 
+def curve_schemes(settings: Settings, schemes: list[str] | tuple[str, ...] | None = None
+                  ) -> list[str]:
+    """The schemes that have a curve ``w(q)`` (functions of q alone) among ``schemes``
+    (default: the built-ins and the chosen one)."""
+    schemes = list(dict.fromkeys([*BUILTIN, settings.scheme])) if schemes is None else schemes
+    return [s for s in schemes if get_scheme(s).q_only]
+
+
 def weight_curves(settings: Settings, *, log_x: bool = False, n: int = 300,
-                  min_log10: float = -6.0) -> pl.DataFrame:
-    """``q`` and one column per scheme: ``w(q)`` on a grid (log-spaced with ``log_x``).
+                  min_log10: float = -6.0,
+                  schemes: list[str] | tuple[str, ...] | None = None) -> pl.DataFrame:
+    """``q`` and one column per scheme of q alone (:func:`curve_schemes`): ``w(q)`` on a
+    grid (log-spaced with ``log_x``). EAFT and excess read more than q: no curve.
 
     ProFit's ``random`` direction has no curve (it drops tokens at random whatever q);
     its expected weight ``1 - tau`` is drawn instead.
@@ -65,7 +112,7 @@ def weight_curves(settings: Settings, *, log_x: bool = False, n: int = 300,
     q = np.logspace(min_log10, 0, n) if log_x else np.linspace(0, 1, n)
     qt = torch.from_numpy(q)
     out = {"q": q}
-    for scheme in SCHEMES:
+    for scheme in curve_schemes(settings, schemes):
         knobs = settings.knobs(scheme)
         if scheme == "profit" and settings.direction == "random":
             out[scheme] = np.full(n, 1.0 - settings.threshold)
@@ -74,9 +121,15 @@ def weight_curves(settings: Settings, *, log_x: bool = False, n: int = 300,
     return pl.DataFrame(out)
 
 
+def run_schemes(targets: Targets, settings: Settings) -> list[str]:
+    """The schemes shown side by side for a run: the built-ins it supports
+    (:meth:`Targets.schemes`), and the chosen one when it is a user's and supported."""
+    return targets.schemes(extra=(settings.scheme,))
+
+
 def all_weights(targets: Targets, settings: Settings) -> dict[str, np.ndarray]:
-    """Weights ``(n,)`` of every target token under each of the four schemes."""
-    return {s: targets.weights(s, **settings.knobs(s)) for s in SCHEMES}
+    """Weights ``(n,)`` of every target token under each scheme of :func:`run_schemes`."""
+    return {s: targets.weights(s, **settings.knobs(s)) for s in run_schemes(targets, settings)}
 
 
 def weighted_histogram(targets: Targets, weights: dict[str, np.ndarray], *, bins: int = 50,
@@ -138,13 +191,15 @@ def scheme_table(targets: Targets, weights: dict[str, np.ndarray],
 
 def tune_view(targets: Targets, settings: Settings, *, bins: int = 50,
               log_x: bool = False) -> dict[str, Any]:
-    """Everything that changes when a knob moves: the chosen scheme's summary, every
-    scheme's summary side by side, the weighted histogram of all schemes and the
-    weight curves."""
+    """Everything that changes when a knob moves: the chosen scheme's summary (None when
+    the run cannot be weighted by it: ``targets.missing(settings.scheme)`` says why),
+    every supported scheme's summary side by side (:func:`run_schemes`), the weighted
+    histogram of those schemes and the weight curves of those of q alone."""
     ws = all_weights(targets, settings)
     chosen = settings.scheme
-    return {"summary": targets.summary(chosen, w=ws[chosen], **settings.knobs(chosen)),
+    return {"summary": (targets.summary(chosen, w=ws[chosen], **settings.knobs(chosen))
+                        if chosen in ws else None),
             "schemes": scheme_table(targets, ws, settings),
             "weights": ws,
             "hist": weighted_histogram(targets, ws, bins=bins, log_x=log_x),
-            "curves": weight_curves(settings, log_x=log_x)}
+            "curves": weight_curves(settings, log_x=log_x, schemes=list(ws))}

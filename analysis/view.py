@@ -13,9 +13,9 @@ import polars as pl
 
 from infosft.analysis.stats import Targets
 from infosft.analysis.store import Run
-from infosft.analysis.tune import Settings
+from infosft.analysis.tune import Settings, run_schemes
 from infosft.errors import InfosftError
-from infosft.weights import SCHEMES
+from infosft.schemes import get as get_scheme
 
 
 def example_tokens(run: Run, example_id: int) -> pl.DataFrame:
@@ -50,17 +50,19 @@ def example_slice(targets: Targets, example_id: int) -> slice:
 
 
 def example_weights(targets: Targets, example_id: int, settings: Settings) -> dict[str, np.ndarray]:
-    """Weights of one example's target tokens under every scheme (in position order)."""
+    """Weights of one example's target tokens under every scheme the run supports
+    (:func:`analysis.tune.run_schemes`, in position order)."""
     sl = example_slice(targets, example_id)
     out = {}
-    for scheme in SCHEMES:
+    for scheme in run_schemes(targets, settings):
         knobs = settings.knobs(scheme)
-        if scheme == "profit" and settings.direction == "random":
-            # The seeded drop depends on the token's place in the whole run.
+        if ((scheme == "profit" and settings.direction == "random")
+                or not get_scheme(scheme).per_token):
+            # The seeded drop depends on the token's place in the whole run, and a
+            # selection over a set (excess: the top share of the run) on the whole set.
             out[scheme] = targets.weights(scheme, **knobs)[sl]
         else:
-            out[scheme] = Targets(np.zeros(sl.stop - sl.start), targets.logp[sl]).weights(
-                scheme, **knobs)
+            out[scheme] = targets.subset(sl).weights(scheme, **knobs)
     return out
 
 
@@ -68,11 +70,11 @@ def token_view(run: Run, example_id: int, targets: Targets, vocab: pl.DataFrame,
                settings: Settings) -> pl.DataFrame:
     """One example's tokens: ``position``, ``token``, ``is_target``, ``q``, ``logp``,
     ``rank``, ``entropy``, ``top_pieces``, ``top_probs`` and ``w_<scheme>`` for every
-    scheme (null on prompt tokens)."""
+    scheme the run supports (null on prompt tokens), in display order."""
     tokens = with_alternatives(example_tokens(run, example_id), vocab)
     ws = example_weights(targets, example_id, settings)
     is_t = tokens["is_target"].to_numpy()
-    if int(is_t.sum()) != len(ws["sft"]):
+    if any(int(is_t.sum()) != len(w) for w in ws.values()):
         raise InfosftError(f"{run.path}: example {example_id}'s targets do not match the "
                            "run's statistics; reload the run")
     cols = []
@@ -82,4 +84,4 @@ def token_view(run: Run, example_id: int, targets: Targets, vocab: pl.DataFrame,
         cols.append(pl.Series(f"w_{scheme}", full).fill_nan(None))
     return (tokens.with_columns(pl.col("logp").exp().cast(pl.Float64).alias("q"), *cols)
             .select("position", "token", "token_id", "is_target", "q", "logp", "rank",
-                    "entropy", "top_pieces", "top_probs", *[f"w_{s}" for s in SCHEMES]))
+                    "entropy", "top_pieces", "top_probs", *[f"w_{s}" for s in ws]))

@@ -11,11 +11,34 @@ from plotly.subplots import make_subplots
 
 from infosft.app.render import SCHEME_LABELS
 
-COLORS = {"sft": "#7f7f7f", "dft": "#1f77b4", "infosft": "#d62728", "profit": "#2ca02c"}
+COLORS = {"sft": "#7f7f7f", "dft": "#1f77b4", "infosft": "#d62728", "profit": "#2ca02c",
+          "eaft": "#ff7f0e", "excess": "#8c564b"}
+#: a scheme without a colour of its own (a user's ``module:function``)
+OTHER_COLORS = ("#9467bd", "#e377c2", "#17becf", "#bcbd22")
 #: SFT's w = 1 coincides with ProFit's kept tokens, and DFT's w = q with InfoSFT's low-q
 #: end: wide dashed SFT under the rest, dotted ProFit, so every curve stays visible
 LINES = {"sft": dict(width=5, dash="dash"), "dft": dict(width=2),
-         "infosft": dict(width=2.5), "profit": dict(width=2.5, dash="dot")}
+         "infosft": dict(width=2.5), "profit": dict(width=2.5, dash="dot"),
+         "eaft": dict(width=2.5, dash="dashdot"), "excess": dict(width=2.5, dash="longdash")}
+
+
+def color(scheme: str) -> str:
+    """A scheme's line colour (a user's scheme: one of :data:`OTHER_COLORS` by name)."""
+    if scheme in COLORS:
+        return COLORS[scheme]
+    return OTHER_COLORS[sum(map(ord, str(scheme))) % len(OTHER_COLORS)]
+
+
+def line(scheme: str) -> dict:
+    return dict(color=color(scheme), **LINES.get(scheme, dict(width=2.5)))
+
+
+#: the columns of ``analysis.tune.weighted_histogram`` that are not a scheme
+HIST_COLUMNS = ("lo", "hi", "count")
+
+
+def _label(labels, scheme: str) -> str:
+    return labels.get(scheme) or SCHEME_LABELS.get(scheme)
 
 
 #: a second y axis with round ticks of its own (an overlaying axis otherwise gets ticks
@@ -78,13 +101,14 @@ def q_histogram_with_curves(hist: pl.DataFrame, curves: pl.DataFrame, *, log_x: 
     fig.add_trace(go.Scatter(x=x, y=y, line_shape="hv", fill="tozeroy", name="target tokens",
                              line=dict(color="#8c8c8c", width=1),
                              fillcolor="rgba(140,140,140,0.45)"), secondary_y=False)
-    for s in SCHEME_LABELS:
+    schemes = [c for c in curves.columns if c != "q"]  # those of q alone: EAFT has no w(q)
+    for s in schemes:
         fig.add_trace(go.Scatter(x=curves["q"].to_list(), y=curves[s].to_list(),
-                                 name=f"w(q) {labels[s]}",
-                                 line=dict(color=COLORS[s], **LINES[s])), secondary_y=True)
+                                 name=f"w(q) {_label(labels, s)}", line=line(s)),
+                      secondary_y=True)
     _q_axis(fig, hist, log_x, "q (base model probability of the target token)")
     fig.update_yaxes(title="target tokens", secondary_y=False, rangemode="tozero")
-    top = max(1.0, max(float(curves[s].max()) for s in SCHEME_LABELS))
+    top = max([1.0, *(float(curves[s].max()) for s in schemes)])
     # its own round ticks (0, 0.2, ...), not ticks aligned to the count axis' gridlines
     fig.update_yaxes(title="weight w(q)", secondary_y=True, range=[0, top * 1.05],
                      tick0=0, dtick=nice_step(top), tickmode="linear", showgrid=False)
@@ -98,10 +122,10 @@ def weight_share_histogram(hist: pl.DataFrame, *, log_x: bool,
     """Per q bin, the share of each scheme's total weight: where the learning signal goes."""
     labels = labels or SCHEME_LABELS
     fig = go.Figure()
-    for s in SCHEME_LABELS:
+    for s in [c for c in hist.columns if c not in HIST_COLUMNS]:
         x, y = _steps(hist, s)
-        fig.add_trace(go.Scatter(x=x, y=y, line_shape="hv", name=labels[s],
-                                 line=dict(color=COLORS[s], **LINES[s])))
+        fig.add_trace(go.Scatter(x=x, y=y, line_shape="hv", name=_label(labels, s),
+                                 line=line(s)))
     _q_axis(fig, hist, log_x, "q")
     fig.update_yaxes(title="share of the scheme's total weight", tickformat=".0%",
                      rangemode="tozero")

@@ -10,19 +10,50 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Callable, Sequence
+import re
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
 
-from infosft.weights import SCHEMES
+from infosft.schemes import get as get_scheme, names as scheme_names
 
 #: Colour stops (value in [0, 1] -> RGB): red (low) - amber - green (high).
 _Q_STOPS = np.array([[0.0, 215, 48, 39], [0.5, 254, 224, 139], [1.0, 26, 152, 80]])
 #: Weights: white (0) - blue (max).
 _W_STOPS = np.array([[0.0, 255, 255, 255], [1.0, 49, 130, 189]])
 LOGP_FLOOR = -10.0
-SCHEME_LABELS = {"sft": "SFT", "dft": "DFT", "infosft": "InfoSFT", "profit": "ProFit"}
+
+
+class _Labels(Mapping):
+    """Each registered scheme's label (:attr:`infosft.schemes.Scheme.label`), looked up in
+    the registry on every read, so a user's ``module:function`` scheme, once loaded, has
+    one too. Never loads a scheme: an unregistered name is missing (``.get`` gives its
+    default)."""
+
+    def __getitem__(self, name: str) -> str:
+        if name not in scheme_names():
+            raise KeyError(name)
+        return get_scheme(name).label
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(scheme_names())
+
+    def __len__(self) -> int:
+        return len(scheme_names())
+
+    def get(self, name, default=None):  # an unregistered name: its own name, not None
+        return self[name] if name in scheme_names() else (name if default is None
+                                                           else default)
+
+
+SCHEME_LABELS: Mapping[str, str] = _Labels()
+
+
+def weight_schemes(row: Mapping[str, Any]) -> list[str]:
+    """The schemes with a ``w_<scheme>`` column in a token view row, in its order."""
+    return [k[2:] for k in row if k.startswith("w_")]
 
 # A hidden card's insides are display: none as well, not only the card, and a card has
 # no table: block children and table cells of a hidden element still break or pad the
@@ -158,8 +189,9 @@ def tooltip(row: dict[str, Any]) -> str:
         return f"{row['token']!r}: prompt / template token (not trained on)"
     lines = [f"{row['token']!r}  q {number_text(row['q'], '.4f')}  logp {number_text(row['logp'], '.3f')}",
              f"rank {row['rank']}  entropy {number_text(row['entropy'], '.3f')} nats",
-             "weights: " + "  ".join(f"{SCHEME_LABELS[s]} {number_text(row[f'w_{s}'], '.3f')}"
-                                     for s in SCHEMES)]
+             "weights: " + "  ".join(f"{SCHEME_LABELS.get(s)} "
+                                     f"{number_text(row[f'w_{s}'], '.3f')}"
+                                     for s in weight_schemes(row))]
     pieces, probs = row.get("top_pieces") or [], row.get("top_probs") or []
     if pieces:
         lines.append("top-k: " + ", ".join(f"{p!r} {number_text(pr, '.3f')}"
@@ -184,9 +216,10 @@ def card(row: dict[str, Any], scheme: str | None = None) -> str:
     stats = [("q", number_text(row["q"], ".4f")), ("logp", number_text(row["logp"], ".3f")),
              ("rank", "–" if rank is None else str(rank)),
              ("entropy", number_text(row["entropy"], ".3f") + " nats")]
-    weights = [(SCHEME_LABELS[s], number_text(row[f"w_{s}"], ".3f")) for s in SCHEMES]
+    weights = [(html.escape(SCHEME_LABELS.get(s)), number_text(row[f"w_{s}"], ".3f"))
+               for s in weight_schemes(row)]
     out = [head, _rows(stats), '<div class="cs">weight</div>',
-           _rows(weights, SCHEME_LABELS.get(scheme))]
+           _rows(weights, html.escape(SCHEME_LABELS.get(scheme)) if scheme else None)]
     pieces, probs = row.get("top_pieces") or [], row.get("top_probs") or []
     if pieces:
         out += ['<div class="cs">top-k alternatives</div>',
@@ -270,7 +303,7 @@ def weight_scale_text(scheme: str, top: float, scale: str = SCALES[0]) -> str:
     """``w = 0.508 (InfoSFT's max in this example)`` or ``w = 1 (fixed scale)``."""
     if scale == SCALES[1]:
         return "w = 1 (fixed scale)"
-    return f"w = {top:.3g} ({SCHEME_LABELS[scheme]}'s max in this example)"
+    return f"w = {top:.3g} ({SCHEME_LABELS.get(scheme)}'s max in this example)"
 
 
 def pct(x: float) -> str:
@@ -301,15 +334,17 @@ def fact_cards(f: dict[str, Any]) -> list[tuple[str, str]]:
 def knobs_text(scheme: str, knobs: dict[str, Any]) -> str:
     """``infosft (C=2.587)`` style label."""
     parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in knobs.items()]
-    return SCHEME_LABELS[scheme] + (f" ({', '.join(parts)})" if parts else "")
+    return SCHEME_LABELS.get(scheme) + (f" ({', '.join(parts)})" if parts else "")
 
 
 def export_name(run_name: str, scheme: str, knobs: dict[str, Any]) -> str:
     """The default export file name (no suffix): the run, the scheme and its knobs, so
     that exports with other knobs do not collide: ``sample-infosft-C3.25``,
     ``sample-profit-higher-t0.1``, ``sample-profit-middle-0.1-0.9``,
-    ``sample-profit-random-t0.3-seed0``, ``sample-sft``."""
-    parts = [run_name, scheme]
+    ``sample-profit-random-t0.3-seed0``, ``sample-sft``; any other scheme its knobs as
+    name and value (``sample-eaft-alpha1``, ``sample-excess-keep0.6-all``; a user's
+    ``mod:fn`` as ``mod-fn``)."""
+    parts = [run_name, re.sub(r"[^A-Za-z0-9_.-]+", "-", scheme)]
     if scheme == "infosft":
         parts.append(f"C{float(knobs['C']):g}")
     elif scheme == "profit":
@@ -319,6 +354,11 @@ def export_name(run_name: str, scheme: str, knobs: dict[str, Any]) -> str:
                   else [f"t{float(tau):g}"])
         if direction == "random":
             parts.append(f"seed{int(knobs.get('seed', 0))}")
+    else:
+        for k, v in knobs.items():
+            v = f"{v:g}" if isinstance(v, float) else str(v)
+            parts.append(re.sub(r"[^A-Za-z0-9_.-]+", "-", v if isinstance(knobs[k], str)
+                                else f"{k}{v}"))
     return "-".join(parts)
 
 
@@ -339,8 +379,19 @@ def scheme_table_view(table, labels: dict[str, str]):
 
 
 def scheme_labels(settings) -> dict[str, str]:
-    """Legend names with the knobs in force, e.g. ``InfoSFT (C=2.59)``."""
+    """Legend names with the knobs in force, e.g. ``InfoSFT (C=2.59)``,
+    ``EAFT (alpha=1)``: every registered scheme's."""
     tau = settings.knobs("profit")["threshold"]
     tau = f"{tau[0]:g}–{tau[1]:g}" if isinstance(tau, list) else f"{tau:g}"
-    return {**SCHEME_LABELS, "infosft": f"InfoSFT (C={settings.C:.3g})",
-            "profit": f"ProFit ({settings.direction}, τ={tau})"}
+    out = {}
+    for name in SCHEME_LABELS:
+        if name == "infosft":
+            out[name] = f"InfoSFT (C={settings.C:.3g})"
+        elif name == "profit":
+            out[name] = f"ProFit ({settings.direction}, τ={tau})"
+        else:
+            try:
+                out[name] = knobs_text(name, settings.knobs(name))
+            except ValueError:
+                out[name] = SCHEME_LABELS[name]
+    return out

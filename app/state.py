@@ -12,7 +12,7 @@ from typing import Any, Callable
 import polars as pl
 import streamlit as st
 
-from infosft.analysis.stats import Targets
+from infosft.analysis.stats import Targets, missing_reason
 from infosft.analysis.store import Run
 from infosft.analysis.tune import Settings, auto_c
 from infosft.app.workspace import SAMPLE_RUN
@@ -130,6 +130,22 @@ def vocab(run: Run) -> pl.DataFrame:
 
 def suggested_c(run: Run) -> dict[str, Any]:
     return _auto_c(*_key(run))
+
+
+@st.cache_resource(max_entries=8)
+def _token_fields(path: str, mtime: float) -> tuple[str, ...]:
+    return Run(path).token_fields()
+
+
+def scheme_missing(run: Run, t: Targets | None = None) -> Callable[[str], str | None]:
+    """Why the active run cannot be weighted by a scheme (one short line, e.g. "EAFT
+    needs entropy_top20: rescore the run"; None when it can): of ``t`` when given (a
+    binned run only supports schemes of q alone), else of the run's tokens (what Export
+    and the token view read)."""
+    if t is not None:
+        return lambda scheme: t.missing(scheme, short=True)
+    fields = _token_fields(*_key(run))
+    return lambda scheme: missing_reason(scheme, fields, short=True)
 
 
 def guard(body: Callable[[], None]) -> None:

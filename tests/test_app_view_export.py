@@ -21,7 +21,7 @@ from infosft.analysis.tune import Settings  # noqa: E402
 from infosft.analysis.view import token_view  # noqa: E402
 from infosft.app.render import (SCALES, card, color_values, colors, export_name,  # noqa: E402
                                 legend_html, token_html, weight_scale)
-from infosft.weights import SCHEMES  # noqa: E402
+from infosft.weights import Q_SCHEMES as SCHEMES  # noqa: E402  (the sample run's)
 
 from tests.helpers import SAMPLE_RUN, app_page, reference_weights  # noqa: E402
 

@@ -18,7 +18,7 @@ from infosft.analysis import breakdown as bd
 from infosft.analysis.stats import weights as run_weights
 from infosft.analysis.store import Run
 from infosft.errors import InfosftError
-from infosft.weights import SCHEMES
+from infosft.weights import Q_SCHEMES as SCHEMES  # the schemes the sample run supports
 from tests.helpers import CODE_ROWS, MATH_ROWS, SAMPLE_RUN, app_page, cli, error_line, \
     reference_weights
 

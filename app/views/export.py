@@ -42,13 +42,15 @@ def body() -> None:
     run = state.active_run()
     ss = st.session_state
     left, right = st.columns([1, 2])
+    missing = state.scheme_missing(run)
     with left:
-        knobs.knob_widgets("settings", "export")
+        knobs.knob_widgets("settings", "export", missing=missing)
     s = state.settings()
     with right:
         st.subheader(knobs_text(s.scheme, s.knobs()))
         fmt = st.radio("Format", (".parquet", ".jsonl"), horizontal=True, key="export_fmt")
-        where, drop, usable = filter_box(run, s)
+        where, drop, usable = filter_box(run, s) if not missing(s.scheme) else (None, False,
+                                                                                 False)
         default_name(run.path.name, bool(where))
         name = st.text_input("File name (in the workspace's exports/)", key="export_name")
         overwrite = st.checkbox(OVERWRITE, key="export_overwrite")

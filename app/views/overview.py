@@ -7,7 +7,6 @@ from infosft.analysis import breakdown
 from infosft.analysis.tune import overview_facts, tune_view
 from infosft.app import charts, state
 from infosft.app.render import fact_cards, scheme_labels, scheme_table_view
-from infosft.weights import SCHEMES
 
 
 def body() -> None:
@@ -45,8 +44,9 @@ def body() -> None:
         return
     column = st.selectbox("Break down by", columns, key="ov_by", help=BY_HELP)
     g = breakdown.grouping(run, column, targets=t, examples=ex)
-    table = g.table(t, {sc: s.knobs(sc) for sc in SCHEMES}, view["weights"])
-    st.plotly_chart(charts.group_share_bars(table, [sc for sc in SCHEMES if sc != "sft"],
+    schemes = list(view["weights"])  # those the run supports
+    table = g.table(t, {sc: s.knobs(sc) for sc in schemes}, view["weights"])
+    st.plotly_chart(charts.group_share_bars(table, [sc for sc in schemes if sc != "sft"],
                                             scheme_labels(s), column), key="ov_by_chart")
     st.dataframe(breakdown.display_table(table, None, scheme_labels(s)), hide_index=True,
                  key="ov_by_table")

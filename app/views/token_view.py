@@ -8,8 +8,8 @@ import streamlit as st
 
 from infosft.analysis.view import token_view
 from infosft.app import state
-from infosft.app.render import SCALES, SCHEME_LABELS, legend_html, token_html, weight_scale
-from infosft.weights import SCHEMES
+from infosft.app.render import (SCALES, SCHEME_LABELS, legend_html, token_html, weight_scale,
+                                weight_schemes)
 
 
 def body() -> None:
@@ -26,31 +26,33 @@ def body() -> None:
                              key="tv_example")
     st.session_state["example_id"] = example_id
     color_by = b.radio("Colour by", ("q", "logp", "weight"), horizontal=True, key="tv_color")
-    scheme = c.selectbox("Weight scheme", SCHEMES, index=SCHEMES.index(s.scheme),
+    view = token_view(run, example_id, state.token_targets(run), state.vocab(run), s)
+    schemes = weight_schemes(view.columns)  # those the run supports
+    scheme = c.selectbox("Weight scheme", schemes,
+                         index=schemes.index(s.scheme) if s.scheme in schemes else 0,
                          format_func=SCHEME_LABELS.get, key="tv_scheme",
                          disabled=color_by != "weight")
     scale = d.radio("Weight colour scale", SCALES, horizontal=True, key="tv_scale",
                     help="per scheme max: each scheme's largest weight in this example gets "
                     "the full colour; fixed 0..1: weight 1 does, for every scheme")
-    view = token_view(run, example_id, state.token_targets(run), state.vocab(run), s)
     tgt = view.filter(pl.col("is_target"))
-    cols = st.columns(2 + len(SCHEMES))
+    cols = st.columns(2 + len(schemes))
     cols[0].metric("Target tokens", f"{tgt.height:,} of {view.height:,}")
     cols[1].metric("Mean q", f"{tgt['q'].mean():.3f}" if tgt.height else "–")
-    for col, sc in zip(cols[2:], SCHEMES):
+    for col, sc in zip(cols[2:], schemes):
         col.metric(f"Mean w {SCHEME_LABELS[sc]}", f"{tgt[f'w_{sc}'].mean():.3f}"
                    if tgt.height else "–")
     st.html(legend_html(color_by, scheme, weight_scale(view, scheme, scale), scale))
     st.html(token_html(view, color_by, scheme, scale=scale))
-    with st.expander("Side by side: the same example under SFT / DFT / InfoSFT / ProFit",
-                     expanded=True):
+    with st.expander("Side by side: the same example under "
+                     + " / ".join(SCHEME_LABELS.get(sc) for sc in schemes), expanded=True):
         st.caption("The target tokens coloured by their weight under each scheme (white = 0, "
                    + ("blue = that scheme's largest weight in this example"
                       if scale == SCALES[0] else "blue = 1 for every scheme")
                    + "); hover or focus a token for its numbers.")
-        for col, sc in zip(st.columns(len(SCHEMES)), SCHEMES):
+        for col, sc in zip(st.columns(len(schemes)), schemes):
             top = weight_scale(view, sc, scale)
-            col.markdown(f"**{SCHEME_LABELS[sc]}**" + (f" · blue = {top:.3g}"
+            col.markdown(f"**{SCHEME_LABELS.get(sc)}**" + (f" · blue = {top:.3g}"
                                                       if scale == SCALES[0] else ""))
             col.html(token_html(view, "weight", sc, targets_only=True, scale=scale))
 

@@ -16,7 +16,7 @@ def body() -> None:
         st.caption(state.BINNED_NOTE)
     left, right = st.columns([1, 3])
     with left:
-        knobs.knob_widgets("settings", "tune")
+        knobs.knob_widgets("settings", "tune", missing=state.scheme_missing(run, t))
         auto = state.suggested_c(run)
         st.button(f"Auto C = {auto['C']:.3f} (P = {auto['P']:.3f})", key="auto_c",
                   on_click=knobs.set_c, args=("settings", "tune", auto["C"]))
@@ -32,10 +32,13 @@ def body() -> None:
         log_x = st.toggle("log-scale q axis", key="tune_log_x")
         view = tune_view(t, s, bins=50, log_x=log_x)
         st.subheader(knobs_text(s.scheme, s.knobs()))
-        cards = summary_cards(view["summary"])
-        for row in (cards[:3], cards[3:]):
-            for col, (label, value) in zip(st.columns(len(row)), row):
-                col.metric(label, value)
+        if view["summary"] is None:  # the run lacks what the chosen scheme reads
+            st.error(t.missing(s.scheme))
+        else:
+            cards = summary_cards(view["summary"])
+            for row in (cards[:3], cards[3:]):
+                for col, (label, value) in zip(st.columns(len(row)), row):
+                    col.metric(label, value)
         st.dataframe(scheme_table_view(view["schemes"], scheme_labels(s)), hide_index=True,
                      key="tune_schemes")
         a, b = st.columns(2)
@@ -43,7 +46,8 @@ def body() -> None:
                                                       labels=scheme_labels(s)), key="tune_hist")
         b.plotly_chart(charts.weight_share_histogram(view["hist"], log_x=log_x,
                                                      labels=scheme_labels(s)), key="tune_whist")
-        by_column(run, t, s, view["weights"])
+        if view["summary"] is not None:
+            by_column(run, t, s, view["weights"])
 
 
 def by_column(run, t, s, weights) -> None:
