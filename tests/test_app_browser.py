@@ -6,6 +6,7 @@ Tune's knobs to Export through the sidebar. Screenshots go to ``test-artifacts/`
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -485,8 +486,67 @@ def test_an_evaluation_that_ends_appears_without_navigation(server, browser, app
         report_path(run).write_text(json.dumps(report))
         wait(browser, 30).until(lambda d: "Which tokens moved" in body(d))
         assert "No evaluated runs yet" not in body(browser)
+        # accuracy was not asked for (accuracy_limit 0): the page says so, not a blank
+        assert ("live-eval: accuracy not computed: not asked for (accuracy limit 0)"
+                in body(browser))
         no_errors(browser)
         browser.save_screenshot(str(ARTIFACTS / "evaluate-after-job.png"))
+    finally:
+        jobs.cancel(job)
+
+
+# A stand-in evaluation: its report says running and its progress is written by the real
+# writer (analysis.evaluate.Progress): first nothing measured, then 10 of 100 steps of
+# the KL stage measured after ~6 s, then it stays there (the next measurement is far off).
+_FAKE_EVAL = """
+import sys, time
+from pathlib import Path
+from infosft.analysis.evaluate import PROGRESS, Progress, eval_dir, report_path
+from infosft.atomic import atomic_write_json
+run = Path(sys.argv[1])
+eval_dir(run).mkdir(parents=True, exist_ok=True)
+atomic_write_json(report_path(run), {"status": "running", "run": str(run), "name": run.name})
+p = Progress(eval_dir(run) / PROGRESS, {"kl-prior": 1.0})
+p.update("kl-prior", 0, 100, force=True)
+time.sleep(6)
+p.update("kl-prior", 10, 100, force=True)
+time.sleep(300)
+"""
+
+
+def _eta_seconds(text: str) -> int | None:
+    m = re.search(r"ETA (?:(\d+)m )?(\d+)s", text)
+    return None if m is None else int(m.group(1) or 0) * 60 + int(m.group(2))
+
+
+def test_an_evaluations_eta_waits_for_a_measurement_then_counts_down(server, browser,
+                                                                   app_workspace,
+                                                                   monkeypatch):
+    """Before anything is measured the stage reads "(starting)" and the ETA "estimating";
+    once a rate is measured the ETA is the remaining work at that rate (10 of 100 steps
+    in ~6 s: ~54 s) and falls with the clock between measurements (it used to count up)."""
+    from infosft.app import jobs
+    from infosft.configs import write_config
+
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(app_workspace))
+    run = app_workspace / "trainings" / "live-eta"
+    run.mkdir(parents=True)
+    log = jobs.new_job_log()
+    write_config(jobs.eval_config([run]), log.with_suffix(jobs.CONFIG))
+    job = jobs.start("eval live-eta", [sys.executable, "-c", _FAKE_EVAL, str(run)], run,
+                     kind="eval", log=log)
+    try:
+        open_page(browser, server, "evaluate")
+        body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
+        wait(browser, 30).until(lambda d: "on the prior set (starting) · ETA estimating"
+                                in body(d))
+        wait(browser, 30).until(lambda d: _eta_seconds(body(d)) is not None)
+        first = _eta_seconds(body(browser))
+        assert 20 <= first <= 60, body(browser)
+        time.sleep(6)
+        later = _eta_seconds(body(browser))
+        assert later is not None and later <= first - 3, (first, later)
+        no_errors(browser)
     finally:
         jobs.cancel(job)
 
@@ -546,3 +606,114 @@ def test_a_training_shows_live_and_stop_is_acknowledged_at_once(server, browser,
         browser.save_screenshot(str(ARTIFACTS / "train-stopped.png"))
     finally:
         jobs.cancel(job)
+
+
+def test_try_the_model_generates_from_both_models_with_cards(server, browser, app_workspace,
+                                                             tiny_model_dir, tokenizer,
+                                                             monkeypatch):
+    """Evaluate's "Try the model": a prompt generates from the base and the tuned model
+    side by side, each token coloured by its probability under the other model, with the
+    app's card (both probabilities) on hover."""
+    from tests.helpers import MATH_ROWS, make_training_run, perturbed
+
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(app_workspace))
+    make_training_run(app_workspace / "trainings" / "try-run",
+                      perturbed(tiny_model_dir, 0.5, "layers."), tokenizer,
+                      base=str(tiny_model_dir), eval_rows=MATH_ROWS[:2])
+    open_page(browser, server, "evaluate")
+    wait(browser).until(EC.element_to_be_clickable(
+        (By.XPATH, "//summary[.//*[contains(text(), 'Try the model')]]"))).click()
+    box = wait(browser).until(EC.element_to_be_clickable(
+        (By.CSS_SELECTOR, '[class*="st-key-try_run"] input')))
+    box.send_keys("try-run", Keys.ENTER)
+    new = browser.find_element(By.CSS_SELECTOR, '[class*="st-key-try_new"] input')
+    new.send_keys(Keys.CONTROL, "a")
+    new.send_keys("6", Keys.TAB)
+    prompt = browser.find_element(By.CSS_SELECTOR, '[class*="st-key-try_prompt"] textarea')
+    prompt.send_keys("What is 2 plus 2?")
+    prompt.send_keys(Keys.CONTROL, Keys.ENTER)  # commits the text area
+    wait(browser).until(EC.element_to_be_clickable(
+        (By.CSS_SELECTOR, '[class*="st-key-try_go"] button'))).click()
+    expander = browser.find_element(By.XPATH, "//details[.//summary[.//*[contains(text(), "
+                                    "'Try the model')]]]")
+    wait(browser, 120).until(lambda d: "Tuned model" in expander.text and len(
+        expander.find_elements(By.CSS_SELECTOR, ".tv span.t")) >= 2)
+    no_errors(browser)
+    tokens = expander.find_elements(By.CSS_SELECTOR, ".tv span.t")
+    assert len(tokens) <= 12  # 6 new tokens from each model at most
+    tuned = tokens[-1]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", tuned)
+    ActionChains(browser).move_to_element(tuned).perform()
+    card = card_of(tuned)
+    wait(browser, 10).until(lambda d: card.is_displayed())
+    text = " ".join(card.text.split())
+    m = re.search(r"q under the tuned model \(who wrote it\) ([\d.]+) q under the base "
+                  r"model ([\d.]+)", text)
+    assert m, text
+    assert all(0.0 <= float(x) <= 1.0 for x in m.groups())
+    browser.save_screenshot(str(ARTIFACTS / "try-the-model.png"))
+
+
+def _round_tick(label: str) -> bool:
+    """A tick a person reads at a glance: at most two significant digits (1, 0.2, 2500,
+    40%, 0.0001), never 0.324 or "1µ"."""
+    text = label.replace("\u2212", "-").rstrip("%").replace(",", "")
+    sup = str.maketrans("\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079",
+                        "-0123456789")
+    if text.startswith("10") and len(text) > 2 and text[2] in "\u207b\u2070\u00b9\u00b2\u00b3":
+        text = "1e" + text[2:].translate(sup)  # 10⁻⁶: a power of ten
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    digits = f"{abs(value):.10e}".split("e")[0].rstrip("0").replace(".", "")
+    return len(digits) <= 2
+
+
+def _chart_ticks(d) -> list[tuple[str, list[str]]]:
+    """(axis class, tick labels) of every numeric axis of every chart on the page (read
+    again if a chart redraws while it is read)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(20):
+        try:
+            return _read_ticks(d)
+        except StaleElementReferenceException:
+            time.sleep(0.5)
+    return _read_ticks(d)
+
+
+def _read_ticks(d) -> list[tuple[str, list[str]]]:
+    out = []
+    for chart in d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"):
+        for cls in ("xtick", "ytick", "y2tick"):
+            labels = [t.text for t in chart.find_elements(By.CSS_SELECTOR, f"g.{cls} text")]
+            if labels and any(ch.isdigit() for ch in "".join(labels)):
+                out.append((cls, labels))
+    return out
+
+
+def test_chart_axes_have_round_ticks_linear_and_log(server, browser):
+    """Tune's charts: every numeric axis ticks at round numbers (the weight axis used to
+    borrow the count axis' ticks: 0.324, 0.649, ...), the weight axis spans 0..1, and the
+    log-q axis is labelled as probabilities (10⁻⁶ ... 0.01, 0.1, 1), not SI prefixes
+    ("1µ")."""
+    open_page(browser, server, "tune")
+    wait(browser, 30).until(lambda d: len(_chart_ticks(d)) >= 4)
+    linear = _chart_ticks(browser)
+    for cls, labels in linear:
+        assert all(_round_tick(x) for x in labels), (cls, labels)
+    assert ("y2tick", ["0", "0.2", "0.4", "0.6", "0.8", "1"]) in linear
+    toggle = browser.find_element(By.CSS_SELECTOR, '[class*="st-key-tune_log_x"] label')
+    toggle.click()
+    wait(browser, 30).until(lambda d: any(cls == "xtick" and "0.01" in labels
+                                          for cls, labels in _chart_ticks(d)))
+    time.sleep(1.0)
+    log = _chart_ticks(browser)
+    for cls, labels in log:
+        assert all(_round_tick(x) for x in labels), (cls, labels)
+        assert not any(ch in "".join(labels) for ch in "µmnk"), (cls, labels)
+    q_axes = [labels for cls, labels in log if cls == "xtick"]
+    assert q_axes and all(labels[-1] == "1" for labels in q_axes), q_axes
+    no_errors(browser)
+    browser.save_screenshot(str(ARTIFACTS / "tune-log-q.png"))
