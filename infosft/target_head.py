@@ -5,8 +5,10 @@ model (576 -> 49,152) that is as much work as eight of its 30 layers, and in SFT
 prompt positions are thrown away. :func:`add_target_head` gives a model's forward a
 ``target_labels`` argument: with it, the forward runs the backbone, projects only the
 positions whose next token is supervised, and returns their log-probs, ``(B, T)`` in
-:func:`infosft.loss.target_logprobs`' layout, instead of ``(B, T, V)`` logits. Without
-it, the forward is the model's own.
+:func:`infosft.loss.target_logprobs`' layout, instead of ``(B, T, V)`` logits; with
+``target_entropy=True`` also each of those positions' top-20 entropy (EAFT's
+``entropy_top20``), without gradient, from the same chunks. Without ``target_labels``,
+the forward is the model's own.
 
 The forward itself is patched (as TRL's fused LM head does), not called around, so that
 DDP's and PEFT's wrappers, which call the model's forward, still run theirs. Models that
@@ -36,10 +38,12 @@ _PATCHED = "_infosft_target_head"
 @dataclass
 class TargetOutput(ModelOutput):
     """``log_probs`` ``(B, T)`` float32: ``log p(labels[:, t + 1] | ..t)``, 0 where not
-    supervised; ``label_mask`` ``(B, T)`` bool, True where supervised."""
+    supervised; ``label_mask`` ``(B, T)`` bool, True where supervised; ``entropy_top20``
+    ``(B, T)`` float32, detached, 0 where not supervised (None unless asked)."""
 
     log_probs: torch.Tensor | None = None
     label_mask: torch.Tensor | None = None
+    entropy_top20: torch.Tensor | None = None
 
 
 def causal_lm(model: Any) -> Any:
@@ -65,8 +69,9 @@ def add_target_head(model: Any, chunk_elements: int = CHUNK_ELEMENTS) -> bool:
     """Give ``model``'s forward the ``target_labels`` argument (see the module docstring).
 
     ``model(**inputs, target_labels=labels)`` with ``labels`` ``(B, T)`` unshifted
-    (``-100`` = not supervised) returns a :class:`TargetOutput`. Returns whether the model
-    has the argument now (False: unsupported, see :func:`supports`). Idempotent.
+    (``-100`` = not supervised) returns a :class:`TargetOutput`; ``target_entropy=True``
+    fills its ``entropy_top20``. Returns whether the model has the argument now (False:
+    unsupported, see :func:`supports`). Idempotent.
     """
     lm = causal_lm(model)
     if getattr(lm, _PATCHED, False):
@@ -76,7 +81,8 @@ def add_target_head(model: Any, chunk_elements: int = CHUNK_ELEMENTS) -> bool:
     original = lm.forward
 
     @functools.wraps(type(lm).forward)
-    def forward(self, *args: Any, target_labels: torch.Tensor | None = None, **kwargs: Any):
+    def forward(self, *args: Any, target_labels: torch.Tensor | None = None,
+                target_entropy: bool = False, **kwargs: Any):
         if target_labels is None:
             return original(*args, **kwargs)
         for name in ("labels", "logits_to_keep", "return_dict"):  # the head's own arguments
@@ -86,9 +92,13 @@ def add_target_head(model: Any, chunk_elements: int = CHUNK_ELEMENTS) -> bool:
         targets = shift_left(target_labels.to(hidden.device), IGNORE_INDEX)
         mask = targets != IGNORE_INDEX
         logits = self.get_output_embeddings()(hidden[mask])                # (n, V)
-        logp = row_logprobs(logits, targets[mask], chunk_elements)         # (n,)
+        out = row_logprobs(logits, targets[mask], chunk_elements, entropy=target_entropy)
+        logp, ent = out if target_entropy else (out, None)                 # (n,) each
         full = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
-        return TargetOutput(log_probs=full.index_put((mask,), logp), label_mask=mask)
+        if ent is not None:
+            ent = full.index_put((mask,), ent)
+        return TargetOutput(log_probs=full.index_put((mask,), logp), label_mask=mask,
+                            entropy_top20=ent)
 
     lm.forward = types.MethodType(forward, lm)
     setattr(lm, _PATCHED, True)

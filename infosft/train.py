@@ -14,6 +14,10 @@ DeepSpeed). This module builds the model and runs the Trainer; along its seams:
 
 Their public names are importable from here too (``infosft.train.RunWriter``, ...).
 
+A scheme that compares with a reference model (``excess``, online) gets ``cfg.reference``
+loaded once, by the same loader as the base model, frozen, and run without gradient on
+each micro-batch beside the trained model (:func:`build_reference`).
+
 The run directory layout and the status/metrics files are defined in
 :mod:`infosft.train_status`. ``eval_loss`` is always the plain mean token NLL (the
 ``sft`` loss) of the held-out examples, whatever the training scheme, so that runs
@@ -89,7 +93,35 @@ def build_model(cfg: TrainConfig, device: str):
     return model, tokenizer
 
 
-def speed_up(model, args, device: str) -> bool:
+def build_reference(cfg: TrainConfig, device: str, model):
+    """The reference model of ``cfg`` (None when the scheme does not read ``logp_ref`` or
+    the mode is static), loaded on CPU in the trained model's dtype, frozen, eval mode;
+    the trainer moves it to the trained model's device. Its vocabulary must be the base
+    model's: the excess compares the same tokens' log-probs."""
+    from infosft.models import load_model, pick_dtype
+    from infosft.weights import needed_fields
+
+    if cfg.mode != "online" or "logp_ref" not in needed_fields(cfg.scheme):
+        if cfg.reference:
+            log.warning("reference %s is not used: scheme %s, mode %s reads no reference "
+                        "log-probs", cfg.reference, cfg.scheme, cfg.mode)
+        return None
+    dtype = str(pick_dtype(device, cfg.dtype)).split(".")[-1]
+    ref, _, _ = load_model(cfg.reference, device="cpu", dtype=dtype,
+                           trust_remote_code=cfg.trust_remote_code)
+    ref.config.use_cache = False
+    ref.eval().requires_grad_(False)
+    n_ref = ref.get_input_embeddings().num_embeddings
+    n_model = model.get_input_embeddings().num_embeddings
+    if n_ref != n_model:
+        raise InfosftError(f"config field 'reference': {cfg.reference} has a vocabulary of "
+                           f"{n_ref} tokens, the base model {n_model}: the excess scheme "
+                           "compares the same tokens' log-probs (use a model with the base "
+                           "model's tokenizer)")
+    return ref
+
+
+def speed_up(model, args, device: str, reference=None) -> bool:
     """What makes a step cheaper without changing its loss; returns whether batches go
     padding-free.
 
@@ -99,9 +131,13 @@ def speed_up(model, args, device: str) -> bool:
       (:mod:`infosft.fast_dropout`).
 
     (The trainer's target head and the packed frozen weights are the others; see
-    :mod:`infosft.target_head`, :mod:`infosft.packed_linear`.)
+    :mod:`infosft.target_head`, :mod:`infosft.packed_linear`.) A ``reference`` model
+    (excess) gets the same attention; batches go padding-free only if both can.
     """
     padding_free = use_varlen_attention(model)
+    if padding_free and reference is not None:
+        # the reference reads the same one-row batches: it must keep the documents apart too
+        padding_free = use_varlen_attention(reference)
     if padding_free:  # every token of a padding-free batch is real (a pad id may be a token)
         args.include_num_input_tokens_seen = "all"
     drops = speed_up_lora_dropout(model) if device == "cpu" else 0
@@ -202,6 +238,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
         ts.last_checkpoint(run_dir) if resume else None)
     if overwrite:
         check_inputs_outside(cfg, run_dir)
+        _check_reference_outside(cfg, run_dir)
     previous = ts.read_status(run_dir) if resume else {}
     # Everything that can fail on bad input comes first, writing nothing: the data, the
     # resume checks, the model. A bad data file or model leaves an old run as it was.
@@ -213,6 +250,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
         check_resume_source(run_dir, data.source)
     device = pick_device(cfg.device)
     model, tokenizer = build_model(cfg, device)
+    reference = build_reference(cfg, device, model)
     check_token_ids(data, model.get_input_embeddings().num_embeddings, cfg)
     args = checked_training_args(cfg, run_dir, device, bool(data.eval))
     if is_main:
@@ -224,7 +262,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
     stop.install()
     try:
         out = _train(cfg, run_dir, ckpt, stop, is_main, previous, data, model, tokenizer,
-                     device, args)
+                     device, args, reference)
         close_process_group()
         return out
     except BaseException as e:
@@ -241,10 +279,10 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
 
 def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest,
            is_main: bool, previous: dict[str, Any], data: TrainData, model, tokenizer,
-           device: str, args) -> Path:
+           device: str, args, reference=None) -> Path:
     from transformers.trainer_callback import PrinterCallback
 
-    knobs = cfg.knobs()
+    knobs = cfg.resolved_knobs()
     meta = data.source.get("export_meta") or {}
     if meta and meta.get("template_used") is not False and meta.get("targets") != TARGET_RULE:
         log.warning("the export was made under an older target rule (its labels leave out the "
@@ -257,15 +295,20 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
              "%s, device %s", cfg.model or "the default model", cfg.data, len(data.train),
              len(data.eval), data.kind, cfg.scheme, knobs, cfg.mode,
              "LoRA" if cfg.lora else "full fine-tune", device)
+    if reference is not None:
+        log.info("reference model %s: one forward without gradient per micro-batch",
+                 cfg.reference)
     if stop.requested:
         return _stopped(run_dir, is_main)
-    padding_free = speed_up(model, args, device)
+    padding_free = speed_up(model, args, device, reference)
     trainer = WeightedTrainer(
         model=model, args=args,
         train_dataset=ExampleDataset(data.train),
         eval_dataset=ExampleDataset(data.eval) if data.eval else None,
         data_collator=WeightedCollator(pad_id_of(tokenizer), padding_free=padding_free),
-        processing_class=tokenizer, scheme=cfg.scheme, mode=cfg.mode, **cfg.knob_args(),
+        processing_class=tokenizer, scheme=cfg.scheme, mode=cfg.mode, C=cfg.C, P=cfg.P,
+        threshold=cfg.threshold, direction=cfg.direction, seed=cfg.seed, knobs=cfg.knobs,
+        reference_model=reference,
         callbacks=[RunWriter(run_dir, stop, previous.get("elapsed_s") or 0.0)])
     trainer.remove_callback(PrinterCallback)  # RunWriter logs each step in one line
     # Frozen (LoRA base) fp32 CPU weights on oneDNN packed copies while training; the
@@ -290,6 +333,15 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, stop: StopRequest
         steps = trainer.state.global_step
         log.info("finished %d step%s; the model is in %s", steps, "" if steps == 1 else "s", final)
     return run_dir
+
+
+def _check_reference_outside(cfg: TrainConfig, run_dir: Path) -> None:
+    """As :func:`infosft.train_run.check_inputs_outside`, for the reference model."""
+    value = cfg.reference
+    if (value and not runlock.is_empty(run_dir) and Path(value).exists()
+            and Path(value).resolve().is_relative_to(run_dir.resolve())):
+        raise InfosftError(f"config field 'reference': {value} lies inside {run_dir}, which "
+                           "--overwrite would delete; copy it elsewhere first")
 
 
 def _stopped(run_dir: Path, is_main: bool) -> Path:

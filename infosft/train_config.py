@@ -16,7 +16,8 @@ from typing import Any
 
 from infosft.configs import check_keys, option as _f, read_config_file, write_config
 from infosft.errors import InfosftError
-from infosft.weights import SCHEMES, resolve_knobs
+from infosft.schemes import get as get_scheme
+from infosft.weights import needed_fields, resolve_knobs
 
 MODES = ("online", "static")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -24,6 +25,21 @@ LORA_LR, FULL_LR = 2e-4, 2e-5
 # Fields that a resumed run may change: they do not affect what is learned.
 RESUME_FREE = frozenset({"out", "logging_steps", "save_steps", "eval_steps", "report_to",
                          "device", "trust_remote_code"})
+
+
+class _NotAFlag(argparse.Action):
+    """What ``add_flags`` makes of a field kept off the command line (``no_flag``
+    metadata): a hidden option that refuses to be used. ``knobs`` comes from a config
+    file, or from the scheme's own flags (``--alpha``, ``--knob NAME=VALUE``)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        kwargs["help"] = argparse.SUPPRESS
+        kwargs.pop("type", None)
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not a flag: give each knob by its own flag "
+                     "(e.g. --alpha 0.5) or --knob NAME=VALUE, or 'knobs' in --config")
 
 
 @dataclass
@@ -35,13 +51,24 @@ class TrainConfig:
     out: str | None = _f(None, "required: the run directory to create")
     model: str | None = _f(None, "base model: a local path or hub id (default: the embedded "
                            "SmolLM2-135M-Instruct)")
-    scheme: str = _f("infosft", "token weighting: sft, dft, infosft or profit")
+    scheme: str = _f("infosft", "token weighting: sft, dft, infosft, profit, eaft, excess, "
+                     "or your own as module:function")
     C: float | None = _f(None, "InfoSFT: C > 0 (or give P)")
     P: float | None = _f(None, "InfoSFT: P in (0.5, 1), C = log(P/(1-P)); default 0.93")
     threshold: float | list[float] | None = _f(
         None, "ProFit: tau in [0, 1] (default 0.1), or [low, high] for direction middle",
         cli=dict(type=float, nargs="+", metavar="TAU"))
     direction: str | None = _f(None, "ProFit: higher (default), lower, middle or random")
+    knobs: dict[str, Any] | None = _f(
+        None, "knobs of the scheme beyond C, P, threshold, direction, seed, e.g. {alpha: 0.5} "
+        "for eaft, {keep: 0.6, per: example} for excess, or a user scheme's",
+        # no flag of its own: the CLI's --alpha, --keep, --per, --knob NAME=VALUE fill it
+        # (no_flag: for add_flags to skip it; meanwhile _NotAFlag hides and refuses it)
+        cli=dict(action=_NotAFlag), no_flag=True)
+    reference: str | None = _f(
+        None, "a reference model (local path or hub id; the default's path works) whose "
+        "target log-probs the excess scheme compares against; loaded once, run without "
+        "gradient in the same step")
     mode: str = _f("online", "online: weights from the trained model's own q at every step "
                    "(the papers' method); static: the per-token weights of an exported dataset")
     lora: bool = _f(True, "train a LoRA adapter (default: fast on CPU, small to save); "
@@ -84,11 +111,12 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
 
     def knob_args(self) -> dict[str, Any]:
-        """The knobs as given (None = default), for ``make_loss_func`` / ``resolve_knobs``."""
-        return {"C": self.C, "P": self.P, "threshold": self.threshold,
+        """The knobs as given (None = default), for ``make_loss_func`` / ``resolve_knobs``:
+        the flat fields and those of ``knobs``."""
+        return {**(self.knobs or {}), "C": self.C, "P": self.P, "threshold": self.threshold,
                 "direction": self.direction, "seed": self.seed}
 
-    def knobs(self) -> dict[str, Any]:
+    def resolved_knobs(self) -> dict[str, Any]:
         """The scheme's canonical knobs (see :func:`infosft.weights.resolve_knobs`)."""
         return resolve_knobs(self.scheme, **self.knob_args())
 
@@ -120,7 +148,9 @@ class ConfigError(InfosftError):
         self.field = field
 
 
-KNOB_FIELDS = ("scheme", "C", "P", "threshold", "direction", "seed")
+KNOB_FIELDS = ("scheme", "C", "P", "threshold", "direction", "seed", "knobs")
+#: The knobs that are config fields of their own (``knobs`` holds every other one).
+FLAT_KNOBS = ("C", "P", "threshold", "direction", "seed")
 
 
 def resolve(file_values: dict[str, Any] | None = None,
@@ -185,7 +215,7 @@ def validate(cfg: TrainConfig) -> None:
         if not isinstance(v, str) or not v.strip():
             raise ConfigError(f"config field {name!r} is required (a "
                               f"{'dataset' if name == 'data' else 'run directory'} path)", name)
-    for name in ("model", "eval_data", "device", "direction"):
+    for name in ("model", "eval_data", "device", "direction", "reference"):
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, str) or not v.strip()):
             raise _bad(name, "a non-empty string", v)
@@ -195,10 +225,17 @@ def validate(cfg: TrainConfig) -> None:
         # A name with a file suffix must be a local file; others may be hub names.
         if v is not None and Path(v).suffix and not Path(v).exists():
             raise ConfigError(f"config field {name!r}: no such file {v}", name)
-    if cfg.scheme not in SCHEMES:
-        raise _bad("scheme", f"one of {', '.join(SCHEMES)}", cfg.scheme)
+    try:
+        get_scheme(cfg.scheme)  # a built-in, or a module:function that loads and passes
+    except ValueError as e:
+        raise ConfigError(f"config field 'scheme': {e}", "scheme") from None
     if cfg.mode not in MODES:
         raise _bad("mode", f"one of {', '.join(MODES)}", cfg.mode)
+    _check_knobs(cfg.knobs)
+    if cfg.mode == "online" and "logp_ref" in needed_fields(cfg.scheme) and not cfg.reference:
+        raise ConfigError(f"config field 'reference' is required by scheme {cfg.scheme!r} "
+                          "online (a model to compare each token's log-prob with, e.g. "
+                          "the base model)", "reference")
     for name in ("lora", "use_template", "trust_remote_code", "gradient_checkpointing"):
         if not isinstance(getattr(cfg, name), bool):
             raise _bad(name, "true or false", getattr(cfg, name))
@@ -209,7 +246,12 @@ def validate(cfg: TrainConfig) -> None:
     if not _is_int(cfg.seed):
         raise _bad("seed", "an integer", cfg.seed)
     try:
-        cfg.knobs()
+        resolve_knobs(cfg.scheme, **{k: v for k, v in cfg.knob_args().items()
+                                     if k not in FLAT_KNOBS})
+    except ValueError as e:
+        raise ConfigError(f"config field 'knobs': {e}", "knobs") from None
+    try:
+        cfg.resolved_knobs()
     except ValueError as e:
         raise ConfigError(f"config: {e}") from None
     _positive_ints(cfg, ("lora_r", "batch_size", "grad_accum", "logging_steps"),
@@ -238,6 +280,21 @@ def validate(cfg: TrainConfig) -> None:
         raise _bad("fields", "a mapping of names to column names", cfg.fields)
     if not (isinstance(cfg.report_to, list) and all(isinstance(r, str) for r in cfg.report_to)):
         raise _bad("report_to", "a list of tracker names (or none)", cfg.report_to)
+
+
+def _check_knobs(knobs: Any) -> None:
+    if knobs is None:
+        return
+    if not (isinstance(knobs, dict) and all(isinstance(k, str) for k in knobs)):
+        raise _bad("knobs", "a mapping of knob names to values", knobs)
+    flat = [k for k in knobs if k in FLAT_KNOBS]
+    if flat:
+        raise ConfigError(f"config field 'knobs': {flat[0]} is a config field of its own; "
+                          f"give it as {flat[0]}, not inside knobs", "knobs")
+    for name, value in knobs.items():
+        if not (isinstance(value, (str, int, float)) or (
+                isinstance(value, list) and all(isinstance(v, (int, float)) for v in value))):
+            raise _bad("knobs", f"a number or text for knob {name!r}", value)
 
 
 def _positive_ints(cfg: TrainConfig, required: tuple[str, ...], optional: tuple[str, ...]):
@@ -293,7 +350,7 @@ def dump(cfg: TrainConfig, path: str | Path) -> Path:
 
 # Fields that name a local file or directory (or a hub id / dataset name): equal when
 # they resolve to the same path, so `./data.jsonl` and `data.jsonl` are one dataset.
-PATH_FIELDS = ("data", "eval_data", "model")
+PATH_FIELDS = ("data", "eval_data", "model", "reference")
 
 
 def same_value(name: str, a: Any, b: Any) -> bool:

@@ -3,9 +3,22 @@
 The loss is ``sum_t w_t * (-logp_t) / N`` (see :mod:`infosft.loss`): ``w_t`` from
 :mod:`infosft.weights`, detached, and ``N`` the supervised tokens of the whole optimizer
 step, zero-weight ones included. The scheme and its knobs are keyword arguments beside
-the parent's own: ``scheme`` (``sft``, ``dft``, ``infosft``, ``profit``), ``mode``
-(``online`` or ``static``), ``C`` or ``P`` (InfoSFT), ``threshold``, ``direction``,
-``seed`` (ProFit).
+the parent's own: ``scheme`` (``sft``, ``dft``, ``infosft``, ``profit``, ``eaft``,
+``excess``, or a user's ``module:function``), ``mode`` (``online`` or ``static``), ``C``
+or ``P`` (InfoSFT), ``threshold``, ``direction``, ``seed`` (ProFit), ``alpha`` (EAFT),
+``keep``, ``per`` (excess), a user scheme's own by name, or all of them as ``knobs={...}``.
+
+Online, the schemes that read more than each token's log-prob get it from the same step:
+EAFT's ``entropy_top20`` from the trained model's current logits (in the chunked
+log-softmax, without gradient: no other pass, no copy of the logits), and excess's
+``logp_ref`` from ``reference_model=``, a loaded model run once per micro-batch on the
+same inputs under ``torch.no_grad`` (in eval mode, moved to the trained model's device
+and dtype, never trained or saved)::
+
+    ref = AutoModelForCausalLM.from_pretrained(base_path)
+    trainer = WeightedSFTTrainer(model=model, args=args, train_dataset=dataset,
+                                 processing_class=tokenizer, scheme="excess",
+                                 reference_model=ref, keep=0.6)
 
 Online weights, the papers' method (each token's weight from the trained model's own q,
 recomputed at every step)::
@@ -39,10 +52,11 @@ Without TRL, :class:`WeightedTrainer` is a ``transformers.Trainer`` with the sam
 arguments and ``TrainingArguments``; it pads with :class:`WeightedCollator` by default and
 does no truncation of its own.
 
-One forward pass per micro-batch. Under TRL (1.16+) the forward is TRL's fused LM head,
-``model(**inputs, fused_lm_head=True)``, which returns the target log-probs without
-building ``(B, T, V)`` logits; the online weights come from those log-probs, detached.
-Elsewhere it is infosft's own target head (:mod:`infosft.target_head`): the backbone, then
+One forward pass of the trained model per micro-batch. Under TRL (1.16+) the forward is
+TRL's fused LM head, ``model(**inputs, fused_lm_head=True)``, which returns the target
+log-probs without building ``(B, T, V)`` logits; the online weights come from those
+log-probs, detached. (TRL's head has no top-20 entropy, so EAFT takes infosft's target
+head instead.) Elsewhere it is infosft's own target head (:mod:`infosft.target_head`): the backbone, then
 the vocabulary projection and the chunked log-softmax of :mod:`infosft.loss` only at the
 positions that predict a supervised token; models that scale their logits get the full
 logits. ``infosft train`` adds padding-free batches, per-document attention and, on the
@@ -61,8 +75,9 @@ from transformers import Trainer, TrainerCallback
 
 from infosft.data import IGNORE_INDEX
 from infosft.errors import InfosftError
-from infosft.loss import WeightedLoss, target_logprobs, weighted_nll
-from infosft.target_head import add_target_head
+from infosft.loss import WeightedLoss, _logits, example_ids, target_logprobs, weighted_nll
+from infosft.schemes import get as get_scheme
+from infosft.target_head import add_target_head, causal_lm
 
 __all__ = ["WeightedCollator", "WeightedSFTTrainer", "WeightedTrainer"]  # noqa: F822 (lazy)
 
@@ -191,20 +206,81 @@ class _WeightedLossMixin:
     def __init__(self, model: Any = None, args: Any = None, *, scheme: str = "infosft",
                  mode: str = "online", C: float | None = None, P: float | None = None,
                  threshold: Any = None, direction: str | None = None, seed: int | None = None,
+                 knobs: dict[str, Any] | None = None, reference_model: Any = None,
                  **kwargs: Any):
         if kwargs.get("compute_loss_func") is not None:
             raise InfosftError(f"{type(self).__name__} computes the weighted loss itself; "
                                "leave out compute_loss_func")
         # Validated first: the parent's __init__ may spend minutes preparing the dataset.
-        self.weighted_loss = WeightedLoss(scheme, mode, C=C, P=P, threshold=threshold,
-                                          direction=direction, seed=seed)
+        try:
+            own = get_scheme(scheme).knob_names  # a module:function scheme loads here
+        except ValueError as e:
+            raise InfosftError(str(e)) from None
+        extra = {k: kwargs.pop(k) for k in own if k in kwargs}  # alpha=..., keep=..., gamma=...
+        self.weighted_loss = WeightedLoss(scheme, mode, **{
+            **(knobs or {}), **extra, **{k: v for k, v in dict(
+                C=C, P=P, threshold=threshold, direction=direction, seed=seed).items()
+                if v is not None}})
+        if self.weighted_loss.needs_reference and reference_model is None:
+            raise InfosftError(f"scheme {scheme!r} compares each token's log-prob with a "
+                               "reference model's: pass reference_model= (a loaded model)")
         super().__init__(model, args, **kwargs)
         self.add_callback(_ResumeDraws(self.weighted_loss))
         # One forward, and the vocabulary projection only where a target is predicted:
-        # TRL's fused LM head where the parent has one, else infosft's target head.
-        self._fused = self._uses_fused_head()
+        # TRL's fused LM head where the parent has one, else infosft's target head. TRL's
+        # head computes no top-20 entropy: EAFT takes infosft's head (or the full logits).
+        self._fused = self._uses_fused_head() and not self.weighted_loss.needs_entropy
         self._target_head = not self._fused and add_target_head(
             self.model, self.weighted_loss.chunk_elements)
+        # Only a scheme that reads logp_ref runs the reference (static mode: never).
+        self.reference_model = reference_model if self.weighted_loss.needs_reference else None
+        self._reference_head = False
+        if self.reference_model is not None:
+            self._prepare_reference()
+
+    def _prepare_reference(self) -> None:
+        """Freeze the reference, in eval mode, with the trained model's attention (a
+        padding-free batch needs one that keeps its documents apart) and dtype."""
+        from infosft.varlen_attention import NAME as VARLEN, use_varlen_attention
+
+        ref = self.reference_model
+        ref.eval()
+        ref.requires_grad_(False)
+        trained = getattr(getattr(causal_lm(self.model), "config", None),
+                          "_attn_implementation", None)
+        if trained == VARLEN:
+            use_varlen_attention(ref)
+        ref_impl = getattr(getattr(causal_lm(ref), "config", None), "_attn_implementation", None)
+        if trained is not None and ref_impl is not None and ref_impl != trained:
+            import logging
+
+            logging.getLogger("infosft.trainers").warning(
+                "the reference model's attention is %s, the trained model's %s: on "
+                "padding-free batches both must keep the documents apart", ref_impl, trained)
+        self._reference_dtype = getattr(causal_lm(self.model), "dtype", None)
+        self._place_reference(self.args.device)
+        self._reference_head = add_target_head(ref, self.weighted_loss.chunk_elements)
+
+    def _place_reference(self, device: torch.device) -> None:
+        ref = self.reference_model
+        first = next(ref.parameters(), None)
+        if first is not None and (first.device != torch.device(device) or (
+                self._reference_dtype is not None and first.is_floating_point()
+                and first.dtype != self._reference_dtype)):
+            ref.to(device=device, dtype=self._reference_dtype)
+
+    @torch.no_grad()
+    def _reference_logprobs(self, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+        """``logp_ref`` ``(B, T)`` float32 in :func:`infosft.loss.target_logprobs`' layout:
+        one forward of the reference on the micro-batch, without gradient."""
+        ref = self.reference_model
+        ids = inputs.get("input_ids")
+        self._place_reference(ids.device if torch.is_tensor(ids) else labels.device)
+        if self._reference_head:
+            return ref(**inputs, target_labels=labels).log_probs.float()
+        logp, _ = target_logprobs(_logits(ref(**inputs)), labels,
+                                  self.weighted_loss.chunk_elements)
+        return logp
 
     def _uses_fused_head(self) -> bool:
         return False
@@ -226,14 +302,26 @@ class _WeightedLossMixin:
         labels = inputs.pop("labels")
         weights = inputs.pop(WEIGHTS, None)
         inputs["use_cache"] = False
+        loss_fn = self.weighted_loss
+        fields: dict[str, torch.Tensor] = {}
+        if model.training and self.reference_model is not None:
+            fields["logp_ref"] = self._reference_logprobs(dict(inputs), labels)
+        entropy = model.training and loss_fn.needs_entropy
         if return_outputs:  # the caller wants the logits (compute_metrics): that forward it is
             outputs = model(**inputs)
-            logp, mask = target_logprobs(outputs.logits, labels, self.weighted_loss.chunk_elements)
+            logp, mask, *ent = target_logprobs(outputs.logits, labels, loss_fn.chunk_elements,
+                                               entropy=entropy)
         else:
-            logp, mask, outputs = self._target_logprobs(model, inputs, labels)
+            logp, mask, outputs, *ent = self._target_logprobs(model, inputs, labels,
+                                                              entropy=entropy)
         if not model.training:
             return weighted_nll(logp, mask.float(), mask), outputs
-        loss = self.weighted_loss.loss_of_logprobs(logp, mask, num_items_in_batch, weights)
+        if ent:
+            fields["entropy_top20"] = ent[0]
+        if loss_fn.mode == "online":
+            # which example each token is: a row, or a document of a padding-free row
+            fields["example"] = example_ids(logp.shape, inputs.get("position_ids"), logp.device)
+        loss = loss_fn.loss_of_logprobs(logp, mask, num_items_in_batch, weights, fields)
         if num_items_in_batch is None:  # normalized per micro-batch: average the step's here
             steps = getattr(self, "current_gradient_accumulation_steps",
                             self.args.gradient_accumulation_steps)
@@ -246,16 +334,21 @@ class _WeightedLossMixin:
                            else self.args.n_gpu)
         return loss, outputs
 
-    def _target_logprobs(self, model, inputs, labels):
+    def _target_logprobs(self, model, inputs, labels, entropy=False):
         """``(logp, mask, outputs)`` of one forward, ``logp``/``mask`` ``(B, T)`` in
-        :func:`infosft.loss.target_logprobs`' layout (``logp[:, t]`` predicts token t + 1)."""
+        :func:`infosft.loss.target_logprobs`' layout (``logp[:, t]`` predicts token t + 1);
+        with ``entropy``, a fourth: each target's top-20 entropy ``(B, T)``, detached."""
         if self._target_head:
+            if entropy:
+                outputs = model(**inputs, target_labels=labels, target_entropy=True)
+                return outputs.log_probs, outputs.label_mask, outputs, outputs.entropy_top20
             outputs = model(**inputs, target_labels=labels)
             return outputs.log_probs, outputs.label_mask, outputs
         # No labels to the model: it would add a full-vocabulary loss of its own.
         outputs = model(**inputs)
-        logp, mask = target_logprobs(outputs.logits, labels, self.weighted_loss.chunk_elements)
-        return logp, mask, outputs
+        got = target_logprobs(outputs.logits, labels, self.weighted_loss.chunk_elements,
+                              entropy=entropy)
+        return (got[0], got[1], outputs, *got[2:])
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:  # a training log: the weights of the tokens seen since the last one
@@ -273,7 +366,12 @@ class WeightedTrainer(_WeightedLossMixin, Trainer):
             ``data_collator`` the batches are padded by :class:`WeightedCollator`.
         scheme, mode, C, P, threshold, direction, seed: the scheme and its knobs
             (:func:`infosft.weights.resolve_knobs`); ``static`` takes each token's weight
-            from the batch's ``weights``.
+            from the batch's ``weights``. Other knobs (``alpha``, ``keep``, ``per``, a
+            ``module:function`` scheme's) by name or in ``knobs={...}``.
+        reference_model: a loaded model whose target log-probs (``logp_ref``) the
+            ``excess`` scheme (or a user scheme reading ``logp_ref``) compares against:
+            one no-grad forward per micro-batch, eval mode, the trained model's device and
+            dtype. Required by such schemes online, unused otherwise.
     """
 
     def __init__(self, model: Any = None, args: Any = None, **kwargs: Any):
@@ -317,7 +415,9 @@ def _sft_trainer_class() -> type:
             scheme, mode, C, P, threshold, direction, seed: the scheme and its knobs
                 (:func:`infosft.weights.resolve_knobs`); ``static`` takes each token's
                 weight from the dataset's ``weights`` column, which must hold one float per
-                ``input_ids`` token (an ``infosft export`` file).
+                ``input_ids`` token (an ``infosft export`` file). Other knobs (``alpha``,
+                ``keep``, ``per``, a ``module:function`` scheme's) by name or in ``knobs``.
+            reference_model: as for :class:`WeightedTrainer` (excess's ``logp_ref``).
         """
 
         def __init__(self, *args: Any, **kwargs: Any):
@@ -372,9 +472,9 @@ def _sft_trainer_class() -> type:
                 self._record_metrics(outputs, inputs)
             return (loss, outputs) if return_outputs else loss
 
-        def _target_logprobs(self, model, inputs, labels):
-            if not self._fused:
-                return super()._target_logprobs(model, inputs, labels)
+        def _target_logprobs(self, model, inputs, labels, entropy=False):
+            if not self._fused:  # (EAFT's entropy never takes the fused head)
+                return super()._target_logprobs(model, inputs, labels, entropy)
             if self.aux_loss_enabled:
                 inputs["output_router_logits"] = True
             outputs = model(**inputs, labels=labels, fused_lm_head=True)

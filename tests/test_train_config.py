@@ -26,7 +26,7 @@ def test_defaults_and_lr_follows_lora():
     assert cfg.lr == LORA_LR
     assert resolve(base(lora=False)).lr == FULL_LR
     assert resolve(base(lora=False, lr=1e-3)).lr == 1e-3
-    assert cfg.knobs() == pytest.approx({"C": 2.5866893, "P": 0.93})
+    assert cfg.resolved_knobs() == pytest.approx({"C": 2.5866893, "P": 0.93})
 
 
 def test_every_field_has_a_default_and_help():
@@ -72,7 +72,7 @@ def test_bad_field_is_named(field, value, words):
 
 def test_profit_knobs_and_required_fields():
     cfg = resolve(base(scheme="profit", threshold=[0.2, 0.8], direction="middle"))
-    assert cfg.knobs() == {"threshold": [0.2, 0.8], "direction": "middle", "seed": 0}
+    assert cfg.resolved_knobs() == {"threshold": [0.2, 0.8], "direction": "middle", "seed": 0}
     with pytest.raises(InfosftError, match="threshold"):
         resolve(base(scheme="profit", threshold=2.0))
     with pytest.raises(InfosftError, match="direction"):
