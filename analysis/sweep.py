@@ -42,7 +42,7 @@ from infosft.weights import resolve_knobs
 SWEEP_FILE = "sweep.json"
 REPORT_FILE = "report.json"
 RUNS = "runs"
-PER_RUN = ("scheme", "C", "P", "threshold", "direction", "seed")  # set by the grid
+PER_RUN = ("scheme", "C", "P", "threshold", "direction", "seed", "knobs")  # set by the grid
 
 
 def parse_point(text: str) -> tuple[str, dict[str, Any]]:
@@ -59,7 +59,7 @@ def parse_point(text: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise InfosftError(f"--scheme {text!r}: expected NAME:knob=value,..., got {item!r}")
-        knobs[key.strip()] = _value(value.strip())
+        knobs[key.strip()] = parse_value(value.strip())
     try:
         resolve_knobs(name, **{k: tuple(v) if isinstance(v, list) else v
                                for k, v in knobs.items()})
@@ -68,9 +68,14 @@ def parse_point(text: str) -> tuple[str, dict[str, Any]]:
     return name, knobs
 
 
-def _value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A knob value typed as text: an int, a float, ``a/b`` a pair, else the text.
+
+    >>> parse_value("2"), parse_value("0.5"), parse_value("0.2/0.8"), parse_value("example")
+    (2, 0.5, [0.2, 0.8], 'example')
+    """
     if "/" in text:
-        return [_value(part) for part in text.split("/")]
+        return [parse_value(part) for part in text.split("/")]
     try:
         return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
     except ValueError:
@@ -157,6 +162,17 @@ def points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def run_config(train_cfg: Any, run: Path, scheme: str, knobs: dict[str, Any], seed: int) -> Any:
+    """The validated TrainConfig of one grid point and seed: the sweep's settings with the
+    point's scheme and knobs (each knob not given by the point back to its default)."""
+    from infosft.train_config import FLAT_KNOBS, knob_values, validate
+
+    values = {k: None for k in FLAT_KNOBS} | knob_values(knobs) | {"seed": seed}
+    cfg = replace(train_cfg, out=str(run), scheme=scheme, **values)
+    validate(cfg)
+    return cfg
+
+
 def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, eval_cfg, *,
               resume: bool = False, progress: bool = True,
               devices: list[str] | None = None) -> dict[str, Any]:
@@ -173,8 +189,6 @@ def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, e
 
     from infosft.analysis.evaluate import read_report
     from infosft.train import train
-    from infosft.train_config import validate
-
     out = Path(out).resolve()  # absolute run paths in the reports: readable from anywhere
     grid = [(parse_point(p), s) for p in points for s in seeds]
     if not grid:
@@ -185,10 +199,7 @@ def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, e
         todo = []
         for (scheme, knobs), seed in grid:
             run = out / RUNS / run_name(scheme, knobs, seed)
-            knob_fields = {"C": None, "P": None, "threshold": None, "direction": None} | knobs
-            cfg = replace(train_cfg, out=str(run), scheme=scheme, seed=seed, **knob_fields)
-            validate(cfg)
-            todo.append((cfg, run))
+            todo.append((run_config(train_cfg, run, scheme, knobs, seed), run))
         problems = run_on_devices(out, todo, eval_cfg, devices, progress)
         report = write_report(out)
         if problems:
@@ -198,9 +209,7 @@ def run_sweep(out: str | Path, points: list[str], seeds: list[int], train_cfg, e
         return report
     for (scheme, knobs), seed in grid:
         run = out / RUNS / run_name(scheme, knobs, seed)
-        knob_fields = {"C": None, "P": None, "threshold": None, "direction": None} | knobs
-        cfg = replace(train_cfg, out=str(run), scheme=scheme, seed=seed, **knob_fields)
-        validate(cfg)
+        cfg = run_config(train_cfg, run, scheme, knobs, seed)
         state = ts.read_status(run).get("state") if (run / ts.CONFIG).exists() else None
         if state != "finished":
             if progress:

@@ -23,9 +23,9 @@ def _fields(pairs: list[str] | None) -> dict[str, str] | None:
     return out
 
 
-#: The knobs ``infosft train`` has always had as flat config fields; every other scheme
-#: knob (EAFT's alpha, excess's keep and per, a user scheme's) travels in ``knobs``.
-FLAT_KNOBS = ("C", "P", "threshold", "direction", "seed")
+#: ``infosft train`` has the flat knobs (``train_config.FLAT_KNOBS``) as config fields of
+#: their own; every other scheme knob (EAFT's alpha, excess's keep and per, a user
+#: scheme's) travels in its ``knobs``.
 _KNOB_CLI = {"threshold": dict(nargs="+", metavar="TAU")}  # a (low, high) pair for middle
 
 
@@ -78,8 +78,9 @@ def _knobs(args, names: tuple[str, ...] | None = None) -> dict:
 
 def _extra_knobs(args) -> dict | None:
     """The knobs beyond the flat config fields, for TrainConfig's ``knobs`` (None: none)."""
-    extra = {k: v for k, v in _knobs(args).items() if k not in FLAT_KNOBS and v is not None}
-    return extra or None
+    from infosft.train_config import knob_values
+
+    return knob_values({k: v for k, v in _knobs(args).items() if v is not None})["knobs"]
 
 
 def _add_scheme_args(p: argparse.ArgumentParser) -> None:
@@ -275,11 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     from infosft.analysis.evaluate import EvalConfig
     from infosft.analysis.score import ScoreConfig
     from infosft.configs import add_flags
-    from infosft.train_config import TrainConfig
+    from infosft.train_config import FIELD_NAMES, TrainConfig
 
     parser = argparse.ArgumentParser(
-        prog="infosft", description="See what token-weighted SFT (DFT, InfoSFT, ProFit) does "
-        "to your data before you train.")
+        prog="infosft", description="See what token-weighted SFT (DFT, InfoSFT, ProFit, "
+        "EAFT, Rho-1's excess loss, your own) does to your data before you train.")
     parser.add_argument("--status-file", metavar="FILE",
                         help="when the command ends, write its outcome as JSON to FILE "
                         "(returncode, the one-line error): how a launcher tells why it failed")
@@ -352,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_flags(p, TrainConfig)
-    _add_knob_flags(p, skip=frozenset(FLAT_KNOBS))
+    _add_knob_flags(p, skip=frozenset(FIELD_NAMES))
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

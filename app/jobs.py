@@ -301,9 +301,11 @@ def train_values(data: str, out: Path, *, scheme: str | None = "infosft",
     unknown = sorted(set(options) - set(TRAIN_OPTIONS))
     if unknown:
         raise TypeError(f"unknown training option {unknown[0]!r}")
+    from infosft.train_config import knob_values
+
     values = {"data": workspace.local_path(str(data)), "out": str(out), "scheme": scheme,
               "mode": mode, "lora": lora, "fields": fields or None,
-              "use_template": not no_template, **(knobs or {}), **options}
+              "use_template": not no_template, **knob_values(knobs), **options}
     if values.get("model"):
         values["model"] = workspace.local_path(values["model"])
     return {k: v for k, v in values.items() if v not in (None, "")}

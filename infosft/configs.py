@@ -24,8 +24,10 @@ def option(default: Any, help: str, **kw: Any):
     """A dataclass field with a one-line help (shown by ``infosft COMMAND --help``).
 
     ``kw`` goes into the field's metadata: ``flag`` (the flag's name when it is not
-    ``--field-name``), ``cli`` (extra ``argparse.add_argument`` arguments) or
-    ``positional=True`` (a positional argument, optional when a config file may give it).
+    ``--field-name``), ``cli`` (extra ``argparse.add_argument`` arguments),
+    ``positional=True`` (a positional argument, optional when a config file may give it)
+    or ``no_flag=True`` (a config-file key only: the command fills it from flags of its
+    own, as ``infosft train`` fills ``knobs`` from ``--alpha``, ``--knob NAME=VALUE``).
     """
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
@@ -56,9 +58,10 @@ def add_flags(parser: argparse.ArgumentParser, cls, *, exclude=frozenset(),
     ``list[...]`` -> repeatable; a field's ``cli`` metadata overrides it.
     """
     for f in fields(cls):
-        if f.name in exclude or (only is not None and f.name not in only):
-            continue
         meta = f.metadata
+        if (f.name in exclude or (only is not None and f.name not in only)
+                or meta.get("no_flag")):
+            continue
         help_ = meta.get("help", "")
         default = default_of(f)
         if default not in (None, [], {}) and "default" not in help_:

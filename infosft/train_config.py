@@ -27,21 +27,6 @@ RESUME_FREE = frozenset({"out", "logging_steps", "save_steps", "eval_steps", "re
                          "device", "trust_remote_code"})
 
 
-class _NotAFlag(argparse.Action):
-    """What ``add_flags`` makes of a field kept off the command line (``no_flag``
-    metadata): a hidden option that refuses to be used. ``knobs`` comes from a config
-    file, or from the scheme's own flags (``--alpha``, ``--knob NAME=VALUE``)."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        kwargs["help"] = argparse.SUPPRESS
-        kwargs.pop("type", None)
-        super().__init__(option_strings, dest, nargs=0, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} is not a flag: give each knob by its own flag "
-                     "(e.g. --alpha 0.5) or --knob NAME=VALUE, or 'knobs' in --config")
-
-
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (recorded as ``RUN/config.yaml``)."""
@@ -63,8 +48,7 @@ class TrainConfig:
         None, "knobs of the scheme beyond C, P, threshold, direction, seed, e.g. {alpha: 0.5} "
         "for eaft, {keep: 0.6, per: example} for excess, or a user scheme's",
         # no flag of its own: the CLI's --alpha, --keep, --per, --knob NAME=VALUE fill it
-        # (no_flag: for add_flags to skip it; meanwhile _NotAFlag hides and refuses it)
-        cli=dict(action=_NotAFlag), no_flag=True)
+        no_flag=True)
     reference: str | None = _f(
         None, "a reference model (local path or hub id; the default's path works) whose "
         "target log-probs the excess scheme compares against; loaded once, run without "
@@ -151,6 +135,20 @@ class ConfigError(InfosftError):
 KNOB_FIELDS = ("scheme", "C", "P", "threshold", "direction", "seed", "knobs")
 #: The knobs that are config fields of their own (``knobs`` holds every other one).
 FLAT_KNOBS = ("C", "P", "threshold", "direction", "seed")
+
+
+def knob_values(knobs: dict[str, Any] | None) -> dict[str, Any]:
+    """A scheme's knobs as TrainConfig values: the flat fields, every other knob under
+    ``knobs`` (None when there is none).
+
+    >>> knob_values({"C": 2.0, "alpha": 0.5})
+    {'C': 2.0, 'knobs': {'alpha': 0.5}}
+    >>> knob_values({"threshold": 0.2})
+    {'threshold': 0.2, 'knobs': None}
+    """
+    knobs = knobs or {}
+    extra = {k: v for k, v in knobs.items() if k not in FLAT_KNOBS}
+    return {**{k: v for k, v in knobs.items() if k in FLAT_KNOBS}, "knobs": extra or None}
 
 
 def resolve(file_values: dict[str, Any] | None = None,

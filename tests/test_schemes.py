@@ -204,3 +204,44 @@ def test_a_bad_scheme_name_is_one_line(spec):
 def test_a_builtin_cannot_be_replaced():
     with pytest.raises(ValueError, match="already registered"):
         schemes.register(schemes.Scheme("sft", "x", "w = 2", "", lambda f: f["logp"] * 0 + 2))
+
+
+def test_doctests_of_knob_plumbing():
+    import doctest
+
+    from infosft import train_config
+
+    assert doctest.testmod(train_config).failed == 0
+
+
+def test_sweep_points_of_new_schemes_become_run_configs(tmp_path):
+    """A grid point's knobs land where TrainConfig keeps them: the flat fields, or
+    ``knobs`` for the others; a point leaves every other knob at its default."""
+    from infosft.analysis.sweep import parse_point, run_config
+    from infosft.train_config import resolve
+
+    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+    base = resolve({"data": str(tmp_path / "d.jsonl"), "out": str(tmp_path / "x"), "C": 3.0,
+                    "knobs": None, "reference": str(tmp_path)})
+    scheme, knobs = parse_point("excess:keep=0.3,per=example")
+    cfg = run_config(base, tmp_path / "r", scheme, knobs, 2)
+    assert (cfg.scheme, cfg.knobs, cfg.C, cfg.seed) == ("excess", {"keep": 0.3,
+                                                                    "per": "example"}, None, 2)
+    assert cfg.resolved_knobs() == {"keep": 0.3, "per": "example"}
+    scheme, knobs = parse_point("infosft:P=0.8")
+    cfg = run_config(base, tmp_path / "r", scheme, knobs, 0)
+    assert (cfg.P, cfg.C, cfg.knobs) == (0.8, None, None)
+
+
+def test_the_apps_train_form_puts_new_knobs_under_knobs(tmp_path):
+    """The Train page's values (Settings.knobs of the chosen scheme) become a config the
+    trainer accepts: EAFT's alpha under ``knobs``, InfoSFT's C flat."""
+    from infosft.app import jobs
+
+    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+    cfg = jobs.train_config(str(tmp_path / "d.jsonl"), tmp_path / "run", scheme="eaft",
+                            knobs={"alpha": 0.5})
+    assert (cfg.knobs, cfg.resolved_knobs()) == ({"alpha": 0.5}, {"alpha": 0.5})
+    cfg = jobs.train_config(str(tmp_path / "d.jsonl"), tmp_path / "run", scheme="infosft",
+                            knobs={"C": 2.0})
+    assert (cfg.C, cfg.knobs) == (2.0, None)
