@@ -100,3 +100,31 @@ def test_bad_knob_values_are_one_line(capsys, run):
     assert rc == 2 and "keep must be in (0, 1]" in error_line(err)
     rc, _, err = cli(capsys, "stats", run.path, "--scheme", "nosuch")
     assert rc == 2 and "unknown scheme 'nosuch'" in error_line(err)
+
+
+def test_readme_user_scheme_runs_as_written(capsys, tmp_path, monkeypatch):
+    """The README's own-scheme file and its `infosft stats` line, as written."""
+    import re
+
+    from tests.helpers import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## More schemes, and your own\n", 1)[1].split("\n## ", 1)[0]
+    code = next(b for b in map(textwrap.dedent, re.findall(r"```python\n(.*?)```", section,
+                                                             re.S))
+                if b.startswith("# myschemes.py"))
+    line = next(x.strip() for x in re.findall(r"```bash\n(.*?)```", section, re.S)[-1]
+                .splitlines() if x.strip().startswith("infosft stats"))
+    (tmp_path / "myschemes.py").write_text(textwrap.dedent(code))
+    monkeypatch.chdir(tmp_path)
+    argv = [str(ROOT / a) if a.startswith("sample_data/") else a for a in line.split()[1:]]
+    try:
+        rc, out, err = cli(capsys, *argv, "--json")
+        assert rc == 0, err
+        q = np.exp(pl.read_parquet(str(SAMPLE_RUN / "tokens" / "*.parquet"))
+                   .filter(pl.col("is_target"))["logp"].to_numpy().astype(np.float64))
+        assert json.loads(out)["scheme"]["mean_weight"] == pytest.approx(
+            np.mean((1 - q) ** 3), rel=1e-5)
+    finally:
+        sys.modules.pop("myschemes", None)
+        schemes.base._REGISTRY.pop("myschemes:focal", None)
