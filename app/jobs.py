@@ -287,8 +287,9 @@ def cancel(job: Job) -> None:
 # --- training jobs ----------------------------------------------------------------------
 
 #: The training options the app's forms pass (TrainConfig fields, one value each).
-TRAIN_OPTIONS = ("model", "lr", "max_steps", "epochs", "batch_size", "grad_accum", "eval_steps",
-                 "max_length", "eval_split", "logging_steps", "save_steps", "limit", "split")
+TRAIN_OPTIONS = ("model", "reference", "lr", "max_steps", "epochs", "batch_size", "grad_accum",
+                 "eval_steps", "max_length", "eval_split", "logging_steps", "save_steps",
+                 "limit", "split")
 
 
 def train_values(data: str, out: Path, *, scheme: str | None = "infosft",
@@ -306,8 +307,9 @@ def train_values(data: str, out: Path, *, scheme: str | None = "infosft",
     values = {"data": workspace.local_path(str(data)), "out": str(out), "scheme": scheme,
               "mode": mode, "lora": lora, "fields": fields or None,
               "use_template": not no_template, **knob_values(knobs), **options}
-    if values.get("model"):
-        values["model"] = workspace.local_path(values["model"])
+    for key in ("model", "reference"):
+        if values.get(key):
+            values[key] = workspace.local_path(values[key])
     return {k: v for k, v in values.items() if v not in (None, "")}
 
 

@@ -206,6 +206,36 @@ def test_static_mode_trains_on_an_export(workspace, monkeypatch):
     assert run_dir == workspace / "trainings" / "static-run"
 
 
+def test_excess_asks_for_a_reference_and_eaft_sends_its_alpha(workspace, monkeypatch,
+                                                              tiny_model_dir):
+    """The registry's schemes from the Train page: excess shows a reference-model box
+    whose path lands in the config; EAFT's alpha lands under ``knobs``."""
+    at = app()
+    at.text_input(key="train_data").set_value(str(ROOT / "sample_data" / "sft_sample.jsonl"))
+    assert not any(t.key == "train_reference" for t in at.text_input)
+    at.selectbox(key="train_scheme").set_value("excess").run()
+    ok(at)
+    launched = capture_launches(monkeypatch)
+    at.text_input(key="train_name").set_value("no-ref").run()
+    at.button(key="train_go").click().run()
+    assert at.error and "reference" in at.error[0].value and not launched
+    at.text_input(key="train_reference").set_value(str(tiny_model_dir))
+    at.text_input(key="train_name").set_value("excess-run").run()
+    at.button(key="train_go").click().run()
+    ok(at)
+    (_, argv, _, _), = launched
+    cfg = config_of(argv)
+    assert (cfg["scheme"], cfg["reference"], cfg["knobs"]) == (
+        "excess", str(tiny_model_dir), {"keep": 0.6, "per": "all"})
+    at.selectbox(key="train_scheme").set_value("eaft").run()
+    at.slider(key="train_eaft_alpha").set_value(0.5).run()  # alpha in [0, 10]: a slider
+    at.text_input(key="train_name").set_value("eaft-run").run()
+    at.button(key="train_go").click().run()
+    ok(at)
+    cfg = config_of(launched[-1][1])
+    assert (cfg["scheme"], cfg["knobs"], cfg.get("reference")) == ("eaft", {"alpha": 0.5}, None)
+
+
 # --- runs in every state -----------------------------------------------------------------
 
 @pytest.fixture

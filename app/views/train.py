@@ -9,10 +9,11 @@ import streamlit as st
 from infosft.analysis.export import read_export_meta
 from infosft.analysis.training import list_train_runs, metrics_frame, q_drift, tail_lines
 from infosft.app import charts, jobs, knobs, state, sweep_view, workspace
-from infosft.app.render import duration, knobs_text
+from infosft.app.render import SCHEME_LABELS, duration, knobs_text
 from infosft.bundled import bundled_source
 from infosft.train_config import FULL_LR, LORA_LR, field_default
 from infosft.train_status import ACTIVE_STATES, FINAL, LOG
+from infosft.weights import needed_fields
 
 FORM = "train_form_settings"  # the form's knobs (a Settings), bound to the knob widgets
 SAVED = "_train_inputs"  # the form's other values, kept while the page is not shown
@@ -125,6 +126,12 @@ def data_inputs(defaults: dict) -> dict | None:
     s = st.session_state[FORM]
     extra = {"fields": defaults.get("fields"), "no_template": defaults.get("no_template"),
              "split": defaults.get("split")} if data == defaults.get("data") else {}
+    if "logp_ref" in needed_fields(s.scheme):  # excess: the reference runs beside the model
+        extra["reference"] = st.text_input(
+            "Reference model (local path or hub id)", key="train_reference",
+            help=f"{SCHEME_LABELS.get(s.scheme)} compares each token's log-prob under the model "
+            "being trained with this model's (same vocabulary); it runs without gradient "
+            "on every batch").strip() or None
     return {"data": data, "mode": mode, "scheme": s.scheme, "knobs": s.knobs(), **extra}
 
 
