@@ -2,8 +2,15 @@
 
 The tensor work (batches by a padded-token budget, the shared prefix's KV cache, the
 vocabulary projection only where a target is predicted) is ``infosft.scoring``; this
-module reads the records, owns the run directory and writes the Parquet. Token rows stream into ``tokens/part-*.parquet`` (whole examples per part,
-written atomically), which is what makes ``resume`` after a kill exact.
+module reads the records, owns the run directory and writes the Parquet. Token rows
+stream into ``tokens/part-*.parquet`` (whole examples per part, written atomically),
+which is what makes ``resume`` after a kill exact.
+
+Each target token also gets ``entropy_top20`` (the EAFT scheme's field) and, with
+``--reference MODEL``, ``logp_ref``: the log-prob a second model with the same
+vocabulary gives the same target (the excess-loss scheme's field), both after the usual
+columns (``analysis.store.OPTIONAL_TOKEN_SCHEMA``). A resumed run writes the optional
+columns its parts already have, so an older run is finished in its own layout.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from infosft.analysis.store import (PART_NAME, TOKEN_SCHEMA, Run, atomic_write_parquet,
-                                    old_targets, old_targets_error, read_part)
+from infosft.analysis.store import (OPTIONAL_TOKEN_SCHEMA, PART_NAME, TOKEN_SCHEMA, Run,
+                                    atomic_write_parquet, old_targets, old_targets_error,
+                                    read_part)
 from infosft.configs import option, required
 from infosft.data import TARGET_RULE, PreparedExample, has_template, prepare
 from infosft.errors import InfosftError
@@ -46,6 +54,9 @@ class ScoreConfig:
     out: str = required("run directory to create")
     model: str | None = option(None, "local path or hub id (default: embedded "
                                "SmolLM2-135M-Instruct)")
+    reference: str | None = option(None, "a second model, local path or the default's "
+                                   "name/path, scoring the same tokens; its target log-probs "
+                                   "go in logp_ref, for the excess-loss (Rho-1) scheme")
     max_length: int = option(2048, "tokens per example; longer ones are cut from the right")
     limit: int | None = option(None, "score only the first N rows")
     fields: dict[str, str] | None = option(
@@ -69,8 +80,8 @@ class ScoreConfig:
     dtype: str | None = option(None, "float32, bfloat16 (default: bf16 on CUDA, fp32 "
                                "elsewhere)")
 
-    RESULT_FIELDS = ("source", "model", "max_length", "limit", "fields", "use_template",
-                     "skip_invalid", "split", "top_k")
+    RESULT_FIELDS = ("source", "model", "reference", "max_length", "limit", "fields",
+                     "use_template", "skip_invalid", "split", "top_k")
 
     def check(self) -> None:
         """Raise a one-line ``InfosftError`` naming the first knob out of range."""
@@ -95,9 +106,16 @@ def versions() -> dict[str, str]:
     return out
 
 
-def token_frame(arrays: dict[str, np.ndarray], pieces: np.ndarray) -> pl.DataFrame:
+def token_frame(arrays: dict[str, np.ndarray], pieces: np.ndarray,
+                fields: tuple[str, ...] | None = None) -> pl.DataFrame:
     """Token rows (see ``analysis.store.TOKEN_SCHEMA``) from the engine's arrays
-    (``infosft.scoring.Scorer.score_batch``): statistics null off target."""
+    (``infosft.scoring.Scorer.score_batch``): statistics null off target. ``fields``: the
+    optional columns (``OPTIONAL_TOKEN_SCHEMA``) to write, after the usual ones and in
+    that order; None: every one ``arrays`` has."""
+    optional = [n for n in OPTIONAL_TOKEN_SCHEMA
+                if (n in arrays if fields is None else n in fields)]
+    if missing := [n for n in optional if n not in arrays]:
+        raise InfosftError(f"the scorer computed no {', '.join(missing)} for these parts")
     df = pl.DataFrame({
         "example_id": arrays["example_id"],
         "position": arrays["position"],
@@ -107,11 +125,13 @@ def token_frame(arrays: dict[str, np.ndarray], pieces: np.ndarray) -> pl.DataFra
         "logp": arrays["logp"], "entropy": arrays["entropy"], "rank": arrays["rank"],
         "top_ids": pl.Series(arrays["top_ids"]).cast(pl.List(pl.Int32)),
         "top_logps": pl.Series(arrays["top_logps"]).cast(pl.List(pl.Float32)),
+        **{n: arrays[n] for n in optional},
     })
     tgt = pl.col("is_target")
+    nulled = [c for c in (*STATS, "logp_ref") if c in df.columns]
     return df.with_columns(
-        *(pl.when(tgt).then(pl.col(c)).otherwise(None).alias(c) for c in STATS)
-    ).cast(TOKEN_SCHEMA)
+        *(pl.when(tgt).then(pl.col(c)).otherwise(None).alias(c) for c in nulled)
+    ).cast({**TOKEN_SCHEMA, **{n: OPTIONAL_TOKEN_SCHEMA[n] for n in optional}})
 
 
 def load_examples(cfg: ScoreConfig, tokenizer, skipped: list) -> tuple[Any, Any, list]:
@@ -140,7 +160,7 @@ def _same_setting(name: str, old: dict, cfg: ScoreConfig) -> bool:
     data file or model directory is the same however it is spelled (``./data.jsonl``,
     an absolute path); changed content is caught by the dataset's content hash."""
     before, now = old["config"].get(name), getattr(cfg, name)
-    if name in ("source", "model") and (path := _local_path(now)):
+    if name in ("source", "model", "reference") and (path := _local_path(now)):
         # the path recorded at the start holds even if the relative one moved with the cwd
         recorded = (old.get("dataset") or {}).get("path") if name == "source" else None
         if path in (recorded, _local_path(before)):
@@ -178,7 +198,8 @@ def _check_out(run: Run, cfg: ScoreConfig, resume: bool, overwrite: bool) -> dic
             raise InfosftError(f"{run.path} exists and is not a scored run; refusing to "
                                "overwrite it")
         inside = run.path.resolve()
-        for what, value in (("data", cfg.source), ("model", cfg.model)):
+        for what, value in (("data", cfg.source), ("model", cfg.model),
+                            ("reference model", cfg.reference)):
             local = _local_path(value)
             if local and Path(local).is_relative_to(inside):
                 raise InfosftError(f"{value}: the {what} is inside {run.path}, which "
@@ -202,6 +223,9 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
     ``loaded``: the model already loaded, ``(model, tokenizer, ModelInfo)`` as
     ``infosft.models.load_model`` returns them for ``cfg.model`` (an evaluation loads
     each model once for all its steps); ``cfg.device`` and ``cfg.dtype`` are then not used.
+    ``cfg.reference``: a second model, loaded once on the model's device and dtype, that
+    runs on the same batches; only its target log-probs are kept (``logp_ref``). Its
+    tokenizer must have the model's vocabulary (checked before anything changes).
     """
     cfg.check()
     run = Run(cfg.out)
@@ -229,12 +253,14 @@ def _score_locked(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, 
     pieces = vocab_pieces(tokenizer, max(len(tokenizer), model.config.vocab_size))
     if cfg.top_k > len(pieces):
         raise InfosftError(f"--top-k {cfg.top_k} exceeds the model's vocabulary ({len(pieces)})")
+    ref_model, ref_info = (load_reference(cfg, tokenizer, info) if cfg.reference
+                           else (None, None))
     if rank == 0:
         if old_meta is None:
             clear_dir(run.path)  # the run --overwrite replaces, only now that we can score
         run.remove_partial_files()  # we hold the lock: no live writer owns them
         meta = old_meta or _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer,
-                                         world)
+                                         world, ref_info)
         meta["status"] = "running"  # until the parts are whole again
         run.write_meta(meta)
         # Always rewritten: cheap, and it repairs a damaged one.
@@ -246,12 +272,19 @@ def _score_locked(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, 
     done = _done_examples(run)
     remaining = [ex for ex in examples if ex.example_id not in done]
     todo = [ex for ex in remaining if ex.example_id % world == rank]
+    fields = _part_fields(run, ref_model is not None)
+    prefix = shared_prefix(todo)
+    reference = (Scorer(ref_model, tokenizer, head_chunk=cfg.head_chunk,
+                        token_budget=cfg.token_budget, prefix=prefix)
+                 if ref_model is not None else None)
     scorer = Scorer(model, tokenizer, top_k=cfg.top_k, head_chunk=cfg.head_chunk,
-                    token_budget=cfg.token_budget, prefix=shared_prefix(todo))
+                    token_budget=cfg.token_budget, prefix=prefix, reference=reference)
     started = time.perf_counter()
-    with packed_linears(model, batch_hint=scorer.budget):
+    with packed_linears(model, batch_hint=scorer.budget), \
+            (packed_linears(ref_model, batch_hint=scorer.budget) if ref_model is not None
+             else nullcontext()):
         _write_parts(run, scorer, np.array(pieces, dtype=object), todo, rank, cfg.part_tokens,
-                     progress)
+                     progress, fields)
     _barrier(world)
     seconds = time.perf_counter() - started
     if rank == 0:
@@ -263,6 +296,36 @@ def _score_locked(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, 
         _finalize(run, meta, examples)
     _barrier(world)
     return run
+
+
+def load_reference(cfg: ScoreConfig, tokenizer, info) -> tuple[Any, Any]:
+    """``(model, ModelInfo)`` of ``cfg.reference`` on the scoring model's device and
+    dtype (``info``), through the same loader as the model. Its tokenizer is checked
+    first: a vocabulary other than ``tokenizer``'s is a one-line error naming both."""
+    ref_tok = load_tokenizer(cfg.reference, trust_remote_code=cfg.trust_remote_code)
+    if ref_tok.get_vocab() != tokenizer.get_vocab():
+        raise InfosftError(f"--reference {cfg.reference}: its tokenizer's vocabulary "
+                           f"({len(ref_tok)} tokens) differs from the model's "
+                           f"({info.name}, {len(tokenizer)} tokens); the reference must "
+                           "share the model's tokenizer")
+    model, _, ref_info = load_model(cfg.reference, device=info.device, dtype=info.dtype,
+                                    trust_remote_code=cfg.trust_remote_code)
+    return model, ref_info
+
+
+def _part_fields(run: Run, with_reference: bool) -> tuple[str, ...]:
+    """The optional columns new parts get: those the run's parts already have (a
+    resumed run is never mixed; one scored before the columns existed stays without
+    them), else ``entropy_top20`` and, with a reference, ``logp_ref``."""
+    if not run.part_paths():
+        return ("entropy_top20",) + (("logp_ref",) if with_reference else ())
+    fields = run.token_fields()
+    if ("logp_ref" in fields) != with_reference:
+        have = "have" if "logp_ref" in fields else "have no"
+        raise InfosftError(f"{run.path}: its parts {have} logp_ref, and this scoring "
+                           f"{'has' if with_reference else 'has no'} --reference; "
+                           "use --overwrite")
+    return fields
 
 
 def repair_parts(run: Run, examples: list[PreparedExample]) -> int:
@@ -307,7 +370,8 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer, world) -> dict:
+def _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer, world,
+                  ref_info=None) -> dict:
     template = tokenizer.chat_template if cfg.use_template and has_template(tokenizer) else None
     n_tok = sum(ex.tokens.n_tokens for ex in examples)
     return {
@@ -315,6 +379,8 @@ def _initial_meta(cfg, raw, fmt, examples, skipped, info, tokenizer, world) -> d
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": {k: v for k, v in asdict(cfg).items()},
         "model": info.as_dict(),
+        # the --reference model whose target log-probs are logp_ref (None: none)
+        "reference": ref_info.as_dict() if ref_info is not None else None,
         "tokenizer": {"name": tokenizer.name_or_path, "class": type(tokenizer).__name__,
                       "vocab_size": len(tokenizer)},
         "template": {"used": template is not None, "chat_template": template},
@@ -349,7 +415,8 @@ def _next_part_index(run: Run, rank: int) -> int:
 
 
 def _write_parts(run: Run, scorer: Scorer, pieces: np.ndarray, todo: list[PreparedExample],
-                 rank: int, part_tokens: int, show_progress: bool) -> None:
+                 rank: int, part_tokens: int, show_progress: bool,
+                 fields: tuple[str, ...]) -> None:
     from tqdm.auto import tqdm
 
     total = sum(ex.tokens.n_tokens for ex in todo)
@@ -360,7 +427,7 @@ def _write_parts(run: Run, scorer: Scorer, pieces: np.ndarray, todo: list[Prepar
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc="scoring", disable=not show_progress)
     left = total
     for batch, arrays in scorer.score(todo):
-        df = token_frame(arrays, pieces)
+        df = token_frame(arrays, pieces, fields)
         pending.append(df)
         pending_tokens += df.height
         left -= df.height

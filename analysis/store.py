@@ -2,11 +2,14 @@
 
 ::
 
-    RUN/meta.json              model, tokenizer, template, target rule, max_length, dataset
-                               source and hash, row counts, skipped rows, versions, timings,
-                               status
+    RUN/meta.json              model, reference model (--reference, else null), tokenizer,
+                               template, target rule, max_length, dataset source and hash,
+                               row counts, skipped rows, versions, timings, status
     RUN/examples.parquet       one row per example (written when scoring completes)
-    RUN/tokens/part-*.parquet  one row per token, whole examples per part
+    RUN/tokens/part-*.parquet  one row per token, whole examples per part: TOKEN_SCHEMA,
+                               then the optional OPTIONAL_TOKEN_SCHEMA columns the run has
+                               (entropy_top20 since the scheme registry, logp_ref with
+                               --reference), the same in every part
     RUN/vocab.parquet          token_id -> text piece, for top-k alternatives
     RUN/progress-RRR.json      while scoring, per rank RRR: done_tokens, total_tokens,
                                elapsed_s, eta_s (removed when scoring completes)

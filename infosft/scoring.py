@@ -10,6 +10,11 @@ vocabulary projection (a large share of a small model's FLOPs) runs only on the
 positions that predict a target token, in row chunks, so no ``[batch, seq, vocab]``
 tensor ever exists. A prefix shared by all examples (:func:`shared_prefix`, e.g. a chat
 template's system prompt) runs once; its key/value cache is reused for every batch.
+
+Besides the usual statistics each target gets ``entropy_top20`` (the entropy of the
+renormalized top-20, :func:`infosft.schemes.eaft.top_entropy`, from the same top-k pass)
+and, when a reference model scores alongside (``Scorer(..., reference=...)``),
+``logp_ref``: the reference's log-prob of the same target (the excess-loss scheme's field).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from infosft.data import PreparedExample
 from infosft.errors import InfosftError
 from infosft.memory import release_freed_memory
 from infosft.packed_linear import packed_linears
+from infosft.schemes.eaft import TOP as ENTROPY_TOP
 
-STATS = ("logp", "entropy", "rank", "top_ids", "top_logps")
+STATS = ("logp", "entropy", "rank", "top_ids", "top_logps", "entropy_top20")
 
 
 def default_budget(device: torch.device) -> int:
@@ -113,10 +119,25 @@ def _softcapped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
     return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
+def _normalized(logits: torch.Tensor, top: torch.Tensor, top_idx: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(z, probs, log_sum)`` of ``logits (n, V)`` (overwritten) given each row's largest
+    logit ``top (n,)`` at ``top_idx (n, 1)``: ``z = logits - top`` (<= 0), its softmax and
+    ``log sum exp(z)``. One code path for the model's and a reference's log-probs, so a
+    model scoring as its own reference gives identical numbers."""
+    z = logits.sub_(top[:, None])                                         # (n, V), <= 0
+    probs = torch.softmax(z, dim=-1)                                      # (n, V)
+    # log sum exp(z) from the top token's probability: p_max >= 1/V never
+    # underflows, and it saves a pass over the vocabulary.
+    log_sum = -probs.gather(1, top_idx).squeeze(1).log()                  # (n,)
+    return z, probs, log_sum
+
+
 @torch.inference_mode()
 def target_stats(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.Module, *,
                  top_k: int, chunk: int, softcap: float | None = None) -> dict[str, torch.Tensor]:
-    """Log-prob, entropy, rank and top-k of target tokens from the hidden states that predict them.
+    """Log-prob, entropy, rank, top-k and top-20 entropy of target tokens from the
+    hidden states that predict them.
 
     Args:
         hidden: ``(N, H)`` final hidden states at the positions before each target.
@@ -126,20 +147,23 @@ def target_stats(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.
 
     Returns:
         ``logp (N,)``, ``entropy (N,)`` (nats), ``rank (N,)`` (1 = argmax),
-        ``top_ids (N, k)``, ``top_logps (N, k)``; all float32 / int64 on CPU.
+        ``top_ids (N, k)``, ``top_logps (N, k)``, ``entropy_top20 (N,)`` (nats, the
+        renormalized top-20 as :func:`infosft.schemes.eaft.top_entropy`); all float32 /
+        int64 on CPU.
     """
     out: dict[str, list[torch.Tensor]] = {k: [] for k in STATS}
+    # One top-k pass serves both the stored top-k and the top-20 entropy (a larger k
+    # also ranks more targets without a pass over the vocabulary).
     for s in range(0, hidden.shape[0], chunk):
         logits = _softcapped(lm_head(hidden[s:s + chunk]).float(), softcap)  # (n, V)
-        top_vals, top_ids = logits.topk(top_k, dim=-1)                    # (n, k)
+        k_all = max(top_k, min(ENTROPY_TOP, logits.shape[-1]))
+        top_vals, top_ids = logits.topk(k_all, dim=-1)                    # (n, k_all)
         tgt = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)     # (n,)
         rank = target_rank(logits, tgt, top_vals)                         # (n,)
+        logq = torch.log_softmax(top_vals[:, :ENTROPY_TOP], dim=-1)       # (n, 20)
+        out["entropy_top20"].append((-(logq.exp() * logq).sum(-1)).cpu())
         top = top_vals[:, 0]
-        z = logits.sub_(top[:, None])                                     # (n, V), <= 0
-        probs = torch.softmax(z, dim=-1)                                  # (n, V)
-        # log sum exp(z) from the top token's probability: p_max >= 1/V never
-        # underflows, and it saves a pass over the vocabulary.
-        log_sum = -probs.gather(1, top_ids[:, :1]).squeeze(1).log()       # (n,)
+        z, probs, log_sum = _normalized(logits, top, top_ids[:, :1])
         # Entropy = log_sum - E[z]. On the shifted logits the two terms do not cancel,
         # so a fast dot product is as exact as an elementwise sum (on raw logits it
         # loses ~4e-3 nats).
@@ -147,9 +171,24 @@ def target_stats(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.
         out["entropy"].append((log_sum - mean_z).cpu())
         out["logp"].append((tgt - top - log_sum).cpu())
         out["rank"].append(rank.cpu())
-        out["top_ids"].append(top_ids.cpu())
-        out["top_logps"].append((top_vals - (top + log_sum)[:, None]).cpu())
+        out["top_ids"].append(top_ids[:, :top_k].cpu())
+        out["top_logps"].append((top_vals[:, :top_k] - (top + log_sum)[:, None]).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+@torch.inference_mode()
+def target_logp(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.Module, *,
+                chunk: int, softcap: float | None = None) -> torch.Tensor:
+    """``(N,)`` float32 log-probs of the targets alone (a reference model's ``logp_ref``),
+    computed as :func:`target_stats`'s ``logp``; arguments as there."""
+    out = []
+    for s in range(0, hidden.shape[0], chunk):
+        logits = _softcapped(lm_head(hidden[s:s + chunk]).float(), softcap)  # (n, V)
+        tgt = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)     # (n,)
+        top, top_idx = logits.max(dim=-1)
+        _, _, log_sum = _normalized(logits, top, top_idx[:, None])
+        out.append((tgt - top - log_sum).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 class Scorer:
@@ -158,11 +197,15 @@ class Scorer:
     ``prefix``: token ids every example starts with (:func:`shared_prefix`); their
     key/value cache is computed once here and reused by every batch.
     ``token_budget``: padded tokens per batch (None: 2048 on CPU, 16384 on a GPU).
+    ``reference``: a Scorer of a second model with the same vocabulary (and the same
+    ``prefix``); each batch it runs on the same tokens and gives their ``logp_ref``.
     """
 
     def __init__(self, model, tokenizer, *, top_k: int = 5, head_chunk: int = 256,
-                 token_budget: int | None = None, prefix: list[int] | None = None):
+                 token_budget: int | None = None, prefix: list[int] | None = None,
+                 reference: Scorer | None = None):
         self.model, self.top_k, self.head_chunk = model, top_k, head_chunk
+        self.reference = reference
         self.device = next(model.parameters()).device
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
@@ -206,15 +249,23 @@ class Scorer:
         h_idx = (p_idx - 1 - self.prefix_len).to(self.device)
         return hidden[b_idx.to(self.device), h_idx]
 
+    def target_logp(self, ids: torch.Tensor, b_idx: torch.Tensor,
+                    p_idx: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` float32 log-probs (CPU) of the tokens at ``(b_idx, p_idx)`` of ``ids``."""
+        return target_logp(self.target_hidden(ids, b_idx, p_idx),
+                           ids[b_idx, p_idx].to(self.device), self.lm_head,
+                           chunk=self.head_chunk, softcap=self.softcap)
+
     @torch.inference_mode()
     def score_batch(self, batch: list[PreparedExample]) -> dict[str, np.ndarray]:
         """One row per real token of the batch, example by example, position by position.
 
         Returns:
             ``example_id``, ``position``, ``token_id`` (int32, ``(M,)``), ``is_target``
-            (bool), ``logp``, ``entropy`` (float32, NaN off target), ``rank`` (int32,
-            0 off target), ``top_ids`` (int32 ``(M, k)``), ``top_logps`` (float32
-            ``(M, k)``; both 0 off target).
+            (bool), ``logp``, ``entropy``, ``entropy_top20`` (float32, NaN off target),
+            ``rank`` (int32, 0 off target), ``top_ids`` (int32 ``(M, k)``), ``top_logps``
+            (float32 ``(M, k)``; both 0 off target); with a reference, ``logp_ref``
+            (float32, NaN off target).
         """
         ids, real, target = batch_tensors(batch, self.pad_id)
         b_idx, p_idx = target.nonzero(as_tuple=True)
@@ -225,12 +276,17 @@ class Scorer:
         M, k = len(b_all), self.top_k
         is_target = target[b_all, p_all].numpy()
         # Targets come in the same row-major order, so they fill the is_target slots in order.
+        if self.reference is not None:
+            stats["logp_ref"] = self.reference.target_logp(ids, b_idx, p_idx)
         out = {"logp": np.full(M, np.nan, dtype=np.float32),
                "entropy": np.full(M, np.nan, dtype=np.float32),
                "rank": np.zeros(M, dtype=np.int32),
                "top_ids": np.zeros((M, k), dtype=np.int32),
-               "top_logps": np.zeros((M, k), dtype=np.float32)}
-        for name in STATS:
+               "top_logps": np.zeros((M, k), dtype=np.float32),
+               "entropy_top20": np.full(M, np.nan, dtype=np.float32)}
+        if "logp_ref" in stats:
+            out["logp_ref"] = np.full(M, np.nan, dtype=np.float32)
+        for name in out:
             out[name][is_target] = stats[name].numpy()
         example_ids = np.array([ex.example_id for ex in batch], dtype=np.int32)
         return {"example_id": example_ids[b_all.numpy()],
