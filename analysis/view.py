@@ -3,7 +3,11 @@ alternatives as text pieces with probabilities, and its weight under every schem
 
 Only the one example's rows are read (a filtered Parquet scan); the weights come
 from the run's target array so that ProFit's seeded random drop matches the
-statistics and the export exactly.
+statistics and the export exactly. For a large run (:class:`ExampleBins` instead of the
+run's targets) nothing but the example is read: schemes per token come from its own
+tokens (exact), ProFit random from the run's draws regenerated up to the example
+(exact, :func:`random_draws`), and a selection over the run (excess) is ranked within
+the example instead (:func:`ranked_here`).
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from infosft.analysis.stats import Targets
+from infosft.analysis.stats import ExampleBins, Targets, random_draws
 from infosft.analysis.store import Run
 from infosft.analysis.tune import Settings, run_schemes
 from infosft.errors import InfosftError
 from infosft.schemes import get as get_scheme
+from infosft.weights import resolve_knobs
 
 
 def example_tokens(run: Run, example_id: int) -> pl.DataFrame:
@@ -66,13 +71,44 @@ def example_weights(targets: Targets, example_id: int, settings: Settings) -> di
     return out
 
 
-def token_view(run: Run, example_id: int, targets: Targets, vocab: pl.DataFrame,
+def ranked_here(schemes: list[str] | tuple[str, ...], settings: Settings) -> list[str]:
+    """Of ``schemes``, those a large run's token view weights within the example rather
+    than over the run (a selection over a set, e.g. excess with per=all: its ranking
+    needs every token's excess; with per=example it is exact)."""
+    return [s for s in schemes if not get_scheme(s).per_token
+            and settings.knobs(s).get("per") != "example"]
+
+
+def local_weights(tokens: pl.DataFrame, bins: ExampleBins, example_id: int,
+                  settings: Settings) -> dict[str, np.ndarray]:
+    """:func:`example_weights` for a large run, from the example's own token rows: every
+    scheme its fields allow (the chosen user scheme too); ProFit random from the run's
+    draws at the example's place; a set selection (:func:`ranked_here`) within it."""
+    tgt = tokens.filter(pl.col("is_target")).sort("position")
+    local = Targets.from_frame(tgt)
+    out = {}
+    for scheme in run_schemes(local, settings):
+        knobs = settings.knobs(scheme)
+        if scheme == "profit" and settings.direction == "random":
+            k = resolve_knobs(scheme, **knobs)
+            start = bins.offset(example_id)
+            d = random_draws(int(k["seed"]), start, start + local.logp.shape[0])
+            w = (~(d < np.float32(k["threshold"]))).astype(np.float32)
+            out[scheme] = np.where(np.isnan(local.logp), np.float32(0), w)
+        else:
+            out[scheme] = local.weights(scheme, **knobs)
+    return out
+
+
+def token_view(run: Run, example_id: int, targets: Targets | ExampleBins, vocab: pl.DataFrame,
                settings: Settings) -> pl.DataFrame:
     """One example's tokens: ``position``, ``token``, ``is_target``, ``q``, ``logp``,
     ``rank``, ``entropy``, ``top_pieces``, ``top_probs`` and ``w_<scheme>`` for every
-    scheme the run supports (null on prompt tokens), in display order."""
+    scheme the run supports (null on prompt tokens), in display order. ``targets``: the
+    run's targets, or a large run's :class:`ExampleBins` (see the module)."""
     tokens = with_alternatives(example_tokens(run, example_id), vocab)
-    ws = example_weights(targets, example_id, settings)
+    ws = (local_weights(tokens, targets, example_id, settings)
+          if isinstance(targets, ExampleBins) else example_weights(targets, example_id, settings))
     is_t = tokens["is_target"].to_numpy()
     if any(int(is_t.sum()) != len(w) for w in ws.values()):
         raise InfosftError(f"{run.path}: example {example_id}'s targets do not match the "

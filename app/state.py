@@ -12,7 +12,7 @@ from typing import Any, Callable
 import polars as pl
 import streamlit as st
 
-from infosft.analysis.stats import Targets, missing_reason
+from infosft.analysis.stats import EX_BINS, ExampleBins, Targets, missing_reason
 from infosft.analysis.store import Run
 from infosft.analysis.tune import Settings, auto_c
 from infosft.app.workspace import SAMPLE_RUN
@@ -65,6 +65,16 @@ BINNED_NOTE = ("This run is large, so Overview and Tune work on a fine histogram
                "target tokens (33k bins in logit q): a knob change costs the same at any "
                "size; mean weight, share with w > 0 and effective tokens are within 1% of "
                "the exact ones.")
+EXAMPLES_BINNED = ("This run is large, so the weight columns come from a histogram of each "
+                   f"example's target tokens ({EX_BINS} bins in logit q), not the tokens: "
+                   "each example's mean w is within ±{mean:.3f} of the exact one, its share "
+                   "w = 0 within ±{zero:.1%} (`infosft stats` and the export use the tokens).")
+EXAMPLES_EXACT = ("This run is large, so the weight columns come from a histogram of each "
+                  "example's target tokens; ProFit random's are exact all the same (the "
+                  "run's own draws, regenerated).")
+EXAMPLES_NEED_TOKENS = ("{why}, so the weight columns are empty for a run this large (this "
+                        "page does not load every token); `infosft export RUN --where "
+                        "'weight_mass<...'` computes them from the tokens.")
 BINNED_BY = ("A breakdown by column needs the tokens themselves, which this page does not "
              "load for a run this large: `infosft stats RUN --by COLUMN`.")
 
@@ -85,13 +95,21 @@ def _binned(path: str, mtime: float) -> Targets:
     return t
 
 
-def _summary_targets(path: str, mtime: float) -> Targets:
+@st.cache_resource(max_entries=4, show_spinner="Binning each example's target tokens...")
+def _example_bins(path: str, mtime: float) -> ExampleBins:
+    return ExampleBins.from_run(path)
+
+
+def _large(path: str) -> bool:
     try:
         n = Run(path).meta()["counts"]["target_tokens"]
     except (InfosftError, KeyError, TypeError):
         n = 0
-    return _binned(path, mtime) if isinstance(n, int) and n > BINNED_ABOVE else _targets(
-        path, mtime)
+    return isinstance(n, int) and n > BINNED_ABOVE
+
+
+def _summary_targets(path: str, mtime: float) -> Targets:
+    return _binned(path, mtime) if _large(path) else _targets(path, mtime)
 
 
 @st.cache_resource(max_entries=4)
@@ -116,8 +134,24 @@ def targets(run: Run) -> Targets:
 
 
 def token_targets(run: Run) -> Targets:
-    """The run's target tokens themselves (per-example views: Examples, Token view)."""
+    """The run's target tokens themselves (every token in memory: a small run's
+    per-example pages; a large run's use :func:`example_targets`)."""
     return _targets(*_key(run))
+
+
+def is_large(run: Run) -> bool:
+    """Whether the run has more than :data:`BINNED_ABOVE` target tokens (its pages then
+    work on histograms, never on all its tokens)."""
+    return _large(_key(run)[0])
+
+
+def example_targets(run: Run) -> Targets | ExampleBins:
+    """What the per-example pages (Examples, Token view, Export's filter) work on: the
+    run's target tokens, or for a large run (:func:`is_large`) a coarse histogram per
+    example (:class:`analysis.stats.ExampleBins`), whose memory does not grow with the
+    tokens."""
+    key = _key(run)
+    return _example_bins(*key) if _large(key[0]) else _targets(*key)
 
 
 def examples(run: Run) -> pl.DataFrame:

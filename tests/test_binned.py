@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 
-from infosft.analysis.stats import BIN_HALF, Targets
+from infosft.analysis.stats import BIN_HALF, EX_BINS, ExampleBins, Targets, random_draws
 from infosft.analysis.synthetic import make_run
 from infosft.analysis.tune import Settings, auto_c, tune_view
 from tests.helpers import SAMPLE_RUN, app_page
@@ -92,3 +93,183 @@ def test_tune_works_on_the_histogram_above_the_limit(monkeypatch):
     exact = Targets.from_run(SAMPLE_RUN).summary("infosft", P=0.93)
     cards = {m.label: m.value for m in at.metric}
     assert float(cards["Mean weight"]) == pytest.approx(exact["mean_weight"], rel=0.01)
+
+
+# ---------------------------------------------------------------- per example, at scale
+
+EX_KNOBS = KNOBS + [("profit", {"threshold": 0.3, "direction": "random", "seed": 4})]
+
+
+@pytest.fixture(scope="module")
+def ex_pair(tmp_path_factory):
+    """(exact, per-example bins) of a synthetic run in several parts, with both optional
+    fields (so EAFT and excess are offered where the tokens are)."""
+    run = make_run(tmp_path_factory.mktemp("ex") / "run", n_examples=300, target_tokens=80,
+                   prompt_tokens=5, part_examples=70, seed=5,
+                   fields=("entropy_top20", "logp_ref")).path
+    return run, Targets.from_run(run), ExampleBins.from_run(run)
+
+
+@pytest.mark.parametrize("scheme, knobs", EX_KNOBS)
+def test_per_example_bins_bound_the_exact_numbers(ex_pair, scheme, knobs):
+    """Each example's mean weight and share w = 0 from its coarse histogram: the exact
+    ones lie within the bounds (a weight's change across one bin; a step scheme: the
+    straddling bin's tokens), and so does the estimate; ProFit random is exact."""
+    _, exact, bins = ex_pair
+    want = exact.per_example(exact.weights(scheme, **knobs))
+    got = bins.per_example(scheme, **knobs)
+    j = want.join(got, on="example_id", suffix="_b")
+    assert j.height == want.height == got.height == 300
+    for k in ("mean_weight", "zero_weight_share"):
+        w, e = j[k].to_numpy(), j[f"{k}_b"].to_numpy()
+        lo, hi = j[f"{k}_lo"].to_numpy(), j[f"{k}_hi"].to_numpy()
+        assert (lo - 1e-6 <= w).all() and (w <= hi + 1e-6).all(), k
+        assert (lo - 1e-9 <= e).all() and (e <= hi + 1e-9).all(), k
+        assert np.abs(w - e).max() <= bins.bound(scheme, **knobs)[k] + 1e-6
+        if Targets._random(scheme, knobs):
+            np.testing.assert_allclose(e, w, atol=1e-12)
+    if scheme in ("sft", "dft") or (scheme, knobs) == ("infosft", {"C": 2.0}):
+        assert bins.bound(scheme, **knobs)["mean_weight"] < 0.03  # bins of 0.27 logit q
+
+
+def test_per_example_bins_are_compact_and_refuse_token_schemes(ex_pair):
+    _, exact, bins = ex_pair
+    assert len(bins) == len(exact) and bins.bins.max() < EX_BINS
+    # beside the fixed fine histogram: ~3 bytes an occupied bin, under 1 a token at 80
+    assert bins.nbytes - bins.fine_count.nbytes < exact.logp.nbytes
+    for scheme in ("eaft", "excess"):
+        assert bins.per_example(scheme) is None and bins.bound(scheme) is None
+        assert "needs the run's tokens" in bins.missing(scheme, short=True)
+        table = bins.example_table(exact_examples(ex_pair), scheme)
+        assert table["mean_weight"].null_count() == table.height
+
+
+def exact_examples(ex_pair):
+    from infosft.analysis.store import Run
+
+    return Run(ex_pair[0]).read_examples()
+
+
+def test_the_runs_draws_come_back_in_pieces():
+    import torch
+
+    gen = torch.Generator().manual_seed(7)
+    whole = torch.rand(10_000, generator=gen).numpy()
+    np.testing.assert_array_equal(random_draws(7, 1234, 5678), whole[1234:5678])
+
+
+def test_token_view_at_scale_reads_one_example(ex_pair, monkeypatch):
+    """A large run's token view: the q schemes and EAFT exact from the example's own
+    tokens, ProFit random the run's own draws, excess (per=all) ranked within the
+    example, and all tokens never loaded."""
+    from infosft.analysis.store import Run
+    from infosft.analysis.view import ranked_here, token_view
+
+    path, exact, bins = ex_pair
+    run = Run(path)
+    s = Settings(C=2.0, direction="random", threshold=0.3, seed=2)
+    want = token_view(run, 123, exact, run.read_vocab(), s)
+    monkeypatch.setattr(Targets, "from_run", classmethod(_no_tokens))
+    got = token_view(run, 123, bins, run.read_vocab(), s)
+    assert got.columns == want.columns and "w_excess" in got.columns
+    for sc in ("sft", "dft", "infosft", "profit", "eaft"):
+        np.testing.assert_array_equal(got[f"w_{sc}"].to_numpy(), want[f"w_{sc}"].to_numpy())
+    assert ranked_here(["sft", "excess", "eaft"], s) == ["excess"]
+    assert ranked_here(["excess"], s.with_knob("excess", "per", "example")) == []
+    tgt = got.filter(pl.col("is_target"))
+    assert tgt["w_excess"].sum() == math.ceil(0.6 * tgt.height)  # the example's top 60%
+
+
+def _no_tokens(cls, *a, **k):
+    raise AssertionError("Targets.from_run was called: every token loaded")
+
+
+def _binned_app(monkeypatch):
+    from infosft.app import state
+
+    monkeypatch.setattr(state, "BINNED_ABOVE", 0)
+    monkeypatch.setattr(Targets, "from_run", classmethod(_no_tokens))
+    return state
+
+
+def test_examples_page_at_scale(monkeypatch):
+    """Above the limit the Examples page works on the per-example bins: no token load,
+    a caption with the bound, and mean weights within it of the exact ones."""
+    exact = Targets.from_run(SAMPLE_RUN)
+    want = exact.per_example(exact.weights("infosft", C=2.0))
+    state = _binned_app(monkeypatch)
+    at = app_page("views/examples.py", settings=Settings(C=2.0))
+    assert not at.exception and not at.error
+    cap = next(c.value for c in at.caption if c.value.startswith("This run is large"))
+    bound = float(cap.split("within ±")[1].split(" ")[0])
+    assert 0 < bound < 0.05
+    df = at.dataframe[0].value
+    got = pl.from_pandas(df[["example_id", "mean_weight"]]).cast({"example_id": pl.Int32})
+    j = want.join(got, on="example_id", suffix="_b")
+    assert j.height == want.height
+    assert (j["mean_weight"] - j["mean_weight_b"]).abs().max() <= bound + 1e-3
+    at.session_state["settings"] = Settings(scheme="eaft")  # not of q alone: a caption
+    at.run()
+    assert not at.exception and not at.error
+    assert any(c.value == state.EXAMPLES_NEED_TOKENS.format(
+        why="EAFT needs entropy_top20: rescore the run") for c in at.caption)
+
+
+def test_token_view_and_export_pages_at_scale(monkeypatch):
+    state = _binned_app(monkeypatch)
+    at = app_page("views/token_view.py", settings=Settings(direction="random"))
+    assert not at.exception and not at.error
+    assert at.metric and at.get("html")
+    at = app_page("views/export.py")
+    assert not at.exception and not at.error
+    at.text_input(key="export_where").set_value("weight_mass<=0.3").run()
+    assert not at.exception and not at.error
+    assert any(c.value.startswith("This run is large, so the count") for c in at.caption)
+    n = int(next(m.value for m in at.markdown if "examples match" in m.value)
+            .strip("*").split(" ")[0])
+    at.text_input(key="export_where").set_value("n_target>=5").run()  # no weights needed
+    assert not at.exception and not at.error
+    assert not any(c.value.startswith("This run is large, so the count") for c in at.caption)
+    at.session_state["settings"] = Settings(scheme="excess")
+    at.run()  # the sample has no logp_ref: excess is not offered, nothing breaks
+    assert not at.exception
+    monkeypatch.undo()  # the exact count, from the tokens
+    assert state.BINNED_ABOVE > 0
+    exact = Targets.from_run(SAMPLE_RUN)
+    mean = exact.per_example(exact.weights("infosft", **Settings().knobs()))["mean_weight"]
+    # an example may cross the cut only if its exact number is within the bound of it
+    assert abs(n - int((mean <= 0.3).sum())) <= int(((mean - 0.3).abs() <= 0.1).sum())
+
+
+def test_token_view_page_at_scale_says_what_is_ranked_per_example(ex_pair, monkeypatch):
+    """A large run with logp_ref: excess (per=all) is shown ranked within the example,
+    and the page says so; the Examples page shows EAFT's columns empty with a reason and
+    ProFit random's exact."""
+    from infosft.app.views.token_view import RANKED_HERE
+
+    path, exact, _ = ex_pair
+    state = _binned_app(monkeypatch)
+    at = app_page("views/token_view.py", run_path=str(path), settings=Settings(C=2.0))
+    assert not at.exception and not at.error
+    assert any(c.value == RANKED_HERE.format("Excess loss (Rho-1)") for c in at.caption)
+    at = app_page("views/examples.py", run_path=str(path), settings=Settings(scheme="eaft"))
+    assert not at.exception and not at.error
+    assert any("EAFT needs the run's tokens" in c.value for c in at.caption)
+    assert at.dataframe[0].value["mean_weight"].isna().all()
+    at.session_state["settings"] = Settings(scheme="profit", direction="random", threshold=0.4)
+    at.run()
+    assert not at.exception and any(c.value == state.EXAMPLES_EXACT for c in at.caption)
+    want = exact.per_example(exact.weights("profit", threshold=0.4, direction="random"))
+    got = at.dataframe[0].value.sort_values("example_id")["mean_weight"].to_numpy()
+    np.testing.assert_allclose(got, want["mean_weight"].to_numpy(), atol=1e-12)
+
+
+def test_example_bins_use_the_runs_fine_grid(ex_pair):
+    from infosft.analysis.stats import _fine_bins
+
+    path, _, bins = ex_pair
+    fine = Targets.binned(path)
+    np.testing.assert_array_equal(np.flatnonzero(bins.fine_count), fine.bin_index)
+    np.testing.assert_array_equal(bins.fine_count[fine.bin_index], fine.count)
+    lp = np.array([-50, -np.inf, 0, 1e-7, np.nan], dtype=np.float32)  # beyond the grid
+    assert _fine_bins(lp).tolist() == [0, 0, 2 * BIN_HALF - 1, 2 * BIN_HALF - 1, -1]

@@ -25,9 +25,16 @@ def body() -> None:
     sort_by = c.selectbox("Sort by", SORTABLE, key="ex_sort")
     desc = d.toggle("Desc.", key="ex_desc")
     trunc = d.toggle("Truncated only", key="ex_trunc")
-    table = examples_view(state.token_targets(run), state.examples(run), s.scheme, s.knobs(),
+    t = state.example_targets(run)
+    table = examples_view(t, state.examples(run), s.scheme, s.knobs(),
                           search=search, truncated_only=trunc, mean_q=mean_q, sort_by=sort_by,
                           descending=desc)
+    if getattr(t, "is_binned", False):
+        bound = t.bound(s.scheme, **s.knobs())
+        st.caption(state.EXAMPLES_NEED_TOKENS.format(why=t.missing(s.scheme, short=True))
+                   if bound is None else state.EXAMPLES_EXACT if not any(bound.values()) else
+                   state.EXAMPLES_BINNED.format(mean=bound["mean_weight"],
+                                                zero=bound["zero_weight_share"]))
     st.caption(f"{table.height:,} of {state.examples(run).height:,} examples")
     event = st.dataframe(
         table, key="ex_table", hide_index=True, on_select="rerun", selection_mode="single-row",

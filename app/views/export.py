@@ -10,11 +10,12 @@ matching examples, or drops them, and its metadata records the filter."""
 
 from pathlib import Path
 
+import polars as pl
 import streamlit as st
 
-from infosft.analysis.export import (WHERE_HELP, example_fields, export_weighted,
-                                     filter_fields, match_examples, parse_where,
-                                     read_export_meta)
+from infosft.analysis.export import (SCHEME_FIELDS, WHERE_HELP, example_fields,
+                                     export_weighted, filter_fields, match_examples,
+                                     parse_where, read_export_meta)
 from infosft.app import knobs, state, workspace
 from infosft.app.render import export_name, knobs_text
 from infosft.errors import InfosftError
@@ -94,8 +95,17 @@ def filter_box(run, s) -> tuple[list[str] | None, bool, bool]:
     mode = st.radio("Matching examples", tuple(MODES), format_func=MODES.get,
                     horizontal=True, key="export_where_mode")
     try:
-        parse_where(expr, fields)  # a typo costs no weight pass
-        table = example_fields(ex, state.token_targets(run), s.scheme, **s.knobs())
+        conds = parse_where(expr, fields)  # a typo costs no weight pass
+        t, bound = state.example_targets(run), None
+        if not any(c.field in SCHEME_FIELDS for c in conds):  # no weights needed
+            table = ex.with_columns(*[pl.lit(None, pl.Float64).alias(f) for f in SCHEME_FIELDS])
+        elif getattr(t, "is_binned", False):
+            table, bound = binned_fields(t, ex, s)
+            if table is None:
+                st.info(WHERE_NEEDS_TOKENS.format(why=t.missing(s.scheme, short=True)))
+                return [expr], mode == "drop", True
+        else:
+            table = example_fields(ex, t, s.scheme, **s.knobs())
         n = int(match_examples(table, [expr]).sum())
     except InfosftError as e:
         st.error(str(e))
@@ -103,9 +113,33 @@ def filter_box(run, s) -> tuple[list[str] | None, bool, bool]:
     kept = ex.height - n if mode == "drop" else n
     st.markdown(f"**{n} of {ex.height} examples match**; the export "
                 f"{'drops them and ' if mode == 'drop' else ''}writes {kept}.")
+    if bound is not None:
+        st.caption(WHERE_BINNED.format(bound))
     if not kept:
         st.warning("Nothing to export under this filter.")
     return [expr], mode == "drop", kept > 0
+
+
+WHERE_BINNED = ("This run is large, so the count uses each example's weight_mass and "
+                "zero_weight_share from a histogram of its tokens (within ±{:.3f} of the "
+                "exact ones): an example that close to the cut may fall on the other side. "
+                "The export itself filters on the exact weights and records what matched.")
+WHERE_NEEDS_TOKENS = ("{why}: the live count of a filter on weight_mass or zero_weight_share "
+                      "is off for a run this large (it would load every token). The export "
+                      "still filters exactly, as `infosft export RUN --where ...` does.")
+
+
+def binned_fields(bins, ex: pl.DataFrame, s) -> tuple[pl.DataFrame | None, float | None]:
+    """:func:`example_fields` of a large run from its per-example histograms, and the
+    widest bound of its two fields ((None, None) when the scheme needs the tokens)."""
+    per = bins.per_example(s.scheme, **s.knobs())
+    if per is None:
+        return None, None
+    table = ex.join(per.select("example_id", pl.col("mean_weight").alias("weight_mass"),
+                               "zero_weight_share"), on="example_id", how="left",
+                    maintain_order="left")
+    bound = bins.bound(s.scheme, **s.knobs())
+    return table, max(bound.values()) if bound else 0.0
 
 
 def show_result(path: str) -> None:

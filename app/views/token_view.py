@@ -6,10 +6,14 @@ under all schemes."""
 import polars as pl
 import streamlit as st
 
-from infosft.analysis.view import token_view
+from infosft.analysis.view import ranked_here, token_view
 from infosft.app import state
 from infosft.app.render import (SCALES, SCHEME_LABELS, legend_html, token_html, weight_scale,
                                 weight_schemes)
+
+RANKED_HERE = ("This run is large, so this page reads only this example's tokens: {} "
+               "ranks this example's tokens among themselves, not among the whole run's as "
+               "`infosft stats` and the export do (the other weights are the run's own).")
 
 
 def body() -> None:
@@ -26,8 +30,12 @@ def body() -> None:
                              key="tv_example")
     st.session_state["example_id"] = example_id
     color_by = b.radio("Colour by", ("q", "logp", "weight"), horizontal=True, key="tv_color")
-    view = token_view(run, example_id, state.token_targets(run), state.vocab(run), s)
+    t = state.example_targets(run)
+    view = token_view(run, example_id, t, state.vocab(run), s)
     schemes = weight_schemes(view.columns)  # those the run supports
+    here = ranked_here(schemes, s) if getattr(t, "is_binned", False) else []
+    if here:
+        st.caption(RANKED_HERE.format(", ".join(SCHEME_LABELS.get(sc, sc) for sc in here)))
     scheme = c.selectbox("Weight scheme", schemes,
                          index=schemes.index(s.scheme) if s.scheme in schemes else 0,
                          format_func=SCHEME_LABELS.get, key="tv_scheme",
