@@ -170,7 +170,9 @@ class Targets:
         """The run's target tokens as a fine histogram (see the class), built by polars'
         streaming engine: memory bounded by a batch of tokens, not the run."""
         run = run if isinstance(run, Run) else Run(run)
-        lp = pl.col("logp").cast(pl.Float64)
+        # logp a rounding above 0 is q = 1 (the top bin), as the schemes read it; unclipped
+        # it made log(1 - exp(lp)) NaN, and NaN went to the lowest bin
+        lp = pl.col("logp").cast(pl.Float64).clip(upper_bound=0.0)
         z = lp - (1 - lp.exp()).log()  # logit(q); 1 - exp in float64 is exact enough here
         idx = ((z + BIN_HALF * BIN_WIDTH) / BIN_WIDTH).floor().clip(0, 2 * BIN_HALF - 1)
         counts = run.collect(run.scan_tokens()

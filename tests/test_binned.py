@@ -289,3 +289,25 @@ def test_example_bins_of_parts_out_of_example_order(tmp_path):
         got = bins.per_example(scheme, **knobs)
         assert (want["mean_weight"] >= got["mean_weight_lo"] - 1e-6).all()
         assert (want["mean_weight"] <= got["mean_weight_hi"] + 1e-6).all()
+
+
+def test_a_logp_rounded_above_zero_is_binned_as_q_one(tmp_path):
+    """A target whose logp rounds to just above 0 (q = 1 to float precision) falls in the
+    top bin, as the schemes read it (clamped to 0), not in the lowest (it used to give
+    NaN there and land at q ~ 0)."""
+    import polars as pl
+
+    from infosft.analysis.store import atomic_write_parquet
+    from infosft.analysis.synthetic import make_run
+
+    run = make_run(tmp_path / "r", n_examples=4, prompt_tokens=2, target_tokens=10)
+    part = run.part_paths()[0]
+    df = pl.read_parquet(part)
+    first = df["is_target"].arg_max()
+    df = df.with_columns(pl.when(pl.int_range(pl.len()) == first).then(pl.lit(1e-7))
+                         .otherwise(pl.col("logp")).cast(pl.Float32).alias("logp"))
+    atomic_write_parquet(df, part)
+    exact, binned = Targets.from_run(run.path), Targets.binned(run.path)
+    assert exact.summary("dft")["weight_share_high"] == pytest.approx(
+        binned.summary("dft")["weight_share_high"], abs=1e-3)
+    assert binned.logp.min() > -30  # nothing at the bottom of the grid
