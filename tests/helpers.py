@@ -229,8 +229,17 @@ def perturbed(model_dir: Path, scale: float, layer_filter: str):
 
 # ---------------------------------------------------------------- weights
 
-def reference_weights(logp: np.ndarray, scheme: str, C: float = 2.0, tau: float = 0.1):
-    """Each scheme's token weight, written out in float64 numpy."""
+#: The schemes the bundled run supports: it is scored with entropy_top20 (EAFT), without
+#: a reference model (no excess).
+SAMPLE_SCHEMES = ("sft", "dft", "infosft", "profit", "eaft")
+
+
+def reference_weights(logp: np.ndarray, scheme: str, C: float = 2.0, tau: float = 0.1,
+                      entropy_top20: np.ndarray | None = None, alpha: float = 1.0):
+    """Each scheme's token weight, written out in float64 numpy (EAFT from each token's
+    ``entropy_top20``: ``(H / 3) ** alpha``)."""
+    if scheme == "eaft":
+        return (np.clip(entropy_top20.astype(np.float64), 0, None) / 3.0) ** alpha
     q = np.exp(logp.astype(np.float64))
     if scheme == "sft":
         return np.ones_like(q)

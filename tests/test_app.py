@@ -456,10 +456,13 @@ def test_schemes_side_by_side_follow_the_knobs(targets, page):
     ok(at)
     C, tau = (1.5, 0.3) if page.endswith("tune.py") else (Settings().C, Settings().threshold)
     table = next(d.value for d in at.dataframe if "Effective tokens" in d.value.columns)
-    assert len(table) == 4
+    # the bundled run has entropy_top20 (EAFT) but no logp_ref (excess is not offered)
+    assert len(table) == 5
     q = np.exp(targets.logp.astype(np.float64))
-    for (_, row), scheme in zip(table.iterrows(), ("sft", "dft", "infosft", "profit")):
-        w = reference_weights(targets.logp, scheme, C=C, tau=tau)
+    entropy = targets.fields["entropy_top20"].astype(np.float64)
+    for (_, row), scheme in zip(table.iterrows(), ("sft", "dft", "infosft", "profit", "eaft")):
+        w = (entropy / 3) if scheme == "eaft" else reference_weights(targets.logp, scheme,
+                                                                       C=C, tau=tau)
         assert row["Mean weight"] == pytest.approx(round(w.mean(), 4), abs=1e-4)
         assert row["w > 0 (%)"] == pytest.approx(round(100 * (w > 0).mean(), 1), abs=0.051)
         assert row["Effective tokens"] == pytest.approx(w.sum() ** 2 / (w ** 2).sum(), abs=1)

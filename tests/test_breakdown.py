@@ -18,11 +18,12 @@ from infosft.analysis import breakdown as bd
 from infosft.analysis.stats import weights as run_weights
 from infosft.analysis.store import Run
 from infosft.errors import InfosftError
-from infosft.weights import Q_SCHEMES as SCHEMES  # the schemes the sample run supports
 from tests.helpers import CODE_ROWS, MATH_ROWS, SAMPLE_RUN, app_page, cli, error_line, \
     reference_weights
+from tests.helpers import SAMPLE_SCHEMES as SCHEMES  # the schemes the sample run supports
 
-KNOBS = {"sft": {}, "dft": {}, "infosft": {"C": 2.0}, "profit": {"threshold": 0.1}}
+KNOBS = {"sft": {}, "dft": {}, "infosft": {"C": 2.0}, "profit": {"threshold": 0.1},
+         "eaft": {}}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def sample_tokens() -> pl.DataFrame:
     task = pl.DataFrame({"example_id": ex["example_id"],
                          "task": [json.loads(r).get("task") for r in ex["record"]]})
     tokens = run.scan_tokens().filter(pl.col("is_target")).select(
-        "example_id", "position", "logp").collect().sort("example_id", "position")
+        "example_id", "position", "logp", "entropy_top20").collect().sort("example_id",
+                                                                           "position")
     return tokens.join(task, on="example_id", how="left")
 
 
@@ -86,7 +88,8 @@ def test_groups_and_counts_of_the_sample_run():
 def test_per_group_numbers_match_numpy(sample_tokens, scheme):
     table = bd.breakdown(SAMPLE_RUN, "task", scheme, **KNOBS[scheme])
     assert table["scheme"].to_list() == [scheme, scheme]
-    all_w = reference_weights(sample_tokens["logp"].to_numpy(), scheme, C=2.0, tau=0.1)
+    all_w = reference_weights(sample_tokens["logp"].to_numpy(), scheme, C=2.0, tau=0.1,
+                              entropy_top20=sample_tokens["entropy_top20"].to_numpy())
     for row in table.iter_rows(named=True):
         mask = (sample_tokens["task"] == row["group"]).to_numpy()
         logp = sample_tokens["logp"].to_numpy()[mask]
@@ -270,7 +273,7 @@ def test_overview_section_shows_every_schemes_share_per_task(workspace):
     infosft = table.filter(pl.col("scheme") == "infosft")
     name = next(n for n in bars if n.startswith("weight InfoSFT"))
     assert bars[name] == pytest.approx(dict(zip(infosft["group"], infosft["weight_share"])))
-    assert len(bars) == 4  # tokens, DFT, InfoSFT, ProFit (SFT's share is the tokens')
+    assert len(bars) == 5  # tokens, DFT, InfoSFT, ProFit, EAFT (SFT's share is the tokens')
     shown = next(d.value for d in at.dataframe if "Group" in d.value.columns)
     assert shown["Group"].tolist() == ["math", "code"]
     assert shown["Target tokens"].sum() == Run(SAMPLE_RUN).meta()["counts"]["target_tokens"]

@@ -113,7 +113,8 @@ def test_schemes_a_run_supports(run, bare, targets):
     only_entropy = Targets(targets.example_id, targets.logp,
                            fields={"entropy_top20": targets.fields["entropy_top20"]})
     assert only_entropy.schemes() == [*Q_SCHEMES, "eaft"]
-    assert Targets.from_run(SAMPLE_RUN).schemes() == list(Q_SCHEMES)
+    # the bundled run is scored with entropy_top20, without a reference
+    assert Targets.from_run(SAMPLE_RUN).schemes() == [*Q_SCHEMES, "eaft"]
 
 
 @pytest.mark.parametrize("scheme,field,advice", [("eaft", "entropy_top20", "rescore"),
@@ -185,7 +186,7 @@ def test_token_view_has_the_new_schemes(run, targets, tokens):
                                   whole[(tokens["example_id"] == 2).to_numpy()])
 
 
-def test_breakdown_includes_the_new_schemes(run):
+def test_breakdown_includes_the_new_schemes(run, bare):
     from infosft.analysis.breakdown import breakdown, breakdown_report, format_breakdown
 
     table = breakdown(run, "prompt", max_groups=3)
@@ -194,7 +195,7 @@ def test_breakdown_includes_the_new_schemes(run):
     assert rep["knobs"]["eaft"] == {"alpha": 2.0}
     assert "eaft" in format_breakdown(rep)
     with pytest.raises(InfosftError, match="entropy_top20"):
-        breakdown_report(SAMPLE_RUN, "task", "eaft")
+        breakdown_report(bare.path, "task", "eaft")
 
 
 # ---------------------------------------------------------------- export
@@ -292,8 +293,8 @@ def test_app_token_view_and_export_with_eaft(run, workspace):
     assert read_export_meta(out)["knobs"] == {"alpha": 1.0}
 
 
-def test_sample_run_does_not_offer_eaft(workspace):
-    at = app_page("views/tune.py")
+def test_a_run_without_the_fields_does_not_offer_eaft(workspace, bare):
+    at = app_page("views/tune.py", run_path=str(bare.path))
     ok(at)
     options = at.selectbox(key="tune_scheme").options
     assert "EAFT" not in options and "InfoSFT" in options
@@ -301,7 +302,7 @@ def test_sample_run_does_not_offer_eaft(workspace):
     assert "EAFT needs entropy_top20: rescore the run" in captions
     assert "logp_ref" in captions
     # a scheme chosen on a run that had the fields: the reason, not a traceback
-    at = app_page("views/tune.py", settings=Settings(scheme="eaft"))
+    at = app_page("views/tune.py", run_path=str(bare.path), settings=Settings(scheme="eaft"))
     assert not at.exception
     assert at.error and "entropy_top20" in at.error[0].value
 
@@ -331,7 +332,8 @@ def test_user_scheme_is_loaded_and_its_knob_drawn(tmp_path, monkeypatch, workspa
     ok(at)
     assert metrics(at) == dict(summary_cards(t.summary(spec, gamma=1.0)))
     table = next(d.value for d in at.dataframe if "Effective tokens" in d.value.columns)
-    assert len(table) == len(Q_SCHEMES) + 1  # the user's scheme beside the built-ins
+    # the user's scheme beside the built-ins the bundled run supports (EAFT too)
+    assert len(table) == len(Q_SCHEMES) + 2
 
 
 @pytest.mark.parametrize("body,words", [

@@ -64,8 +64,9 @@ def test_export_excess_writes_the_selection(capsys, run, tmp_path):
     assert exported.tolist() == kept.astype(float).tolist()
 
 
-def test_a_scheme_the_run_cannot_compute_is_one_line(capsys):
-    rc, _, err = cli(capsys, "stats", SAMPLE_RUN, "--scheme", "eaft")
+def test_a_scheme_the_run_cannot_compute_is_one_line(capsys, tmp_path):
+    old = make_run(tmp_path / "old", n_examples=3, prompt_tokens=2, target_tokens=5)  # no fields
+    rc, _, err = cli(capsys, "stats", old.path, "--scheme", "eaft")
     assert rc == 2
     assert "entropy_top20" in error_line(err) and "rescore" in error_line(err)
     rc, _, err = cli(capsys, "stats", SAMPLE_RUN, "--scheme", "excess")
