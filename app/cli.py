@@ -72,7 +72,20 @@ def _knobs(args, names: tuple[str, ...] | None = None) -> dict:
     out = {k.name: getattr(args, k.name, None) for k in _registry_knobs()}
     if isinstance(out.get("threshold"), list) and len(out["threshold"]) == 1:
         out["threshold"] = out["threshold"][0]
-    out |= _knob_pairs(getattr(args, "knob_pairs", None))
+    pairs = _knob_pairs(getattr(args, "knob_pairs", None))
+    scheme = getattr(args, "scheme", None)
+    if pairs and scheme:  # --knob names this scheme's knobs, whatever else is registered
+        from infosft.schemes import get
+
+        try:
+            own = get(scheme).knob_names
+        except ValueError as e:
+            raise InfosftError(str(e)) from None
+        stray = sorted(k for k in pairs if k not in own)
+        if stray:
+            raise InfosftError(f"--knob {stray[0]}: unknown knob {stray[0]!r} for scheme "
+                               f"{scheme!r}; its knobs are {', '.join(own) or 'none'}")
+    out |= pairs
     return out if names is None else {k: v for k, v in out.items() if k in names}
 
 

@@ -79,7 +79,8 @@ CSS = """<style>
 .tv span.p {color: #9a9a9a;}
 .tv span.nl {color: #888; font-size: 0.75em;}
 .tv .card {display: none; position: absolute; left: 0; top: calc(100% + 3px); z-index: 1000;
-     width: max-content; min-width: 13rem; max-width: 24rem; padding: 0.45rem 0.6rem;
+     width: max-content; min-width: min(13rem, 100%); max-width: min(24rem, 100%);
+     padding: 0.45rem 0.6rem;
      background: #fff; color: #111; border: 1px solid #b8b8b8; border-radius: 6px;
      box-shadow: 0 4px 14px rgba(0, 0, 0, 0.2); font-size: 0.78rem; line-height: 1.4;
      white-space: normal; word-break: normal; cursor: default; text-align: left;}
@@ -96,6 +97,7 @@ CSS = """<style>
 .tv .card .r .k {min-width: 5.5rem;}
 .tv .card .r .n {min-width: 4.5rem; text-align: right; font-variant-numeric: tabular-nums;}
 .tv .card .r.on {font-weight: 600;}
+/* min(..., 100%): a side-by-side column may be narrower than the card's usual width */
 @position-try --tv-right {left: auto; right: 0;}
 @supports (anchor-scope: all) {
   .tv {position: relative;}

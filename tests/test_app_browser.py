@@ -290,8 +290,9 @@ def test_each_scheme_is_coloured_on_its_own_scale(server, browser):
     wait(browser).until(EC.text_to_be_present_in_element(
         (By.CSS_SELECTOR, ".tv-legend"), f"w = {top:.3g} (InfoSFT's max in this example)"))
     wait(browser).until(lambda d: background(d, pos) == BLUE)
-    # the side-by-side columns (SFT, DFT, InfoSFT, ProFit): each scheme's own maximum is blue
-    assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] .tv')) == 4
+    # the side-by-side columns (SFT, DFT, InfoSFT, ProFit, EAFT: the bundled run has the
+    # entropy EAFT reads): each scheme's own maximum is blue
+    assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] .tv')) == 5
     assert background(browser, pos, within=3) == BLUE
     dft_top = int(view["position"][int(view["w_dft"].to_numpy().argmax())])
     assert background(browser, dft_top, within=2) == BLUE

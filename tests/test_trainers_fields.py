@@ -214,8 +214,10 @@ def test_config_scheme_and_knobs_are_validated_in_one_line(tmp_path):
         resolve(cfg_values(tmp_path, knobs=[1, 2]))
     cfg = resolve(cfg_values(tmp_path, scheme="eaft", knobs={"alpha": 0.5}))
     assert cfg.resolved_knobs() == {"alpha": 0.5}
-    # other schemes' knobs are ignored, as resolve_knobs does
-    assert resolve(cfg_values(tmp_path, knobs={"alpha": 0.5})).resolved_knobs()["P"] == 0.93
+    # knobs are the chosen scheme's: another scheme's is an error, not silently ignored
+    # (whatever other schemes a process has registered)
+    with pytest.raises(ConfigError, match="unknown knob 'alpha' for scheme 'infosft'"):
+        resolve(cfg_values(tmp_path, knobs={"alpha": 0.5}))
 
 
 def test_resume_keeps_the_reference_and_knobs(tmp_path):
