@@ -75,16 +75,9 @@ def _knobs(args, names: tuple[str, ...] | None = None) -> dict:
     pairs = _knob_pairs(getattr(args, "knob_pairs", None))
     scheme = getattr(args, "scheme", None)
     if pairs and scheme:  # --knob names this scheme's knobs, whatever else is registered
-        from infosft.schemes import get
+        from infosft.weights import check_own_knobs
 
-        try:
-            own = get(scheme).knob_names
-        except ValueError as e:
-            raise InfosftError(str(e)) from None
-        stray = sorted(k for k in pairs if k not in own)
-        if stray:
-            raise InfosftError(f"--knob {stray[0]}: unknown knob {stray[0]!r} for scheme "
-                               f"{scheme!r}; its knobs are {', '.join(own) or 'none'}")
+        check_own_knobs(scheme, pairs)
     out |= pairs
     return out if names is None else {k: v for k, v in out.items() if k in names}
 
@@ -97,9 +90,11 @@ def _extra_knobs(args) -> dict | None:
 
 
 def _add_scheme_args(p: argparse.ArgumentParser) -> None:
+    from infosft.weights import SCHEMES
+
     p.add_argument("--scheme", default="infosft", metavar="SCHEME",
-                   help="token weighting: sft, dft, infosft, profit, eaft, excess (from the "
-                   "scheme registry), or your own as module:function (default infosft)")
+                   help=f"token weighting: {', '.join(SCHEMES)} (from the scheme registry), "
+                   "or your own as module:function (default infosft)")
     _add_knob_flags(p)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from infosft.configs import check_keys, option as _f, read_config_file, write_config
 from infosft.errors import InfosftError
 from infosft.schemes import get as get_scheme
-from infosft.weights import needed_fields, resolve_knobs
+from infosft.weights import check_own_knobs, needed_fields, resolve_knobs
 
 MODES = ("online", "static")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -230,11 +230,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.mode not in MODES:
         raise _bad("mode", f"one of {', '.join(MODES)}", cfg.mode)
     _check_knobs(cfg.knobs)
-    own = get_scheme(cfg.scheme).knob_names
-    stray = sorted(k for k in cfg.knobs or {} if k not in own)
-    if stray:  # knobs given for this scheme, not another's (whatever else is registered)
-        raise ConfigError(f"config field 'knobs': unknown knob {stray[0]!r} for scheme "
-                          f"{cfg.scheme!r}; its knobs are {', '.join(own) or 'none'}", "knobs")
+    try:
+        check_own_knobs(cfg.scheme, cfg.knobs or {})
+    except ValueError as e:
+        raise ConfigError(f"config field 'knobs': {e}", "knobs") from None
     if cfg.mode == "online" and "logp_ref" in needed_fields(cfg.scheme) and not cfg.reference:
         raise ConfigError(f"config field 'reference' is required by scheme {cfg.scheme!r} "
                           "online (a model to compare each token's log-prob with, e.g. "

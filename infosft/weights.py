@@ -73,6 +73,17 @@ def resolve_knobs(scheme: str, **knobs: Any) -> dict[str, Any]:
                             if v is not None and k in s.knob_names})
 
 
+def check_own_knobs(scheme: str, names) -> None:
+    """ValueError unless every knob in ``names`` is ``scheme``'s own: knobs given for one
+    scheme by name (``--knob``, a config's ``knobs``), unlike a UI's whole state that
+    :func:`resolve_knobs` takes, must not be another scheme's (whatever is registered)."""
+    own = get_scheme(scheme).knob_names
+    stray = sorted(k for k in names if k not in own)
+    if stray:
+        raise ValueError(f"unknown knob {stray[0]!r} for scheme {scheme!r}; its knobs are "
+                         f"{', '.join(own) or 'none'}")
+
+
 def needed_fields(scheme: str) -> tuple[str, ...]:
     """The per-token fields a scheme reads beyond ``logp`` (e.g. ``entropy_top20``)."""
     return get_scheme(scheme).extra_fields
