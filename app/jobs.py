@@ -199,16 +199,27 @@ def alive(job: Job) -> bool:
     it is our child)."""
     if job.returncode is not None:  # reaped already: its pid may be anyone's by now
         return False
-    if process.on_this_host(job.host):
-        try:
-            pid, status = os.waitpid(job.pid, os.WNOHANG)
-            if pid == job.pid:
-                job.returncode = os.waitstatus_to_exitcode(status)
-                job.save()
-                return False
-        except ChildProcessError:  # not our child (app restarted) or already reaped
-            pass
-    return process.alive(job.pid, job.started, job.host)
+    ours = process.on_this_host(job.host)
+    if ours and _reap(job):
+        return False
+    if process.alive(job.pid, job.started, job.host):
+        return True
+    if ours:  # it ended between the two looks: reap it now, so its exit code is known
+        _reap(job)
+    return False
+
+
+def _reap(job: Job) -> bool:
+    """Collect the exit code of an ended child of ours (into ``job.returncode``)."""
+    try:
+        pid, status = os.waitpid(job.pid, os.WNOHANG)
+    except ChildProcessError:  # not our child (app restarted) or already reaped
+        return False
+    if pid != job.pid:
+        return False
+    job.returncode = os.waitstatus_to_exitcode(status)
+    job.save()
+    return True
 
 
 def log_tail(job: Job, lines: int = 15) -> str:
