@@ -29,7 +29,6 @@ def init() -> None:
     ss.setdefault("run_path", str(SAMPLE_RUN))
     ss.setdefault("settings", Settings())
     ss.setdefault("example_id", None)
-    ss.setdefault("train_settings", None)
 
 
 def settings() -> Settings:

@@ -113,32 +113,38 @@ def test_prefilled_from_the_active_run_and_settings():
     assert at.number_input(key="train_lr").value == pytest.approx(2e-5)  # full fine-tune
 
 
-def test_prefilled_from_train_settings():
+def test_prefilled_from_the_sessions_knobs():
     s = Settings(scheme="profit", threshold=0.3, direction="lower")
-    at = app(train_settings=s)
+    at = app(settings=s)
     ok(at)
     assert at.selectbox(key="train_scheme").value == "profit"
     assert at.slider(key="train_threshold").value == pytest.approx(0.3)
     assert at.selectbox(key="train_direction").value == "lower"
 
 
-def test_tune_save_for_train_reaches_the_form():
+def test_knobs_moved_anywhere_are_the_forms_knobs():
+    """One set of knobs: C moved on Tune shows on Train opened from the sidebar (no
+    button), and C moved on Train shows on Export and in the sidebar."""
     at = AppTest.from_file(MAIN, default_timeout=60)
     at.run()
     at.switch_page(PAGE).run()  # the form first shows the current settings
     assert at.slider(key="train_C").value == pytest.approx(Settings().C)
     at.switch_page("views/tune.py").run()
     at.slider(key="tune_C").set_value(1.5).run()
-    at.button(key="to_train").click().run()
-    at.switch_page(PAGE).run()
+    at.switch_page(PAGE).run()  # as the sidebar does
     ok(at)
     assert at.slider(key="train_C").value == pytest.approx(1.5)
+    at.slider(key="train_C").set_value(2.25).run()
+    at.switch_page("views/export.py").run()
+    assert at.slider(key="export_C").value == pytest.approx(2.25)
+    assert any("2.25" in m.value for m in at.sidebar.markdown)
+    at.switch_page(PAGE).run()
     # values typed into the form survive a visit to another page
     at.text_input(key="train_name").set_value("keep-me").run()
     at.switch_page("views/overview.py").run()
     at.switch_page(PAGE).run()
     assert at.text_input(key="train_name").value == "keep-me"
-    assert at.slider(key="train_C").value == pytest.approx(1.5)
+    assert at.slider(key="train_C").value == pytest.approx(2.25)
 
 
 @pytest.mark.parametrize("name, data, message", [
@@ -163,7 +169,7 @@ def test_bad_input_is_one_error_line(workspace, name, data, message):
 
 
 def test_bad_saved_knobs_are_one_error_line(workspace):
-    at = app(train_settings=Settings(C=-1.0))
+    at = app(settings=Settings(C=-1.0))
     assert not at.exception and at.error and "C must be" in at.error[0].value
 
 

@@ -15,23 +15,10 @@ from infosft.train_config import FULL_LR, LORA_LR, field_default
 from infosft.train_status import ACTIVE_STATES, FINAL, LOG
 from infosft.weights import needed_fields
 
-FORM = "train_form_settings"  # the form's knobs (a Settings), bound to the knob widgets
 SAVED = "_train_inputs"  # the form's other values, kept while the page is not shown
 
 
 # --- the form ----------------------------------------------------------------------------
-
-def seed_knobs() -> None:
-    """The form's knobs: what Tune saved for Train (taken again whenever Tune saves new
-    ones), else the current settings."""
-    ss = st.session_state
-    saved = ss.get("train_settings")
-    if saved is not None and ss.get("_train_seeded_from") is not saved:
-        ss[FORM], ss["_train_seeded_from"] = saved, saved
-        knobs.seed_widgets(FORM, "train", force=True)
-    elif ss.get(FORM) is None:
-        ss[FORM] = state.settings()
-
 
 def run_defaults() -> dict:
     """Data, model, max length, field mapping and template of the active scored run, so
@@ -120,10 +107,12 @@ def data_inputs(defaults: dict) -> dict | None:
     if defaults.get("fields") or defaults.get("no_template"):
         st.caption(f"As scored: fields {defaults.get('fields') or 'auto'}, chat template "
                    f"{'off' if defaults.get('no_template') else 'on'}")
-    s = st.session_state[FORM]
+    # The session's one set of knobs (what the sidebar, Tune and Export show): moving a
+    # knob here moves it there too, so no page trains or exports knobs another page hid.
+    s = state.settings()
     with st.expander(f"Scheme: {knobs_text(s.scheme, s.knobs())}", expanded=False):
-        knobs.knob_widgets(FORM, "train")
-    s = st.session_state[FORM]
+        knobs.knob_widgets("settings", "train")
+    s = state.settings()
     extra = {"fields": defaults.get("fields"), "no_template": defaults.get("no_template"),
              "split": defaults.get("split")} if data == defaults.get("data") else {}
     if "logp_ref" in needed_fields(s.scheme):  # excess: the reference runs beside the model
@@ -172,7 +161,6 @@ def launch_form() -> None:
     st.subheader("New training run")
     defaults = run_defaults()
     restore_inputs(defaults)
-    seed_knobs()
     data = data_inputs(defaults)
     opts = optimizer_inputs()
     remember_inputs()

@@ -25,8 +25,7 @@ def body() -> None:
         if st.button("Use these knobs in Export", key="to_export", type="primary"):
             st.switch_page("views/export.py")  # Export reads the same settings
         if st.button("Train with these knobs", key="to_train"):
-            st.session_state["train_settings"] = s
-            st.switch_page("views/train.py")
+            st.switch_page("views/train.py")  # Train reads the same settings
     s = state.settings()
     with right:
         log_x = st.toggle("log-scale q axis", key="tune_log_x")
