@@ -333,17 +333,10 @@ def _measured(eval_dir: Path, p: dict[str, Any], stage: str) -> tuple[float, flo
     the scorer's own progress files for a scoring stage, the writer's for the rest;
     None before its first measurable step."""
     if stage in SCORED:
-        run = Run(eval_dir / stage)
-        try:
-            ranks = [(json.loads(f.read_text(encoding="utf-8")), f.stat().st_mtime)
-                     for f in run.progress_files()]
-            done = sum(r["done_tokens"] for r, _ in ranks)
-            total = sum(r["total_tokens"] for r, _ in ranks)
-            seconds = max(r["elapsed_s"] for r, _ in ranks)
-            when = max(m for _, m in ranks)
-        except (OSError, ValueError, KeyError, TypeError):
+        sp = Run(eval_dir / stage).read_progress()
+        if sp is None or sp["done_tokens"] <= 0 or not sp["total_tokens"]:
             return None
-        return (done, total, seconds, when) if ranks and done > 0 and total else None
+        return sp["done_tokens"], sp["total_tokens"], sp["elapsed_s"], sp["updated"]
     done, total = p.get("done") or 0, p.get("total")
     start = (p.get("stage_started_at") or {}).get(stage)
     if done <= 0 or not total or start is None:

@@ -37,11 +37,14 @@ from infosft.analysis.store import (OPTIONAL_TOKEN_SCHEMA, PART_NAME, TOKEN_SCHE
 from infosft.configs import option, required
 from infosft.data import TARGET_RULE, PreparedExample, has_template, prepare
 from infosft.errors import InfosftError
-from infosft.models import load_model, load_tokenizer
+from infosft.models import default_model_converted, load_model, load_tokenizer
 from infosft.packed_linear import packed_linears
 from infosft.records import read_records
 from infosft.runlock import RunLock, clear_dir, is_empty
 from infosft.scoring import STATS, Scorer, shared_prefix, vocab_pieces
+
+#: Seconds between two progress writes while scoring (and at every part).
+PROGRESS_EVERY_S = 1.0
 
 
 @dataclass
@@ -241,18 +244,32 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
 
 def _score_locked(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, world: int,
                   progress: bool, loaded: tuple | None) -> Run:
+    t0 = time.perf_counter()
+
+    def stage(what: str) -> None:
+        """Say what this rank is doing before scoring starts (the app shows it)."""
+        if run.path.is_dir():
+            run.write_progress(rank, 0, 0, time.perf_counter() - t0, stage=what)
+
+    if loaded is None and cfg.model is None and not default_model_converted():
+        stage("converting the default model (first use, about 30 s)")
     tokenizer = (loaded[1] if loaded is not None
                  else load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code))
+    stage("reading the data")
     skipped: list[dict] = []
     raw, fmt, examples = load_examples(cfg, tokenizer, skipped)
     if old_meta and (old_meta.get("dataset") or {}).get("content_hash") != raw.content_hash:
         raise InfosftError(f"{run.path}: cannot resume, the dataset {cfg.source} changed since "
                            "scoring started; use --overwrite")
+    if loaded is None:
+        stage("loading the model")
     model, tokenizer, info = loaded or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                                   trust_remote_code=cfg.trust_remote_code)
     pieces = vocab_pieces(tokenizer, max(len(tokenizer), model.config.vocab_size))
     if cfg.top_k > len(pieces):
         raise InfosftError(f"--top-k {cfg.top_k} exceeds the model's vocabulary ({len(pieces)})")
+    if cfg.reference:
+        stage("loading the reference model")
     ref_model, ref_info = (load_reference(cfg, tokenizer, info) if cfg.reference
                            else (None, None))
     if rank == 0:
@@ -288,6 +305,7 @@ def _score_locked(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, 
     _barrier(world)
     seconds = time.perf_counter() - started
     if rank == 0:
+        stage("finishing (the examples table)")
         meta = run.meta()
         n_tokens = sum(ex.tokens.n_tokens for ex in remaining)
         meta["scoring_seconds"] = meta.get("scoring_seconds", 0.0) + seconds
@@ -425,7 +443,8 @@ def _write_parts(run: Run, scorer: Scorer, pieces: np.ndarray, todo: list[Prepar
     pending_tokens = written = 0
     t0 = time.perf_counter()
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc="scoring", disable=not show_progress)
-    left = total
+    left, said = total, t0
+    run.write_progress(rank, 0, total, 0.0)
     for batch, arrays in scorer.score(todo):
         df = token_frame(arrays, pieces, fields)
         pending.append(df)
@@ -437,7 +456,12 @@ def _write_parts(run: Run, scorer: Scorer, pieces: np.ndarray, todo: list[Prepar
             index += 1
             written += pending_tokens
             pending, pending_tokens = [], 0
-            run.write_progress(rank, written, total, time.perf_counter() - t0)
+        now = time.perf_counter()
+        if now - said >= PROGRESS_EVERY_S or not left:
+            # tokens scored, written or pending: a part holds 64k tokens, which a small
+            # job never fills, and its bar would jump from 0 to 100%
+            run.write_progress(rank, total - left, total, now - t0)
+            said = now
     bar.close()
 
 

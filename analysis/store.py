@@ -11,8 +11,10 @@
                                (entropy_top20 since the scheme registry, logp_ref with
                                --reference), the same in every part
     RUN/vocab.parquet          token_id -> text piece, for top-k alternatives
-    RUN/progress-RRR.json      while scoring, per rank RRR: done_tokens, total_tokens,
-                               elapsed_s, eta_s (removed when scoring completes)
+    RUN/progress-RRR.json      while scoring, per rank RRR: stage (reading the data,
+                               loading or converting the model, scoring, finishing),
+                               done_tokens, total_tokens, elapsed_s, eta_s (removed
+                               when scoring completes)
 
 Every file is written through :mod:`infosft.atomic` (temporary name, fsync, rename),
 so a killed writer leaves only whole files. Readers check what they read: a part, the
@@ -198,29 +200,38 @@ class Run:
                       if PROGRESS_NAME.fullmatch(p.name))
 
     def write_progress(self, rank: int, done_tokens: int, total_tokens: int,
-                       elapsed_s: float) -> None:
-        """Rank ``rank``'s progress: tokens scored of those it has to score, with an ETA."""
+                       elapsed_s: float, stage: str = "scoring") -> None:
+        """Rank ``rank``'s progress: what it is doing (``stage``, in words: "loading
+        the model", "scoring", ...) and, while scoring, tokens scored of those it has to
+        score, with an ETA (0 of 0 before scoring starts)."""
         atomic_write_json(self.progress_path(rank), {
-            "done_tokens": done_tokens, "total_tokens": total_tokens, "elapsed_s": elapsed_s,
+            "stage": stage, "done_tokens": done_tokens, "total_tokens": total_tokens,
+            "elapsed_s": elapsed_s,
             "eta_s": (elapsed_s / done_tokens * (total_tokens - done_tokens)
                       if done_tokens else None)})
 
     def read_progress(self) -> dict[str, Any] | None:
-        """The scoring progress over all ranks: ``done_tokens`` and ``total_tokens``
-        summed, ``eta_s`` the slowest rank's (None when no rank has one); None when there
-        is no progress file or one cannot be read as progress (removed or being replaced
-        between listing and reading: the next poll reads it)."""
+        """The scoring progress over all ranks: ``stage`` (the first rank's),
+        ``done_tokens`` and ``total_tokens`` summed, ``elapsed_s`` and ``eta_s`` the
+        slowest rank's (``eta_s`` None when no rank has one), ``updated`` (the latest
+        write, epoch seconds); None when there is no progress file or one cannot be read
+        as progress (removed or being replaced between listing and reading: the next
+        poll reads it)."""
         try:
-            ranks = [json.loads(f.read_text(encoding="utf-8")) for f in self.progress_files()]
+            ranks = [(json.loads(f.read_text(encoding="utf-8")), f.stat().st_mtime)
+                     for f in self.progress_files()]
             if not ranks:
                 return None
-            done = sum(r["done_tokens"] for r in ranks)
-            total = sum(r["total_tokens"] for r in ranks)
-            etas = [r["eta_s"] for r in ranks if r.get("eta_s") is not None]
+            done = sum(r["done_tokens"] for r, _ in ranks)
+            total = sum(r["total_tokens"] for r, _ in ranks)
+            elapsed = max(float(r["elapsed_s"]) for r, _ in ranks)
+            etas = [r["eta_s"] for r, _ in ranks if r.get("eta_s") is not None]
+            stage = str(ranks[0][0].get("stage") or "scoring")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        return {"done_tokens": done, "total_tokens": total,
-                "eta_s": max(etas) if etas else None}
+        return {"stage": stage, "done_tokens": done, "total_tokens": total,
+                "elapsed_s": elapsed, "eta_s": max(etas) if etas else None,
+                "updated": max(m for _, m in ranks)}
 
     def remove_progress(self) -> None:
         for p in self.progress_files():

@@ -255,7 +255,8 @@ def failure(job: Job) -> str:
 
 def status(job: Job) -> dict[str, Any]:
     """``state`` (starting | running | complete | failed | cancelled), progress
-    (``done``, ``total``, ``fraction``, ``eta_s``, ``elapsed_s``) and, for a failed job,
+    (``stage``: what the scorer does, in words; ``done``, ``total`` (None before scoring
+    starts), ``fraction``, ``eta_s``, ``elapsed_s``) and, for a failed job,
     ``message`` and ``log``. A training job answers :func:`train_status` instead."""
     if job.kind == "train":
         return train_status(job.run_dir)
@@ -269,9 +270,11 @@ def status(job: Job) -> dict[str, Any]:
         except InfosftError:
             meta_status = None
     out: dict[str, Any] = {"state": "starting", "done": 0, "total": None, "fraction": 0.0,
-                           "eta_s": None, "elapsed_s": time.time() - job.created_at}
+                           "eta_s": None, "elapsed_s": time.time() - job.created_at,
+                           "stage": "starting"}
     if (p := run.read_progress()) is not None:  # None: not started, or being rewritten
-        out.update(done=p["done_tokens"], total=p["total_tokens"], eta_s=p["eta_s"],
+        out.update(stage=p["stage"], done=p["done_tokens"], total=p["total_tokens"] or None,
+                   eta_s=p["eta_s"],
                    fraction=p["done_tokens"] / p["total_tokens"] if p["total_tokens"] else 0.0)
     if meta_status == "complete":
         return {**out, "state": "complete", "fraction": 1.0, "eta_s": 0}

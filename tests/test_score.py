@@ -241,3 +241,53 @@ def test_target_stats_match_float64_on_a_random_head(chunk):
                                atol=1e-5)
     assert torch.equal(torch.sort(got["top_ids"], -1).values,
                        torch.sort(logp_all.topk(k).indices, -1).values)
+
+
+def _record_progress(monkeypatch) -> list[dict]:
+    """Every progress write of a scoring in this process, as written."""
+    seen: list[dict] = []
+    write = Run.write_progress
+
+    def recording(self, rank, done, total, elapsed, stage="scoring"):
+        write(self, rank, done, total, elapsed, stage=stage)
+        seen.append(self.read_progress())
+
+    monkeypatch.setattr(Run, "write_progress", recording)
+    return seen
+
+
+def test_scoring_says_each_stage_and_counts_tokens_between_parts(tmp_path, tiny_model_dir,
+                                                                  monkeypatch):
+    """The progress file names what the scorer does before it scores (so a job is never
+    a silent "loading..." that jumps to 100%), and while scoring it counts tokens batch
+    by batch, not only when a 64k-token part is written."""
+    import infosft.analysis.score as score
+
+    monkeypatch.setattr(score, "PROGRESS_EVERY_S", 0.0)
+    seen = _record_progress(monkeypatch)
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS[:12])
+    run = score_dataset(ScoreConfig(source=str(data), out=str(tmp_path / "run"),
+                                    model=str(tiny_model_dir), device="cpu", token_budget=256),
+                        progress=False)
+    stages = [p["stage"] for p in seen]
+    first_scoring = stages.index("scoring")
+    assert stages[:first_scoring] == ["reading the data", "loading the model"]
+    assert stages[-1].startswith("finishing")
+    scoring = [p for p in seen if p["stage"] == "scoring"]
+    total = run.meta()["counts"]["tokens"]
+    assert all(p["total_tokens"] == total for p in scoring)
+    done = [p["done_tokens"] for p in scoring]
+    assert done[0] == 0 and done[-1] == total and done == sorted(done)
+    assert len(run.part_paths()) == 1 and len(set(done)) > 3  # one part, many batches
+    assert run.read_progress() is None  # gone once complete
+
+
+def test_scoring_names_the_default_models_first_use_conversion(tmp_path, monkeypatch):
+    import infosft.analysis.score as score
+
+    monkeypatch.setattr(score, "default_model_converted", lambda: False)
+    seen = _record_progress(monkeypatch)
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS[:1])
+    score_dataset(ScoreConfig(source=str(data), out=str(tmp_path / "run"), device="cpu"),
+                  progress=False)
+    assert seen[0]["stage"].startswith("converting the default model (first use")

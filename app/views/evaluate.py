@@ -70,8 +70,9 @@ def jobs_panel() -> None:
             a, b = st.columns([5, 1])
             a.markdown(f"**{job.name}** · {s['state']}")
             if s["state"] in ("starting", "running"):
-                a.progress(s["fraction"], text=f"{s['stage'] or 'loading data and models...'}"
-                           f" · ETA {duration(s['eta_s'])}")
+                a.progress(s["fraction"], text=(
+                    f"{s['stage']} · ETA {duration(s['eta_s'])}" if s["stage"] else
+                    f"reading the data and loading both models... ({s['elapsed_s']:.0f}s)"))
                 b.button("Cancel", key=f"ev_cancel_{job.id}", on_click=jobs.cancel, args=(job,))
             elif s["state"] == "failed":
                 a.error(f"Evaluation failed: {s['message']}")
