@@ -136,6 +136,7 @@ def start(name: str, argv: list[str], run_dir: Path, kind: str = "score", *,
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=workspace.workspace_dir(),
                                 start_new_session=True)
+    _CHILDREN[proc.pid] = proc
     job = Job(log.stem, name, kind, list(argv), proc.pid, str(run_dir), str(log), time.time(),
               started=process.start_time(proc.pid), host=process.current()["host"])
     job.save()
@@ -209,15 +210,29 @@ def alive(job: Job) -> bool:
     return False
 
 
+#: pid -> Popen of the jobs this process started. Held so that the Popen is never
+#: garbage-collected while its child runs: CPython then queues it for
+#: ``subprocess._cleanup``, which reaps it at the next ``Popen`` anywhere in the process,
+#: and its exit code (the signal that killed it) would be lost to us.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
 def _reap(job: Job) -> bool:
     """Collect the exit code of an ended child of ours (into ``job.returncode``)."""
-    try:
-        pid, status = os.waitpid(job.pid, os.WNOHANG)
-    except ChildProcessError:  # not our child (app restarted) or already reaped
-        return False
-    if pid != job.pid:
-        return False
-    job.returncode = os.waitstatus_to_exitcode(status)
+    proc = _CHILDREN.get(job.pid)
+    if proc is not None:
+        if proc.poll() is None:
+            return False
+        del _CHILDREN[job.pid]
+        job.returncode = proc.returncode
+    else:
+        try:
+            pid, status = os.waitpid(job.pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (app restarted) or already reaped
+            return False
+        if pid != job.pid:
+            return False
+        job.returncode = os.waitstatus_to_exitcode(status)
     job.save()
     return True
 

@@ -568,3 +568,24 @@ def test_a_run_finds_its_job_without_reading_every_record(workspace, monkeypatch
     assert jobs.train_job(a).id == second.id
     assert jobs.train_job(workspace / "trainings" / "c") is None
     assert jobs.latest_job(a, "eval") is None  # a kind of its own
+
+
+def test_compare_picks_up_a_run_that_logs_while_the_page_is_open(workspace):
+    """A run that logs its first loss while the page is open joins the comparison (its
+    options and its selection), without the user's own picks being undone."""
+    one = fake_run(workspace, "one", status={"state": "finished", "step": 2, "total_steps": 2},
+                   metrics=losses([2.0, 1.5]))
+    two = fake_run(workspace, "two", status={"state": "finished", "step": 2, "total_steps": 2},
+                   metrics=losses([2.2, 1.7]))
+    at = app()
+    assert at.multiselect(key="train_compare").value == [str(one), str(two)]
+    at.multiselect(key="train_compare").set_value([str(two)]).run()  # the user drops one
+    new = fake_run(workspace, "three", status={"state": "running", "step": 1,
+                                               "total_steps": 4}, metrics=losses([2.4]))
+    at.run()  # the fragment's next tick
+    compare = at.multiselect(key="train_compare")
+    assert "three" in compare.options  # shown by name
+    assert compare.value == [str(two), str(new)]
+    at.switch_page("views/tune.py").run()
+    at.switch_page(PAGE).run()  # Streamlit drops a widget's value while its page is away
+    assert at.multiselect(key="train_compare").value == [str(two), str(new)]

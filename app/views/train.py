@@ -334,6 +334,24 @@ COMPARE = {"eval_loss": "eval loss (plain NLL: comparable across schemes)",
            "weight_share_low": "on low q", "weight_share_high": "on high q"}
 
 
+def follow_new_runs(logged: list[str]) -> None:
+    """The comparison's selection: the first three runs at first, then each run that
+    logs its first loss while the page is open joins it (a widget's default applies
+    only once, so a new run would otherwise be offered but never drawn); runs that are
+    gone leave it, and what the user removed stays removed."""
+    ss = st.session_state
+    # the widget's own key is dropped while the page is not shown: keep a copy
+    chosen = ss["train_compare"] if "train_compare" in ss else ss.get("_train_compare_kept")
+    known = ss.get("_train_compare_known", set())
+    if chosen is None:
+        picked = logged[:3]
+    else:
+        picked = [p for p in chosen if p in logged]
+        picked += [p for p in logged if p not in known and p not in picked]
+    ss["train_compare"] = ss["_train_compare_kept"] = picked
+    ss["_train_compare_known"] = set(logged)
+
+
 @state.fragment(run_every=3)
 def runs_section() -> None:
     """The table of runs and a comparison of their curves; refreshes itself, so a run
@@ -348,7 +366,8 @@ def runs_section() -> None:
     logged = runs.filter(runs["final_loss"].is_not_null())["path"].to_list()
     if not logged:
         return
-    picked = st.multiselect("Compare runs", logged, default=logged[:3], key="train_compare",
+    follow_new_runs(logged)
+    picked = st.multiselect("Compare runs", logged, key="train_compare",
                             format_func=lambda p: Path(p).name)
     column = st.radio("Curve", tuple(COMPARE), horizontal=True, key="train_compare_y",
                       format_func=COMPARE.get)
