@@ -191,6 +191,20 @@ def test_examples_page_search_and_open():
     assert at.selectbox(key="tv_example").value == pick
 
 
+def test_examples_sort_box_speaks_the_tables_headers_and_the_picker_follows_it():
+    at = app("views/examples.py")
+    box = at.selectbox(key="ex_sort")
+    assert box.options == ["example id", "mean q", "min q", "mean w", "share w = 0",
+                           "tokens", "target tokens"]
+    box.set_value("min_q").run()
+    at.toggle(key="ex_desc").set_value(True).run()
+    ok(at)
+    shown = at.dataframe[0].value
+    assert list(shown["min_q"]) == sorted(shown["min_q"], reverse=True)
+    # the Example picker lists the examples in the table's order
+    assert at.selectbox(key="ex_pick").options == [str(i) for i in shown["example_id"]]
+
+
 def test_token_view_page_has_tooltips():
     at = app("views/token_view.py")
     ok(at)

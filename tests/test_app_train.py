@@ -485,7 +485,8 @@ def test_launch_a_tiny_training_from_the_page(tmp_path, workspace, tiny_model_di
         at.text_input(key=key).set_value(value)
     at.radio(key="train_by").set_value("steps").run()
     for key, value in (("train_max_steps", 2), ("train_log_every", 1), ("train_batch", 2),
-                       ("train_max_len", 256), ("train_eval_split", 0.2)):
+                       ("train_max_len", 256), ("train_eval_split", 0.2),
+                       ("train_eval_every", 1)):
         at.number_input(key=key).set_value(value)
     at.run()
     at.button(key="train_go").click().run()
@@ -504,6 +505,9 @@ def test_launch_a_tiny_training_from_the_page(tmp_path, workspace, tiny_model_di
     table = at.dataframe[0].value
     assert table["state"].to_list() == ["finished"] and table["progress"][0] == "2/2"
     assert table["final_eval_loss"][0] is not None
+    # "Evaluate every N steps" = 1: an eval loss at each step, not only at the end
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(m["step"] for m in logged if m.get("eval_loss") is not None) == [1, 2]
     at.text_input(key="train_name").set_value("tiny").run()
     at.button(key="train_go").click().run()
     assert at.error and "already exists" in at.error[0].value

@@ -8,6 +8,12 @@ from infosft.app import state
 from infosft.app.render import knobs_text
 
 
+#: The table's column headers, for the sort box (every SORTABLE column has one).
+SORT_LABELS = {"example_id": "example id", "mean_q": "mean q", "min_q": "min q",
+               "mean_weight": "mean w", "zero_weight_share": "share w = 0",
+               "n_tokens": "tokens", "n_target": "target tokens"}
+
+
 def open_example(example_id: int) -> None:
     st.session_state["example_id"] = int(example_id)
     st.switch_page("views/token_view.py")
@@ -22,7 +28,7 @@ def body() -> None:
     a, b, c, d = st.columns([3, 2, 2, 1])
     search = a.text_input("Search text", key="ex_search", placeholder="words in the record")
     mean_q = b.slider("Mean q", 0.0, 1.0, (0.0, 1.0), step=0.01, key="ex_mean_q")
-    sort_by = c.selectbox("Sort by", SORTABLE, key="ex_sort")
+    sort_by = c.selectbox("Sort by", SORTABLE, key="ex_sort", format_func=SORT_LABELS.get)
     desc = d.toggle("Desc.", key="ex_desc")
     trunc = d.toggle("Truncated only", key="ex_trunc")
     t = state.example_targets(run)
