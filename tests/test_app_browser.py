@@ -316,9 +316,12 @@ def nav(d, title: str) -> None:
 def test_export_from_the_sidebar_shows_the_knobs_moved_on_tune(server, browser):
     """Open Export, then move C on Tune, then open Export again from the sidebar (not
     Tune's button), all in one session: Export shows and names the file after the new C
-    (it used to keep the C it first saw)."""
+    (it used to keep the C it first saw), and Train, opened from the sidebar, shows it."""
     open_page(browser, server, "export")
     assert f"InfoSFT (C={view_knobs()[0]:.4g})" in browser.find_element(By.TAG_NAME, "h3").text
+    nav(browser, "Train")  # seen once before C moves (it used to keep what it saw then)
+    wait(browser).until(EC.text_to_be_present_in_element(
+        (By.TAG_NAME, "body"), f"Scheme: InfoSFT (C={view_knobs()[0]:.4g})"))
     nav(browser, "Tune")
     wait(browser).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), READY["tune"]))
     time.sleep(1.0)
@@ -341,6 +344,11 @@ def test_export_from_the_sidebar_shows_the_knobs_moved_on_tune(server, browser):
     no_errors(browser)
     time.sleep(0.5)
     browser.save_screenshot(str(ARTIFACTS / "export-after-tune.png"))
+    # Train, from the sidebar too, trains with the same knobs (it kept its own copy)
+    nav(browser, "Train")
+    wait(browser).until(EC.text_to_be_present_in_element(
+        (By.TAG_NAME, "body"), f"Scheme: InfoSFT (C={C:.4g})"))
+    no_errors(browser)
 
 
 def test_unreadable_upload_shows_a_message(server, browser, tmp_path):
