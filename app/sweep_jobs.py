@@ -34,13 +34,17 @@ def sweep_config(data: str, *, lora: bool = True, fields: dict[str, str] | None 
 
 def sweep_args(out: Path, points: list[str], seeds: list[int], *,
                task_data: str | None = None, prior_data: list[str] | None = None,
-               accuracy_limit: int = 20, max_new_tokens: int = 256) -> list[str]:
+               accuracy_limit: int = 20, max_new_tokens: int = 256,
+               devices: list[str] | None = None) -> list[str]:
     """The ``infosft sweep`` arguments besides ``--config``: the sweep directory, the
-    grid, the seeds and the evaluation settings (an argument list, never a shell string)."""
+    grid, the seeds, the devices and the evaluation settings (an argument list, never a
+    shell string)."""
     args = ["--out", str(out)]
     for point in points:
         args += ["--scheme", point]
     args += ["--seeds", *map(str, seeds)]
+    if devices:
+        args += ["--devices", *devices]
     if task_data:
         args += ["--task-data", workspace.local_path(task_data)]
     for p in prior_data or []:
@@ -80,6 +84,16 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def parse_devices(text: str) -> list[str] | None:
+    """The sweep's devices box: ``"cuda:0 cuda:1"`` -> each checked as ``infosft sweep
+    --devices`` checks them (one line naming a bad one); empty -> None (the default:
+    one run per GPU where there are several, else one after another)."""
+    from infosft.analysis.sweep_devices import check_devices
+
+    names = text.replace(",", " ").split()
+    return check_devices(names) if names else None
+
+
 def launch_sweep(name: str, data: str, points: list[str], seeds: list[int],
                  **options: Any) -> jobs.Job:
     """Validate and start a sweep into ``WORKSPACE/sweeps/NAME``; an existing name is an
@@ -91,7 +105,7 @@ def launch_sweep(name: str, data: str, points: list[str], seeds: list[int],
     if not data:
         raise InfosftError("choose the training data first")
     evaluation = {k: options.pop(k) for k in ("task_data", "prior_data", "accuracy_limit",
-                                              "max_new_tokens") if k in options}
+                                              "max_new_tokens", "devices") if k in options}
     for point in points:  # every grid point checked as the trainer will, before the job
         scheme, knobs = parse_point(point)
         jobs.check_train_options(data, out / "runs" / "_", scheme=scheme, knobs=knobs,

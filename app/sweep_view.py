@@ -29,7 +29,7 @@ def form(data: dict | None, opts: dict) -> None:
                    "Weights: online.")
         return
     ss = st.session_state
-    for key, value in {"sw_grid": DEFAULT_GRID, "sw_seeds": "0",
+    for key, value in {"sw_grid": DEFAULT_GRID, "sw_seeds": "0", "sw_devices": "",
                        "sw_name": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
                        **EVAL_KEYS}.items():
         ss.setdefault(key, value)
@@ -45,14 +45,22 @@ def form(data: dict | None, opts: dict) -> None:
                          "used)", key="sw_prior").strip()
     acc = a.number_input("Accuracy: examples (math data)", 0, 10_000, key="sw_acc")
     new = b.number_input("Accuracy: max new tokens", 8, 4096, key="sw_new")
-    name = st.text_input("Sweep name (a folder in the workspace's sweeps/)", key="sw_name")
+    devices = a.text_input("Devices (empty: one run per GPU where there are several)",
+                           key="sw_devices", placeholder="e.g. cuda:0 cuda:1",
+                           help="one run trains and is evaluated on each at a time, in a "
+                           "process that sees only that device; cpu may repeat (the cores "
+                           "are split between its runs)")
+    name = b.text_input("Sweep name (a folder in the workspace's sweeps/)", key="sw_name")
     try:
         points, seed_list = sweep_jobs.parse_grid(grid), sweep_jobs.parse_seeds(seeds)
+        device_list = sweep_jobs.parse_devices(devices)
     except state.USER_ERRORS as e:
         st.error(state.error_line(e))
         return
-    st.caption(f"{len(points) * len(seed_list)} training runs, one after another, each "
-               "evaluated when it finishes.")
+    how = (f"side by side on {len(device_list)} devices" if device_list and len(device_list) > 1
+           else "one after another")
+    st.caption(f"{len(points) * len(seed_list)} training runs, {how}, each evaluated when it "
+               "finishes.")
     if not st.button("Launch sweep", type="primary", key="sw_go"):
         return
     if not task and not opts.get("eval_split"):
@@ -63,7 +71,7 @@ def form(data: dict | None, opts: dict) -> None:
         job = sweep_jobs.launch_sweep(
             name, data["data"], points, seed_list, **extra, **opts, task_data=task or None,
             prior_data=[prior] if prior else None, accuracy_limit=int(acc),
-            max_new_tokens=int(new))
+            max_new_tokens=int(new), devices=device_list)
     except state.USER_ERRORS as e:
         st.error(state.error_line(e))
         return

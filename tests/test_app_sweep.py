@@ -76,7 +76,9 @@ def test_the_form_launches_the_sweep_the_cli_reads_back(workspace, tmp_path, mon
     at.number_input(key="train_batch").set_value(2)
     at.number_input(key="train_eval_split").set_value(0.25)
     at.run()
-    assert any("6 training runs" in c.value for c in at.caption)
+    assert any("6 training runs, one after another" in c.value for c in at.caption)
+    at.text_input(key="sw_devices").set_value("cpu, cpu").run()
+    assert any("6 training runs, side by side on 2 devices" in c.value for c in at.caption)
     at.button(key="sw_go").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     (name, argv, run_dir, kind), = launched
@@ -85,6 +87,7 @@ def test_the_form_launches_the_sweep_the_cli_reads_back(workspace, tmp_path, mon
     args = build_parser().parse_args(argv[3:])
     assert args.points == ["sft", "infosft:P=0.9", "profit:threshold=0.2"]
     assert args.seeds == [0, 1] and args.out == str(run_dir)
+    assert args.devices == ["cpu", "cpu"]
     cfg = resolve(load_config(args.config), {"out": str(run_dir / "runs" / "_")})
     assert (cfg.data, cfg.batch_size, cfg.eval_split, cfg.lora) == (str(data), 2, 0.25, True)
     assert at.session_state["sw_follow"] == str(run_dir)
@@ -99,6 +102,9 @@ def test_the_form_refuses_what_would_fail_later(workspace, tmp_path, monkeypatch
     at.text_area(key="sw_grid").set_value("sft\ninfosft:P=1.5").run()
     assert at.error and "infosft:P=1.5" in at.error[0].value
     at.text_area(key="sw_grid").set_value("sft").run()
+    at.text_input(key="sw_devices").set_value("cpu cuda:99").run()  # checked as the CLI does
+    assert at.error and "device 'cuda:99' is not available" in at.error[0].value
+    at.text_input(key="sw_devices").set_value("").run()
     at.number_input(key="train_eval_split").set_value(0.0)
     at.button(key="sw_go").click().run()
     assert at.error and "Nothing to evaluate on" in at.error[0].value
