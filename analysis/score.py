@@ -244,6 +244,17 @@ def score_dataset(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = F
 
 def _score_locked(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, world: int,
                   progress: bool, loaded: tuple | None) -> Run:
+    try:
+        return _score(run, cfg, old_meta, rank, world, progress, loaded)
+    except BaseException:
+        # a failed start leaves the directory as it found it (the lock then removes a
+        # directory it created); a failure mid-run is told by the job, not a stale bar
+        run.progress_path(rank).unlink(missing_ok=True)
+        raise
+
+
+def _score(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, world: int,
+           progress: bool, loaded: tuple | None) -> Run:
     t0 = time.perf_counter()
 
     def stage(what: str) -> None:

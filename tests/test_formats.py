@@ -38,14 +38,21 @@ def test_progress_files_are_written_read_and_removed_through_the_run(tmp_path):
     assert [p.name for p in run.progress_files()] == ["progress-000.json", "progress-001.json"]
     assert run.progress_path(1) == run.path / "progress-001.json"
     assert json.loads(run.progress_path(0).read_text()) == {
-        "done_tokens": 100, "total_tokens": 400, "elapsed_s": 10.0, "eta_s": 30.0}
-    # summed over ranks, the ETA of the slowest rank
-    assert run.read_progress() == {"done_tokens": 400, "total_tokens": 800, "eta_s": 30.0}
+        "stage": "scoring", "done_tokens": 100, "total_tokens": 400, "elapsed_s": 10.0,
+        "eta_s": 30.0}
+    # summed over ranks, the ETA and the time of the slowest rank, the latest write
+    p = run.read_progress()
+    assert p.pop("updated") == max(f.stat().st_mtime for f in run.progress_files())
+    assert p == {"stage": "scoring", "done_tokens": 400, "total_tokens": 800,
+                 "elapsed_s": 10.0, "eta_s": 30.0}
     (run.path / "progress-000 (1).json").write_text("{}")  # a stray copy is not a rank
     assert len(run.progress_files()) == 2 and run.read_progress()["done_tokens"] == 400
     run.write_progress(2, 0, 50, 0.0)  # nothing done yet: no ETA
     assert json.loads(run.progress_path(2).read_text())["eta_s"] is None
-    assert run.read_progress() == {"done_tokens": 400, "total_tokens": 850, "eta_s": 30.0}
+    p = run.read_progress()
+    assert (p["done_tokens"], p["total_tokens"], p["eta_s"]) == (400, 850, 30.0)
+    run.write_progress(0, 0, 0, 2.0, stage="loading the model")  # before scoring: a stage
+    assert run.read_progress()["stage"] == "loading the model"
     run.progress_path(2).write_text('{"done_tokens": 1}')  # not progress: unknown for now
     assert run.read_progress() is None
     run.remove_progress()
