@@ -439,7 +439,9 @@ def test_clicking_an_example_row_opens_the_token_view(server, browser):
     browser.save_screenshot(str(ARTIFACTS / "examples-row-to-token-view.png"))
 
 
-def test_export_in_the_browser(server, browser):
+def test_export_in_the_browser(server, browser, app_workspace):
+    """Export writes the file with the usual permissions (they were owner-only), and a
+    second Export to the same name names the page's own checkbox (not a CLI flag)."""
     open_page(browser, server, "export")
     name = browser.find_element(By.CSS_SELECTOR, 'input[aria-label^="File name"]')
     name.send_keys(Keys.CONTROL, "a")
@@ -457,6 +459,15 @@ def test_export_in_the_browser(server, browser):
     assert "load_dataset" in browser.find_element(By.TAG_NAME, "body").text
     no_errors(browser)
     browser.save_screenshot(str(ARTIFACTS / "export-done.png"))
+    out = app_workspace / "exports" / "e2e-export.parquet"
+    mask = os.umask(0)
+    os.umask(mask)  # the app inherits the test's umask
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+    browser.find_element(By.XPATH, "//button[.//p[text()='Export']]").click()
+    alert = wait(browser).until(lambda d: next(
+        (a.text for a in d.find_elements(By.CSS_SELECTOR, '[data-testid="stAlert"]')
+         if "e2e-export.parquet already exists" in a.text), None))
+    assert "tick “Overwrite an existing file”" in alert and "--overwrite" not in alert
 
 
 def test_an_evaluation_that_ends_appears_without_navigation(server, browser, app_workspace,

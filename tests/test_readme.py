@@ -11,14 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Train with TRL or the Hugging Face Trainer"
-# Runs a block and fails (exit 3) on any warning TRL raises, or that names TRL's
-# deprecated compute_loss_func: the trainer classes must need no deprecated path.
-RUN_BLOCK = """
+# Runs blocks one after another, each in fresh globals, in one interpreter (one start of
+# torch, transformers and TRL for all of them), and fails (exit 3) on any warning TRL
+# raises, or that names TRL's deprecated compute_loss_func: the trainer classes must
+# need no deprecated path.
+RUN_BLOCKS = """
 import sys, warnings
 caught = []
 warnings.showwarning = lambda m, c, f, *a, **k: caught.append((c.__name__, f, str(m)))
 warnings.simplefilter("always")
-exec(compile(sys.argv[1], "<readme>", "exec"), {"__name__": "__main__"})
+for i, code in enumerate(sys.argv[1:]):
+    exec(compile(code, f"<readme python block {i}>", "exec"), {"__name__": "__main__"})
 bad = [w for w in caught if "/trl/" in w[1] or "compute_loss_func" in w[2]]
 if bad:
     print("warnings from TRL:", bad, file=sys.stderr)
@@ -45,11 +48,17 @@ def test_readme_trainer_blocks_run_as_written(tmp_path):
     # From a copy of the repository root: sample_data and the venv, nothing else.
     (tmp_path / "sample_data").symlink_to(ROOT / "sample_data")
     (tmp_path / ".venv").symlink_to(sys.prefix)  # the venv this test runs in
-    for i, (lang, code) in enumerate(blocks(SECTION)):
-        argv = (["bash", "-euc", code] if lang == "bash" else
-                [sys.executable, "-c", RUN_BLOCK, code])
-        proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
-                              timeout=900)
-        assert proc.returncode == 0, f"block {i} ({lang}):\n{proc.stderr[-3000:]}"
+    section = blocks(SECTION)
+    # the shell block (the export the static blocks read) first, then the Python blocks
+    # in their order; the online block reads only the sample data
+    for code in [c for lang, c in section if lang == "bash"]:
+        proc = subprocess.run(["bash", "-euc", code], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, f"bash block:\n{proc.stderr[-3000:]}"
+    python = [c for lang, c in section if lang == "python"]
+    assert "weighted.parquet" not in python[0]  # the first block does not need the export
+    proc = subprocess.run([sys.executable, "-c", RUN_BLOCKS, *python], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"python blocks:\n{proc.stderr[-3000:]}"
     for out in ("out-online", "out-static", "out-hf"):
         assert (tmp_path / out).is_dir(), out
