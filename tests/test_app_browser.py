@@ -582,6 +582,10 @@ os.makedirs(run, exist_ok=True)
 me = process.current()
 ts.write_status(run, state="running", step=3, total_steps=10, pid=me["pid"],
                 started=me["started"], host=me["host"], started_at=time.time())
+for step in (1, 2, 3):  # logged as the trainer logs them: no eval point yet
+    ts.append_metrics(run, {"step": step, "loss": 2.0 - 0.1 * step, "mean_weight": 0.5,
+                            "zero_weight_share": 0.1, "learning_rate": 2e-4 * (1 - step / 10),
+                            "grad_norm": 1.5 / step, "tokens_per_s": 50.0})
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 while not stop:
@@ -624,8 +628,29 @@ def test_a_training_shows_live_and_stop_is_acknowledged_at_once(server, browser,
         wait(browser, 10).until(lambda d: "stopped" in row_text(d, "live-train"))
         no_errors(browser)
         browser.save_screenshot(str(ARTIFACTS / "train-stopped.png"))
+        # its curves: whole steps only, learning rate and gradient norm charted, and no
+        # eval-loss axis before an eval point
+        titles = browser.execute_script(
+            "return [...document.querySelectorAll('.js-plotly-plot')].map(p => "
+            "[p.layout.xaxis && p.layout.xaxis.title && p.layout.xaxis.title.text, "
+            "...Object.keys(p.layout).filter(k => k.startsWith('yaxis'))"
+            ".map(k => (p.layout[k].title || {}).text)])")
+        axes = [t for chart in titles for t in chart if t]
+        assert "learning rate" in axes and "gradient norm" in axes, axes
+        assert "eval loss" not in axes, axes
+        steps = [labels for cls, labels in _chart_ticks(browser) if cls == "xtick"]
+        assert steps and all(x.isdigit() for labels in steps for x in labels), steps
     finally:
         jobs.cancel(job)
+    # resumed: a new process for the run, which has not rewritten the status yet, is
+    # "queued" in the table at once (it said "stopped" while the resumed run trained)
+    resumed = jobs.start("live-train", [sys.executable, "-c", "import time; time.sleep(60)"],
+                         run, kind="train")
+    try:
+        wait(browser, 30).until(lambda d: "queued" in row_text(d, "live-train"))
+        no_errors(browser)
+    finally:
+        jobs.cancel(resumed)
 
 
 def test_try_the_model_generates_from_both_models_with_cards(server, browser, app_workspace,
