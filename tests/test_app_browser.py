@@ -606,6 +606,7 @@ def test_a_training_shows_live_and_stop_is_acknowledged_at_once(server, browser,
     """A training launched meanwhile appears on the open Train page without navigation;
     Stop says "stopping after step 4" at once (before the trainer ends its step), and the
     stopped state shows when the trainer writes it."""
+    from infosft import train_status as ts
     from infosft.app import jobs
 
     monkeypatch.setenv("INFOSFT_WORKSPACE", str(app_workspace))
@@ -640,6 +641,13 @@ def test_a_training_shows_live_and_stop_is_acknowledged_at_once(server, browser,
         assert "eval loss" not in axes, axes
         steps = [labels for cls, labels in _chart_ticks(browser) if cls == "xtick"]
         assert steps and all(x.isdigit() for labels in steps for x in labels), steps
+        # a run that logs its first loss while the page is open joins the comparison
+        other = app_workspace / "trainings" / "late-run"
+        other.mkdir(parents=True)
+        ts.write_status(other, state="finished", step=2, total_steps=2, pid=None)
+        ts.append_metrics(other, {"step": 2, "loss": 1.0, "mean_weight": 0.5})
+        wait(browser, 30).until(lambda d: "late-run" in d.find_element(
+            By.CSS_SELECTOR, '[class*="st-key-train_compare"]').text)
     finally:
         jobs.cancel(job)
     # resumed: a new process for the run, which has not rewritten the status yet, is
@@ -762,3 +770,36 @@ def test_chart_axes_have_round_ticks_linear_and_log(server, browser):
     assert q_axes and all(labels[-1] == "1" for labels in q_axes), q_axes
     no_errors(browser)
     browser.save_screenshot(str(ARTIFACTS / "tune-log-q.png"))
+    # every weight curve visible: SFT's w = 1 and ProFit's kept tokens (w = 1 too) are
+    # drawn differently, and the histogram behind them is filled, not a faint line
+    traces = browser.execute_script(
+        "const p = document.querySelector('.st-key-tune_hist .js-plotly-plot');"
+        "return p.data.map(t => [t.name, (t.line || {}).dash || 'solid',"
+        " (t.line || {}).width || 2, t.fill || '', t.fillcolor || '']);")
+    style = {name: (dash, width) for name, dash, width, _, _ in traces}
+    sft = next(v for k, v in style.items() if k.startswith("w(q) SFT"))
+    profit = next(v for k, v in style.items() if k.startswith("w(q) ProFit"))
+    assert sft != profit, style
+    hist = next(t for t in traces if t[0] == "target tokens")
+    assert hist[3] == "tozeroy" and float(hist[4].rsplit(",", 1)[1].rstrip(")")) >= 0.3
+
+
+def test_the_schemes_side_by_side_table_on_tune_and_overview(server, browser):
+    """One table, a row per scheme the run supports, with mean weight, share w > 0,
+    effective tokens and the weight per q band (read from the grid the browser draws)."""
+    def table(d) -> str | None:  # the first grid on the page (the schemes table), by row
+        grids = d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')
+        rows = grids[0].find_elements(By.XPATH, ".//tr") if grids else []
+        text = "\n".join(r.get_attribute("innerText") for r in rows)
+        return text if "EAFT" in text else None
+
+    for path in ("tune", ""):
+        open_page(browser, server, path)
+        text = wait(browser).until(table)
+        rows = [r for r in text.splitlines() if r.strip()]
+        for scheme in ("SFT", "DFT", "InfoSFT", "ProFit", "EAFT"):
+            assert any(r.startswith(scheme) or f"\t{scheme}" in r for r in rows), (path, rows)
+        lowered = text.lower()
+        for header in ("mean w", "effective", "medium"):
+            assert header in lowered, (path, header, rows[:3])
+        no_errors(browser)
