@@ -422,6 +422,39 @@ def test_score_a_dataset_in_the_background(server, browser, tiny_model_dir, app_
     browser.save_screenshot(str(ARTIFACTS / "overview-new-run.png"))
 
 
+def test_examples_sort_box_names_the_columns_as_the_table_does(server, browser):
+    open_page(browser, server, "examples")
+    browser.find_element(By.CSS_SELECTOR, '[class*="st-key-ex_sort"] input'
+                         ).click()
+    options = wait(browser).until(lambda d: [o.text for o in d.find_elements(
+        By.CSS_SELECTOR, '[role="option"]')] or None)
+    assert options == ["example id", "mean q", "min q", "mean w", "share w = 0", "tokens",
+                       "target tokens"]
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+    no_errors(browser)
+
+
+def test_a_scoring_job_names_its_stage_before_it_scores(server, browser, app_workspace,
+                                                       monkeypatch):
+    """Before its first token the card says what the scorer does ("loading the model...
+    (Ns)", from the scorer's progress file), not a bare "loading data and model"."""
+    from infosft.analysis.store import Run
+    from infosft.app import jobs
+
+    monkeypatch.setenv("INFOSFT_WORKSPACE", str(app_workspace))
+    run = app_workspace / "runs" / "staged-job"
+    run.mkdir(parents=True)
+    Run(run).write_progress(0, 0, 0, 2.0, stage="loading the model")
+    job = jobs.start("staged-job", [sys.executable, "-c", "import time; time.sleep(120)"], run)
+    try:
+        open_page(browser, server, "data")
+        wait(browser, 30).until(lambda d: "loading the model... (" in d.find_element(
+            By.TAG_NAME, "body").text)
+        no_errors(browser)
+    finally:
+        jobs.cancel(job)
+
+
 def test_clicking_an_example_row_opens_the_token_view(server, browser):
     open_page(browser, server, "examples")
     grid = browser.find_element(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')
@@ -511,6 +544,11 @@ def test_an_evaluation_that_ends_appears_without_navigation(server, browser, app
                 in body(browser))
         no_errors(browser)
         browser.save_screenshot(str(ARTIFACTS / "evaluate-after-job.png"))
+        # the learned-vs-forgot chart's KL axis starts at 0 (KL >= 0; it began at -0.5)
+        kl = browser.execute_script(
+            "const p = document.querySelector('.st-key-ev_scatter .js-plotly-plot');"
+            "const ax = p._fullLayout.xaxis; return [ax.title.text, ax.range];")
+        assert "KL" in kl[0] and kl[1][0] == 0, kl
     finally:
         jobs.cancel(job)
 
