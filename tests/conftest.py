@@ -18,7 +18,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.e
 
 import pytest
 
-from tests.helpers import SAMPLE, write_jsonl
+from tests.helpers import IGNORE, LENGTHS, PLAIN, SAMPLE, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +71,54 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
     data = write_jsonl(out.parent / "data.jsonl", rows)
     return score_dataset(ScoreConfig(source=str(data), out=str(out), model=str(tiny_model_dir),
                                      device="cpu"), progress=False)
+
+
+# ------------------------------------------------- the trainers' tests (test_trainers*.py)
+
+@pytest.fixture(scope="session")
+def peaky_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny random Llama with its logits scaled 20x: on its own samples, target
+    probabilities spread over (0, 1), so every scheme gives distinct, non-trivial weights."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.model.norm.weight.data *= 20
+    out = tmp_path_factory.mktemp("peaky")
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def model(peaky_dir):
+    """The peaky tiny Llama (``peaky_dir``), fresh for each test (it gets trained)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(peaky_dir, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def examples(peaky_dir):
+    """4 examples: a random prompt (labels -100, but for the plain-text one) and a response
+    sampled from the peaky model; static ``weights`` in [0, 1] on the targets (some exactly
+    0), 0 elsewhere."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(peaky_dir)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for i, (n_prompt, n_resp) in enumerate(LENGTHS):
+        ids = torch.randint(100, 5000, (1, n_prompt), generator=gen)
+        for _ in range(n_resp):
+            with torch.no_grad():
+                p = model(ids).logits[0, -1].softmax(-1)
+            ids = torch.cat([ids, torch.multinomial(p, 1, generator=gen)[None]], 1)
+        ids = ids[0].tolist()
+        w = torch.rand(len(ids), generator=gen)
+        w[w < 0.2] = 0.0
+        n_prompt = 0 if i == PLAIN else n_prompt
+        w[:n_prompt] = 0.0
+        out.append({"input_ids": ids, "labels": [IGNORE] * n_prompt + ids[n_prompt:],
+                    "weights": w.tolist()})
+    return out

@@ -250,3 +250,72 @@ def reference_weights(logp: np.ndarray, scheme: str, C: float = 2.0, tau: float 
             logit = np.log(q) - np.log1p(-q)
         return q * np.clip(1 - logit / C, 0, None)
     return (q >= tau).astype(np.float64)
+
+
+# ---------------------------------------------------------------- the trainers' tests
+
+#: The label of an unsupervised position, written out for the reference losses,
+#: independently of the product's one definition (infosft.data.IGNORE_INDEX).
+IGNORE = -100
+# (prompt, response) tokens of the 4 examples; the second is plain text (every token a
+# target, its first one too), where a flattened batch must not predict across the boundary
+LENGTHS = [(6, 14), (9, 9), (5, 17), (8, 11)]
+PLAIN = 1
+
+
+def probed(cls):
+    """``cls`` recording each micro-batch's loss (what backward gets) and N."""
+
+    class Probe(cls):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            self.micro.append((float(loss), int(num_items_in_batch)))
+            return loss
+
+    Probe.micro = None
+    return Probe
+
+
+def make(cls, model, **kwargs):
+    trainer = probed(cls)(model=model, **kwargs)
+    trainer.micro = []
+    return trainer
+
+
+class ForwardCount:
+    """Counts the calls of ``model(...)`` (the top module, whatever its forward became)."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.n += 1
+
+
+CPU_ARGS = {"use_cpu": True, "max_steps": 1, "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 2, "train_sampling_strategy": "sequential",
+            "logging_steps": 1, "save_strategy": "no", "report_to": "none"}
+
+
+def sft_args(tmp_path, **kw):
+    """The smallest SFTConfig that trains on CPU (use_cpu, bf16=False), plus a fixed
+    batch order: two micro-batches of 2 examples, in dataset order."""
+    from trl import SFTConfig
+
+    return SFTConfig(**{**CPU_ARGS, "output_dir": str(tmp_path / "out"), "bf16": False,
+                        "max_length": None, **kw})
+
+
+def step_loss(trainer, steps=2):
+    return sum(loss for loss, _ in trainer.micro[:steps])
+
+
+def n_targets(examples):
+    return sum(sum(x != IGNORE for x in ex["labels"][1:]) for ex in examples)
+
+
+def hf_args(tmp_path, **kw):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**{**CPU_ARGS, "output_dir": str(tmp_path / "out"), **kw})

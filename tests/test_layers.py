@@ -37,3 +37,18 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from infosft.app import state\nimport infosft.analysis.store\n")
     assert {"infosft.app.state", "infosft.analysis.store"} <= _imports(bad)
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers.py (functions) and tests/conftest.py
+    (fixtures); a test module importing another would run that module's tests' setup
+    and hide where a fixture comes from."""
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{path.name}: {n}" for n in names
+                          if n.split(".")[-1].startswith("test_") or ".test_" in n]
+    assert offenders == []

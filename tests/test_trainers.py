@@ -12,70 +12,24 @@ import warnings
 import pytest
 import torch
 
-from tests.helpers import ROOT, SAMPLE_RUN
+from tests.helpers import (IGNORE, ROOT, SAMPLE_RUN, ForwardCount, hf_args, make,
+                           n_targets, sft_args, step_loss)
 
 datasets = pytest.importorskip("datasets")
 trl = pytest.importorskip("trl")
 
-from transformers import AutoModelForCausalLM, TrainingArguments
-from trl import SFTConfig, SFTTrainer
+from transformers import AutoModelForCausalLM
+from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from infosft.trainers import WeightedCollator, WeightedSFTTrainer, WeightedTrainer
 from infosft.weights import token_weights
 
-IGNORE = -100
 # (scheme, knobs) covering every scheme; InfoSFT by P and by C; ProFit deterministic and seeded.
 SCHEMES = [("sft", {}), ("dft", {}), ("infosft", {}), ("infosft", {"C": 1.0}),
            ("profit", {}), ("profit", {"direction": "middle", "threshold": (0.2, 0.9)}),
            ("profit", {"direction": "random", "threshold": 0.3, "seed": 7})]
-# (prompt, response) tokens of the 4 examples; the second is plain text (every token a
-# target, its first one too), where a flattened batch must not predict across the boundary
-LENGTHS = [(6, 14), (9, 9), (5, 17), (8, 11)]
-PLAIN = 1
-
-
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def peaky_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny random Llama with its logits scaled 20x: on its own samples, target
-    probabilities spread over (0, 1), so every scheme gives distinct, non-trivial weights."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model.model.norm.weight.data *= 20
-    out = tmp_path_factory.mktemp("peaky")
-    model.save_pretrained(out)
-    return out
-
-
-@pytest.fixture
-def model(peaky_dir):
-    return AutoModelForCausalLM.from_pretrained(peaky_dir, dtype=torch.float32)
-
-
-@pytest.fixture(scope="session")
-def examples(peaky_dir):
-    """4 examples: a random prompt (labels -100, but for the plain-text one) and a response
-    sampled from the peaky model; static ``weights`` in [0, 1] on the targets (some exactly
-    0), 0 elsewhere."""
-    model = AutoModelForCausalLM.from_pretrained(peaky_dir)
-    gen = torch.Generator().manual_seed(0)
-    out = []
-    for i, (n_prompt, n_resp) in enumerate(LENGTHS):
-        ids = torch.randint(100, 5000, (1, n_prompt), generator=gen)
-        for _ in range(n_resp):
-            with torch.no_grad():
-                p = model(ids).logits[0, -1].softmax(-1)
-            ids = torch.cat([ids, torch.multinomial(p, 1, generator=gen)[None]], 1)
-        ids = ids[0].tolist()
-        w = torch.rand(len(ids), generator=gen)
-        w[w < 0.2] = 0.0
-        n_prompt = 0 if i == PLAIN else n_prompt
-        w[:n_prompt] = 0.0
-        out.append({"input_ids": ids, "labels": [IGNORE] * n_prompt + ids[n_prompt:],
-                    "weights": w.tolist()})
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -133,59 +87,6 @@ def reference_loss(model, batches, scheme, knobs, mode="online", layout="padded"
                 w = token_weights(logp, scheme, **knobs).double()
             total = total + (w * -logp)[mask].sum()
     return float(total / n_all)
-
-
-# ---------------------------------------------------------------- probes
-
-
-def probed(cls):
-    """``cls`` recording each micro-batch's loss (what backward gets) and N."""
-
-    class Probe(cls):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            self.micro.append((float(loss), int(num_items_in_batch)))
-            return loss
-
-    Probe.micro = None
-    return Probe
-
-
-def make(cls, model, **kwargs):
-    trainer = probed(cls)(model=model, **kwargs)
-    trainer.micro = []
-    return trainer
-
-
-class ForwardCount:
-    """Counts the calls of ``model(...)`` (the top module, whatever its forward became)."""
-
-    def __init__(self, model):
-        self.n = 0
-        self.handle = model.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.n += 1
-
-
-CPU_ARGS = {"use_cpu": True, "max_steps": 1, "per_device_train_batch_size": 2,
-            "gradient_accumulation_steps": 2, "train_sampling_strategy": "sequential",
-            "logging_steps": 1, "save_strategy": "no", "report_to": "none"}
-
-
-def sft_args(tmp_path, **kw):
-    """The smallest SFTConfig that trains on CPU (use_cpu, bf16=False), plus a fixed
-    batch order: two micro-batches of 2 examples, in dataset order."""
-    return SFTConfig(**{**CPU_ARGS, "output_dir": str(tmp_path / "out"), "bf16": False,
-                        "max_length": None, **kw})
-
-
-def step_loss(trainer, steps=2):
-    return sum(loss for loss, _ in trainer.micro[:steps])
-
-
-def n_targets(examples):
-    return sum(sum(x != IGNORE for x in ex["labels"][1:]) for ex in examples)
 
 
 # ---------------------------------------------------------------- import without TRL
@@ -441,10 +342,6 @@ def test_logs_carry_the_weight_stats(model, tokenizer, examples, tmp_path):
 
 
 # ---------------------------------------------------------------- WeightedTrainer
-
-
-def hf_args(tmp_path, **kw):
-    return TrainingArguments(**{**CPU_ARGS, "output_dir": str(tmp_path / "out"), **kw})
 
 
 @pytest.mark.parametrize("scheme,knobs", [("infosft", {}),

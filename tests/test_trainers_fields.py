@@ -3,7 +3,6 @@
 one no-grad forward per micro-batch), in both trainers; their TrainConfig fields
 (``reference``, ``knobs``) and a user's ``module:function`` scheme; one short real run
 of each on the default model (slow)."""
-# ruff: noqa: F811  (the fixtures of tests/test_trainers.py, imported, are test arguments)
 
 from __future__ import annotations
 
@@ -25,11 +24,8 @@ from infosft import train_status as ts  # noqa: E402
 from infosft.errors import InfosftError  # noqa: E402
 from infosft.train_config import ConfigError, resolve, resume_config  # noqa: E402
 from infosft.trainers import WeightedCollator, WeightedSFTTrainer, WeightedTrainer  # noqa: E402
-from tests.helpers import SAMPLE, write_jsonl  # noqa: E402
-from tests.test_trainers import (ForwardCount, examples, hf_args, make, model,  # noqa: E402,F401
-                                 n_targets, peaky_dir, sft_args, step_loss)
-
-IGNORE = -100
+from tests.helpers import (IGNORE, SAMPLE, ForwardCount, hf_args, make,  # noqa: E402
+                           n_targets, sft_args, step_loss, write_jsonl)
 
 
 @pytest.fixture
