@@ -168,3 +168,20 @@ def test_devices_are_checked_before_anything_runs(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
         assert not (tmp_path / "sw").exists()
+
+
+def test_each_device_worker_sees_only_its_device(monkeypatch):
+    """A GPU worker's processes see one GPU (``cuda:N`` -> ``CUDA_VISIBLE_DEVICES=N``,
+    which they then call ``cuda``); CPU workers split the cores instead of each taking
+    all of them; one CPU worker keeps the environment as it is."""
+    from infosft.analysis.sweep_devices import _env
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert _env("cuda:3", 0)["CUDA_VISIBLE_DEVICES"] == "3"
+    assert "OMP_NUM_THREADS" not in _env("cuda:3", 0)
+    assert _env("cpu", 2)["OMP_NUM_THREADS"] == "4"
+    assert _env("cpu", 3)["OMP_NUM_THREADS"] == "2"
+    assert "OMP_NUM_THREADS" not in _env("cpu", 1)
+    assert "CUDA_VISIBLE_DEVICES" not in _env("cpu", 2)
