@@ -257,10 +257,10 @@ def _score(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, world: 
            progress: bool, loaded: tuple | None) -> Run:
     t0 = time.perf_counter()
 
-    def stage(what: str) -> None:
-        """Say what this rank is doing before scoring starts (the app shows it)."""
+    def stage(what: str, done: int = 0, total: int = 0) -> None:
+        """Say what this rank is doing outside the scoring loop (the app shows it)."""
         if run.path.is_dir():
-            run.write_progress(rank, 0, 0, time.perf_counter() - t0, stage=what)
+            run.write_progress(rank, done, total, time.perf_counter() - t0, stage=what)
 
     if loaded is None and cfg.model is None and not default_model_converted():
         stage("converting the default model (first use, about 30 s)")
@@ -316,7 +316,8 @@ def _score(run: Run, cfg: ScoreConfig, old_meta: dict | None, rank: int, world: 
     _barrier(world)
     seconds = time.perf_counter() - started
     if rank == 0:
-        stage("finishing (the examples table)")
+        scored = sum(ex.tokens.n_tokens for ex in todo)
+        stage("finishing (the examples table)", scored, scored)  # the bar stays full
         meta = run.meta()
         n_tokens = sum(ex.tokens.n_tokens for ex in remaining)
         meta["scoring_seconds"] = meta.get("scoring_seconds", 0.0) + seconds

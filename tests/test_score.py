@@ -276,6 +276,7 @@ def test_scoring_says_each_stage_and_counts_tokens_between_parts(tmp_path, tiny_
     first_scoring = stages.index("scoring")
     assert stages[:first_scoring] == ["reading the data", "loading the model"]
     assert stages[-1].startswith("finishing")
+    assert seen[-1]["done_tokens"] == seen[-1]["total_tokens"] > 0  # the bar stays full
     scoring = [p for p in seen if p["stage"] == "scoring"]
     total = run.meta()["counts"]["tokens"]
     assert all(p["total_tokens"] == total for p in scoring)

@@ -144,6 +144,8 @@ def jobs_panel() -> None:
             if stt["state"] in ("starting", "running"):
                 label = (f"{stt['done']:,} / {stt['total']:,} tokens · ETA {duration(stt['eta_s'])}"
                          if stt["total"] else f"{stt['stage']}... ({stt['elapsed_s']:.0f}s)")
+                if stt["total"] and stt["stage"] != "scoring":
+                    label = f"{stt['stage']} · {label}"  # finishing: the bar stays full
                 a.progress(stt["fraction"], text=label)
                 # callbacks run before the rerun, so the new state shows at once
                 b.button("Cancel", key=f"cancel_{job.id}", on_click=jobs.cancel, args=(job,))
