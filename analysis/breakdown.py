@@ -6,9 +6,11 @@ relative to its size?
 Nothing here has a formula of its own: the weights are computed once over the whole run
 (``Targets.weights``, i.e. ``infosft.weights.token_weights``, so ProFit's random draws are
 the run's own) and then split by group, and every per-group number is
-:meth:`analysis.stats.Targets.summary` or :func:`analysis.stats.q_summary` applied to that
-group's tokens, the same functions ``infosft stats`` and the Tune table use for the whole
-run.
+:meth:`analysis.stats.Targets.summary` or :meth:`~analysis.stats.Targets.q_facts` applied
+to that group's tokens, the same functions ``infosft stats`` and the Tune table use for
+the whole run. A large run's (binned) grouping splits the run's cells instead
+(:mod:`analysis.cells`): each group holds its own count of tokens in each of the run's
+cells, so a knob change costs the same at any size.
 
 A record's label is its value in the example's raw record (``examples.parquet``'s
 ``record`` JSON; top-level keys only): strings as they are, other values as JSON text
@@ -19,6 +21,7 @@ tokens; beyond :data:`MAX_GROUPS` the rest are pooled into :data:`OTHER`.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -28,7 +31,8 @@ from typing import Any, Iterable
 import numpy as np
 import polars as pl
 
-from infosft.analysis.stats import Targets, q_summary
+from infosft.analysis.cells import cells
+from infosft.analysis.stats import Targets
 from infosft.analysis.store import Run
 from infosft.errors import InfosftError
 from infosft.schemes import BUILTIN
@@ -157,7 +161,8 @@ class Grouping:
         names: ``(g,)`` group names, by target tokens (descending), ``(other)`` last.
         examples: ``(g,)`` examples per group (those without target tokens too).
         order: ``(n,)`` indices into the run's target tokens, grouped: group ``i``'s tokens
-            are ``order[bounds[i]:bounds[i + 1]]``.
+            are ``order[bounds[i]:bounds[i + 1]]`` (of a binned run: into its cells, each
+            group holding its own count of tokens in them).
         bounds: ``(g + 1,)`` offsets into ``order``.
         parts: per group, its tokens as :class:`Targets` (band and example boundaries
             precomputed).
@@ -193,45 +198,51 @@ class Grouping:
     @classmethod
     def build(cls, targets: Targets, labels: pl.DataFrame, column: str, *,
               max_groups: int = MAX_GROUPS) -> "Grouping":
-        """From a run's :class:`Targets` and :func:`group_labels`' frame."""
-        if max_groups < 1:
-            raise ValueError(f"max_groups must be >= 1, got {max_groups}")
+        """From a run's :class:`Targets` (its tokens) and :func:`group_labels`' frame."""
         ex_group = dict(zip(labels["example_id"].to_list(), labels["group"].to_list()))
         per_example = [ex_group.get(int(e), NONE) for e in targets.ex_ids]  # with targets
         tokens = Counter()
         for name, n in zip(per_example, targets.ex_counts):
             tokens[name] += int(n)
-        ex_counts = Counter(labels["group"].to_list())
-        for name in ex_counts:
-            tokens.setdefault(name, 0)
-        ranked = sorted(tokens, key=lambda g: (-tokens[g], g))
-        kept = ranked[:max_groups]
-        capped = len(ranked) > len(kept)
-        names = kept + ([OTHER] if capped else [])
-        index = {g: i for i, g in enumerate(kept)}
-        other = len(kept)
+        names, index, examples, n_groups = _rank(tokens, labels, max_groups)
+        other = len(index)
         ex_code = np.fromiter((index.get(g, other) for g in per_example), dtype=np.int32,
                               count=len(per_example))
         code = np.repeat(ex_code, targets.ex_counts)
         order = np.argsort(code, kind="stable")
         bounds = np.searchsorted(code[order], np.arange(len(names) + 1)).astype(np.int64)
-        examples = np.zeros(len(names), dtype=np.int64)
-        for g, n in ex_counts.items():
-            examples[index.get(g, other)] += n
         parts = [targets.subset(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        total = len(targets)
-        rows = []
-        for name, n_ex, part in zip(names, examples, parts):
-            q = q_summary(part.logp) if len(part) else {"mean_q": np.nan}
-            quant = (np.exp(np.quantile(part.logp.astype(np.float64), QUANTILES))
-                     if len(part) else [np.nan] * len(QUANTILES))
-            rows.append({"group": name, "examples": int(n_ex), "target_tokens": len(part),
-                         "token_share": len(part) / total if total else np.nan,
-                         "mean_q": q["mean_q"], **{f"q_p{round(p * 100)}": float(v)
-                                                   for p, v in zip(QUANTILES, quant)}})
         return cls(column=column, names=names, examples=examples, order=order, bounds=bounds,
-                   parts=parts, facts=pl.DataFrame(rows, schema=GROUP_SCHEMA),
-                   n_groups=len(ranked), capped=capped)
+                   parts=parts, facts=_facts(names, examples, parts, len(targets)),
+                   n_groups=n_groups, capped=n_groups > len(index))
+
+    @classmethod
+    def build_binned(cls, run: Run, targets: Targets, labels: pl.DataFrame, column: str,
+                     *, max_groups: int = MAX_GROUPS) -> "Grouping":
+        """From a binned :class:`Targets` of ``run`` (:meth:`Targets.binned`) and
+        :func:`group_labels`' frame: one streaming pass over the run's tokens counts each
+        group's tokens per cell (memory bounded by a batch and groups x cells)."""
+        per_ex = run.collect(run.scan_tokens()
+                             .filter(pl.col("is_target") & pl.col("logp").is_not_null()
+                                     & ~pl.col("logp").is_nan())
+                             .group_by("example_id").len(), streaming=True)
+        n_of = dict(zip(per_ex["example_id"].to_list(), per_ex["len"].to_list()))
+        tokens = Counter()
+        for e, g in zip(labels["example_id"].to_list(), labels["group"].to_list()):
+            tokens[g] += n_of.get(e, 0)
+        names, index, examples, n_groups = _rank(tokens, labels, max_groups)
+        codes = labels.select("example_id", pl.col("group").replace_strict(
+            index, default=len(index), return_dtype=pl.Int32))
+        by_group = cells(run, targets.grid, codes)
+        at = np.searchsorted(targets.cell_key, by_group["key"].to_numpy())
+        bounds = np.searchsorted(by_group["group"].to_numpy(),
+                                 np.arange(len(names) + 1)).astype(np.int64)
+        count = by_group["count"].to_numpy().astype(np.float64)
+        parts = [targets.subset(at[a:b], count=count[a:b])
+                 for a, b in zip(bounds[:-1], bounds[1:])]
+        return cls(column=column, names=names, examples=examples, order=at, bounds=bounds,
+                   parts=parts, facts=_facts(names, examples, parts, len(targets)),
+                   n_groups=n_groups, capped=n_groups > len(index))
 
     def table(self, targets: Targets, schemes: dict[str, dict[str, Any]],
               weights: dict[str, np.ndarray] | None = None) -> pl.DataFrame:
@@ -248,12 +259,12 @@ class Grouping:
         for scheme, knobs in schemes.items():
             w = (weights or {}).get(scheme)
             w = targets.weights(scheme, **knobs) if w is None else w
-            total = float(w.sum(dtype=np.float64))
+            total = targets.mass(w)
             grouped = w[self.order]  # one gather; each group's weights are then a view
             for i, part in enumerate(self.parts):
                 wg = grouped[self.bounds[i]:self.bounds[i + 1]]
                 s = part.summary(scheme, w=wg, **knobs)
-                share = float(wg.sum(dtype=np.float64)) / total if total > 0 else 0.0
+                share = part.mass(wg) / total if total > 0 else 0.0
                 tok = self.facts["token_share"][i]
                 rows.append({**self.facts.row(i, named=True), "scheme": scheme,
                              **{k: s[k] for k in ("mean_weight", "share_nonzero",
@@ -263,6 +274,41 @@ class Grouping:
                              **{f"weight_share_{b}": s[f"weight_share_{b}"]
                                 for b in BAND_NAMES}})
         return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def _rank(tokens: Counter, labels: pl.DataFrame, max_groups: int
+          ) -> tuple[list[str], dict[str, int], np.ndarray, int]:
+    """Groups ranked by target tokens (``tokens``: label -> count): the names shown
+    (``(other)`` last when pooled), each kept label's index (the rest pool into index
+    ``len(index)``), examples per name, and how many distinct labels there are."""
+    if max_groups < 1:
+        raise ValueError(f"max_groups must be >= 1, got {max_groups}")
+    ex_counts = Counter(labels["group"].to_list())
+    for name in ex_counts:
+        tokens.setdefault(name, 0)
+    ranked = sorted(tokens, key=lambda g: (-tokens[g], g))
+    kept = ranked[:max_groups]
+    names = kept + ([OTHER] if len(ranked) > len(kept) else [])
+    index = {g: i for i, g in enumerate(kept)}
+    examples = np.zeros(len(names), dtype=np.int64)
+    for g, n in ex_counts.items():
+        examples[index.get(g, len(kept))] += n
+    return names, index, examples, len(ranked)
+
+
+def _facts(names: list[str], examples: np.ndarray, parts: list[Targets],
+           total: int) -> pl.DataFrame:
+    """The scheme-free columns (:data:`GROUP_SCHEMA`), one row per group."""
+    rows = []
+    for name, n_ex, part in zip(names, examples, parts):
+        n = len(part)
+        quant = ([math.exp(part.quantile(p)) for p in QUANTILES] if n
+                 else [np.nan] * len(QUANTILES))
+        rows.append({"group": name, "examples": int(n_ex), "target_tokens": n,
+                     "token_share": n / total if total else np.nan,
+                     "mean_q": part.q_facts()["mean_q"] if n else np.nan,
+                     **{f"q_p{round(p * 100)}": float(v) for p, v in zip(QUANTILES, quant)}})
+    return pl.DataFrame(rows, schema=GROUP_SCHEMA)
 
 
 # Groupings and column lists per (run, meta.json mtime, ...): the app asks again on every
@@ -309,9 +355,12 @@ def grouping(run: str | Path | Run, column: str, *, targets: Targets | None = No
         ex = run.read_examples() if examples is None else examples
         labels = _labels(ex, column, run.path)
         t = Targets.from_run(run) if targets is None else targets
+        if t.is_binned:
+            return Grouping.build_binned(run, t, labels, column, max_groups=max_groups)
         return Grouping.build(t, labels, column, max_groups=max_groups)
 
-    return _cached(("grouping", *_run_key(run), column, max_groups), make)
+    binned = targets is not None and targets.is_binned
+    return _cached(("grouping", *_run_key(run), column, max_groups, binned), make)
 
 
 def breakdown(run: str | Path | Run, column: str, scheme: str | None = None, *,

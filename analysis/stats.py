@@ -19,6 +19,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from infosft.analysis.cells import BIN_EDGES_Z, BIN_HALF, BIN_WIDTH, Grid, cells  # noqa: F401
+from infosft.analysis.cells import logp_of_z as _logp_of_z
 from infosft.analysis.store import OPTIONAL_TOKEN_SCHEMA, Run
 from infosft.errors import InfosftError
 from infosft.schemes import BUILTIN, get as get_scheme
@@ -44,10 +46,12 @@ def load_targets(run: str | Path | Run) -> pl.DataFrame:
 
 
 def missing_reason(scheme: str, fields: Any = (), *, binned: bool = False,
-                   short: bool = False) -> str | None:
+                   short: bool = False, knobs: dict[str, Any] | None = None) -> str | None:
     """Why a run with the optional per-token ``fields`` (names) cannot be weighted by
-    ``scheme``, in one line naming what to do; None when it can. A *binned* run (a
-    histogram of logp) only supports schemes of q alone. ``short``: the app's caption
+    ``scheme`` (with ``knobs``; default: its defaults), in one line naming what to do;
+    None when it can. A *binned* run (a histogram of its tokens' fields) supports every
+    scheme a token's weight is a function of its own fields in, and selections that
+    :meth:`~infosft.schemes.Scheme.on_histogram` can do. ``short``: the app's caption
     (``EAFT needs entropy_top20: rescore the run``)."""
     s = get_scheme(scheme)
     for name in s.extra_fields:
@@ -56,11 +60,11 @@ def missing_reason(scheme: str, fields: Any = (), *, binned: bool = False,
             return (f"{s.label} needs {name}: {brief}" if short else
                     f"scheme {scheme!r} needs each target token's {name}, which this run "
                     f"does not have: {full}")
-    if binned and not s.q_only:
-        return (f"{s.label} needs the run's tokens (this large run is summarized as a "
-                "histogram of q)" if short else
-                f"scheme {scheme!r} is not a function of q alone: it needs the run's "
-                "tokens, not their histogram (this run is binned)")
+    if binned and not s.on_histogram(resolve_knobs(scheme, **(knobs or {}))):
+        return (f"{s.label} with these knobs needs the run's tokens (this large run is "
+                "summarized as a histogram)" if short else
+                f"scheme {scheme!r} with these knobs ranks tokens within a set it cannot "
+                "see in a histogram: it needs the run's tokens (this run is binned)")
     return None
 
 
@@ -93,38 +97,31 @@ def band_index(q: np.ndarray, bands: tuple[float, float] = BANDS) -> np.ndarray:
     return np.searchsorted(np.asarray(bands), q, side="right").astype(np.int8)
 
 
-#: The grid of a binned run (:meth:`Targets.binned`): bins of width ``BIN_WIDTH`` in
-#: z = logit(q) over [-Z, Z] (q from 4e-18 to 1 - 4e-18; beyond, the end bins). The width
-#: divides logit(0.9) exactly, so the q bands' edges (0.1, 0.9) are bin edges and every
-#: bin lies in one band. ~33k bins: a knob change costs the same at any run size.
-BIN_WIDTH = math.log(9) / 896
-BIN_HALF = 16320
-BIN_EDGES_Z = BIN_WIDTH * np.arange(-BIN_HALF, BIN_HALF + 1)
-
-
-def _logp_of_z(z: np.ndarray) -> np.ndarray:
-    """log(sigmoid(z)) without overflow."""
-    return -np.logaddexp(0.0, -z)
-
-
 class Targets:
     """A run's target tokens with everything that does not depend on the scheme
     precomputed (q bands, histogram bins, example boundaries), so a knob change costs
     one weight pass plus a few ``bincount`` / ``reduceat`` reductions.
 
-    A *binned* Targets (:meth:`binned`) holds a fine histogram instead of the tokens:
-    ``logp`` are the bin centres and ``count`` how many tokens fall in each, so memory
-    and the cost of a knob change do not grow with the run; its numbers are within
-    :meth:`bounds` of the exact ones. Per-example numbers need the tokens, or for a
-    large run :class:`ExampleBins`.
+    A *binned* Targets (:meth:`binned`) holds the cells of a joint histogram instead of
+    the tokens (:mod:`analysis.cells`: logit q crossed with each optional field): ``logp``
+    and :attr:`fields` are each cell's means and ``count`` how many tokens fall in it, so
+    memory and the cost of a knob change do not grow with the run; its numbers are within
+    :meth:`bounds` of the exact ones. A selection (excess) weighs a cell by the share of
+    its tokens it keeps. Per-example numbers need the tokens, or for a large run
+    :class:`ExampleBins`.
 
     Args:
         example_id: ``(n,)`` sorted example ids.
         logp: ``(n,)`` target log-probs.
         count: ``(n,)`` multiplicities (a binned run), or None: one token each.
         fields: the run's optional per-token fields (``entropy_top20``, ``logp_ref``),
-            each ``(n,)`` float32 aligned with ``logp`` (none for a binned run).
+            each ``(n,)`` float32 aligned with ``logp``.
     """
+
+    #: a binned Targets' cell grid, cell keys and the run's optional fields
+    grid: Grid | None = None
+    cell_key: np.ndarray | None = None
+    run_fields: tuple[str, ...] = ()
 
     def __init__(self, example_id: np.ndarray, logp: np.ndarray,
                  bands: tuple[float, float] = BANDS, count: np.ndarray | None = None,
@@ -154,12 +151,16 @@ class Targets:
                   for c in OPTIONAL_TOKEN_SCHEMA if c in df.columns}
         return cls(df["example_id"].to_numpy(), df["logp"].to_numpy(), bands, fields=fields)
 
-    def subset(self, sl: slice | np.ndarray) -> "Targets":
-        """The tokens at ``sl`` (a slice or index array) as a Targets of their own, with
-        their fields."""
-        return Targets(self.example_id[sl], self.logp[sl], self.bands,
-                       None if self.count is None else self.count[sl],
-                       {k: v[sl] for k, v in self.fields.items()})
+    def subset(self, sl: slice | np.ndarray, count: np.ndarray | None = None) -> "Targets":
+        """The tokens (cells) at ``sl`` (a slice or index array) as a Targets of their own,
+        with their fields; ``count``: a binned subset's own counts (a group's tokens in
+        the run's cells)."""
+        t = Targets(self.example_id[sl], self.logp[sl], self.bands,
+                    None if self.count is None else self.count[sl] if count is None else count,
+                    {k: v[sl] for k, v in self.fields.items()})
+        if self.is_binned:
+            t.grid, t.cell_key, t.run_fields = self.grid, self.cell_key[sl], self.run_fields
+        return t
 
     @classmethod
     def from_run(cls, run: str | Path | Run) -> "Targets":
@@ -167,26 +168,22 @@ class Targets:
 
     @classmethod
     def binned(cls, run: str | Path | Run) -> "Targets":
-        """The run's target tokens as a fine histogram (see the class), built by polars'
-        streaming engine: memory bounded by a batch of tokens, not the run."""
+        """The run's target tokens as the cells of a joint histogram (see the class and
+        :mod:`analysis.cells`), built by polars' streaming engine: memory bounded by a
+        batch of tokens, not the run."""
         run = run if isinstance(run, Run) else Run(run)
-        # logp a rounding above 0 is q = 1 (the top bin), as the schemes read it; unclipped
-        # it made log(1 - exp(lp)) NaN, and NaN went to the lowest bin
-        lp = pl.col("logp").cast(pl.Float64).clip(upper_bound=0.0)
-        z = lp - (1 - lp.exp()).log()  # logit(q); 1 - exp in float64 is exact enough here
-        idx = ((z + BIN_HALF * BIN_WIDTH) / BIN_WIDTH).floor().clip(0, 2 * BIN_HALF - 1)
-        counts = run.collect(run.scan_tokens()
-                             .filter(pl.col("is_target") & pl.col("logp").is_not_null()
-                                     & ~pl.col("logp").is_nan())
-                             .select(idx.fill_nan(0).cast(pl.Int32).alias("bin"))
-                             .group_by("bin").len(), streaming=True)
-        full = np.zeros(2 * BIN_HALF)
-        full[counts["bin"].to_numpy()] = counts["len"].to_numpy()
-        keep = np.flatnonzero(full)
-        centres = (BIN_EDGES_Z[keep] + BIN_EDGES_Z[keep + 1]) / 2
-        t = cls(np.zeros(len(keep), dtype=np.int32), _logp_of_z(centres), count=full[keep])
-        t.bin_index = keep
-        t.run_fields = run.token_fields()  # the run has them; its histogram does not
+        fields = run.token_fields()
+        grid = Grid.of(fields)
+        return cls.of_cells(cells(run, grid), grid, fields)
+
+    @classmethod
+    def of_cells(cls, frame: pl.DataFrame, grid: Grid, run_fields: tuple[str, ...]
+                 ) -> "Targets":
+        """A binned Targets from :func:`analysis.cells.cells`' frame (one group's)."""
+        t = cls(np.zeros(frame.height, dtype=np.int32), frame["logp"].to_numpy(),
+                count=frame["count"].to_numpy(),
+                fields={f: frame[f].fill_null(np.nan).to_numpy() for f in grid.fields})
+        t.grid, t.cell_key, t.run_fields = grid, frame["key"].to_numpy(), tuple(run_fields)
         return t
 
     def __len__(self) -> int:
@@ -196,29 +193,38 @@ class Targets:
     def is_binned(self) -> bool:
         return self.count is not None
 
-    def missing(self, scheme: str, short: bool = False) -> str | None:
-        """Why these tokens cannot be weighted by ``scheme`` (:func:`missing_reason`), or
-        None."""
-        have = getattr(self, "run_fields", ()) if self.is_binned else self.fields
-        return missing_reason(scheme, have, binned=self.is_binned, short=short)
+    def missing(self, scheme: str, short: bool = False,
+                knobs: dict[str, Any] | None = None) -> str | None:
+        """Why these tokens cannot be weighted by ``scheme`` with ``knobs``
+        (:func:`missing_reason`), or None."""
+        have = self.run_fields if self.is_binned else self.fields
+        return missing_reason(scheme, have, binned=self.is_binned, short=short, knobs=knobs)
 
-    def schemes(self, extra: tuple[str, ...] | list[str] = ()) -> list[str]:
+    def schemes(self, extra: tuple[str, ...] | list[str] = (),
+                knobs: Any = None) -> list[str]:
         """The built-in schemes (and those of ``extra``, e.g. a user's ``module:function``)
         these tokens can be weighted by, in display order: those whose fields the run
-        has; of a binned Targets only those of q alone."""
+        has (of a binned Targets, with the knobs ``knobs(scheme)`` gives, if given)."""
         names = list(dict.fromkeys([*BUILTIN, *extra]))
-        return [s for s in names if self.missing(s) is None]
+        return [s for s in names
+                if self.missing(s, knobs=knobs(s) if knobs else None) is None]
 
-    def require(self, scheme: str) -> None:
+    def require(self, scheme: str, knobs: dict[str, Any] | None = None) -> None:
         """:class:`InfosftError` (one line: what is missing, what to do) unless these
-        tokens can be weighted by ``scheme``."""
-        why = self.missing(scheme)
+        tokens can be weighted by ``scheme`` with ``knobs``."""
+        why = self.missing(scheme, knobs=knobs)
         if why is not None:
             raise InfosftError(why)
 
     @staticmethod
     def _random(scheme: str, knobs: dict[str, Any]) -> bool:
         return scheme == "profit" and resolve_knobs(scheme, **knobs)["direction"] == "random"
+
+    def _shares(self, scheme: str, knobs: dict[str, Any]) -> bool:
+        """Whether this binned Targets' weights under ``scheme`` are shares of each cell's
+        tokens selected (w = 1) rather than weights: ProFit random, a selection."""
+        return self.is_binned and (self._random(scheme, knobs)
+                                   or not get_scheme(scheme).per_token)
 
     def weights(self, scheme: str, **knobs: Any) -> np.ndarray:
         """Weights ``(n,)`` of these tokens (of the bins, if binned) under ``scheme``, from
@@ -228,10 +234,17 @@ class Targets:
             # per-token draws mean nothing per bin: a bin keeps 1 - tau of its tokens
             keep = 1.0 - resolve_knobs(scheme, **knobs)["threshold"]
             return np.full(len(self.logp), keep, dtype=np.float32)
-        self.require(scheme)
+        self.require(scheme, knobs)
         s = get_scheme(scheme)
-        return weights(self.logp, scheme, fields={n: self.fields[n] for n in s.extra_fields},
-                       example=None if s.q_only else self.example_id, **knobs)
+        fields = {n: self.fields[n] for n in s.extra_fields}
+        if self.is_binned and not s.per_token:
+            f = {"logp": torch.from_numpy(self.logp),
+                 **{n: torch.from_numpy(v) for n, v in fields.items()}}
+            return s.on_counts(f, torch.from_numpy(self.count),
+                               **resolve_knobs(scheme, **knobs)).numpy()
+        return weights(self.logp, scheme, fields=fields,
+                       example=None if s.q_only or self.is_binned else self.example_id,
+                       **knobs)
 
     def _totals(self, w: np.ndarray) -> tuple[float, float, float, np.ndarray]:
         """Sum of w, sum of w^2, count of w > 0, and weight per q band."""
@@ -241,14 +254,18 @@ class Targets:
         return (cw.sum(), float(np.dot(cw, w64)), float(c[w != 0].sum()),
                 np.bincount(self.band, weights=cw, minlength=3))
 
+    def mass(self, w: np.ndarray) -> float:
+        """The total weight of weights ``w (n,)`` (of a binned Targets, times the counts)."""
+        return float(w.sum(dtype=np.float64) if self.count is None else self.count @ w)
+
     def summary(self, scheme: str, w: np.ndarray | None = None, **knobs: Any) -> dict[str, Any]:
         """See :func:`scheme_summary`; pass ``w`` to reuse weights already computed."""
         w = self.weights(scheme, **knobs) if w is None else w
         n = len(self)
         total, total_sq, nonzero, by_band = self._totals(w)
-        if self.is_binned and self._random(scheme, knobs):
-            # each token kept (w = 1) with probability 1 - tau: in expectation, the sums
-            # of w, of w^2 and of kept tokens are all the kept mass
+        if self._shares(scheme, knobs):
+            # a share of each cell's tokens kept with w = 1 (ProFit random: in
+            # expectation): the sums of w, of w^2 and of kept tokens are the kept mass
             total_sq = nonzero = total
         out = {
             "scheme": scheme, "knobs": resolve_knobs(scheme, **knobs), "n_targets": n,
@@ -285,8 +302,11 @@ class Targets:
         """The ``p`` quantile of target logp (of the bin centres, by count, if binned)."""
         if self.count is None:
             return float(np.quantile(self.logp.astype(np.float64), p))
-        cum = np.cumsum(self.count)
-        return float(self.logp[np.searchsorted(cum, p * cum[-1])])
+        if "order" not in self._bins:  # cells are in key order, not logp order
+            self._bins["order"] = np.argsort(self.logp, kind="stable")
+        order = self._bins["order"]
+        cum = np.cumsum(self.count[order])
+        return float(self.logp[order[np.searchsorted(cum, p * cum[-1])]])
 
     def q_facts(self) -> dict[str, float]:
         """:func:`q_summary` of these tokens (of the bins, by count, if binned)."""
@@ -303,25 +323,20 @@ class Targets:
         """For a binned Targets: intervals that hold the exact ``mean_weight``,
         ``share_nonzero`` and ``effective_tokens`` of the tokens the bins stand for.
 
-        Each bin's weight is taken at its two edges and its centre; the smallest and
-        the largest bound every token in the bin wherever the weight is monotone within
-        a bin (every scheme but at InfoSFT's one peak, where the miss is second order in
-        the bin width, and ProFit random, whose per-token draws are replaced by their
-        expectation). ``effective_tokens`` = S^2 / Q follows by interval arithmetic."""
-        if self.count is None:
+        Each cell's weight is taken at its means and at its corners; the smallest and
+        the largest bound every token in the cell wherever the weight is monotone within
+        a cell along each axis (every scheme but at InfoSFT's one peak, where the miss is
+        second order in the cell's width). A selection (excess) keeps exactly as many
+        tokens as on the tokens: these three numbers are exact; ProFit random's are its
+        expectation. ``effective_tokens`` = S^2 / Q follows by interval arithmetic."""
+        if self.count is None or self._shares(scheme, knobs):
             s = self.summary(scheme, **knobs)
             return {k: (s[k], s[k]) for k in ("mean_weight", "share_nonzero",
                                                "effective_tokens")}
-        lo_z, hi_z = BIN_EDGES_Z[self.bin_index], BIN_EDGES_Z[self.bin_index + 1]
-        lo_z[self.bin_index == 0] = -np.inf  # the end bins hold everything beyond the grid
-        hi_z[self.bin_index == 2 * BIN_HALF - 1] = np.inf
-        at = np.stack([self.weights(scheme, **knobs),
-                       weights(_logp_of_z(lo_z).astype(np.float32), scheme, **knobs),
-                       weights(_logp_of_z(hi_z).astype(np.float32), scheme, **knobs)])
-        if self._random(scheme, knobs):  # the expectation: no bin-width error, no bound
-            m = self.summary(scheme, **knobs)
-            return {k: (m[k], m[k]) for k in ("mean_weight", "share_nonzero",
-                                               "effective_tokens")}
+        s = get_scheme(scheme)
+        at = np.stack([self.weights(scheme, **knobs), *(
+            weights(c["logp"], scheme, fields={n: c[n] for n in s.extra_fields}, **knobs)
+            for c in self.grid.corners(self.cell_key))])
         w_lo, w_hi = at.min(axis=0).astype(np.float64), at.max(axis=0).astype(np.float64)
         c, n = self.count, self.count.sum()
         s_lo, s_hi = float(c @ w_lo), float(c @ w_hi)
@@ -562,7 +577,14 @@ class ExampleBins:
     def missing(self, scheme: str, short: bool = False) -> str | None:
         """Why the per-example numbers of ``scheme`` need the tokens (a scheme that is not
         of q alone, or a field the run lacks), or None."""
-        return missing_reason(scheme, self.run_fields, binned=True, short=short)
+        why = missing_reason(scheme, self.run_fields, short=short)
+        s = get_scheme(scheme)
+        if why is None and not s.q_only:
+            why = (f"{s.label} needs the run's tokens (each example is summarized as a "
+                   "histogram of q)" if short else
+                   f"scheme {scheme!r} is not a function of q alone: its per-example "
+                   "numbers need the run's tokens, not each example's histogram of q")
+        return why
 
     def offset(self, example_id: int) -> int:
         """Where the example's targets start in the run's target array."""

@@ -123,8 +123,9 @@ def weight_curves(settings: Settings, *, log_x: bool = False, n: int = 300,
 
 def run_schemes(targets: Targets, settings: Settings) -> list[str]:
     """The schemes shown side by side for a run: the built-ins it supports
-    (:meth:`Targets.schemes`), and the chosen one when it is a user's and supported."""
-    return targets.schemes(extra=(settings.scheme,))
+    (:meth:`Targets.schemes`, with these knobs), and the chosen one when it is a user's
+    and supported."""
+    return targets.schemes(extra=(settings.scheme,), knobs=settings.knobs)
 
 
 def all_weights(targets: Targets, settings: Settings) -> dict[str, np.ndarray]:

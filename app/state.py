@@ -56,14 +56,19 @@ def _key(run: Run) -> tuple[str, float]:
     return str(run.path.resolve()), run.meta_path.stat().st_mtime
 
 
-#: Above this many target tokens, Overview and Tune work on a fine histogram of the run
+#: Above this many target tokens, Overview and Tune work on a joint histogram of the run
 #: (:meth:`analysis.stats.Targets.binned`): a knob change then costs the same at any size
-#: and memory stays flat; below, on the tokens themselves (exact, and per example).
-BINNED_ABOVE = int(os.environ.get("INFOSFT_BINNED_ABOVE", 20_000_000))
-BINNED_NOTE = ("This run is large, so Overview and Tune work on a fine histogram of its "
-               "target tokens (33k bins in logit q): a knob change costs the same at any "
-               "size; mean weight, share with w > 0 and effective tokens are within 1% of "
-               "the exact ones.")
+#: and memory stays flat; below, on the tokens themselves (exact). 2M: there the tokens
+#: cost ~40 ms a knob move and 16 MB, about what the histogram costs at any size.
+BINNED_ABOVE = int(os.environ.get("INFOSFT_BINNED_ABOVE", 2_000_000))
+#: Up to this many target tokens the per-example pages (Examples, Token view, Export's
+#: filter) load the tokens, and so do Overview and Tune for a scheme the histogram cannot
+#: weigh (a selection within each example); above, :class:`analysis.stats.ExampleBins`.
+TOKENS_UP_TO = int(os.environ.get("INFOSFT_TOKENS_UP_TO", 20_000_000))
+BINNED_NOTE = ("This run is large, so Overview and Tune work on a histogram of its target "
+               "tokens (cells of logit q and each per-token field): a knob change costs the "
+               "same at any size; mean weight, share with w > 0 and effective tokens are "
+               "within 1% of the exact ones.")
 EXAMPLES_BINNED = ("This run is large, so the weight columns come from a histogram of each "
                    f"example's target tokens ({EX_BINS} bins in logit q), not the tokens: "
                    "each example's mean w is within ±{mean:.3f} of the exact one, its share "
@@ -74,8 +79,6 @@ EXAMPLES_EXACT = ("This run is large, so the weight columns come from a histogra
 EXAMPLES_NEED_TOKENS = ("{why}, so the weight columns are empty for a run this large (this "
                         "page does not load every token); `infosft export RUN --where "
                         "'weight_mass<...'` computes them from the tokens.")
-BINNED_BY = ("A breakdown by column needs the tokens themselves, which this page does not "
-             "load for a run this large: `infosft stats RUN --by COLUMN`.")
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the run's target tokens...")
@@ -99,16 +102,20 @@ def _example_bins(path: str, mtime: float) -> ExampleBins:
     return ExampleBins.from_run(path)
 
 
-def _large(path: str) -> bool:
+def _n_targets(path: str) -> int:
     try:
         n = Run(path).meta()["counts"]["target_tokens"]
     except (InfosftError, KeyError, TypeError):
         n = 0
-    return isinstance(n, int) and n > BINNED_ABOVE
+    return n if isinstance(n, int) else 0
+
+
+def _large(path: str) -> bool:
+    return _n_targets(path) > TOKENS_UP_TO
 
 
 def _summary_targets(path: str, mtime: float) -> Targets:
-    return _binned(path, mtime) if _large(path) else _targets(path, mtime)
+    return _binned(path, mtime) if _n_targets(path) > BINNED_ABOVE else _targets(path, mtime)
 
 
 @st.cache_resource(max_entries=4)
@@ -127,9 +134,18 @@ def _auto_c(path: str, mtime: float) -> dict[str, Any]:
 
 
 def targets(run: Run) -> Targets:
-    """What Overview and Tune summarize: the run's target tokens, or their fine histogram
-    for a run of more than :data:`BINNED_ABOVE` target tokens (``is_binned``)."""
-    return _summary_targets(*_key(run))
+    """What Overview and Tune summarize: the run's target tokens, or their histogram for
+    a run of more than :data:`BINNED_ABOVE` target tokens (``is_binned``), unless the
+    chosen scheme needs the tokens (a selection within each example) and the run has at
+    most :data:`TOKENS_UP_TO`."""
+    key = _key(run)
+    t = _summary_targets(*key)
+    s = settings()
+    if (t.is_binned and _n_targets(key[0]) <= TOKENS_UP_TO
+            and t.missing(s.scheme, knobs=s.knobs()) is not None
+            and missing_reason(s.scheme, t.run_fields, knobs=s.knobs()) is None):
+        return _targets(*key)  # the histogram cannot weigh it; the tokens can
+    return t
 
 
 def token_targets(run: Run) -> Targets:
@@ -138,15 +154,9 @@ def token_targets(run: Run) -> Targets:
     return _targets(*_key(run))
 
 
-def is_large(run: Run) -> bool:
-    """Whether the run has more than :data:`BINNED_ABOVE` target tokens (its pages then
-    work on histograms, never on all its tokens)."""
-    return _large(_key(run)[0])
-
-
 def example_targets(run: Run) -> Targets | ExampleBins:
     """What the per-example pages (Examples, Token view, Export's filter) work on: the
-    run's target tokens, or for a large run (:func:`is_large`) a coarse histogram per
+    run's target tokens, or for a run of more than :data:`TOKENS_UP_TO` a coarse histogram per
     example (:class:`analysis.stats.ExampleBins`), whose memory does not grow with the
     tokens."""
     key = _key(run)
@@ -173,10 +183,10 @@ def _token_fields(path: str, mtime: float) -> tuple[str, ...]:
 def scheme_missing(run: Run, t: Targets | None = None) -> Callable[[str], str | None]:
     """Why the active run cannot be weighted by a scheme (one short line, e.g. "EAFT
     needs entropy_top20: rescore the run"; None when it can): of ``t`` when given (a
-    binned run only supports schemes of q alone), else of the run's tokens (what Export
-    and the token view read)."""
+    binned run's, with the session's knobs), else of the run's tokens (what Export and
+    the token view read)."""
     if t is not None:
-        return lambda scheme: t.missing(scheme, short=True)
+        return lambda scheme: t.missing(scheme, short=True, knobs=settings().knobs(scheme))
     fields = _token_fields(*_key(run))
     return lambda scheme: missing_reason(scheme, fields, short=True)
 

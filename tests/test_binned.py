@@ -81,18 +81,55 @@ def test_the_histogram_does_not_grow_with_the_run(tmp_path):
 
 
 def test_tune_works_on_the_histogram_above_the_limit(monkeypatch):
-    """With the limit at 0 the sample run counts as large: Tune says so, its cards are
-    the binned numbers (within 1% of the exact ones), and the breakdown is not loaded."""
+    """With the limits at 0 the sample run counts as large: Tune says so, its cards are
+    the binned numbers (within 1% of the exact ones), EAFT is offered, and the breakdown
+    by task comes from the histogram too (no token is loaded)."""
+    from infosft.analysis import breakdown as bd
+
+    state = _binned_app(monkeypatch)
+    at = app_page("views/tune.py")
+    assert not at.exception and not at.error
+    assert any(c.value == state.BINNED_NOTE for c in at.caption)
+    monkeypatch.undo()
+    exact = Targets.from_run(SAMPLE_RUN)
+    cards = {m.label: m.value for m in at.metric}
+    assert float(cards["Mean weight"]) == pytest.approx(
+        exact.summary("infosft", P=0.93)["mean_weight"], rel=0.01)
+    assert at.selectbox(key="tune_by").value == "task"
+    want = bd.breakdown(SAMPLE_RUN, "task", "infosft", P=0.93)
+    shown = next(d.value for d in at.dataframe if "Emphasis" in d.value.columns)
+    assert shown["Group"].tolist() == want["group"].to_list()
+    assert shown["Target tokens"].tolist() == want["target_tokens"].to_list()
+    assert shown["Weight (%)"].tolist() == pytest.approx(
+        (want["weight_share"] * 100).to_list(), abs=0.25)
+    state = _binned_app(monkeypatch)
+    at.session_state["settings"] = Settings(scheme="eaft")
+    at.run()
+    assert not at.exception and not at.error
+    assert float({m.label: m.value for m in at.metric}["Mean weight"]) == pytest.approx(
+        exact.summary("eaft")["mean_weight"], rel=0.01)
+
+
+def test_a_selection_within_examples_uses_the_tokens_up_to_their_limit(monkeypatch, tmp_path):
+    """Excess ranked within each example cannot come from a histogram: Tune loads the
+    tokens for it while the run is under TOKENS_UP_TO, and above says what it needs."""
     from infosft.app import state
 
+    run = make_run(tmp_path / "run", n_examples=60, target_tokens=50, seed=8,
+                   fields=("entropy_top20", "logp_ref")).path
+    chosen = Settings(scheme="excess", extra=(("excess", "per", "example"),))
     monkeypatch.setattr(state, "BINNED_ABOVE", 0)
-    at = app_page("views/tune.py")
+    at = app_page("views/tune.py", run_path=str(run), settings=chosen)
+    assert not at.exception and not at.error
+    assert not any(c.value == state.BINNED_NOTE for c in at.caption)  # the tokens
+    want = Targets.from_run(run).summary("excess", per="example")["effective_tokens"]
+    assert {m.label: m.value for m in at.metric}["Effective tokens"].startswith(f"{want:,.0f} (")
+    monkeypatch.setattr(state, "TOKENS_UP_TO", 0)
+    at = app_page("views/tune.py", run_path=str(run), settings=chosen)
     assert not at.exception
     assert any(c.value == state.BINNED_NOTE for c in at.caption)
-    assert any(c.value == state.BINNED_BY for c in at.caption)
-    exact = Targets.from_run(SAMPLE_RUN).summary("infosft", P=0.93)
-    cards = {m.label: m.value for m in at.metric}
-    assert float(cards["Mean weight"]) == pytest.approx(exact["mean_weight"], rel=0.01)
+    assert [e.value for e in at.error] == [
+        Targets.binned(run).missing("excess", knobs={"per": "example"})]
 
 
 # ---------------------------------------------------------------- per example, at scale
@@ -188,6 +225,7 @@ def _binned_app(monkeypatch):
     from infosft.app import state
 
     monkeypatch.setattr(state, "BINNED_ABOVE", 0)
+    monkeypatch.setattr(state, "TOKENS_UP_TO", 0)
     monkeypatch.setattr(Targets, "from_run", classmethod(_no_tokens))
     return state
 
@@ -235,7 +273,7 @@ def test_token_view_and_export_pages_at_scale(monkeypatch):
     at.run()  # the sample has no logp_ref: excess is not offered, nothing breaks
     assert not at.exception
     monkeypatch.undo()  # the exact count, from the tokens
-    assert state.BINNED_ABOVE > 0
+    assert state.TOKENS_UP_TO > 0
     exact = Targets.from_run(SAMPLE_RUN)
     mean = exact.per_example(exact.weights("infosft", **Settings().knobs()))["mean_weight"]
     # an example may cross the cut only if its exact number is within the bound of it
@@ -268,10 +306,13 @@ def test_token_view_page_at_scale_says_what_is_ranked_per_example(ex_pair, monke
 def test_example_bins_use_the_runs_fine_grid(ex_pair):
     from infosft.analysis.stats import _fine_bins
 
+    from infosft.analysis.cells import Grid, cells
+    from infosft.analysis.store import Run
+
     path, _, bins = ex_pair
-    fine = Targets.binned(path)
-    np.testing.assert_array_equal(np.flatnonzero(bins.fine_count), fine.bin_index)
-    np.testing.assert_array_equal(bins.fine_count[fine.bin_index], fine.count)
+    fine = cells(Run(path), Grid.of(()))  # the grid of a run without optional fields
+    np.testing.assert_array_equal(np.flatnonzero(bins.fine_count), fine["key"].to_numpy())
+    np.testing.assert_array_equal(bins.fine_count[fine["key"].to_numpy()], fine["count"])
     lp = np.array([-50, -np.inf, 0, 1e-7, np.nan], dtype=np.float32)  # beyond the grid
     assert _fine_bins(lp).tolist() == [0, 0, 2 * BIN_HALF - 1, 2 * BIN_HALF - 1, -1]
 

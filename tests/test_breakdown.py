@@ -327,3 +327,44 @@ def test_readme_example_is_what_the_cli_prints(capsys):
     lines = [line.strip() for line in out.splitlines()]
     start = lines.index(shown[0])
     assert lines[start:start + len(shown)] == shown
+
+
+@pytest.mark.parametrize("max_groups", [20, 2])
+def test_a_large_runs_breakdown_comes_from_its_cells(tmp_path, max_groups):
+    """A binned run (Overview and Tune above BINNED_ABOVE) is broken down from each
+    group's counts in the run's cells: the same groups, examples and tokens, and every
+    scheme's numbers (EAFT and excess too) close to the per-token ones."""
+    from infosft.analysis.stats import Targets
+    from infosft.analysis.synthetic import make_run
+
+    run = make_run(tmp_path / "run", n_examples=300, target_tokens=60, seed=9,
+                   part_examples=100, fields=("entropy_top20", "logp_ref"))
+    ex = run.read_examples()
+    src = ["web", "code", "math", "chat"]
+    records = [json.dumps({"source": src[i * 7 % 4 if i % 5 else 2]} if i % 11 else {})
+               for i in ex["example_id"].to_list()]
+    ex.with_columns(pl.Series("record", records)).write_parquet(run.examples_path)
+    labels = bd.group_labels(run, "source")
+    exact, binned = Targets.from_run(run.path), Targets.binned(run.path)
+    a = bd.Grouping.build(exact, labels, "source", max_groups=max_groups)
+    b = bd.Grouping.build_binned(run, binned, labels, "source", max_groups=max_groups)
+    assert (b.names, b.capped, b.n_groups) == (a.names, a.capped, a.n_groups) \
+        and b.examples.tolist() == a.examples.tolist()
+    assert a.names[0] == "math" and len(a.names) == (5 if max_groups == 20 else 3)
+    schemes = {"sft": {}, "dft": {}, "infosft": {"C": 2.0}, "profit": {"threshold": 0.5},
+               "eaft": {"alpha": 0.5}, "excess": {"keep": 0.4}}
+    ta, tb = a.table(exact, schemes), b.table(binned, schemes)
+    for col in ("group", "scheme", "examples", "target_tokens", "token_share"):
+        assert tb[col].to_list() == ta[col].to_list(), col
+    for col in ("mean_q", "q_p10", "q_p50", "q_p90"):
+        np.testing.assert_allclose(tb[col].to_numpy(), ta[col].to_numpy(), atol=3e-3)
+    for col in ("mean_weight", "share_nonzero", "effective_share", "weight_share",
+                "weight_share_low", "weight_share_medium", "weight_share_high"):
+        np.testing.assert_allclose(tb[col].to_numpy(), ta[col].to_numpy(), atol=0.01,
+                                   err_msg=col)
+    np.testing.assert_allclose(tb["emphasis"].to_numpy(), ta["emphasis"].to_numpy(),
+                               rtol=0.03)
+    # through the cached entry point the app calls, and a bounded size
+    again = bd.grouping(run, "source", targets=binned)
+    assert again.names == bd.grouping(run, "source", targets=exact).names
+    assert sum(len(p.logp) for p in b.parts) <= len(b.names) * len(binned.logp)

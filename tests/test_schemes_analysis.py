@@ -109,7 +109,13 @@ def test_excess_weights_match_numpy(targets, tokens, keep, per):
 def test_schemes_a_run_supports(run, bare, targets):
     assert targets.schemes() == list(SCHEMES)
     assert Targets.from_run(bare).schemes() == list(Q_SCHEMES)
-    assert Targets.binned(run).schemes() == list(Q_SCHEMES)  # a histogram of q: q alone
+    binned = Targets.binned(run)  # a histogram of the fields: the same schemes
+    assert binned.schemes() == list(SCHEMES)
+    # but not a selection within each example, which needs each example's tokens
+    per_example = {"excess": {"per": "example"}}
+    assert binned.schemes(knobs=lambda s: per_example.get(s, {})) == [
+        s for s in SCHEMES if s != "excess"]
+    assert targets.schemes(knobs=lambda s: per_example.get(s, {})) == list(SCHEMES)
     only_entropy = Targets(targets.example_id, targets.logp,
                            fields={"entropy_top20": targets.fields["entropy_top20"]})
     assert only_entropy.schemes() == [*Q_SCHEMES, "eaft"]
@@ -132,9 +138,11 @@ def test_missing_field_is_one_line_naming_it(bare, scheme, field, advice):
         run_summary(bare.path, scheme)
 
 
-def test_binned_run_refuses_schemes_not_of_q(run):
+def test_binned_run_refuses_a_selection_within_each_example(run):
     with pytest.raises(InfosftError, match="histogram"):
-        Targets.binned(run).weights("eaft")
+        Targets.binned(run).weights("excess", per="example")
+    assert "with these knobs" in Targets.binned(run).missing("excess", short=True,
+                                                             knobs={"per": "example"})
 
 
 def test_run_summary_of_eaft(run, tokens):

@@ -35,9 +35,6 @@ def body() -> None:
                "w(q). Right: the same bins weighted by w, as a share of each scheme's total "
                "weight. Change C and the ProFit threshold on the Tune page.")
     st.subheader("By record column")
-    if t.is_binned:
-        st.caption(state.BINNED_BY)
-        return
     columns = breakdown.run_columns(run, examples=ex)
     if not columns:
         st.caption(NO_COLUMN)

@@ -32,7 +32,7 @@ def body() -> None:
         view = tune_view(t, s, bins=50, log_x=log_x)
         st.subheader(knobs_text(s.scheme, s.knobs()))
         if view["summary"] is None:  # the run lacks what the chosen scheme reads
-            st.error(t.missing(s.scheme))
+            st.error(t.missing(s.scheme, knobs=s.knobs()))
         else:
             cards = summary_cards(view["summary"])
             for row in (cards[:3], cards[3:]):
@@ -52,9 +52,6 @@ def body() -> None:
 def by_column(run, t, s, weights) -> None:
     """Which group of a record column the chosen scheme emphasizes."""
     st.subheader("By record column")
-    if t.is_binned:
-        st.caption(state.BINNED_BY)
-        return
     ex = state.examples(run)
     columns = breakdown.run_columns(run, examples=ex)
     if not columns:

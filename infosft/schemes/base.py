@@ -102,6 +102,11 @@ class Scheme:
             a set are not the weights of its parts, and no curve ``w(q)`` exists.
         resolve: optional ``resolve(given) -> canonical knobs`` for knobs that depend on each
             other (InfoSFT's C or P); the default checks each :class:`Knob` and fills defaults.
+        on_counts: for a scheme that is not ``per_token``, its weights over a histogram:
+            ``on_counts(f, count, **knobs) -> (n,)`` where each of ``n`` points stands for
+            ``count`` tokens (``f``: their mean fields) and a weight is the share of the
+            point's tokens selected; None for knobs that need the tokens themselves (e.g.
+            a selection within each example). Without it such a scheme needs the tokens.
     """
 
     name: str
@@ -113,6 +118,7 @@ class Scheme:
     needs: tuple[str, ...] = ("logp",)
     per_token: bool = True
     resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, repr=False)
+    on_counts: Callable[..., torch.Tensor | None] | None = field(default=None, repr=False)
 
     @property
     def knob_names(self) -> tuple[str, ...]:
@@ -123,6 +129,17 @@ class Scheme:
         """Whether the weight is a function of q alone (then it has a curve ``w(q)``, and
         a histogram of logp is enough to summarize it)."""
         return self.per_token and set(self.needs) <= {"logp"}
+
+    def on_histogram(self, knobs: Mapping[str, Any]) -> bool:
+        """Whether these (resolved) ``knobs``' weights can be computed from a histogram of
+        the fields (a large run's cells) rather than the tokens: always for a per-token
+        scheme; for a selection, when :attr:`on_counts` handles them."""
+        if self.per_token:
+            return True
+        if self.on_counts is None:
+            return False
+        empty = {n: torch.zeros(0) for n in self.needs}
+        return self.on_counts(empty, torch.zeros(0, dtype=torch.float64), **knobs) is not None
 
     @property
     def extra_fields(self) -> tuple[str, ...]:

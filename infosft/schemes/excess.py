@@ -53,6 +53,30 @@ def weight(f, keep, per):
     return _kept(excess, group, keep).float().reshape(shape)
 
 
+def on_counts(f, count, keep, per):
+    """Weights of a histogram's points (``count`` tokens each, ``f`` their mean logp and
+    logp_ref): over the whole set, the top ``ceil(keep * m)`` tokens by excess, a point
+    straddling the cut keeping its share; None for ``per="example"`` (a ranking within
+    each example needs its tokens).
+
+    >>> f = {"logp": torch.tensor([-1.0, -2.0, -3.0]), "logp_ref": torch.zeros(3)}
+    >>> on_counts(f, torch.tensor([2.0, 2.0, 6.0]), keep=0.5, per="all").tolist()
+    [0.0, 0.0, 0.8333333134651184]
+    """
+    if per == "example":
+        return None
+    excess = (f["logp_ref"].double() - f["logp"].double()).reshape(-1)
+    c = torch.where(torch.isfinite(excess), count.double().reshape(-1), 0.0)
+    k = math.ceil(keep * float(c.sum()) - 1e-9)
+    order = torch.sort(torch.where(torch.isfinite(excess), excess, -math.inf),
+                       descending=True, stable=True).indices
+    before = torch.cumsum(c[order], 0) - c[order]
+    kept = torch.minimum((k - before).clamp(min=0), c[order])
+    w = torch.zeros_like(c)
+    w[order] = torch.where(c[order] > 0, kept / c[order].clamp(min=1e-300), 0.0)
+    return w.float().reshape(f["logp"].shape)
+
+
 SCHEME = register(Scheme(
     "excess", "Excess loss (Rho-1)", "w = 1 for the top keep share by logp_ref - logp, else 0",
     "Rho-1, arXiv 2404.07965; Token Cleaning, arXiv 2502.01968", weight,
@@ -60,4 +84,4 @@ SCHEME = register(Scheme(
                 "(default 0.6, Rho-1's)", low=0.0, high=1.0, open_low=True),
            Knob("per", "all", "excess: rank tokens over the whole set (all; a micro-batch "
                 "when training) or within each example", kind=str, choices=PER)),
-    needs=("logp", "logp_ref"), per_token=False))
+    needs=("logp", "logp_ref"), per_token=False, on_counts=on_counts))

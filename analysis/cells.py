@@ -1,0 +1,161 @@
+"""The joint histogram ("cells") of a run's target tokens: what the statistics of a large
+run are computed from, so that a knob change costs the same at any size.
+
+A cell is a bin of z = logit(q) crossed with a bin of each optional per-token field the
+run has (:data:`~analysis.store.OPTIONAL_TOKEN_SCHEMA`). It keeps how many tokens fall
+in it and the mean of logp and of each field over them; a scheme's weight is taken at
+those means (second-order error in the cell's width), and its values at the cell's
+corners bound every token in it wherever the weight is monotone within a cell.
+
+The axes:
+
+- z: bins of width :data:`BIN_WIDTH` over [-Z, Z] (q from 4e-18 to 1 - 4e-18; beyond,
+  the end bins), :data:`Z_COARSE` of them merged when the run has fields (the joint
+  grid stays small). The width divides logit(0.9), so the q bands' edges (0.1, 0.9) are bin
+  edges and a cell lies in one band.
+- ``entropy_top20``: :data:`H_BINS` log-spaced bins from :data:`H_MIN` to ln 20 (its
+  largest value), and one below.
+- ``logp_ref``: bins of the excess ``logp_ref - logp`` (what Rho-1 ranks by), width
+  :data:`D_WIDTH` over [-:data:`D_HALF` * D_WIDTH, D_HALF * D_WIDTH], the ends open.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from infosft.analysis.store import OPTIONAL_TOKEN_SCHEMA, Run
+
+#: The fine z grid (~33k bins): a run without optional fields is binned on it.
+BIN_WIDTH = math.log(9) / 896
+BIN_HALF = 16320
+BIN_EDGES_Z = BIN_WIDTH * np.arange(-BIN_HALF, BIN_HALF + 1)
+#: fine z bins per z bin, by how many optional fields the run has: the joint grid stays
+#: small (two fields: 16320 z bins of width 0.0049)
+Z_COARSE = (1, 1, 2)
+H_MIN, H_MAX, H_BINS = 1e-3, math.log(20), 64
+D_WIDTH, D_HALF = 0.1, 100
+
+#: The axes a field adds, in :data:`OPTIONAL_TOKEN_SCHEMA` order.
+#: Each axis' last bin holds the tokens without the field (they weigh 0 under a scheme
+#: that reads it, as in the exact statistics).
+_AXIS_SIZE = {"entropy_top20": H_BINS + 2, "logp_ref": 2 * D_HALF + 1}
+
+
+def logp_of_z(z: np.ndarray) -> np.ndarray:
+    """log(sigmoid(z)) without overflow."""
+    return -np.logaddexp(0.0, -z)
+
+
+def h_edges() -> np.ndarray:
+    """``(H_BINS + 2,)`` edges of the entropy axis: 0, then log-spaced H_MIN .. ln 20."""
+    return np.r_[0.0, np.geomspace(H_MIN, H_MAX, H_BINS + 1)]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The cell grid of a run with optional ``fields``. A cell's key is its z bin plus
+    ``n_z`` times the index of its bins on the field axes (mixed radix, in order)."""
+
+    fields: tuple[str, ...]
+
+    @classmethod
+    def of(cls, fields) -> "Grid":
+        return cls(tuple(f for f in OPTIONAL_TOKEN_SCHEMA if f in fields))
+
+    @property
+    def z_step(self) -> int:
+        """Fine z bins per z bin of this grid."""
+        return Z_COARSE[len(self.fields)]
+
+    @property
+    def n_z(self) -> int:
+        return 2 * BIN_HALF // self.z_step
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return (self.n_z, *(_AXIS_SIZE[f] for f in self.fields))
+
+    def key(self) -> pl.Expr:
+        """The cell key (i64) of each row of a token frame (``logp`` and the fields not
+        null or NaN). A logp a rounding above 0 is q = 1, as the schemes read it."""
+        lp = pl.col("logp").cast(pl.Float64).clip(upper_bound=0.0)
+        z = lp - (1 - lp.exp()).log()  # logit(q); 1 - exp in float64 is exact enough here
+        width = BIN_WIDTH * self.z_step
+        key = ((z + BIN_HALF * BIN_WIDTH) / width).floor().fill_nan(0).clip(0, self.n_z - 1)
+        radix = self.n_z
+        for f in self.fields:
+            v = pl.col(f).cast(pl.Float64)
+            if f == "entropy_top20":
+                idx = ((v.clip(lower_bound=H_MIN).log() - math.log(H_MIN))
+                       / (math.log(H_MAX / H_MIN) / H_BINS)).floor() + 1
+                idx = pl.when(v < H_MIN).then(0).otherwise(idx.clip(1, H_BINS))
+            else:
+                idx = ((v - lp) / D_WIDTH + D_HALF).floor().clip(0, 2 * D_HALF - 1)
+            idx = pl.when(v.is_null() | v.is_nan()).then(_AXIS_SIZE[f] - 1).otherwise(idx)
+            key = key + radix * idx
+            radix *= _AXIS_SIZE[f]
+        return key.cast(pl.Int64).alias("key")
+
+    def unravel(self, key: np.ndarray) -> list[np.ndarray]:
+        """Each axis' bin index of ``key`` (z first)."""
+        return list(np.unravel_index(np.asarray(key, dtype=np.int64), self.sizes[::-1],
+                                     order="C"))[::-1]
+
+    def corners(self, key: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The corners of each cell: for each of the 2^(axes) corners, ``logp`` and each
+        field, each ``(n,)`` float32. The end bins reach to infinity (z) or to the
+        field's range."""
+        idx = self.unravel(key)
+        zi = idx[0] * self.z_step
+        lo_z = BIN_EDGES_Z[zi]
+        hi_z = BIN_EDGES_Z[zi + self.z_step]
+        lo_z = np.where(zi == 0, -np.inf, lo_z)
+        hi_z = np.where(zi + self.z_step >= 2 * BIN_HALF, np.inf, hi_z)
+        axes = [(logp_of_z(lo_z), logp_of_z(hi_z))]
+        for f, i in zip(self.fields, idx[1:]):
+            null = i == _AXIS_SIZE[f] - 1
+            if f == "entropy_top20":
+                e = np.r_[h_edges(), np.nan, np.nan]  # H_top20 <= ln 20: the last edge
+                lo, hi = e[i], e[i + 1]
+            else:
+                lo = np.where(i == 0, -np.inf, (i - D_HALF) * D_WIDTH)
+                hi = np.where(i == 2 * D_HALF - 1, np.inf, (i - D_HALF + 1) * D_WIDTH)
+            axes.append((np.where(null, np.nan, lo), np.where(null, np.nan, hi)))
+        out = []
+        for corner in range(2 ** len(axes)):
+            pick = [axes[a][(corner >> a) & 1] for a in range(len(axes))]
+            c = {"logp": pick[0]}
+            for f, v in zip(self.fields, pick[1:]):
+                # an excess corner is a logp_ref: logp + d (at most 0, a log-probability)
+                c[f] = np.minimum(pick[0] + v, 0.0) if f == "logp_ref" else v
+            out.append({k: v.astype(np.float32) for k, v in c.items()})
+        return out
+
+
+def cells(run: Run, grid: Grid, groups: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The run's target tokens as cells of ``grid``, by polars' streaming engine (memory
+    bounded by a batch of tokens, not the run): ``key`` (i64), ``count`` (i64), ``logp``
+    and each field of the grid (f64 means over the cell's tokens; NaN in a field's null
+    bin), sorted by key. A token with a null or NaN logp is left out.
+
+    ``groups``: ``example_id`` (i32) -> ``group`` (i32); then one row per group and cell
+    (a ``group`` column first), sorted by group and key; an example with no group is
+    left out."""
+    cols = ("logp", *grid.fields)
+    ok = pl.col("is_target") & pl.col("logp").is_not_null() & ~pl.col("logp").is_nan()
+    q = run.scan_tokens().filter(ok).select("example_id", *cols)
+    by = ["key"]
+    if groups is not None:
+        q = q.join(groups.lazy().select(pl.col("example_id").cast(pl.Int32),
+                                        pl.col("group").cast(pl.Int32)),
+                   on="example_id", how="inner")
+        by = ["group", "key"]
+    q = (q.with_columns(grid.key()).group_by(by)
+         .agg(pl.len().cast(pl.Int64).alias("count"),
+              *(pl.col(c).cast(pl.Float64).mean().alias(c) for c in cols))
+         .sort(by))
+    return run.collect(q, streaming=True)

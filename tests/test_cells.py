@@ -1,0 +1,134 @@
+"""The joint histogram of a run with optional per-token fields (``analysis.cells``): EAFT,
+excess and a user's scheme of several fields computed from it, within bounds that hold
+the exact per-token numbers, at a size that does not grow with the run."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from infosft.analysis.cells import BIN_HALF, H_BINS, Grid, cells
+from infosft.analysis.stats import Targets
+from infosft.analysis.store import Run
+from infosft.analysis.synthetic import make_run
+from infosft.analysis.tune import Settings, tune_view
+
+BOUNDED = ("mean_weight", "share_nonzero", "effective_tokens")
+BOTH = ("entropy_top20", "logp_ref")
+
+
+def focal_ref(logp, logp_ref, entropy_top20, gamma=1.0):
+    """A user's scheme of three fields (one token's own, so it has no selection)."""
+    return (1 - logp.exp()) ** gamma * logp_ref.exp() * (entropy_top20 / 3)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(exact, binned) Targets of a synthetic run with both optional fields, a few of its
+    target tokens without an entropy_top20 (a field may be missing on some tokens)."""
+    run = make_run(tmp_path_factory.mktemp("cells") / "run", n_examples=400,
+                   target_tokens=100, prompt_tokens=5, part_examples=150, seed=11,
+                   fields=BOTH)
+    for part in run.part_paths():
+        df = pl.read_parquet(part)
+        gone = (pl.col("position") % 97 == 13) & pl.col("is_target")
+        df.with_columns(pl.when(gone).then(None).otherwise(pl.col("entropy_top20"))
+                        .alias("entropy_top20")).write_parquet(part)
+    return Targets.from_run(run.path), Targets.binned(run.path)
+
+
+KNOBS = [("sft", {}), ("infosft", {"C": 2.0}), ("profit", {"threshold": 0.5}),
+         ("eaft", {}), ("eaft", {"alpha": 0.5}), ("eaft", {"alpha": 3.0}),
+         (f"{__name__}:focal_ref", {})]
+
+
+@pytest.mark.parametrize("scheme, knobs", KNOBS)
+def test_bounds_hold_the_exact_numbers(pair, scheme, knobs):
+    exact, binned = pair
+    assert len(binned) == len(exact) == 40_000
+    want, got = exact.summary(scheme, **knobs), binned.summary(scheme, **knobs)
+    bounds = binned.bounds(scheme, **knobs)
+    for key in BOUNDED:
+        lo, hi = bounds[key]
+        assert lo - 1e-9 <= want[key] <= hi + 1e-9, (key, want[key], lo, hi)
+        assert lo - 1e-9 <= got[key] <= hi + 1e-9, key
+        assert got[key] == pytest.approx(want[key], rel=3e-3), key  # the means: close
+    for band in ("low", "medium", "high"):  # band edges are bin edges: same tokens
+        assert got[f"weight_share_{band}"] == pytest.approx(want[f"weight_share_{band}"],
+                                                            abs=3e-3)
+
+
+def test_tokens_without_the_field_weigh_zero_but_count(pair):
+    exact, binned = pair
+    missing = np.isnan(exact.fields["entropy_top20"])
+    assert 300 < missing.sum() < 500
+    # SFT counts them (its mean weight is 1 over all tokens); EAFT gives them 0
+    assert binned.summary("sft")["mean_weight"] == 1.0
+    want = exact.summary("eaft")["share_nonzero"]
+    assert want <= 1 - missing.mean() + 1e-12
+    assert binned.summary("eaft")["share_nonzero"] == pytest.approx(want, abs=2e-3)
+
+
+@pytest.mark.parametrize("keep", [0.6, 0.2, 1.0])
+def test_excess_over_the_run_keeps_exactly_as_many_tokens(pair, keep):
+    """Rho-1's selection over the whole run: the kept count is exact (a cell straddling
+    the cut keeps its share); where the kept tokens lie (the q bands) is close."""
+    exact, binned = pair
+    want, got = (t.summary("excess", keep=keep, per="all") for t in (exact, binned))
+    for key in BOUNDED:
+        assert got[key] == pytest.approx(want[key], rel=1e-9), key
+        assert binned.bounds("excess", keep=keep)[key] == (got[key], got[key])
+    for band in ("low", "medium", "high"):
+        assert got[f"weight_share_{band}"] == pytest.approx(want[f"weight_share_{band}"],
+                                                            abs=0.01)
+    w = binned.weights("excess", keep=keep)
+    assert ((w > 0) & (w < 1)).sum() <= 1  # one cell straddles the cut, at most
+
+
+def test_the_grid_is_small_and_its_corners_hold_each_cells_means(pair, tmp_path):
+    exact, binned = pair
+    grid = binned.grid
+    assert grid.fields == BOTH and grid.z_step == 2
+    corners = grid.corners(binned.cell_key)
+    for name, mean in (("logp", binned.logp), *binned.fields.items()):
+        ok = ~np.isnan(mean)
+        vals = np.stack([c[name][ok] for c in corners])
+        lo, hi = vals.min(axis=0), vals.max(axis=0)
+        assert (lo <= mean[ok] + 1e-5).all() and (mean[ok] <= hi + 1e-5).all(), name
+    # the null bin of entropy_top20 holds the tokens without it, and only them
+    null = grid.unravel(binned.cell_key)[1] == H_BINS + 1
+    assert binned.count[null].sum() == np.isnan(exact.fields["entropy_top20"]).sum()
+    # a 25x larger run of the same mix: about as many cells, not 25x
+    big = Targets.binned(make_run(tmp_path / "big", n_examples=2000, target_tokens=500,
+                                  part_examples=1000, seed=12, fields=("entropy_top20",)).path)
+    assert len(big) == 1_000_000 and len(big.logp) < 2 * BIN_HALF * 4
+    assert big.grid.z_step == 1
+
+
+def test_tune_view_of_the_histogram_matches_the_tokens(pair):
+    exact, binned = pair
+    s = Settings(scheme="eaft", C=2.0)
+    want, got = tune_view(exact, s), tune_view(binned, s)
+    assert list(got["weights"]) == list(want["weights"])  # the same schemes, excess too
+    a, b = want["schemes"], got["schemes"]
+    np.testing.assert_allclose(b["mean_weight"].to_numpy(), a["mean_weight"].to_numpy(),
+                               rtol=3e-3)
+    ha, hb = want["hist"], got["hist"]
+    for scheme in want["weights"]:  # each scheme's share of the weight per q bin
+        assert np.abs(ha[scheme].to_numpy() - hb[scheme].to_numpy()).sum() < 0.02, scheme
+
+
+def test_cells_by_group_add_up_to_the_runs(pair, tmp_path):
+    run = Run(make_run(tmp_path / "run", n_examples=60, target_tokens=30, seed=4,
+                       part_examples=25, fields=("entropy_top20",)).path)
+    grid = Grid.of(run.token_fields())
+    whole = cells(run, grid)
+    groups = pl.DataFrame({"example_id": np.arange(60, dtype=np.int32),
+                           "group": (np.arange(60) % 3).astype(np.int32)})
+    split = cells(run, grid, groups)
+    assert split["group"].unique().sort().to_list() == [0, 1, 2]
+    summed = split.group_by("key").agg(pl.col("count").sum()).sort("key")
+    assert summed["key"].to_list() == whole["key"].to_list()
+    assert summed["count"].to_list() == whole["count"].to_list()
+    assert whole["count"].sum() == 60 * 30
