@@ -136,26 +136,55 @@ class Grid:
         return out
 
 
+#: Partial cells held before they are merged (:func:`cells`): bounds the memory.
+MERGE_ROWS = 1 << 21
+
+
 def cells(run: Run, grid: Grid, groups: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The run's target tokens as cells of ``grid``, by polars' streaming engine (memory
-    bounded by a batch of tokens, not the run): ``key`` (i64), ``count`` (i64), ``logp``
-    and each field of the grid (f64 means over the cell's tokens; NaN in a field's null
-    bin), sorted by key. A token with a null or NaN logp is left out.
+    """The run's target tokens as cells of ``grid``: ``key`` (i64), ``count`` (i64),
+    ``logp`` and each field of the grid (f64 means over the cell's tokens; NaN in a
+    field's null bin), sorted by key. A token with a null or NaN logp is left out.
 
     ``groups``: ``example_id`` (i32) -> ``group`` (i32); then one row per group and cell
     (a ``group`` column first), sorted by group and key; an example with no group is
-    left out."""
+    left out.
+
+    Built part by part, the partial sums merged every :data:`MERGE_ROWS` rows: memory is
+    bounded by a part and the cells, not the run. (Polars' streaming group-by held ~2 GB
+    for the 730k group-cells of a 100M-token run in four groups.)"""
     cols = ("logp", *grid.fields)
+    by = ["key"] if groups is None else ["group", "key"]
+    sums = [pl.len().cast(pl.Int64).alias("count"),
+            *(pl.col(c).cast(pl.Float64).sum() for c in cols)]
+    merge = [pl.col("count").sum(), *(pl.col(c).sum() for c in cols)]
     ok = pl.col("is_target") & pl.col("logp").is_not_null() & ~pl.col("logp").is_nan()
-    q = run.scan_tokens().filter(ok).select("example_id", *cols)
-    by = ["key"]
+    space = int(np.prod(grid.sizes))  # keys of one group
+    if groups is not None:  # example id -> group: a lookup table (ids are row numbers)
+        ids = groups["example_id"].to_numpy().astype(np.int64)
+        lut = np.full(int(ids.max()) + 2 if len(ids) else 1, -1, dtype=np.int32)
+        lut[ids] = groups["group"].to_numpy()
+    acc: list[pl.DataFrame] = []
+    for part in run.check_parts():
+        df = run.collect(pl.scan_parquet(part).filter(ok).select("example_id", *cols)
+                         .with_columns(grid.key()))
+        if groups is not None:  # one i64 key per (group, cell): a faster group-by
+            ex = df["example_id"].to_numpy().astype(np.int64)
+            g = lut[np.where((ex < 0) | (ex >= len(lut)), len(lut) - 1, ex)]
+            df = df.with_columns(pl.Series("key", g * space + df["key"].to_numpy())
+                                 ).filter(pl.Series(g >= 0))
+        acc.append(df.group_by("key").agg(sums))
+        if sum(df.height for df in acc) > MERGE_ROWS:
+            acc = [pl.concat(acc).group_by("key").agg(merge)]
+    schema = {"key": pl.Int64, "count": pl.Int64, **{c: pl.Float64 for c in cols}}
+    total = (pl.concat(acc).group_by("key").agg(merge) if acc
+             else pl.DataFrame(schema=schema)).sort("key")
     if groups is not None:
-        q = q.join(groups.lazy().select(pl.col("example_id").cast(pl.Int32),
-                                        pl.col("group").cast(pl.Int32)),
-                   on="example_id", how="inner")
-        by = ["group", "key"]
-    q = (q.with_columns(grid.key()).group_by(by)
-         .agg(pl.len().cast(pl.Int64).alias("count"),
-              *(pl.col(c).cast(pl.Float64).mean().alias(c) for c in cols))
-         .sort(by))
-    return run.collect(q, streaming=True)
+        gk = total["key"].to_numpy()
+        total = total.with_columns(pl.Series("group", (gk // space).astype(np.int32)),
+                                   pl.Series("key", gk % space))
+    null = {f: grid.unravel(total["key"].to_numpy())[i + 1] == _AXIS_SIZE[f] - 1
+            for i, f in enumerate(grid.fields)}
+    return total.select(
+        *by, "count", *((pl.col(c) / pl.col("count")).alias(c) for c in ("logp",)),
+        *(pl.when(pl.Series(null[f])).then(None).otherwise(pl.col(f) / pl.col("count"))
+          .cast(pl.Float64).alias(f) for f in grid.fields))

@@ -249,9 +249,11 @@ class Targets:
     def _totals(self, w: np.ndarray) -> tuple[float, float, float, np.ndarray]:
         """Sum of w, sum of w^2, count of w > 0, and weight per q band."""
         w64 = w.astype(np.float64)
-        c = self.count if self.count is not None else np.ones_like(w64)
-        cw = c * w64
-        return (cw.sum(), float(np.dot(cw, w64)), float(c[w != 0].sum()),
+        if self.count is None:
+            return (w64.sum(), float(w64 @ w64), float(np.count_nonzero(w)),
+                    np.bincount(self.band, weights=w64, minlength=3))
+        cw = self.count * w64
+        return (cw.sum(), float(cw @ w64), float(self.count @ (w != 0)),
                 np.bincount(self.band, weights=cw, minlength=3))
 
     def mass(self, w: np.ndarray) -> float:

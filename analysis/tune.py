@@ -181,13 +181,13 @@ SCHEME_TABLE = {"scheme": pl.String, "mean_weight": pl.Float64, "share_nonzero":
                 "weight_share_high": pl.Float64}
 
 
-def scheme_table(targets: Targets, weights: dict[str, np.ndarray],
-                 settings: Settings) -> pl.DataFrame:
-    """The schemes side by side, one row each with the knobs in force: mean weight,
-    share of tokens with w > 0, effective tokens (sum(w)^2 / sum(w^2)) and their share,
-    and the share of the weight on low / medium / high q."""
-    rows = [targets.summary(s, w=w, **settings.knobs(s)) for s, w in weights.items()]
-    return pl.DataFrame([{k: r[k] for k in SCHEME_TABLE} for r in rows], schema=SCHEME_TABLE)
+def scheme_table(summaries: list[dict[str, Any]]) -> pl.DataFrame:
+    """The schemes side by side from their :meth:`Targets.summary` dicts, one row each
+    with the knobs in force: mean weight, share of tokens with w > 0, effective tokens
+    (sum(w)^2 / sum(w^2)) and their share, and the share of the weight on low / medium /
+    high q."""
+    return pl.DataFrame([{k: r[k] for k in SCHEME_TABLE} for r in summaries],
+                        schema=SCHEME_TABLE)
 
 
 def tune_view(targets: Targets, settings: Settings, *, bins: int = 50,
@@ -197,10 +197,9 @@ def tune_view(targets: Targets, settings: Settings, *, bins: int = 50,
     every supported scheme's summary side by side (:func:`run_schemes`), the weighted
     histogram of those schemes and the weight curves of those of q alone."""
     ws = all_weights(targets, settings)
-    chosen = settings.scheme
-    return {"summary": (targets.summary(chosen, w=ws[chosen], **settings.knobs(chosen))
-                        if chosen in ws else None),
-            "schemes": scheme_table(targets, ws, settings),
+    sums = {s: targets.summary(s, w=w, **settings.knobs(s)) for s, w in ws.items()}
+    return {"summary": sums.get(settings.scheme),
+            "schemes": scheme_table(list(sums.values())),
             "weights": ws,
             "hist": weighted_histogram(targets, ws, bins=bins, log_x=log_x),
             "curves": weight_curves(settings, log_x=log_x, schemes=list(ws))}

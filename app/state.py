@@ -58,17 +58,18 @@ def _key(run: Run) -> tuple[str, float]:
 
 #: Above this many target tokens, Overview and Tune work on a joint histogram of the run
 #: (:meth:`analysis.stats.Targets.binned`): a knob change then costs the same at any size
-#: and memory stays flat; below, on the tokens themselves (exact). 2M: there the tokens
-#: cost ~40 ms a knob move and 16 MB, about what the histogram costs at any size.
-BINNED_ABOVE = int(os.environ.get("INFOSFT_BINNED_ABOVE", 2_000_000))
+#: and memory stays flat; below, on the tokens themselves (exact). At 250k the tokens
+#: cost ~50 ms a knob move, about what the histogram costs at any size
+#: (benchmarks/bench_binned.py: 96 ms at 500k, 1.6 s at 10M).
+BINNED_ABOVE = int(os.environ.get("INFOSFT_BINNED_ABOVE", 250_000))
 #: Up to this many target tokens the per-example pages (Examples, Token view, Export's
 #: filter) load the tokens, and so do Overview and Tune for a scheme the histogram cannot
 #: weigh (a selection within each example); above, :class:`analysis.stats.ExampleBins`.
 TOKENS_UP_TO = int(os.environ.get("INFOSFT_TOKENS_UP_TO", 20_000_000))
 BINNED_NOTE = ("This run is large, so Overview and Tune work on a histogram of its target "
                "tokens (cells of logit q and each per-token field): a knob change costs the "
-               "same at any size; mean weight, share with w > 0 and effective tokens are "
-               "within 1% of the exact ones.")
+               "same at any size; mean weight, share with w > 0 and effective tokens "
+               "come within 1% of the exact ones (`infosft stats` uses the tokens).")
 EXAMPLES_BINNED = ("This run is large, so the weight columns come from a histogram of each "
                    f"example's target tokens ({EX_BINS} bins in logit q), not the tokens: "
                    "each example's mean w is within ±{mean:.3f} of the exact one, its share "

@@ -4,11 +4,14 @@
     python benchmarks/bench_binned.py --modes examples examples-exact   # the per-example pages
 
 For each size, writes a synthetic run with the real layout (``analysis.synthetic``:
-q drawn like real SFT data, 250 targets and 10 prompt tokens an example), then in a fresh process per mode
-loads it as Overview and Tune do (``Targets.from_run``, exact; ``Targets.binned``, a fine
-histogram) and times a slider move: ``analysis.tune.tune_view`` for a new C (the summary,
-the four schemes' table, both histograms), median of 7. Prints the load time, the move,
-and the process's RSS after loading, per mode and size.
+q drawn like real SFT data, 250 targets and 10 prompt tokens an example, ``entropy_top20``
+as ``infosft score`` writes it unless ``--fields`` says otherwise, a ``source`` of four
+values in each record), then in a fresh process per mode loads it as Overview and Tune do
+(``Targets.from_run``, exact; ``Targets.binned``, the cells of a joint histogram), builds
+the breakdown by ``source`` (``Grouping.build`` / ``build_binned``) and times a slider
+move: ``analysis.tune.tune_view`` for a new C (the summary, every supported scheme's
+table, both histograms), then the by-source table for it, medians of 7. Prints the load
+time, the cells, the move, the breakdown's build and move, and the RSS after loading.
 
 The ``examples`` modes time the per-example pages instead: ``examples`` as a large run's
 pages load it (``ExampleBins.from_run``: a coarse histogram per example), ``examples-exact``
@@ -31,7 +34,9 @@ from pathlib import Path
 _CHILD = """
 import json, statistics, sys, time
 import psutil
+from infosft.analysis import breakdown as bd
 from infosft.analysis.stats import Targets
+from infosft.analysis.store import Run
 from infosft.analysis.tune import Settings, tune_view
 path, mode = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
@@ -39,13 +44,24 @@ t = Targets.binned(path) if mode == "binned" else Targets.from_run(path)
 for log_x in (False, True):
     t.histogram(bins=50, log_x=log_x)
 load = time.perf_counter() - t0
-moves = []
+t0 = time.perf_counter()
+run = Run(path)
+labels = bd.group_labels(run, "source")
+g = (bd.Grouping.build_binned(run, t, labels, "source") if t.is_binned
+     else bd.Grouping.build(t, labels, "source"))
+group_s = time.perf_counter() - t0
+moves, by = [], []
 for i in range(7):
     s = Settings(scheme="infosft", C=1.5 + 0.25 * i)
     t0 = time.perf_counter()
-    tune_view(t, s, bins=50)
-    moves.append(time.perf_counter() - t0)
+    view = tune_view(t, s, bins=50)
+    t1 = time.perf_counter()
+    g.table(t, {s.scheme: s.knobs()}, {s.scheme: view["weights"][s.scheme]})
+    moves.append(t1 - t0)
+    by.append(time.perf_counter() - t1)
 print(json.dumps({"load_s": load, "move_ms": 1000 * statistics.median(moves),
+                  "group_s": group_s, "by_ms": 1000 * statistics.median(by),
+                  "cells": len(t.logp), "schemes": len(view["weights"]),
                   "rss_mb": psutil.Process().memory_info().rss / 2**20}))
 """
 
@@ -91,22 +107,35 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["binned", "exact"],
                     choices=["binned", "exact", "examples", "examples-exact"],
                     help="exact at 100M needs ~10 GB and minutes")
+    ap.add_argument("--fields", nargs="*", default=["entropy_top20"],
+                    help="optional per-token fields to write (entropy_top20 logp_ref; none: "
+                    "q alone, as runs scored before the scheme registry)")
     args = ap.parse_args()
+    import polars as pl
+
     from infosft.analysis.synthetic import make_run
 
-    print(f"{'targets':>12} {'mode':>7} {'load s':>8} {'move ms':>8} {'RSS MB':>8}")
+    print(f"{'targets':>12} {'mode':>7} {'load s':>8} {'cells':>8} {'move ms':>8} "
+          f"{'by: build s':>11} {'move ms':>8} {'RSS MB':>8}")
     for n in args.tokens:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             run = make_run(Path(tmp) / "run", n_examples=max(1, n // 250), prompt_tokens=10,
-                           target_tokens=250, part_examples=4000)
+                           target_tokens=250, part_examples=4000, fields=args.fields)
+            ex = run.read_examples()
+            src = ("web", "code", "math", "chat")
+            ex.with_columns(pl.Series("record", [f'{{"source": "{src[i * 7 % 11 % 4]}"}}'
+                                                 for i in ex["example_id"].to_list()])
+                            ).write_parquet(run.examples_path)
             print(f"({n:,} targets written in {time.perf_counter() - t0:.0f} s)", flush=True)
             for mode in args.modes:
                 child = _EXAMPLES if mode.startswith("examples") else _CHILD
                 out = subprocess.run([sys.executable, "-c", child, str(run.path), mode],
                                      capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"{n:>12,} {mode:>7} {r['load_s']:8.2f} {r['move_ms']:8.1f} "
+                by = ("" if "by_ms" not in r else f" {r['cells']:8,} {r['move_ms']:8.1f} "
+                      f"{r['group_s']:11.2f} {r['by_ms']:8.1f}")
+                print(f"{n:>12,} {mode:>7} {r['load_s']:8.2f}{by} "
                       f"{r['rss_mb']:8.0f}" + ("" if "view_ms" not in r else
                       f"  (ProFit random move {r['random_ms']:.0f} ms; Token view open "
                       f"{r['view_ms']:.0f} ms, ProFit random {r['view_random_ms']:.0f} ms)"),
