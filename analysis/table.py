@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from infosft.analysis.stats import ExampleBins, Targets, example_table
+from infosft.analysis.example_bins import ExampleBins
+from infosft.analysis.stats import Targets, example_table
 
 COLUMNS = ("example_id", "n_tokens", "n_target", "truncated", "mean_q", "min_q",
            "mean_weight", "zero_weight_share", "preview")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from infosft.analysis.stats import ExampleBins, Targets, random_draws
+from infosft.analysis.example_bins import ExampleBins, random_draws
+from infosft.analysis.stats import Targets
 from infosft.analysis.store import Run
 from infosft.analysis.tune import Settings, run_schemes
 from infosft.errors import InfosftError

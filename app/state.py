@@ -12,7 +12,8 @@ from typing import Any, Callable
 import polars as pl
 import streamlit as st
 
-from infosft.analysis.stats import EX_BINS, ExampleBins, Targets, missing_reason
+from infosft.analysis.example_bins import EX_BINS, EXH_BINS, ExampleBins
+from infosft.analysis.stats import Targets, missing_reason
 from infosft.analysis.store import Run
 from infosft.analysis.tune import Settings, auto_c
 from infosft.app.workspace import SAMPLE_RUN
@@ -56,24 +57,27 @@ def _key(run: Run) -> tuple[str, float]:
     return str(run.path.resolve()), run.meta_path.stat().st_mtime
 
 
-#: Above this many target tokens, Overview and Tune work on a joint histogram of the run
-#: (:meth:`analysis.stats.Targets.binned`): a knob change then costs the same at any size
-#: and memory stays flat; below, on the tokens themselves (exact). At 250k the tokens
-#: cost ~50 ms a knob move, about what the histogram costs at any size
-#: (benchmarks/bench_binned.py: 96 ms at 500k, 1.6 s at 10M).
+#: Above this many target tokens the pages work on histograms, never on every token:
+#: Overview and Tune on the run's cells (:meth:`analysis.stats.Targets.binned`), the
+#: per-example pages (Examples, Token view, Export's filter) on each example's
+#: (:class:`analysis.example_bins.ExampleBins`): a knob change then costs the same at any
+#: size and memory stays flat. Below, the tokens themselves (exact). At 250k the tokens
+#: cost ~27 ms a knob move, what the histogram costs at any size
+#: (benchmarks/bench_binned.py: 86 ms at 1M, 0.9 s at 10M).
 BINNED_ABOVE = int(os.environ.get("INFOSFT_BINNED_ABOVE", 250_000))
-#: Up to this many target tokens the per-example pages (Examples, Token view, Export's
-#: filter) load the tokens, and so do Overview and Tune for a scheme the histogram cannot
-#: weigh (a selection within each example); above, :class:`analysis.stats.ExampleBins`.
+#: Up to this many target tokens a page loads the tokens after all for a scheme its
+#: histogram cannot weigh (excess ranked within each example on Overview and Tune;
+#: excess or a scheme of several fields per example); above, it says what it lacks.
 TOKENS_UP_TO = int(os.environ.get("INFOSFT_TOKENS_UP_TO", 20_000_000))
 BINNED_NOTE = ("This run is large, so Overview and Tune work on a histogram of its target "
                "tokens (cells of logit q and each per-token field): a knob change costs the "
                "same at any size; mean weight, share with w > 0 and effective tokens "
                "come within 1% of the exact ones (`infosft stats` uses the tokens).")
 EXAMPLES_BINNED = ("This run is large, so the weight columns come from a histogram of each "
-                   f"example's target tokens ({EX_BINS} bins in logit q), not the tokens: "
-                   "each example's mean w is within ±{mean:.3f} of the exact one, its share "
-                   "w = 0 within ±{zero:.1%} (`infosft stats` and the export use the tokens).")
+                   f"example's target tokens ({EX_BINS} bins in logit q, {EXH_BINS} in "
+                   "H_top20), not the tokens: each example's mean w is within ±{mean:.3f} of "
+                   "the exact one, its share w = 0 within ±{zero:.1%} (`infosft stats` and "
+                   "the export use the tokens).")
 EXAMPLES_EXACT = ("This run is large, so the weight columns come from a histogram of each "
                   "example's target tokens; ProFit random's are exact all the same (the "
                   "run's own draws, regenerated).")
@@ -111,10 +115,6 @@ def _n_targets(path: str) -> int:
     return n if isinstance(n, int) else 0
 
 
-def _large(path: str) -> bool:
-    return _n_targets(path) > TOKENS_UP_TO
-
-
 def _summary_targets(path: str, mtime: float) -> Targets:
     return _binned(path, mtime) if _n_targets(path) > BINNED_ABOVE else _targets(path, mtime)
 
@@ -142,11 +142,18 @@ def targets(run: Run) -> Targets:
     key = _key(run)
     t = _summary_targets(*key)
     s = settings()
-    if (t.is_binned and _n_targets(key[0]) <= TOKENS_UP_TO
-            and t.missing(s.scheme, knobs=s.knobs()) is not None
-            and missing_reason(s.scheme, t.run_fields, knobs=s.knobs()) is None):
-        return _targets(*key)  # the histogram cannot weigh it; the tokens can
+    if t.is_binned and _needs_tokens(key[0], t.missing(s.scheme, knobs=s.knobs()),
+                                     t.run_fields):
+        return _targets(*key)
     return t
+
+
+def _needs_tokens(path: str, why: str | None, fields: tuple[str, ...]) -> bool:
+    """Whether a page should load the tokens after all: its histogram cannot weigh the
+    chosen scheme (``why``), the tokens can, and the run has at most TOKENS_UP_TO."""
+    s = settings()
+    return (why is not None and _n_targets(path) <= TOKENS_UP_TO
+            and missing_reason(s.scheme, fields, knobs=s.knobs()) is None)
 
 
 def token_targets(run: Run) -> Targets:
@@ -157,11 +164,17 @@ def token_targets(run: Run) -> Targets:
 
 def example_targets(run: Run) -> Targets | ExampleBins:
     """What the per-example pages (Examples, Token view, Export's filter) work on: the
-    run's target tokens, or for a run of more than :data:`TOKENS_UP_TO` a coarse histogram per
-    example (:class:`analysis.stats.ExampleBins`), whose memory does not grow with the
-    tokens."""
+    run's target tokens, or for a run of more than :data:`BINNED_ABOVE` coarse histograms
+    per example (:class:`analysis.example_bins.ExampleBins`), whose memory does not grow
+    with the tokens, unless the chosen scheme needs the tokens and the run has at most
+    :data:`TOKENS_UP_TO`."""
     key = _key(run)
-    return _example_bins(*key) if _large(key[0]) else _targets(*key)
+    if _n_targets(key[0]) <= BINNED_ABOVE:
+        return _targets(*key)
+    bins = _example_bins(*key)
+    if _needs_tokens(key[0], bins.missing(settings().scheme), bins.run_fields):
+        return _targets(*key)
+    return bins
 
 
 def examples(run: Run) -> pl.DataFrame:

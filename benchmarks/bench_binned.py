@@ -69,7 +69,8 @@ print(json.dumps({"load_s": load, "move_ms": 1000 * statistics.median(moves),
 _EXAMPLES = """
 import json, statistics, sys, time
 import psutil
-from infosft.analysis.stats import ExampleBins, Targets
+from infosft.analysis.example_bins import ExampleBins
+from infosft.analysis.stats import Targets
 from infosft.analysis.store import Run
 from infosft.analysis.table import examples_view
 from infosft.analysis.tune import Settings

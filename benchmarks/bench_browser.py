@@ -10,7 +10,8 @@ make the run active -> Tune; then presses the right arrow on the C slider ``--re
 times and times each press until the "Mean weight" metric shows a new value (the server's
 rerun, the websocket, React drawing the metrics). Prints each time, the median, and the
 app process's RSS after the moves (the large run is on the binned path above
-``INFOSFT_BINNED_ABOVE``, 20M target tokens by default).
+``INFOSFT_BINNED_ABOVE``, 250k target tokens by default). The run has ``entropy_top20``,
+as ``infosft score`` writes it.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def main() -> None:
 
         t0 = time.perf_counter()
         make_run(run, n_examples=max(1, args.tokens // 250), prompt_tokens=10,
-                 target_tokens=250, part_examples=4000)
+                 target_tokens=250, part_examples=4000, fields=("entropy_top20",))
         print(f"{args.tokens:,} targets written in {time.perf_counter() - t0:.0f} s", flush=True)
     port = free_port()
     exe = Path(sys.executable).parent / "infosft"

@@ -9,7 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from infosft.analysis.stats import BIN_HALF, EX_BINS, ExampleBins, Targets, random_draws
+from infosft.analysis.example_bins import EX_BINS, ExampleBins, random_draws
+from infosft.analysis.cells import BIN_HALF
+from infosft.analysis.stats import Targets
 from infosft.analysis.synthetic import make_run
 from infosft.analysis.tune import Settings, auto_c, tune_view
 from tests.helpers import SAMPLE_RUN, app_page
@@ -134,7 +136,8 @@ def test_a_selection_within_examples_uses_the_tokens_up_to_their_limit(monkeypat
 
 # ---------------------------------------------------------------- per example, at scale
 
-EX_KNOBS = KNOBS + [("profit", {"threshold": 0.3, "direction": "random", "seed": 4})]
+EX_KNOBS = KNOBS + [("profit", {"threshold": 0.3, "direction": "random", "seed": 4}),
+                    ("eaft", {}), ("eaft", {"alpha": 0.3}), ("eaft", {"alpha": 4.0})]
 
 
 @pytest.fixture(scope="module")
@@ -167,18 +170,30 @@ def test_per_example_bins_bound_the_exact_numbers(ex_pair, scheme, knobs):
             np.testing.assert_allclose(e, w, atol=1e-12)
     if scheme in ("sft", "dft") or (scheme, knobs) == ("infosft", {"C": 2.0}):
         assert bins.bound(scheme, **knobs)["mean_weight"] < 0.03  # bins of 0.27 logit q
+    if (scheme, knobs) == ("eaft", {}):  # bins of a factor 1.28 in H: w at most ~0.25 apart
+        assert bins.bound(scheme, **knobs)["mean_weight"] < 0.1
 
 
-def test_per_example_bins_are_compact_and_refuse_token_schemes(ex_pair):
+def test_per_example_bins_are_compact_and_refuse_token_schemes(ex_pair, tmp_path):
     _, exact, bins = ex_pair
     assert len(bins) == len(exact) and bins.bins.max() < EX_BINS
-    # beside the fixed fine histogram: ~3 bytes an occupied bin, under 1 a token at 80
-    assert bins.nbytes - bins.fine_count.nbytes < exact.logp.nbytes
-    for scheme in ("eaft", "excess"):
+    # beside the fixed fine histograms: ~3 bytes an occupied bin (of q and of H), under
+    # 1.5 a token at 80
+    assert bins.nbytes - bins.fine_count.nbytes - bins.h.fine_count.nbytes \
+        < 1.5 * exact.logp.nbytes
+    # a run without entropy_top20 has no H axis, and EAFT is not offered at all
+    bare = ExampleBins.from_run(make_run(tmp_path / "bare", n_examples=20, target_tokens=10).path)
+    assert bare.h is None and "entropy_top20" in bare.missing("eaft", short=True)
+    for scheme in ("excess", f"{__name__}:of_q_and_h"):
         assert bins.per_example(scheme) is None and bins.bound(scheme) is None
         assert "needs the run's tokens" in bins.missing(scheme, short=True)
         table = bins.example_table(exact_examples(ex_pair), scheme)
         assert table["mean_weight"].null_count() == table.height
+
+
+def of_q_and_h(logp, entropy_top20):
+    """A user's scheme of two fields: its per-example numbers need the tokens."""
+    return logp.exp() * entropy_top20
 
 
 def exact_examples(ex_pair):
@@ -235,7 +250,7 @@ def test_examples_page_at_scale(monkeypatch):
     a caption with the bound, and mean weights within it of the exact ones."""
     exact = Targets.from_run(SAMPLE_RUN)
     want = exact.per_example(exact.weights("infosft", C=2.0))
-    state = _binned_app(monkeypatch)
+    _binned_app(monkeypatch)
     at = app_page("views/examples.py", settings=Settings(C=2.0))
     assert not at.exception and not at.error
     cap = next(c.value for c in at.caption if c.value.startswith("This run is large"))
@@ -246,12 +261,18 @@ def test_examples_page_at_scale(monkeypatch):
     j = want.join(got, on="example_id", suffix="_b")
     assert j.height == want.height
     assert (j["mean_weight"] - j["mean_weight_b"]).abs().max() <= bound + 1e-3
-    at.session_state["settings"] = Settings(scheme="eaft")  # not of q alone: a caption
+    at.session_state["settings"] = Settings(scheme="eaft")  # of H alone: its own histogram
     at.run()
     assert not at.exception and not at.error
-    tail = state.EXAMPLES_NEED_TOKENS.format(why="")
-    assert any(c.value.startswith("EAFT") and c.value.endswith(tail) for c in at.caption), [
-        c.value for c in at.caption]
+    cap = next(c.value for c in at.caption if c.value.startswith("This run is large"))
+    bound = float(cap.split("within ±")[1].split(" ")[0])
+    monkeypatch.undo()
+    want = exact.per_example(exact.weights("eaft"))
+    df = at.dataframe[0].value
+    got = pl.from_pandas(df[["example_id", "mean_weight"]]).cast({"example_id": pl.Int32})
+    j = want.join(got, on="example_id", suffix="_b")
+    assert j.height == want.height and 0 < bound < 0.1
+    assert (j["mean_weight"] - j["mean_weight_b"]).abs().max() <= bound + 1e-3
 
 
 def test_token_view_and_export_pages_at_scale(monkeypatch):
@@ -282,8 +303,8 @@ def test_token_view_and_export_pages_at_scale(monkeypatch):
 
 def test_token_view_page_at_scale_says_what_is_ranked_per_example(ex_pair, monkeypatch):
     """A large run with logp_ref: excess (per=all) is shown ranked within the example,
-    and the page says so; the Examples page shows EAFT's columns empty with a reason and
-    ProFit random's exact."""
+    and the page says so; the Examples page shows excess's columns empty with a reason
+    and ProFit random's exact."""
     from infosft.app.views.token_view import RANKED_HERE
 
     path, exact, _ = ex_pair
@@ -291,9 +312,11 @@ def test_token_view_page_at_scale_says_what_is_ranked_per_example(ex_pair, monke
     at = app_page("views/token_view.py", run_path=str(path), settings=Settings(C=2.0))
     assert not at.exception and not at.error
     assert any(c.value == RANKED_HERE.format("Excess loss (Rho-1)") for c in at.caption)
-    at = app_page("views/examples.py", run_path=str(path), settings=Settings(scheme="eaft"))
+    at = app_page("views/examples.py", run_path=str(path), settings=Settings(scheme="excess"))
     assert not at.exception and not at.error
-    assert any("EAFT needs the run's tokens" in c.value for c in at.caption)
+    tail = state.EXAMPLES_NEED_TOKENS.format(why="")
+    assert any(c.value.startswith("Excess loss (Rho-1) needs the run's tokens")
+               and c.value.endswith(tail) for c in at.caption), [c.value for c in at.caption]
     assert at.dataframe[0].value["mean_weight"].isna().all()
     at.session_state["settings"] = Settings(scheme="profit", direction="random", threshold=0.4)
     at.run()
@@ -304,7 +327,7 @@ def test_token_view_page_at_scale_says_what_is_ranked_per_example(ex_pair, monke
 
 
 def test_example_bins_use_the_runs_fine_grid(ex_pair):
-    from infosft.analysis.stats import _fine_bins
+    from infosft.analysis.example_bins import _fine_bins
 
     from infosft.analysis.cells import Grid, cells
     from infosft.analysis.store import Run
@@ -353,3 +376,26 @@ def test_a_logp_rounded_above_zero_is_binned_as_q_one(tmp_path):
     assert exact.summary("dft")["weight_share_high"] == pytest.approx(
         binned.summary("dft")["weight_share_high"], abs=1e-3)
     assert binned.logp.min() > -30  # nothing at the bottom of the grid
+
+
+def test_per_example_pages_load_the_tokens_only_for_a_scheme_their_bins_lack(
+        ex_pair, monkeypatch):
+    """Above BINNED_ABOVE the Examples page works on the bins for EAFT (no token loaded)
+    and loads the tokens for excess, which no histogram carries, while the run is under
+    TOKENS_UP_TO: its columns are then the exact ones."""
+    from infosft.app import state
+
+    path, exact, _ = ex_pair
+    monkeypatch.setattr(state, "BINNED_ABOVE", 0)
+    with monkeypatch.context() as m:
+        m.setattr(Targets, "from_run", classmethod(_no_tokens))
+        at = app_page("views/examples.py", run_path=str(path), settings=Settings(scheme="eaft"))
+        assert not at.exception and not at.error
+        assert any(c.value.startswith("This run is large") for c in at.caption)
+    at = app_page("views/examples.py", run_path=str(path),
+                  settings=Settings(scheme="excess", extra=(("excess", "per", "example"),)))
+    assert not at.exception and not at.error
+    assert not any(c.value.startswith(("This run is large", "Excess")) for c in at.caption)
+    want = exact.per_example(exact.weights("excess", per="example"))
+    got = at.dataframe[0].value.sort_values("example_id")["mean_weight"].to_numpy()
+    np.testing.assert_allclose(got, want["mean_weight"].to_numpy(), atol=1e-9)
