@@ -92,11 +92,14 @@ move = med(lambda i: examples_view(t, examples, "infosft", {"C": 1.5 + 0.25 * i}
                                    sort_by="mean_weight"))
 rnd = med(lambda i: examples_view(t, examples, "profit", {"threshold": 0.1 + 0.05 * i,
                                   "direction": "random", "seed": 0}), n=3)
+eaft = med(lambda i: examples_view(t, examples, "eaft", {"alpha": 0.5 + 0.25 * i},
+                                   sort_by="mean_weight"))
 mid = int(examples["example_id"][examples.height // 2])
 view = med(lambda i: token_view(run, mid, t, vocab, Settings(C=1.5 + 0.25 * i)), n=3)
 view_r = med(lambda i: token_view(run, mid, t, vocab, Settings(direction="random",
                                                                  threshold=0.3, seed=i)), n=3)
-print(json.dumps({"load_s": load, "move_ms": move, "random_ms": rnd, "view_ms": view,
+print(json.dumps({"load_s": load, "move_ms": move, "random_ms": rnd, "eaft_ms": eaft,
+                  "view_ms": view,
                   "view_random_ms": view_r,
                   "rss_mb": psutil.Process().memory_info().rss / 2**20}))
 """
@@ -134,11 +137,13 @@ def main() -> None:
                 out = subprocess.run([sys.executable, "-c", child, str(run.path), mode],
                                      capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                by = ("" if "by_ms" not in r else f" {r['cells']:8,} {r['move_ms']:8.1f} "
-                      f"{r['group_s']:11.2f} {r['by_ms']:8.1f}")
+                by = (f" {'':>8} {r['move_ms']:8.1f} {'':>11} {'':>8}" if "by_ms" not in r
+                      else f" {r['cells']:8,} {r['move_ms']:8.1f} {r['group_s']:11.2f} "
+                      f"{r['by_ms']:8.1f}")
                 print(f"{n:>12,} {mode:>7} {r['load_s']:8.2f}{by} "
                       f"{r['rss_mb']:8.0f}" + ("" if "view_ms" not in r else
-                      f"  (ProFit random move {r['random_ms']:.0f} ms; Token view open "
+                      f"  (ProFit random move {r['random_ms']:.0f} ms; EAFT move "
+                      f"{r['eaft_ms']:.0f} ms; Token view open "
                       f"{r['view_ms']:.0f} ms, ProFit random {r['view_random_ms']:.0f} ms)"),
                       flush=True)
 

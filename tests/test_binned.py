@@ -1,5 +1,6 @@
-"""Statistics from a fine histogram (``Targets.binned``): the same numbers as the exact
-per-token ones within bounds that hold them, at a cost that does not grow with the run."""
+"""Statistics from histograms (``Targets.binned``, ``ExampleBins``): the same numbers as
+the exact per-token ones within bounds that hold them, at a cost that does not grow with
+the run."""
 
 from __future__ import annotations
 
