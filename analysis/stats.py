@@ -168,8 +168,8 @@ class Targets:
     @classmethod
     def binned(cls, run: str | Path | Run) -> "Targets":
         """The run's target tokens as the cells of a joint histogram (see the class and
-        :mod:`analysis.cells`), built by polars' streaming engine: memory bounded by a
-        batch of tokens, not the run."""
+        :mod:`analysis.cells`), built part by part: memory bounded by a part of the run
+        and the cells, not the run."""
         run = run if isinstance(run, Run) else Run(run)
         fields = run.token_fields()
         grid = Grid.of(fields)

@@ -120,7 +120,7 @@ def main() -> None:
                     raise SystemExit("the metric did not change within 60 s")
                 time.sleep(0.005)
             moves.append(time.perf_counter() - t0)
-            time.sleep(1.0)  # let the charts finish drawing before the next press
+            time.sleep(2.0)  # let the charts finish drawing before the next press
         print("moves (ms):", " ".join(f"{1000 * m:.0f}" for m in moves))
         print(f"median {1000 * statistics.median(moves):.0f} ms; app RSS "
               f"{rss_mb(app.pid):.0f} MB")
