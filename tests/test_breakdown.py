@@ -17,6 +17,7 @@ import pytest
 from infosft.analysis import breakdown as bd
 from infosft.analysis.stats import weights as run_weights
 from infosft.analysis.store import Run
+from infosft.analysis.tune import Settings
 from infosft.errors import InfosftError
 from tests.helpers import CODE_ROWS, MATH_ROWS, SAMPLE_RUN, app_page, cli, error_line, \
     reference_weights
@@ -277,6 +278,32 @@ def test_overview_section_shows_every_schemes_share_per_task(workspace):
     shown = next(d.value for d in at.dataframe if "Group" in d.value.columns)
     assert shown["Group"].tolist() == ["math", "code"]
     assert shown["Target tokens"].sum() == Run(SAMPLE_RUN).meta()["counts"]["target_tokens"]
+
+
+def test_overview_section_of_a_large_run_comes_from_its_cells(workspace, monkeypatch):
+    """Above BINNED_ABOVE the section is drawn from the run's cells, no token loaded:
+    each scheme's share per task within half a point of the exact one."""
+    pytest.importorskip("streamlit")
+    from infosft.analysis.stats import Targets
+    from infosft.app import state
+
+    table = bd.breakdown(SAMPLE_RUN, "task", C=2.0)
+    monkeypatch.setattr(state, "BINNED_ABOVE", 0)
+
+    def no_tokens(cls, *a, **k):
+        raise AssertionError("every token loaded")
+
+    monkeypatch.setattr(Targets, "from_run", classmethod(no_tokens))
+    at = app_page("views/overview.py", settings=Settings(C=2.0))
+    _ok(at)
+    assert any(c.value == state.BINNED_NOTE for c in at.caption)
+    bars = _bars(at)
+    assert len(bars) == 5
+    for scheme, label in (("infosft", "InfoSFT"), ("eaft", "EAFT")):
+        want = table.filter(pl.col("scheme") == scheme)
+        name = next(n for n in bars if n.startswith(f"weight {label}"))
+        assert bars[name] == pytest.approx(dict(zip(want["group"], want["weight_share"])),
+                                           abs=5e-3)
 
 
 def test_tune_section_follows_the_knobs(workspace):
