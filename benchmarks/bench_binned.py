@@ -10,8 +10,10 @@ values in each record), then in a fresh process per mode loads it as Overview an
 (``Targets.from_run``, exact; ``Targets.binned``, the cells of a joint histogram), builds
 the breakdown by ``source`` (``Grouping.build`` / ``build_binned``) and times a slider
 move: ``analysis.tune.tune_view`` for a new C (the summary, every supported scheme's
-table, both histograms), then the by-source table for it, medians of 7. Prints the load
-time, the cells, the move, the breakdown's build and move, and the RSS after loading.
+table, both histograms), then the by-source table for it, then Tune's three charts built
+and serialized (``+charts``: the whole move, statistics to chart JSON), medians of 7.
+Prints the load time, the cells, the move, the breakdown's build and move, the whole
+move, and the RSS after loading.
 
 The ``examples`` modes time the per-example pages instead: ``examples`` as a large run's
 pages load it (``ExampleBins.from_run``: a coarse histogram per example), ``examples-exact``
@@ -38,6 +40,8 @@ from infosft.analysis import breakdown as bd
 from infosft.analysis.stats import Targets
 from infosft.analysis.store import Run
 from infosft.analysis.tune import Settings, tune_view
+from infosft.app import charts
+from infosft.app.render import scheme_labels
 path, mode = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 t = Targets.binned(path) if mode == "binned" else Targets.from_run(path)
@@ -50,17 +54,26 @@ labels = bd.group_labels(run, "source")
 g = (bd.Grouping.build_binned(run, t, labels, "source") if t.is_binned
      else bd.Grouping.build(t, labels, "source"))
 group_s = time.perf_counter() - t0
-moves, by = [], []
+moves, by, drawn = [], [], []
 for i in range(7):
     s = Settings(scheme="infosft", C=1.5 + 0.25 * i)
     t0 = time.perf_counter()
     view = tune_view(t, s, bins=50)
     t1 = time.perf_counter()
-    g.table(t, {s.scheme: s.knobs()}, {s.scheme: view["weights"][s.scheme]})
+    table = g.table(t, {s.scheme: s.knobs()}, {s.scheme: view["weights"][s.scheme]})
+    t2 = time.perf_counter()
+    labels = scheme_labels(s)  # Tune's three charts, as the page builds and sends them
+    for fig in (charts.q_histogram_with_curves(view["hist"], view["curves"], log_x=False,
+                                               labels=labels),
+                charts.weight_share_histogram(view["hist"], log_x=False, labels=labels),
+                charts.group_share_bars(table, [s.scheme], labels, "source")):
+        fig.to_json()
     moves.append(t1 - t0)
-    by.append(time.perf_counter() - t1)
+    by.append(t2 - t1)
+    drawn.append(time.perf_counter() - t0)
 print(json.dumps({"load_s": load, "move_ms": 1000 * statistics.median(moves),
                   "group_s": group_s, "by_ms": 1000 * statistics.median(by),
+                  "page_ms": 1000 * statistics.median(drawn),
                   "cells": len(t.logp), "schemes": len(view["weights"]),
                   "rss_mb": psutil.Process().memory_info().rss / 2**20}))
 """
@@ -120,7 +133,7 @@ def main() -> None:
     from infosft.analysis.synthetic import make_run
 
     print(f"{'targets':>12} {'mode':>7} {'load s':>8} {'cells':>8} {'move ms':>8} "
-          f"{'by: build s':>11} {'move ms':>8} {'RSS MB':>8}")
+          f"{'by: build s':>11} {'move ms':>8} {'+charts':>8} {'RSS MB':>8}")
     for n in args.tokens:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -137,9 +150,9 @@ def main() -> None:
                 out = subprocess.run([sys.executable, "-c", child, str(run.path), mode],
                                      capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                by = (f" {'':>8} {r['move_ms']:8.1f} {'':>11} {'':>8}" if "by_ms" not in r
+                by = (f" {'':>8} {r['move_ms']:8.1f} {'':>11} {'':>8} {'':>8}" if "by_ms" not in r
                       else f" {r['cells']:8,} {r['move_ms']:8.1f} {r['group_s']:11.2f} "
-                      f"{r['by_ms']:8.1f}")
+                      f"{r['by_ms']:8.1f} {r['page_ms']:8.1f}")
                 print(f"{n:>12,} {mode:>7} {r['load_s']:8.2f}{by} "
                       f"{r['rss_mb']:8.0f}" + ("" if "view_ms" not in r else
                       f"  (ProFit random move {r['random_ms']:.0f} ms; EAFT move "
