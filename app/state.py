@@ -74,10 +74,10 @@ BINNED_NOTE = ("This run is large, so Overview and Tune work on a histogram of i
                "same at any size; mean weight, share with w > 0 and effective tokens "
                "come within 1% of the exact ones (`infosft stats` uses the tokens).")
 EXAMPLES_BINNED = ("This run is large, so the weight columns come from a histogram of each "
-                   f"example's target tokens ({EX_BINS} bins in logit q, {EXH_BINS} in "
-                   "H_top20), not the tokens: each example's mean w is within ±{mean:.3f} of "
-                   "the exact one, its share w = 0 within ±{zero:.1%} (`infosft stats` and "
-                   "the export use the tokens).")
+                   f"example's target tokens ({EX_BINS} bins in logit q; for EAFT, "
+                   f"{EXH_BINS} in H_top20), not the tokens: "
+                   "each example's mean w is within ±{mean:.3f} of the exact one, its share "
+                   "w = 0 within ±{zero:.1%} (`infosft stats` and the export use the tokens).")
 EXAMPLES_EXACT = ("This run is large, so the weight columns come from a histogram of each "
                   "example's target tokens; ProFit random's are exact all the same (the "
                   "run's own draws, regenerated).")

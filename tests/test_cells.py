@@ -119,16 +119,23 @@ def test_tune_view_of_the_histogram_matches_the_tokens(pair):
         assert np.abs(ha[scheme].to_numpy() - hb[scheme].to_numpy()).sum() < 0.02, scheme
 
 
-def test_cells_by_group_add_up_to_the_runs(pair, tmp_path):
+@pytest.mark.parametrize("fields", [("entropy_top20",), BOTH])
+def test_cells_by_group_add_up_to_the_runs(tmp_path, fields):
+    """Each group's cells, summed, are the run's: counts and means (group codes up to 19:
+    on the two-field grid, group 10 onwards has keys past 2^31)."""
     run = Run(make_run(tmp_path / "run", n_examples=60, target_tokens=30, seed=4,
-                       part_examples=25, fields=("entropy_top20",)).path)
+                       part_examples=25, fields=fields).path)
     grid = Grid.of(run.token_fields())
     whole = cells(run, grid)
     groups = pl.DataFrame({"example_id": np.arange(60, dtype=np.int32),
-                           "group": (np.arange(60) % 3).astype(np.int32)})
+                           "group": (np.arange(60) % 20).astype(np.int32)})
     split = cells(run, grid, groups)
-    assert split["group"].unique().sort().to_list() == [0, 1, 2]
-    summed = split.group_by("key").agg(pl.col("count").sum()).sort("key")
+    assert split["group"].unique().sort().to_list() == list(range(20))
+    summed = split.group_by("key").agg(
+        pl.col("count").sum(), (pl.col("logp") * pl.col("count")).sum().alias("s")
+    ).sort("key")
     assert summed["key"].to_list() == whole["key"].to_list()
     assert summed["count"].to_list() == whole["count"].to_list()
+    np.testing.assert_allclose(summed["s"].to_numpy() / summed["count"].to_numpy(),
+                               whole["logp"].to_numpy(), rtol=1e-9)
     assert whole["count"].sum() == 60 * 30
