@@ -315,18 +315,28 @@ def _facts(names: list[str], examples: np.ndarray, parts: list[Targets],
 # knob move, and the records are parsed only when the run or the column changes.
 _cache: dict[tuple, Any] = {}
 _cache_lock = threading.Lock()
+_building: dict[tuple, threading.Lock] = {}
 _CACHE_SIZE = 8
 
 
 def _cached(key: tuple, make):
+    """``make()``'s value for ``key``, made once however many threads ask at the same
+    time: a slider moved while a large run's grouping is being built (15 s at 100M target
+    tokens) starts a new script run beside the old one, and each used to build its own."""
     with _cache_lock:
         if key in _cache:
             return _cache[key]
-    value = make()
-    with _cache_lock:
-        while len(_cache) >= _CACHE_SIZE:
-            _cache.pop(next(iter(_cache)))
-        _cache[key] = value
+        building = _building.setdefault(key, threading.Lock())
+    with building:  # the others wait for the first, then find its value
+        with _cache_lock:
+            if key in _cache:
+                return _cache[key]
+        value = make()
+        with _cache_lock:
+            while len(_cache) >= _CACHE_SIZE:
+                _cache.pop(next(iter(_cache)))
+            _cache[key] = value
+            _building.pop(key, None)
     return value
 
 

@@ -395,3 +395,32 @@ def test_a_large_runs_breakdown_comes_from_its_cells(tmp_path, max_groups):
     again = bd.grouping(run, "source", targets=binned)
     assert again.names == bd.grouping(run, "source", targets=exact).names
     assert sum(len(p.logp) for p in b.parts) <= len(b.names) * len(binned.logp)
+
+
+def test_a_grouping_asked_for_by_several_threads_is_built_once(monkeypatch):
+    """A slider moved while a large run's grouping is built starts a second script run:
+    it waits for the first build rather than starting its own (each held ~0.5 GB)."""
+    import threading
+
+    built, started, release = [], threading.Event(), threading.Event()
+    real = bd.Grouping.build
+
+    def slow_build(*a, **k):
+        built.append(1)
+        started.set()
+        release.wait(10)
+        return real(*a, **k)
+
+    monkeypatch.setattr(bd.Grouping, "build", staticmethod(slow_build))
+    monkeypatch.setattr(bd, "_cache", {})
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(bd.grouping(SAMPLE_RUN, "task")))
+               for _ in range(3)]
+    threads[0].start()
+    assert started.wait(10)
+    for t in threads[1:]:
+        t.start()
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert len(built) == 1 and len(out) == 3 and out[0] is out[1] is out[2]

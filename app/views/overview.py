@@ -40,7 +40,8 @@ def body() -> None:
         st.caption(NO_COLUMN)
         return
     column = st.selectbox("Break down by", columns, key="ov_by", help=BY_HELP)
-    g = breakdown.grouping(run, column, targets=t, examples=ex)
+    with st.spinner(f"Breaking the run down by {column}..."):  # once per run and column
+        g = breakdown.grouping(run, column, targets=t, examples=ex)
     schemes = list(view["weights"])  # those the run supports
     table = g.table(t, {sc: s.knobs(sc) for sc in schemes}, view["weights"])
     st.plotly_chart(charts.group_share_bars(table, [sc for sc in schemes if sc != "sft"],
