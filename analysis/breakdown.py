@@ -218,14 +218,18 @@ class Grouping:
 
     @classmethod
     def build_binned(cls, run: Run, targets: Targets, labels: pl.DataFrame, column: str,
-                     *, max_groups: int = MAX_GROUPS) -> "Grouping":
+                     *, examples: pl.DataFrame | None = None,
+                     max_groups: int = MAX_GROUPS) -> "Grouping":
         """From a binned :class:`Targets` of ``run`` (:meth:`Targets.binned`) and
-        :func:`group_labels`' frame: one streaming pass over the run's tokens counts each
-        group's tokens per cell (memory bounded by a batch and groups x cells)."""
-        per_ex = run.collect(run.scan_tokens()
-                             .filter(pl.col("is_target") & pl.col("logp").is_not_null()
-                                     & ~pl.col("logp").is_nan())
-                             .group_by("example_id").len(), streaming=True)
+        :func:`group_labels`' frame: one pass over the run's parts counts each group's
+        tokens per cell (memory bounded by a part and groups x cells). The groups are
+        ranked by ``examples``' ``n_target`` (the run's examples table), or without it
+        by a pass that counts each example's targets."""
+        if examples is not None and "n_target" in examples.columns:
+            per_ex = examples.select("example_id", pl.col("n_target").alias("len"))
+        else:
+            per_ex = run.collect(run.scan_tokens().filter(pl.col("is_target"))
+                                 .group_by("example_id").len(), streaming=True)
         n_of = dict(zip(per_ex["example_id"].to_list(), per_ex["len"].to_list()))
         tokens = Counter()
         for e, g in zip(labels["example_id"].to_list(), labels["group"].to_list()):
@@ -366,7 +370,8 @@ def grouping(run: str | Path | Run, column: str, *, targets: Targets | None = No
         labels = _labels(ex, column, run.path)
         t = Targets.from_run(run) if targets is None else targets
         if t.is_binned:
-            return Grouping.build_binned(run, t, labels, column, max_groups=max_groups)
+            return Grouping.build_binned(run, t, labels, column, examples=ex,
+                                         max_groups=max_groups)
         return Grouping.build(t, labels, column, max_groups=max_groups)
 
     binned = targets is not None and targets.is_binned

@@ -53,9 +53,41 @@ def logp_of_z(z: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -z)
 
 
-def h_edges() -> np.ndarray:
-    """``(H_BINS + 2,)`` edges of the entropy axis: 0, then log-spaced H_MIN .. ln 20."""
-    return np.r_[0.0, np.geomspace(H_MIN, H_MAX, H_BINS + 1)]
+def h_edges(n_bins: int = H_BINS) -> np.ndarray:
+    """``(n_bins + 2,)`` edges of an entropy axis of ``n_bins`` log-spaced bins: 0, then
+    H_MIN .. ln 20."""
+    return np.r_[0.0, np.geomspace(H_MIN, H_MAX, n_bins + 1)]
+
+
+def z_bin(step: int = 1) -> pl.Expr:
+    """The z = logit(q) bin (float, before the cast) of each row's ``logp``, bins of
+    ``step`` fine bins. A logp a rounding above 0 is q = 1 (the top bin), as the schemes
+    read it; NaN goes to bin 0, null stays null."""
+    lp = pl.col("logp").cast(pl.Float64).clip(upper_bound=0.0)
+    z = lp - (1 - lp.exp()).log()  # logit(q); 1 - exp in float64 is exact enough here
+    n = 2 * BIN_HALF // step
+    return ((z + BIN_HALF * BIN_WIDTH) / (BIN_WIDTH * step)).floor().fill_nan(0).clip(0, n - 1)
+
+
+def h_bin(n_bins: int = H_BINS) -> pl.Expr:
+    """The bin of each row's ``entropy_top20`` among :func:`h_edges` (``n_bins``): 0 below
+    H_MIN, 1..n_bins log-spaced (ln 20 and a rounding above it in the last); null for a
+    null or NaN H."""
+    v = pl.col("entropy_top20").cast(pl.Float64)
+    idx = ((v.clip(lower_bound=H_MIN).log() - math.log(H_MIN))
+           / (math.log(H_MAX / H_MIN) / n_bins)).floor() + 1
+    return (pl.when(v.is_null() | v.is_nan()).then(None)
+            .when(v < H_MIN).then(0).otherwise(idx.clip(1, n_bins)))
+
+
+def z_edges(i: np.ndarray, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The logp edges ``(lo, hi)`` of z bins ``i`` (of ``step`` fine bins); the end bins
+    reach to q = 0 and q = 1."""
+    fine = np.asarray(i, dtype=np.int64) * step
+    lo = np.where(fine == 0, -np.inf, BIN_EDGES_Z[fine])
+    hi = np.where(fine + step >= 2 * BIN_HALF, np.inf,
+                  BIN_EDGES_Z[np.minimum(fine + step, 2 * BIN_HALF)])
+    return logp_of_z(lo), logp_of_z(hi)
 
 
 @dataclass(frozen=True)
@@ -85,18 +117,14 @@ class Grid:
     def key(self) -> pl.Expr:
         """The cell key (i64) of each row of a token frame (``logp`` and the fields not
         null or NaN). A logp a rounding above 0 is q = 1, as the schemes read it."""
-        lp = pl.col("logp").cast(pl.Float64).clip(upper_bound=0.0)
-        z = lp - (1 - lp.exp()).log()  # logit(q); 1 - exp in float64 is exact enough here
-        width = BIN_WIDTH * self.z_step
-        key = ((z + BIN_HALF * BIN_WIDTH) / width).floor().fill_nan(0).clip(0, self.n_z - 1)
+        key = z_bin(self.z_step)
         radix = self.n_z
         for f in self.fields:
             v = pl.col(f).cast(pl.Float64)
             if f == "entropy_top20":
-                idx = ((v.clip(lower_bound=H_MIN).log() - math.log(H_MIN))
-                       / (math.log(H_MAX / H_MIN) / H_BINS)).floor() + 1
-                idx = pl.when(v < H_MIN).then(0).otherwise(idx.clip(1, H_BINS))
+                idx = h_bin()
             else:
+                lp = pl.col("logp").cast(pl.Float64).clip(upper_bound=0.0)
                 idx = ((v - lp) / D_WIDTH + D_HALF).floor().clip(0, 2 * D_HALF - 1)
             idx = pl.when(v.is_null() | v.is_nan()).then(_AXIS_SIZE[f] - 1).otherwise(idx)
             key = key + radix * idx
@@ -113,12 +141,7 @@ class Grid:
         field, each ``(n,)`` float32. The end bins reach to infinity (z) or to the
         field's range."""
         idx = self.unravel(key)
-        zi = idx[0] * self.z_step
-        lo_z = BIN_EDGES_Z[zi]
-        hi_z = BIN_EDGES_Z[zi + self.z_step]
-        lo_z = np.where(zi == 0, -np.inf, lo_z)
-        hi_z = np.where(zi + self.z_step >= 2 * BIN_HALF, np.inf, hi_z)
-        axes = [(logp_of_z(lo_z), logp_of_z(hi_z))]
+        axes = [z_edges(idx[0], self.z_step)]
         for f, i in zip(self.fields, idx[1:]):
             null = i == _AXIS_SIZE[f] - 1
             if f == "entropy_top20":

@@ -10,7 +10,6 @@ bounds. A scheme of other fields, or of several, needs the tokens.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from infosft.analysis.cells import BIN_EDGES_Z, BIN_HALF, BIN_WIDTH, H_MAX, H_MIN, logp_of_z
+from infosft.analysis.cells import BIN_EDGES_Z, BIN_HALF, h_bin, h_edges, logp_of_z, z_bin, z_edges
 from infosft.analysis.stats import Targets, missing_reason, weights
 from infosft.analysis.store import Run
 from infosft.errors import InfosftError
@@ -49,32 +48,6 @@ FINE_H_TO_COARSE = np.r_[0, (np.arange(EXH_FINE) // EXH_PER) + 1, EXH_NULL_BIN].
 DRAW_CHUNK = 1 << 22
 #: Occupied per-example bins summed at a time (:meth:`Axis.sums`).
 SUM_CHUNK = 1 << 19
-
-
-def _fine_bins(logp: np.ndarray) -> np.ndarray:
-    """The fine-grid bin of each logp (as :meth:`Targets.binned` bins a run without
-    fields; a rounding error above 0 as 0, like the schemes' clamp); -1 for NaN."""
-    lp = np.minimum(logp.astype(np.float64), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = lp - np.log(1 - np.exp(lp))
-        idx = np.floor((z + BIN_HALF * BIN_WIDTH) / BIN_WIDTH)
-    idx = np.clip(np.nan_to_num(idx, nan=0.0, posinf=2 * BIN_HALF - 1, neginf=0),
-                  0, 2 * BIN_HALF - 1)
-    idx[np.isnan(lp)] = -1
-    return idx.astype(np.int64)
-
-
-def _fine_h_bins(h: np.ndarray, logp: np.ndarray) -> np.ndarray:
-    """The fine entropy bin of each target: 0 below H_MIN, 1..EXH_FINE log-spaced, and
-    ``EXH_FINE + 1`` where H or logp is missing (such a token weighs 0)."""
-    h = h.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        idx = np.floor(np.log(np.maximum(h, H_MIN) / H_MIN)
-                       / (math.log(H_MAX / H_MIN) / EXH_FINE)) + 1
-    idx = np.clip(np.nan_to_num(idx, nan=0.0), 1, EXH_FINE)
-    idx = np.where(h < H_MIN, 0, idx)
-    idx[np.isnan(h) | np.isnan(logp)] = EXH_FINE + 1
-    return idx.astype(np.int64)
 
 
 def random_draws(seed: int, start: int, stop: int) -> np.ndarray:
@@ -252,20 +225,23 @@ class ExampleBins:
         q = _Builder(2 * BIN_HALF, FINE_TO_COARSE, EX_BINS)
         h = _Builder(EXH_FINE + 2, FINE_H_TO_COARSE, EXH_BINS) if has_h else None
         ids, n = [], []
+        # the fine bins as the run's cells bin them (analysis.cells); -1: no logp (or H)
+        ok = pl.col("logp").is_not_null() & ~pl.col("logp").is_nan()
+        cols = [pl.col("example_id"),
+                pl.when(ok).then(z_bin()).otherwise(-1).cast(pl.Int64).alias("q")]
+        if has_h:
+            cols += [pl.when(ok).then(h_bin(EXH_FINE)).otherwise(None).fill_null(-1)
+                     .cast(pl.Int64).alias("h"),
+                     pl.col("entropy_top20").cast(pl.Float64).fill_null(np.nan).alias("hv")]
         for part in run.check_parts():
-            df = run.collect(pl.scan_parquet(part).filter(pl.col("is_target"))
-                             .select("example_id", pl.col("logp").cast(pl.Float32),
-                                     *(["entropy_top20"] if has_h else [])))
+            df = run.collect(pl.scan_parquet(part).filter(pl.col("is_target")).select(cols))
             if not df.height:
                 continue
             ex_ids, row = np.unique(df["example_id"].to_numpy(), return_inverse=True)
-            lp = df["logp"].fill_null(np.nan).to_numpy()
             ids.append(ex_ids)
-            n.append(q.add(row, len(ex_ids), _fine_bins(lp)))
+            n.append(q.add(row, len(ex_ids), df["q"].to_numpy()))
             if h is not None:
-                hv = df["entropy_top20"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-                fine = _fine_h_bins(hv, lp)
-                h.add(row, len(ex_ids), np.where(fine == EXH_FINE + 1, -1, fine), hv)
+                h.add(row, len(ex_ids), df["h"].to_numpy(), df["hv"].to_numpy())
         ex_ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
         n_t = np.concatenate(n) if n else np.zeros(0, np.int64)
         order = np.argsort(ex_ids, kind="stable")
@@ -311,18 +287,15 @@ class ExampleBins:
 
     def _q_table(self, scheme: str, knobs: dict[str, Any]) -> np.ndarray:
         keep = np.flatnonzero(self.q.fine_count)
-        lo_z, hi_z = BIN_EDGES_Z[keep], BIN_EDGES_Z[keep + 1]
-        lo_z[keep == 0] = -np.inf
-        hi_z[keep == 2 * BIN_HALF - 1] = np.inf
         mid = (BIN_EDGES_Z[keep] + BIN_EDGES_Z[keep + 1]) / 2  # the end bins: their centres
-        w = [weights(logp_of_z(z).astype(np.float32), scheme, **knobs).astype(np.float64)
-             for z in (lo_z, hi_z, mid)]
+        w = [weights(lp.astype(np.float32), scheme, **knobs).astype(np.float64)
+             for lp in (*z_edges(keep), logp_of_z(mid))]
         return _table(self.q.fine_count, FINE_TO_COARSE, EX_BINS, EX_NULL_BIN, *w, keep)
 
     def _h_table(self, scheme: str, knobs: dict[str, Any]) -> np.ndarray:
         ax = self.h
         keep = np.flatnonzero(ax.fine_count[:EXH_FINE + 1])  # the null bin weighs 0
-        edges = np.r_[0.0, np.geomspace(H_MIN, H_MAX, EXH_FINE + 1)]
+        edges = h_edges(EXH_FINE)
         mean = ax.fine_sum[keep] / ax.fine_count[keep]
         zero = np.zeros(len(keep), dtype=np.float32)  # logp: not read by a scheme of H
         w = [weights(zero, scheme, fields={"entropy_top20": v.astype(np.float32)},

@@ -51,7 +51,8 @@ load = time.perf_counter() - t0
 t0 = time.perf_counter()
 run = Run(path)
 labels = bd.group_labels(run, "source")
-g = (bd.Grouping.build_binned(run, t, labels, "source") if t.is_binned
+g = (bd.Grouping.build_binned(run, t, labels, "source", examples=run.read_examples())
+     if t.is_binned
      else bd.Grouping.build(t, labels, "source"))
 group_s = time.perf_counter() - t0
 moves, by, drawn = [], [], []

@@ -319,3 +319,14 @@ def hf_args(tmp_path, **kw):
     from transformers import TrainingArguments
 
     return TrainingArguments(**{**CPU_ARGS, "output_dir": str(tmp_path / "out"), **kw})
+
+
+def forbid_token_load(monkeypatch) -> None:
+    """Make loading every target token of a run (``Targets.from_run``) fail the test:
+    a page of a large run must work on its histograms."""
+    from infosft.analysis.stats import Targets
+
+    def no_tokens(cls, *a, **k):
+        raise AssertionError("Targets.from_run was called: every token loaded")
+
+    monkeypatch.setattr(Targets, "from_run", classmethod(no_tokens))

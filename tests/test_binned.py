@@ -15,7 +15,7 @@ from infosft.analysis.cells import BIN_HALF
 from infosft.analysis.stats import Targets
 from infosft.analysis.synthetic import make_run
 from infosft.analysis.tune import Settings, auto_c, tune_view
-from tests.helpers import SAMPLE_RUN, app_page
+from tests.helpers import SAMPLE_RUN, app_page, forbid_token_load
 
 KNOBS = [("sft", {}), ("dft", {}), ("infosft", {"C": 2.0}), ("infosft", {"P": 0.99}),
          ("infosft", {"C": 0.3}), ("profit", {}), ("profit", {"threshold": 0.5}),
@@ -222,7 +222,7 @@ def test_token_view_at_scale_reads_one_example(ex_pair, monkeypatch):
     run = Run(path)
     s = Settings(C=2.0, direction="random", threshold=0.3, seed=2)
     want = token_view(run, 123, exact, run.read_vocab(), s)
-    monkeypatch.setattr(Targets, "from_run", classmethod(_no_tokens))
+    forbid_token_load(monkeypatch)
     got = token_view(run, 123, bins, run.read_vocab(), s)
     assert got.columns == want.columns and "w_excess" in got.columns
     for sc in ("sft", "dft", "infosft", "profit", "eaft"):
@@ -233,16 +233,12 @@ def test_token_view_at_scale_reads_one_example(ex_pair, monkeypatch):
     assert tgt["w_excess"].sum() == math.ceil(0.6 * tgt.height)  # the example's top 60%
 
 
-def _no_tokens(cls, *a, **k):
-    raise AssertionError("Targets.from_run was called: every token loaded")
-
-
 def _binned_app(monkeypatch):
     from infosft.app import state
 
     monkeypatch.setattr(state, "BINNED_ABOVE", 0)
     monkeypatch.setattr(state, "TOKENS_UP_TO", 0)
-    monkeypatch.setattr(Targets, "from_run", classmethod(_no_tokens))
+    forbid_token_load(monkeypatch)
     return state
 
 
@@ -328,17 +324,16 @@ def test_token_view_page_at_scale_says_what_is_ranked_per_example(ex_pair, monke
 
 
 def test_example_bins_use_the_runs_fine_grid(ex_pair):
-    from infosft.analysis.example_bins import _fine_bins
-
-    from infosft.analysis.cells import Grid, cells
+    from infosft.analysis.cells import Grid, cells, z_bin
     from infosft.analysis.store import Run
 
     path, _, bins = ex_pair
     fine = cells(Run(path), Grid.of(()))  # the grid of a run without optional fields
     np.testing.assert_array_equal(np.flatnonzero(bins.fine_count), fine["key"].to_numpy())
     np.testing.assert_array_equal(bins.fine_count[fine["key"].to_numpy()], fine["count"])
-    lp = np.array([-50, -np.inf, 0, 1e-7, np.nan], dtype=np.float32)  # beyond the grid
-    assert _fine_bins(lp).tolist() == [0, 0, 2 * BIN_HALF - 1, 2 * BIN_HALF - 1, -1]
+    lp = pl.Series("logp", [-50, -np.inf, 0, 1e-7, np.nan, None], dtype=pl.Float32)
+    got = pl.DataFrame([lp]).select(z_bin())["logp"].to_list()  # beyond the grid
+    assert got == [0, 0, 2 * BIN_HALF - 1, 2 * BIN_HALF - 1, 0, None]
 
 
 def test_example_bins_of_parts_out_of_example_order(tmp_path):
@@ -389,7 +384,7 @@ def test_per_example_pages_load_the_tokens_only_for_a_scheme_their_bins_lack(
     path, exact, _ = ex_pair
     monkeypatch.setattr(state, "BINNED_ABOVE", 0)
     with monkeypatch.context() as m:
-        m.setattr(Targets, "from_run", classmethod(_no_tokens))
+        forbid_token_load(m)
         at = app_page("views/examples.py", run_path=str(path), settings=Settings(scheme="eaft"))
         assert not at.exception and not at.error
         assert any(c.value.startswith("This run is large") for c in at.caption)

@@ -20,7 +20,7 @@ from infosft.analysis.store import Run
 from infosft.analysis.tune import Settings
 from infosft.errors import InfosftError
 from tests.helpers import CODE_ROWS, MATH_ROWS, SAMPLE_RUN, app_page, cli, error_line, \
-    reference_weights
+    forbid_token_load, reference_weights
 from tests.helpers import SAMPLE_SCHEMES as SCHEMES  # the schemes the sample run supports
 
 KNOBS = {"sft": {}, "dft": {}, "infosft": {"C": 2.0}, "profit": {"threshold": 0.1},
@@ -284,16 +284,12 @@ def test_overview_section_of_a_large_run_comes_from_its_cells(workspace, monkeyp
     """Above BINNED_ABOVE the section is drawn from the run's cells, no token loaded:
     each scheme's share per task within half a point of the exact one."""
     pytest.importorskip("streamlit")
-    from infosft.analysis.stats import Targets
     from infosft.app import state
 
     table = bd.breakdown(SAMPLE_RUN, "task", C=2.0)
     monkeypatch.setattr(state, "BINNED_ABOVE", 0)
 
-    def no_tokens(cls, *a, **k):
-        raise AssertionError("every token loaded")
-
-    monkeypatch.setattr(Targets, "from_run", classmethod(no_tokens))
+    forbid_token_load(monkeypatch)
     at = app_page("views/overview.py", settings=Settings(C=2.0))
     _ok(at)
     assert any(c.value == state.BINNED_NOTE for c in at.caption)
@@ -375,6 +371,11 @@ def test_a_large_runs_breakdown_comes_from_its_cells(tmp_path, max_groups):
     exact, binned = Targets.from_run(run.path), Targets.binned(run.path)
     a = bd.Grouping.build(exact, labels, "source", max_groups=max_groups)
     b = bd.Grouping.build_binned(run, binned, labels, "source", max_groups=max_groups)
+    # ranked by the examples table's n_target, as the app does, instead of a token pass
+    b2 = bd.Grouping.build_binned(run, binned, labels, "source", max_groups=max_groups,
+                                  examples=run.read_examples())
+    assert (b2.names, b2.examples.tolist()) == (b.names, b.examples.tolist())
+    assert b2.facts.equals(b.facts)
     assert (b.names, b.capped, b.n_groups) == (a.names, a.capped, a.n_groups) \
         and b.examples.tolist() == a.examples.tolist()
     assert a.names[0] == "math" and len(a.names) == (5 if max_groups == 20 else 3)
