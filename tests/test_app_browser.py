@@ -731,12 +731,15 @@ def test_try_the_model_generates_from_both_models_with_cards(server, browser, ap
         (By.CSS_SELECTOR, '[class*="st-key-try_go"] button'))).click()
     expander = browser.find_element(By.XPATH, "//details[.//summary[.//*[contains(text(), "
                                     "'Try the model')]]]")
-    wait(browser, 120).until(lambda d: "Tuned model" in expander.text and len(
-        expander.find_elements(By.CSS_SELECTOR, ".tv span.t")) >= 2)
+    # both models' outputs drawn: the "Tuned model" heading comes before its tokens, so
+    # waiting for it let the last token found be the base model's
+    wait(browser, 120).until(lambda d: len(expander.find_elements(By.CSS_SELECTOR, ".tv"))
+                             >= 2)
     no_errors(browser)
     tokens = expander.find_elements(By.CSS_SELECTOR, ".tv span.t")
     assert len(tokens) <= 12  # 6 new tokens from each model at most
-    tuned = tokens[-1]
+    tuned = expander.find_elements(By.CSS_SELECTOR, ".tv")[-1].find_elements(
+        By.CSS_SELECTOR, "span.t")[-1]
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", tuned)
     ActionChains(browser).move_to_element(tuned).perform()
     card = card_of(tuned)
