@@ -24,14 +24,18 @@ def _q(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def make_run(path: str | Path, *, n_examples: int = 5000, prompt_tokens: int = 70,
              target_tokens: int = 250, part_examples: int = 1000, seed: int = 0,
-             fields: tuple[str, ...] | list[str] = ()) -> Run:
+             fields: tuple[str, ...] | list[str] = (),
+             sources: tuple[str, ...] | list[str] = ()) -> Run:
     """Write a complete run of ``n_examples`` examples, each ``prompt_tokens`` prompt
     tokens followed by ``target_tokens`` targets (so ``n_examples * target_tokens``
     target tokens in all).
 
     ``fields``: optional per-token columns to write too (:data:`OPTIONAL_TOKEN_SCHEMA`,
     null on prompt tokens): ``entropy_top20`` in [0, ln 20], lower where q is high (a
-    confident model), and ``logp_ref``, a reference model's logp near the token's own."""
+    confident model), and ``logp_ref``, a reference model's logp near the token's own.
+
+    ``sources``: a ``source`` field in each record, spread unevenly over these names (a
+    mixture to break the run down by)."""
     unknown = sorted(set(fields) - set(OPTIONAL_TOKEN_SCHEMA))
     if unknown:
         raise ValueError(f"unknown optional field {unknown[0]!r}; fields are "
@@ -91,7 +95,9 @@ def make_run(path: str | Path, *, n_examples: int = 5000, prompt_tokens: int = 7
         "n_tokens": np.full(n_examples, per, dtype=np.int32),
         "truncated": np.zeros(n_examples, dtype=bool),
         "text": [f"synthetic example {i}" for i in ids],
-        "record": [json.dumps({"prompt": f"question {i}", "response": f"answer {i}"})
+        "record": [json.dumps({"prompt": f"question {i}", "response": f"answer {i}",
+                               **({"source": sources[i * 7 % 11 % len(sources)]}
+                                  if sources else {})})
                    for i in ids],
     }).join(per_ex, on="example_id").sort("example_id")
     atomic_write_parquet(examples, run.examples_path)

@@ -129,7 +129,6 @@ def main() -> None:
                     help="optional per-token fields to write (entropy_top20 logp_ref; none: "
                     "q alone, as runs scored before the scheme registry)")
     args = ap.parse_args()
-    import polars as pl
 
     from infosft.analysis.synthetic import make_run
 
@@ -139,12 +138,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             run = make_run(Path(tmp) / "run", n_examples=max(1, n // 250), prompt_tokens=10,
-                           target_tokens=250, part_examples=4000, fields=args.fields)
-            ex = run.read_examples()
-            src = ("web", "code", "math", "chat")
-            ex.with_columns(pl.Series("record", [f'{{"source": "{src[i * 7 % 11 % 4]}"}}'
-                                                 for i in ex["example_id"].to_list()])
-                            ).write_parquet(run.examples_path)
+                           target_tokens=250, part_examples=4000, fields=args.fields,
+                           sources=("web", "code", "math", "chat"))
             print(f"({n:,} targets written in {time.perf_counter() - t0:.0f} s)", flush=True)
             for mode in args.modes:
                 child = _EXAMPLES if mode.startswith("examples") else _CHILD

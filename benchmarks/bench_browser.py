@@ -4,7 +4,8 @@ key press to the new metrics, to every chart redrawn, and the app's memory.
     python benchmarks/bench_browser.py [--tokens 100000000] [--run PATH] [--repeats 7]
 
 Writes a synthetic run (``analysis.synthetic.make_run``, 250 targets an example, with
-``entropy_top20`` as ``infosft score`` writes it) into a fresh workspace's ``runs/`` (or
+``entropy_top20`` as ``infosft score`` writes it and a ``source`` of four values in each
+record, so Tune shows its breakdown by source) into a fresh workspace's ``runs/`` (or
 links ``--run``), starts ``infosft app`` and drives Debian's headless Chromium (chromium +
 chromium-driver, via Selenium). On Tune, first on the bundled sample run (the baseline),
 then on the large run (Data & scoring -> make it active -> Tune), it presses the right
@@ -95,7 +96,8 @@ def main() -> None:
 
         t0 = time.perf_counter()
         make_run(run, n_examples=max(1, args.tokens // 250), prompt_tokens=10,
-                 target_tokens=250, part_examples=4000, fields=("entropy_top20",))
+                 target_tokens=250, part_examples=4000, fields=("entropy_top20",),
+                 sources=("web", "code", "math", "chat"))
         print(f"{args.tokens:,} targets written in {time.perf_counter() - t0:.0f} s", flush=True)
     port = free_port()
     exe = Path(sys.executable).parent / "infosft"

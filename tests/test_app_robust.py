@@ -161,6 +161,30 @@ def test_preload_leaves_the_post_run_collection_little_to_walk():
     assert collected >= 1
 
 
+def test_one_blas_thread_holds_for_the_app_process_not_its_jobs():
+    code = """if True:
+        import json, subprocess, sys
+        import numpy  # noqa: F401 - loads the BLAS
+        from threadpoolctl import threadpool_info
+        from infosft.app.serve import one_blas_thread
+        blas = lambda: sorted({i["num_threads"] for i in threadpool_info()
+                               if i["user_api"] == "blas"})
+        before = blas()
+        one_blas_thread()
+        job = subprocess.run([sys.executable, "-c", "import numpy, json; from threadpoolctl "
+                              "import threadpool_info as t; print(json.dumps(sorted({i["
+                              "'num_threads'] for i in t() if i['user_api'] == 'blas'})))"],
+                             capture_output=True, text=True, check=True).stdout
+        print(json.dumps([before, blas(), json.loads(job)]))
+    """
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    before, after, job = json.loads(r.stdout.strip().splitlines()[-1])
+    assert before and after == [1]
+    assert job == before  # a scoring or training job the app starts keeps every thread
+
+
 # --- 2. SIGTERM stops the server; a busy port is one line ---------------------------------
 
 @pytest.mark.slow

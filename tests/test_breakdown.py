@@ -182,6 +182,20 @@ def test_missing_keys_become_none_and_many_groups_are_pooled(tmp_path):
     assert len(bd.grouping(path, "source", max_groups=40).names) == 31
 
 
+def test_synthetic_runs_carry_an_uneven_mixture_of_sources(tmp_path):
+    from collections import Counter
+
+    from infosft.analysis.synthetic import make_run
+
+    run = make_run(tmp_path / "r", n_examples=44, prompt_tokens=2, target_tokens=5,
+                   sources=("web", "code", "math"))
+    labels = bd.group_labels(run.path, "source")
+    counts = dict(Counter(labels["group"].to_list()))
+    # i * 7 % 11 % 3 over 0..43: residues 0..10 of 7i mod 11 four times each
+    assert counts == {"web": 16, "code": 16, "math": 12}
+    assert bd.run_columns(run.path)[0] == "source"  # a default breakdown column
+
+
 def test_integer_labels_and_groupable_columns(tmp_path):
     path = _mixture_run(tmp_path, lambda i: i % 3)
     assert set(bd.group_labels(path, "source")["group"]) == {"0", "1", "2"}
