@@ -237,7 +237,8 @@ class Grouping:
         names, index, examples, n_groups = _rank(tokens, labels, max_groups)
         codes = labels.select("example_id", pl.col("group").replace_strict(
             index, default=len(index), return_dtype=pl.Int32))
-        by_group = cells(run, targets.grid, codes)
+        # counts only: a group's cells are weighed at the run's cell means
+        by_group = cells(run, targets.grid, codes, means=False)
         at = np.searchsorted(targets.cell_key, by_group["key"].to_numpy())
         bounds = np.searchsorted(by_group["group"].to_numpy(),
                                  np.arange(len(names) + 1)).astype(np.int64)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -166,7 +167,8 @@ class Grid:
 MERGE_ROWS = 1 << 21
 
 
-def cells(run: Run, grid: Grid, groups: pl.DataFrame | None = None) -> pl.DataFrame:
+def cells(run: Run, grid: Grid, groups: pl.DataFrame | None = None, *,
+          means: bool = True) -> pl.DataFrame:
     """The run's target tokens as cells of ``grid``: ``key`` (i64), ``count`` (i64),
     ``logp`` and each field of the grid (f64 means over the cell's tokens; NaN in a
     field's null bin), sorted by key. A token with a null or NaN logp is left out.
@@ -175,40 +177,56 @@ def cells(run: Run, grid: Grid, groups: pl.DataFrame | None = None) -> pl.DataFr
     (a ``group`` column first), sorted by group and key; an example with no group is
     left out.
 
+    ``means=False``: the counts alone (no ``logp`` or field columns), for a caller that
+    weighs each cell at the run's own means (a breakdown): half the aggregation.
+
     Built part by part, the partial sums merged every :data:`MERGE_ROWS` rows: memory is
     bounded by a part and the cells, not the run. (Polars' streaming group-by held ~2 GB
     for the 730k group-cells of a 100M-token run in four groups.)"""
     cols = ("logp", *grid.fields)
+    summed = cols if means else ()
     by = ["key"] if groups is None else ["group", "key"]
     sums = [pl.len().cast(pl.Int64).alias("count"),
-            *(pl.col(c).cast(pl.Float64).sum() for c in cols)]
-    merge = [pl.col("count").sum(), *(pl.col(c).sum() for c in cols)]
+            *(pl.col(c).cast(pl.Float64).sum() for c in summed)]
+    merge = [pl.col("count").sum(), *(pl.col(c).sum() for c in summed)]
     ok = pl.col("is_target") & pl.col("logp").is_not_null() & ~pl.col("logp").is_nan()
     space = int(np.prod(grid.sizes))  # keys of one group
+    group = None
     if groups is not None:  # example id -> group: a lookup table (ids are row numbers)
         ids = groups["example_id"].to_numpy().astype(np.int64)
-        lut = np.full(int(ids.max()) + 2 if len(ids) else 1, -1, dtype=np.int32)
+        lut = np.full(int(ids.max()) + 1 if len(ids) else 1, -1, dtype=np.int32)
         lut[ids] = groups["group"].to_numpy()
+        ex = pl.col("example_id")
+        group = (pl.when((ex >= 0) & (ex < len(lut)))
+                 .then(pl.lit(pl.Series(lut)).gather(ex.clip(0, len(lut) - 1)))
+                 .otherwise(-1).cast(pl.Int64))
+
+    def scan(part: Path) -> pl.LazyFrame:
+        """A part's target tokens with their cell key, in one plan (a third faster
+        than mapping the groups between two)."""
+        lf = pl.scan_parquet(part).filter(ok).select("example_id", *cols).with_columns(
+            grid.key())
+        if group is None:
+            return lf
+        # one i64 key per (group, cell): a faster group-by; int64 before the product
+        # (group 10 of a two-field grid is past 2^31)
+        return (lf.with_columns(group.alias("group")).filter(pl.col("group") >= 0)
+                .with_columns((pl.col("group") * space + pl.col("key")).alias("key")))
+
     acc: list[pl.DataFrame] = []
     for part in run.check_parts():
-        df = run.collect(pl.scan_parquet(part).filter(ok).select("example_id", *cols)
-                         .with_columns(grid.key()))
-        if groups is not None:  # one i64 key per (group, cell): a faster group-by
-            ex = df["example_id"].to_numpy().astype(np.int64)
-            g = lut[np.where((ex < 0) | (ex >= len(lut)), len(lut) - 1, ex)].astype(np.int64)
-            # int64 before the product: group 10 of a two-field grid is past 2^31
-            df = df.with_columns(pl.Series("key", g * space + df["key"].to_numpy())
-                                 ).filter(pl.Series(g >= 0))
-        acc.append(df.group_by("key").agg(sums))
+        acc.append(run.collect(scan(part).group_by("key").agg(sums)))
         if sum(df.height for df in acc) > MERGE_ROWS:
             acc = [pl.concat(acc).group_by("key").agg(merge)]
-    schema = {"key": pl.Int64, "count": pl.Int64, **{c: pl.Float64 for c in cols}}
+    schema = {"key": pl.Int64, "count": pl.Int64, **{c: pl.Float64 for c in summed}}
     total = (pl.concat(acc).group_by("key").agg(merge) if acc
              else pl.DataFrame(schema=schema)).sort("key")
     if groups is not None:
         gk = total["key"].to_numpy()
         total = total.with_columns(pl.Series("group", (gk // space).astype(np.int32)),
                                    pl.Series("key", gk % space))
+    if not means:
+        return total.select(*by, "count")
     null = {f: grid.unravel(total["key"].to_numpy())[i + 1] == _AXIS_SIZE[f] - 1
             for i, f in enumerate(grid.fields)}
     return total.select(

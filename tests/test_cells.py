@@ -139,3 +139,6 @@ def test_cells_by_group_add_up_to_the_runs(tmp_path, fields):
     np.testing.assert_allclose(summed["s"].to_numpy() / summed["count"].to_numpy(),
                                whole["logp"].to_numpy(), rtol=1e-9)
     assert whole["count"].sum() == 60 * 30
+    counted = cells(run, grid, groups, means=False)  # what a breakdown builds
+    assert counted.columns == ["group", "key", "count"]
+    assert counted.rows() == split.select("group", "key", "count").rows()
