@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from infosft.analysis.cells import cells
-from infosft.analysis.stats import Targets
+from infosft.analysis.stats import BINNED_LINE, Targets, summary_targets
 from infosft.analysis.store import Run
 from infosft.errors import InfosftError
 from infosft.schemes import BUILTIN
@@ -428,21 +428,23 @@ def breakdown(run: str | Path | Run, column: str, scheme: str | None = None, *,
 # ------------------------------------------------------------------ text and display
 
 def breakdown_report(run: str | Path, column: str, scheme: str, *,
-                     max_groups: int = MAX_GROUPS, **knobs: Any) -> dict[str, Any]:
+                     max_groups: int = MAX_GROUPS, binned: bool | None = None,
+                     **knobs: Any) -> dict[str, Any]:
     """What ``infosft stats RUN --by COLUMN`` prints, as a dict: ``run``, ``column``,
     ``scheme`` (the chosen one), ``knobs`` (per scheme, resolved), ``groups``
-    (distinct labels), ``shown`` (rows per scheme), ``capped`` and ``rows`` (every
-    scheme's :func:`breakdown` rows as dicts)."""
+    (distinct labels), ``shown`` (rows per scheme), ``capped``, ``binned`` (see
+    :func:`analysis.stats.summary_targets`) and ``rows`` (every scheme's
+    :func:`breakdown` rows as dicts)."""
     r = Run(run)
     r.require_complete()
     given = {k: v for k, v in knobs.items() if v is not None}
     resolve_knobs(scheme, **given)
-    targets = Targets.from_run(r)
-    targets.require(scheme)
-    schemes = targets.schemes(extra=(scheme,))
+    targets = summary_targets(r, scheme, given, binned)
+    schemes = targets.schemes(extra=(scheme,), knobs=lambda s: given)
     g = grouping(r, column, targets=targets, max_groups=max_groups)
     table = g.table(targets, {s: given for s in schemes})
     return {"run": str(r.path), "column": column, "scheme": scheme,
+            "binned": targets.is_binned,
             "knobs": {s: resolve_knobs(s, **given) for s in schemes},
             "groups": g.n_groups, "shown": len(g.names), "capped": g.capped,
             "max_groups": max_groups, "rows": table.to_dicts()}
@@ -471,7 +473,8 @@ def format_breakdown(rep: dict[str, Any]) -> str:
               f"{rep['groups'] - rep['max_groups']} pooled as {OTHER}" if rep["capped"] else "")
     lines = [f"run        {rep['run']}",
              f"by         {rep['column']}: {rep['groups']} groups{capped}",
-             f"scheme     {rep['scheme']}" + (f" ({knobs})" if knobs else ""), ""]
+             f"scheme     {rep['scheme']}" + (f" ({knobs})" if knobs else ""),
+             *([BINNED_LINE] if rep.get("binned") else []), ""]
 
     def num(x, spec):
         return "-" if x is None or x != x else format(x, spec)

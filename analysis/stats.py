@@ -406,18 +406,44 @@ def q_summary(logp: np.ndarray | pl.Series) -> dict[str, float]:
             "share_q_below_0.1": float((q < 0.1).mean())}
 
 
-def run_summary(run: str | Path, scheme: str, **knobs: Any) -> dict[str, Any]:
-    """Everything ``infosft stats`` prints, as a dict."""
+#: Up to this many target tokens ``infosft stats`` loads every token by default (exact);
+#: above, it summarizes the run's cells (:meth:`Targets.binned`: memory and time flat in
+#: the run's size, mean weight, share with w > 0 and effective tokens within 1%). Every
+#: target token costs ~100 bytes loaded: 20M is ~2 GB. The app loads tokens up to it too
+#: for what its histograms cannot do (``INFOSFT_TOKENS_UP_TO``).
+EXACT_UP_TO = 20_000_000
+BINNED_LINE = ("(from the run's histogram of cells, within 1% of the exact values; "
+               "--exact loads every token)")
+
+
+def summary_targets(run: Run, scheme: str, knobs: dict[str, Any],
+                    binned: bool | None = None) -> Targets:
+    """What ``infosft stats`` summarizes: the run's tokens, or (``binned``; None: above
+    :data:`EXACT_UP_TO` target tokens) its cells. Raises :class:`InfosftError` naming the
+    run when they cannot be weighted by ``scheme`` with ``knobs``."""
+    if binned is None:
+        n = run.meta().get("counts", {}).get("target_tokens", 0)
+        binned = isinstance(n, int) and n > EXACT_UP_TO
+    missing = missing_reason(scheme, run.token_fields(), binned=binned, knobs=knobs)
+    if missing:
+        raise InfosftError(f"{run.path}: {missing}"
+                           + ("; --exact loads every token" if binned and missing_reason(
+                               scheme, run.token_fields(), knobs=knobs) is None else ""))
+    return Targets.binned(run) if binned else Targets.from_frame(load_targets(run))
+
+
+def run_summary(run: str | Path, scheme: str, *, binned: bool | None = None,
+                **knobs: Any) -> dict[str, Any]:
+    """Everything ``infosft stats`` prints, as a dict (``binned``: see
+    :func:`summary_targets`)."""
     r = Run(run)
     meta = r.require_complete()
     resolve_knobs(scheme, **knobs)  # a bad knob or scheme fails before the tokens are read
-    missing = missing_reason(scheme, r.token_fields())
-    if missing:
-        raise InfosftError(f"{r.path}: {missing}")
-    targets = Targets.from_frame(load_targets(r))
+    targets = summary_targets(r, scheme, knobs, binned)
     return {"run": str(r.path), "model": meta["model"]["name"],
             "dataset": meta["dataset"]["source"], "counts": meta["counts"],
-            "q": q_summary(targets.logp), "scheme": targets.summary(scheme, **knobs)}
+            "binned": targets.is_binned, "q": targets.q_facts(),
+            "scheme": targets.summary(scheme, **knobs)}
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -439,4 +465,6 @@ def format_summary(s: dict[str, Any]) -> str:
         f"medium {w['weight_share_medium']:.1%}, high q (>={BANDS[1]}) "
         f"{w['weight_share_high']:.1%}",
     ]
+    if s.get("binned"):
+        lines.append(BINNED_LINE)
     return "\n".join(lines)

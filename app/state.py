@@ -13,7 +13,7 @@ import polars as pl
 import streamlit as st
 
 from infosft.analysis.example_bins import EX_BINS, EXH_BINS, ExampleBins
-from infosft.analysis.stats import Targets, missing_reason
+from infosft.analysis.stats import EXACT_UP_TO, Targets, missing_reason
 from infosft.analysis.store import Run
 from infosft.analysis.tune import Settings, auto_c
 from infosft.app.workspace import SAMPLE_RUN
@@ -68,7 +68,7 @@ BINNED_ABOVE = int(os.environ.get("INFOSFT_BINNED_ABOVE", 250_000))
 #: Up to this many target tokens a page loads the tokens after all for a scheme its
 #: histogram cannot weigh (excess ranked within each example on Overview and Tune;
 #: excess or a scheme of several fields per example); above, it says what it lacks.
-TOKENS_UP_TO = int(os.environ.get("INFOSFT_TOKENS_UP_TO", 20_000_000))
+TOKENS_UP_TO = int(os.environ.get("INFOSFT_TOKENS_UP_TO", EXACT_UP_TO))
 BINNED_NOTE = ("This run is large, so Overview and Tune work on a histogram of its target "
                "tokens (cells of logit q and each per-token field): a knob change costs the "
                "same at any size; mean weight, share with w > 0 and effective tokens "

@@ -4,6 +4,7 @@ the run."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -395,3 +396,78 @@ def test_per_example_pages_load_the_tokens_only_for_a_scheme_their_bins_lack(
     want = exact.per_example(exact.weights("excess", per="example"))
     got = at.dataframe[0].value.sort_values("example_id")["mean_weight"].to_numpy()
     np.testing.assert_allclose(got, want["mean_weight"].to_numpy(), atol=1e-9)
+
+
+# --- infosft stats on the cells: --binned, --exact, and by the run's size -----------------
+
+@pytest.fixture(scope="module")
+def fielded_run(tmp_path_factory):
+    """A run with both optional fields and a mixture of sources."""
+    return make_run(tmp_path_factory.mktemp("stats") / "run", n_examples=300,
+                    target_tokens=60, seed=11, fields=("entropy_top20", "logp_ref"),
+                    sources=("web", "code", "math")).path
+
+
+@pytest.mark.parametrize("scheme, knobs", [("infosft", ["--C", "1.5"]), ("eaft", []),
+                                           ("excess", ["--keep", "0.3"]), ("profit", [])])
+def test_stats_binned_matches_exact(capsys, fielded_run, scheme, knobs):
+    from tests.helpers import cli
+
+    got = {}
+    for how in ("--exact", "--binned"):
+        rc, out, err = cli(capsys, "stats", fielded_run, "--scheme", scheme, *knobs, how,
+                           "--json")
+        assert rc == 0, err
+        got[how] = json.loads(out)
+    exact, binned = got["--exact"], got["--binned"]
+    assert (exact["binned"], binned["binned"]) == (False, True)
+    for k in ("mean_weight", "share_nonzero", "effective_share"):
+        assert binned["scheme"][k] == pytest.approx(exact["scheme"][k], rel=0.01, abs=1e-3), k
+    assert binned["q"]["mean_q"] == pytest.approx(exact["q"]["mean_q"], abs=2e-3)
+    assert binned["q"]["share_q_above_0.9"] == pytest.approx(exact["q"]["share_q_above_0.9"],
+                                                            abs=2e-3)
+
+
+def test_stats_picks_the_cells_above_exact_up_to_and_says_so(capsys, fielded_run,
+                                                              monkeypatch):
+    from infosft.analysis import stats
+    from infosft.analysis.stats import BINNED_LINE
+    from tests.helpers import cli, error_line
+
+    rc, out, _ = cli(capsys, "stats", fielded_run)
+    assert rc == 0 and BINNED_LINE not in out  # 18k target tokens: exact by default
+    monkeypatch.setattr(stats, "EXACT_UP_TO", 10_000)
+    rc, out, _ = cli(capsys, "stats", fielded_run)
+    assert rc == 0 and out.strip().endswith(BINNED_LINE)
+    rc, out, _ = cli(capsys, "stats", fielded_run, "--by", "source", "--json")
+    assert rc == 0 and json.loads(out)["binned"] is True
+    rc, out, _ = cli(capsys, "stats", fielded_run, "--by", "source")
+    assert BINNED_LINE in out and "math" in out
+    # a ranking within each example has no histogram form: one line, and the way out
+    rc, _, err = cli(capsys, "stats", fielded_run, "--scheme", "excess", "--per", "example")
+    assert rc == 2
+    line = error_line(err)
+    assert str(fielded_run) in line and line.endswith("--exact loads every token")
+    rc, _, err = cli(capsys, "stats", fielded_run, "--scheme", "excess", "--per", "example",
+                     "--exact")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "stats", fielded_run, "--exact", "--binned")
+    assert rc == 2 and "not allowed with" in err
+
+
+def test_stats_by_column_binned_matches_exact(capsys, fielded_run):
+    from tests.helpers import cli
+
+    rows = {}
+    for how in ("--exact", "--binned"):
+        rc, out, err = cli(capsys, "stats", fielded_run, "--by", "source", "--scheme", "eaft",
+                           how, "--json")
+        assert rc == 0, err
+        rows[how] = {(r["group"], r["scheme"]): r for r in json.loads(out)["rows"]}
+    assert rows["--exact"].keys() == rows["--binned"].keys()
+    assert {g for g, _ in rows["--exact"]} == {"web", "code", "math"}
+    for key, want in rows["--exact"].items():
+        got = rows["--binned"][key]
+        assert got["target_tokens"] == want["target_tokens"], key
+        assert got["weight_share"] == pytest.approx(want["weight_share"], abs=0.01), key
+        assert got["mean_weight"] == pytest.approx(want["mean_weight"], rel=0.01, abs=1e-3), key
