@@ -72,12 +72,12 @@ TOKENS_UP_TO = int(os.environ.get("INFOSFT_TOKENS_UP_TO", EXACT_UP_TO))
 BINNED_NOTE = ("This run is large, so Overview and Tune work on a histogram of its target "
                "tokens (cells of logit q and each per-token field): a knob change costs the "
                "same at any size; mean weight, share with w > 0 and effective tokens "
-               "come within 1% of the exact ones (`infosft stats` uses the tokens).")
+               "come within 1% of the exact ones (`infosft stats --exact` uses every token).")
 EXAMPLES_BINNED = ("This run is large, so the weight columns come from a histogram of each "
                    f"example's target tokens ({EX_BINS} bins in logit q; for EAFT, "
                    f"{EXH_BINS} in H_top20), not the tokens: "
                    "each example's mean w is within ±{mean:.3f} of the exact one, its share "
-                   "w = 0 within ±{zero:.1%} (`infosft stats` and the export use the tokens).")
+                   "w = 0 within ±{zero:.1%} (`infosft stats --exact` and the export use the tokens).")
 EXAMPLES_EXACT = ("This run is large, so the weight columns come from a histogram of each "
                   "example's target tokens; ProFit random's are exact all the same (the "
                   "run's own draws, regenerated).")
