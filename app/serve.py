@@ -177,7 +177,10 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> int:
     loses nothing; objects the scripts make later are still collected after each run.
     """
     for name in modules:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional extra not installed: its page says so itself
+            pass
     gc.collect()  # import-time garbage is freed, not frozen
     gc.freeze()
     return gc.get_freeze_count()
