@@ -424,11 +424,12 @@ def summary_targets(run: Run, scheme: str, knobs: dict[str, Any],
     if binned is None:
         n = run.meta().get("counts", {}).get("target_tokens", 0)
         binned = isinstance(n, int) and n > EXACT_UP_TO
-    missing = missing_reason(scheme, run.token_fields(), binned=binned, knobs=knobs)
-    if missing:
-        raise InfosftError(f"{run.path}: {missing}"
-                           + ("; --exact loads every token" if binned and missing_reason(
-                               scheme, run.token_fields(), knobs=knobs) is None else ""))
+    fields = run.token_fields()
+    why = missing_reason(scheme, fields, binned=binned, knobs=knobs)
+    if why:  # a ranking within each example: the tokens can, the cells cannot
+        tokens_can = binned and missing_reason(scheme, fields, knobs=knobs) is None
+        raise InfosftError(f"{run.path}: {why}"
+                           + ("; --exact loads every token" if tokens_can else ""))
     return Targets.binned(run) if binned else Targets.from_frame(load_targets(run))
 
 
