@@ -322,10 +322,28 @@ def summary_cards(s: dict[str, Any]) -> list[tuple[str, str]]:
             ("Weight on high q (≥0.9)", pct(s["weight_share_high"]))]
 
 
+def short_count(n: int) -> str:
+    """A count for a narrow metric card: exact up to a million, three significant
+    digits above (``104,000,000`` would be cut to ``104,00…`` in Overview's cards).
+
+    >>> short_count(13_000), short_count(999_999), short_count(2_345_678)
+    ('13,000', '999,999', '2.35M')
+    >>> short_count(104_000_000), short_count(999_999_999), short_count(3_210_000_000)
+    ('104M', '1B', '3.21B')
+    """
+    if n < 1_000_000:
+        return f"{n:,}"
+    value, unit = n / 1e6, "M"
+    if float(f"{value:.3g}") >= 1000:  # 999.9996M rounds to a thousand: a billion
+        value, unit = n / 1e9, "B"
+    return f"{value:.3g}{unit}"
+
+
 def fact_cards(f: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) metric cards of :func:`analysis.tune.overview_facts`."""
-    cards = [("Examples", f"{f['examples']:,}"), ("Target tokens", f"{f['target_tokens']:,}"),
-             ("All tokens", f"{f['tokens']:,}")]
+    cards = [("Examples", short_count(f["examples"])),
+             ("Target tokens", short_count(f["target_tokens"])),
+             ("All tokens", short_count(f["tokens"]))]
     if "mean_q" in f:
         cards += [("Mean q", f"{f['mean_q']:.3f}"), ("Median q", f"{f['median_q']:.3f}"),
                   ("Already known (q > 0.9)", pct(f["share_q_above_0.9"])),

@@ -255,6 +255,21 @@ def test_cli_app_defaults_to_localhost():
     assert args.host == "127.0.0.1" and args.func.__name__ == "cmd_app"
 
 
+def test_render_doctests():
+    import doctest
+
+    from infosft.app import render
+
+    assert doctest.testmod(render).failed == 0
+
+
+def test_overview_cards_of_a_large_run_fit_their_column():
+    """Seven cards share a row: a 100M count was drawn as ``100,00…``."""
+    cards = dict(fact_cards({"examples": 400_000, "target_tokens": 100_000_000,
+                             "tokens": 104_000_000}))
+    assert cards == {"Examples": "400,000", "Target tokens": "100M", "All tokens": "104M"}
+
+
 # --- workspace names, background jobs, the Data & scoring page -------------------------
 
 @pytest.mark.parametrize("name", ["run1", "my-run.v2", "A_b"])
