@@ -11,6 +11,10 @@
                                (entropy_top20 since the scheme registry, logp_ref with
                                --reference), the same in every part
     RUN/vocab.parquet          token_id -> text piece, for top-k alternatives
+    RUN/cache/cells-*.parquet  derived tables, not data: a large run's cells
+                               (:mod:`analysis.cells`, its owner), each named for the
+                               parts it was built from; rebuilt when they change, safe
+                               to delete
     RUN/progress-RRR.json      while scoring, per rank RRR: stage (reading the data,
                                loading or converting the model, scoring, finishing),
                                done_tokens, total_tokens, elapsed_s, eta_s (removed
@@ -44,6 +48,7 @@ META = "meta.json"
 EXAMPLES = "examples.parquet"
 TOKENS_DIR = "tokens"
 VOCAB = "vocab.parquet"
+CACHE_DIR = "cache"
 
 TOKEN_SCHEMA = {
     "example_id": pl.Int32,
@@ -152,6 +157,10 @@ class Run:
     def vocab_path(self) -> Path:
         return self.path / VOCAB
 
+    @property
+    def cache_dir(self) -> Path:
+        return self.path / CACHE_DIR
+
     def exists(self) -> bool:
         return self.meta_path.is_file()
 
@@ -248,14 +257,20 @@ class Run:
         counts = meta.get("counts") if meta.get("status") == "complete" else None
         return counts if isinstance(counts, dict) else {}
 
+    def parts_key(self, parts: list[Path] | None = None) -> tuple:
+        """Name, size and mtime of ``meta.json`` and each part: what changes when the
+        tokens do (a stat of each file, no read)."""
+        parts = self.part_paths() if parts is None else parts
+        return tuple((p.name, st.st_size, st.st_mtime_ns)
+                     for p, st in ((p, p.stat()) for p in [self.meta_path, *parts]
+                                   if p.is_file()))
+
     def check_parts(self) -> list[Path]:
         """The token parts, each checked from its footer (readable, token columns) and,
         in a complete run, their rows against meta.json's token count: an empty,
         truncated, foreign, missing or duplicated part raises :func:`damaged`."""
         parts = self.part_paths()
-        key = tuple((p.name, st.st_size, st.st_mtime_ns)
-                    for p, st in ((p, p.stat()) for p in [self.meta_path, *parts]
-                                  if p.is_file()))
+        key = self.parts_key(parts)
         hit = _checked.get(self.tokens_dir.resolve())
         if hit and hit[0] == key:
             return hit[1]

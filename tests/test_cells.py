@@ -142,3 +142,74 @@ def test_cells_by_group_add_up_to_the_runs(tmp_path, fields):
     counted = cells(run, grid, groups, means=False)  # what a breakdown builds
     assert counted.columns == ["group", "key", "count"]
     assert counted.rows() == split.select("group", "key", "count").rows()
+
+
+# --- the cache: a large run's cells are kept in RUN/cache/ -------------------------------
+
+@pytest.fixture
+def cached_run(tmp_path, monkeypatch):
+    """A run the cache applies to (its threshold lowered below the run's size)."""
+    from infosft.analysis import cells as cells_mod
+
+    monkeypatch.setattr(cells_mod, "CACHE_ABOVE", 100)
+    return Run(make_run(tmp_path / "run", n_examples=60, target_tokens=30, seed=5,
+                        part_examples=20, fields=("entropy_top20",)).path)
+
+
+def _no_build(monkeypatch):
+    from infosft.analysis import cells as cells_mod
+
+    def fail(*a, **k):
+        raise AssertionError("the cells were built from the parts, not read back")
+    monkeypatch.setattr(cells_mod, "_build", fail)
+
+
+def test_cells_are_read_back_until_the_parts_change(cached_run, monkeypatch):
+    from infosft.analysis import cells as cells_mod
+
+    grid = Grid.of(cached_run.token_fields())
+    groups = pl.DataFrame({"example_id": np.arange(60, dtype=np.int32),
+                           "group": (np.arange(60) % 3).astype(np.int32)})
+    whole, counted = cells(cached_run, grid), cells(cached_run, grid, groups, means=False)
+    assert len(list(cached_run.cache_dir.glob("cells-*.parquet"))) == 2
+    build = cells_mod._build
+    with monkeypatch.context() as m:
+        _no_build(m)
+        assert cells(cached_run, grid).equals(whole)
+        assert cells(cached_run, grid, groups, means=False).equals(counted)
+        with pytest.raises(AssertionError, match="not read back"):  # other groups: a build
+            cells(cached_run, grid, groups.with_columns(pl.col("group") % 2), means=False)
+    # a part rewritten (all its targets now q = 0.5): the cells follow, the old go
+    part = cached_run.part_paths()[0]
+    df = pl.read_parquet(part)
+    df.with_columns(pl.when(pl.col("is_target")).then(pl.lit(np.log(0.5), pl.Float32))
+                    .otherwise(None).alias("logp")).write_parquet(part)
+    now = cells(cached_run, grid)
+    assert not now.equals(whole)
+    assert now.equals(build(cached_run, cached_run.part_paths(), grid, None, True))
+    names = [p.name for p in cached_run.cache_dir.glob("cells-*.parquet")]
+    assert names == [cells_mod.cache_path(cached_run, grid, None, True).name]
+
+
+def test_a_damaged_or_unwritable_cache_costs_only_a_rebuild(cached_run, monkeypatch):
+    from infosft.analysis import cells as cells_mod
+
+    grid = Grid.of(cached_run.token_fields())
+    want = cells(cached_run, grid)
+    path = cells_mod.cache_path(cached_run, grid, None, True)
+    path.write_bytes(b"not parquet")
+    assert cells(cached_run, grid).equals(want)
+    assert pl.read_parquet(path).equals(want)  # rewritten whole
+    path.unlink()
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(cells_mod, "atomic_write_parquet", refuse)
+    assert cells(cached_run, grid).equals(want)
+    assert not path.exists()
+
+
+def test_small_runs_keep_no_cache(tmp_path):
+    run = Run(make_run(tmp_path / "run", n_examples=20, target_tokens=10).path)
+    cells(run, Grid.of(run.token_fields()))
+    assert not run.cache_dir.exists()  # the bundled sample's folder stays as installed
