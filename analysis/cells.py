@@ -25,16 +25,15 @@ occupied cells from 100k to 100M target tokens (``benchmarks/bench_binned.py``).
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from infosft.analysis.store import OPTIONAL_TOKEN_SCHEMA, Run, atomic_write_parquet
+from infosft.analysis import cache
+from infosft.analysis.store import OPTIONAL_TOKEN_SCHEMA, Run
 
 #: The fine z grid (~33k bins): a run without optional fields is binned on it.
 BIN_WIDTH = math.log(9) / 896
@@ -186,74 +185,45 @@ def cells(run: Run, grid: Grid, groups: pl.DataFrame | None = None, *,
     bounded by a part and the cells, not the run. (Polars' streaming group-by held ~2 GB
     for the 730k group-cells of a 100M-token run in four groups.)
 
-    Above :data:`CACHE_ABOVE` target tokens kept in the run's cache folder
+    Above :data:`analysis.cache.CACHE_ABOVE` target tokens kept in the run's cache folder
     (:func:`cache_path`), so a restarted app or a second ``infosft stats`` reads it back
     (7-8 s a pass at 100M target tokens, then a fraction of a second); a cache that
     cannot be read is rebuilt, one that cannot be written is skipped."""
     parts = run.check_parts()
-    n = run.counts().get("target_tokens")
-    if not isinstance(n, int) or n <= CACHE_ABOVE:
+    if not cache.kept(run):
         return _build(run, parts, grid, groups, means)
-    path = cache_path(run, grid, groups, means)
-    out = _read_cache(path, grid, groups, means)
+    file = cache_path(run, grid, groups, means)
+    columns = [*(["group"] if groups is not None else []), "key", "count",
+               *(("logp", *grid.fields) if means else ())]
+
+    def load(f: Path) -> pl.DataFrame | None:
+        df = pl.read_parquet(f)
+        return df if df.columns == columns else None
+
+    out = cache.read(file, load)
     if out is None:
         out = _build(run, parts, grid, groups, means)
-        _write_cache(path, out)
+        cache.write(file, out.write_parquet)
     return out
 
 
-#: Runs of more target tokens than this keep their cells (below, a pass takes under
-#: ~0.5 s, and the bundled sample run's folder stays as installed).
-CACHE_ABOVE = 1_000_000
-
-
-#: Bump when what :func:`_build` writes changes for the same inputs (the binning's own
+#: Bump when what :func:`_build` makes changes for the same inputs (the binning's own
 #: constants are part of the cache key already).
 CACHE_VERSION = 1
-_CACHE_NAME = re.compile(r"cells-([0-9a-f]{12})-([0-9a-f]{12})\.parquet")
 
 
 def cache_path(run: Run, grid: Grid, groups: pl.DataFrame | None, means: bool) -> Path:
-    """``RUN/cache/cells-PARTS-WHAT.parquet``: PARTS a hash of the token parts' names,
-    sizes and mtimes (:meth:`Run.parts_key`), WHAT one of the grid, the binning, the
-    groups (each example's) and ``means``."""
-    parts = hashlib.sha256(repr(run.parts_key()).encode()).hexdigest()[:12]
-    what = hashlib.sha256(repr((CACHE_VERSION, grid.fields, grid.z_step, means, BIN_WIDTH,
-                                BIN_HALF, H_MIN, H_MAX, H_BINS, D_WIDTH, D_HALF)).encode())
+    """``RUN/cache/cells-PARTS-WHAT.parquet`` (:mod:`analysis.cache`): WHAT the grid,
+    the binning, the groups (each example's) and ``means``; the frame :func:`cells`
+    returns."""
+    blobs = []
     if groups is not None:
         g = groups.sort("example_id")
-        what.update(g["example_id"].to_numpy().astype(np.int64).tobytes())
-        what.update(g["group"].to_numpy().astype(np.int64).tobytes())
-    return run.cache_dir / f"cells-{parts}-{what.hexdigest()[:12]}.parquet"
-
-
-def _columns(grid: Grid, groups: pl.DataFrame | None, means: bool) -> list[str]:
-    return [*(["group"] if groups is not None else []), "key", "count",
-            *(("logp", *grid.fields) if means else ())]
-
-
-def _read_cache(path: Path, grid: Grid, groups: pl.DataFrame | None,
-                means: bool) -> pl.DataFrame | None:
-    """The cached cells at ``path``, or None (none yet, unreadable, other columns)."""
-    try:
-        out = pl.read_parquet(path)
-    except (OSError, pl.exceptions.PolarsError, ValueError):
-        return None
-    return out if out.columns == _columns(grid, groups, means) else None
-
-
-def _write_cache(path: Path, out: pl.DataFrame) -> None:
-    """Write ``out`` to ``path`` (atomically) and remove the cells built from other
-    parts; a folder that cannot be written (a read-only run) only costs the rebuild."""
-    try:
-        path.parent.mkdir(exist_ok=True)
-        atomic_write_parquet(out, path)
-        for old in path.parent.glob("cells-*.parquet"):
-            m = _CACHE_NAME.fullmatch(old.name)
-            if m and not path.name.startswith(f"cells-{m.group(1)}-"):
-                old.unlink(missing_ok=True)
-    except OSError:
-        pass
+        blobs = [g["example_id"].to_numpy().astype(np.int64).tobytes(),
+                 g["group"].to_numpy().astype(np.int64).tobytes()]
+    return cache.path(run, "cells", (CACHE_VERSION, grid.fields, grid.z_step, means,
+                                     BIN_WIDTH, BIN_HALF, H_MIN, H_MAX, H_BINS, D_WIDTH,
+                                     D_HALF), *blobs, ext="parquet")
 
 
 def _build(run: Run, parts: list[Path], grid: Grid, groups: pl.DataFrame | None,

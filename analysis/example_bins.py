@@ -18,7 +18,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from infosft.analysis.cells import BIN_EDGES_Z, BIN_HALF, h_bin, h_edges, logp_of_z, z_bin, z_edges
+from infosft.analysis import cache
+from infosft.analysis.cells import (BIN_EDGES_Z, BIN_HALF, BIN_WIDTH, H_MAX, H_MIN, h_bin,
+                                    h_edges, logp_of_z, z_bin, z_edges)
 from infosft.analysis.stats import Targets, missing_reason, weights
 from infosft.analysis.store import Run
 from infosft.errors import InfosftError
@@ -44,6 +46,9 @@ EXH_PER = 32
 EXH_NULL_BIN = EXH_FINE // EXH_PER + 1
 EXH_BINS = EXH_NULL_BIN + 1
 FINE_H_TO_COARSE = np.r_[0, (np.arange(EXH_FINE) // EXH_PER) + 1, EXH_NULL_BIN].astype(np.int64)
+#: Bump when what :meth:`ExampleBins.from_run` builds changes for the same inputs (the
+#: binning's constants are part of the cache key already).
+CACHE_VERSION = 1
 #: Draws of ProFit random's generator made at a time (bounded memory at any run size).
 DRAW_CHUNK = 1 << 22
 #: Occupied per-example bins summed at a time (:meth:`Axis.sums`).
@@ -219,7 +224,44 @@ class ExampleBins:
 
     @classmethod
     def from_run(cls, run: str | Path | Run) -> "ExampleBins":
+        """Built part by part; above :data:`analysis.cache.CACHE_ABOVE` target tokens kept
+        in ``RUN/cache/example-bins-*.npz`` (this class' arrays, :meth:`_save`), so a
+        restarted app reads them back (a pass over every token otherwise)."""
         run = run if isinstance(run, Run) else Run(run)
+        if not cache.kept(run):
+            return cls._build(run)
+        file = cache.path(run, "example-bins", (
+            CACHE_VERSION, BIN_WIDTH, BIN_HALF, EX_BIN_FINE, EX_BIN_HALF, EXH_FINE, EXH_PER,
+            H_MIN, H_MAX), ext="npz")
+        bins = cache.read(file, cls._load)
+        if bins is None:
+            bins = cls._build(run)
+            cache.write(file, bins._save)
+        return bins
+
+    _AXIS = ("indptr", "bins", "counts", "fine_count", "fine_sum")
+
+    def _save(self, path: Path) -> None:
+        """Every array to an ``.npz`` (no pickles): the examples, the run's fields, and
+        each axis' arrays (``q_*``, ``h_*`` when the run has H_top20)."""
+        arrays = {"ex_ids": self.ex_ids, "ex_counts": self.ex_counts,
+                  "run_fields": np.array(self.run_fields, dtype=str)}
+        for name, axis in (("q", self.q), ("h", self.h)):
+            if axis is not None:
+                arrays.update({f"{name}_{k}": getattr(axis, k) for k in self._AXIS})
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def _load(cls, path: Path) -> "ExampleBins":
+        with np.load(path, allow_pickle=False) as z:
+            axis = {name: Axis(**{k: z[f"{name}_{k}"] for k in cls._AXIS})
+                    for name in ("q", "h") if f"{name}_indptr" in z.files}
+            return cls(z["ex_ids"], z["ex_counts"], axis["q"], axis.get("h"),
+                       tuple(str(f) for f in z["run_fields"]))
+
+    @classmethod
+    def _build(cls, run: Run) -> "ExampleBins":
         fields = run.token_fields()
         has_h = "entropy_top20" in fields
         q = _Builder(2 * BIN_HALF, FINE_TO_COARSE, EX_BINS)

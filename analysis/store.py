@@ -11,10 +11,11 @@
                                (entropy_top20 since the scheme registry, logp_ref with
                                --reference), the same in every part
     RUN/vocab.parquet          token_id -> text piece, for top-k alternatives
-    RUN/cache/cells-*.parquet  derived tables, not data: a large run's cells
-                               (:mod:`analysis.cells`, its owner), each named for the
-                               parts it was built from; rebuilt when they change, safe
-                               to delete
+    RUN/cache/                 derived tables, not data (:mod:`analysis.cache`): a large
+                               run's cells (``cells-*.parquet``, :mod:`analysis.cells`)
+                               and per-example histograms (``example-bins-*.npz``,
+                               :mod:`analysis.example_bins`), each named for the parts
+                               it was built from; rebuilt when they change, safe to delete
     RUN/progress-RRR.json      while scoring, per rank RRR: stage (reading the data,
                                loading or converting the model, scoring, finishing),
                                done_tokens, total_tokens, elapsed_s, eta_s (removed

@@ -471,3 +471,24 @@ def test_stats_by_column_binned_matches_exact(capsys, fielded_run):
         assert got["target_tokens"] == want["target_tokens"], key
         assert got["weight_share"] == pytest.approx(want["weight_share"], abs=0.01), key
         assert got["mean_weight"] == pytest.approx(want["mean_weight"], rel=0.01, abs=1e-3), key
+
+
+@pytest.mark.parametrize("fields", [(), ("entropy_top20",)])
+def test_per_example_bins_are_read_back_from_the_run_cache(tmp_path, monkeypatch, fields):
+    from infosft.analysis import cache
+
+    monkeypatch.setattr(cache, "CACHE_ABOVE", 100)
+    run = make_run(tmp_path / "run", n_examples=40, target_tokens=25, seed=2,
+                   part_examples=15, fields=fields)
+    built = ExampleBins.from_run(run.path)
+    [file] = run.cache_dir.glob("example-bins-*.npz")
+    with monkeypatch.context() as m:
+        m.setattr(ExampleBins, "_build", classmethod(lambda cls, r: pytest.fail("rebuilt")))
+        back = ExampleBins.from_run(run.path)
+    assert back.run_fields == built.run_fields == tuple(fields)
+    assert (back.h is None) == (built.h is None) == (not fields)
+    for scheme in ["dft", "infosft", *(["eaft"] if fields else [])]:
+        assert back.per_example(scheme).equals(built.per_example(scheme)), scheme
+    file.write_bytes(b"\x00" * 10)  # damaged: rebuilt, and rewritten whole
+    assert ExampleBins.from_run(run.path).per_example("dft").equals(built.per_example("dft"))
+    assert np.load(file)["ex_ids"].tolist() == list(range(40))

@@ -149,9 +149,9 @@ def test_cells_by_group_add_up_to_the_runs(tmp_path, fields):
 @pytest.fixture
 def cached_run(tmp_path, monkeypatch):
     """A run the cache applies to (its threshold lowered below the run's size)."""
-    from infosft.analysis import cells as cells_mod
+    from infosft.analysis import cache
 
-    monkeypatch.setattr(cells_mod, "CACHE_ABOVE", 100)
+    monkeypatch.setattr(cache, "CACHE_ABOVE", 100)
     return Run(make_run(tmp_path / "run", n_examples=60, target_tokens=30, seed=5,
                         part_examples=20, fields=("entropy_top20",)).path)
 
@@ -204,7 +204,7 @@ def test_a_damaged_or_unwritable_cache_costs_only_a_rebuild(cached_run, monkeypa
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(cells_mod, "atomic_write_parquet", refuse)
+    monkeypatch.setattr("infosft.analysis.cache.atomic_write", refuse)
     assert cells(cached_run, grid).equals(want)
     assert not path.exists()
 
