@@ -101,6 +101,17 @@ def local_weights(tokens: pl.DataFrame, bins: ExampleBins, example_id: int,
     return out
 
 
+def nearest_id(ids: np.ndarray, wanted: int) -> int:
+    """``wanted`` if it is among the sorted ``ids``, else the next one (the last if none).
+
+    >>> nearest_id(np.array([0, 1, 5, 6]), 5), nearest_id(np.array([0, 1, 5, 6]), 2)
+    (5, 5)
+    >>> nearest_id(np.array([0, 1, 5, 6]), 9)
+    6
+    """
+    return int(ids[min(int(np.searchsorted(ids, wanted)), len(ids) - 1)])
+
+
 def token_view(run: Run, example_id: int, targets: Targets | ExampleBins, vocab: pl.DataFrame,
                settings: Settings) -> pl.DataFrame:
     """One example's tokens: ``position``, ``token``, ``is_target``, ``q``, ``logp``,

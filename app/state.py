@@ -69,6 +69,10 @@ BINNED_ABOVE = int(os.environ.get("INFOSFT_BINNED_ABOVE", 250_000))
 #: histogram cannot weigh (excess ranked within each example on Overview and Tune;
 #: excess or a scheme of several fields per example); above, it says what it lacks.
 TOKENS_UP_TO = int(os.environ.get("INFOSFT_TOKENS_UP_TO", EXACT_UP_TO))
+#: The most examples a page lists at once (the Examples table, an example picker): a
+#: 400k-row table or selectbox is sent whole on every rerun (seconds at 100M target
+#: tokens); past it the table shows its first rows and the Token view takes an id.
+ROWS_UP_TO = 5000
 BINNED_NOTE = ("This run is large, so Overview and Tune work on a histogram of its target "
                "tokens (cells of logit q and each per-token field): a knob change costs the "
                "same at any size; mean weight, share with w > 0 and effective tokens "

@@ -205,6 +205,41 @@ def test_examples_sort_box_speaks_the_tables_headers_and_the_picker_follows_it()
     assert at.selectbox(key="ex_pick").options == [str(i) for i in shown["example_id"]]
 
 
+def test_many_examples_are_listed_by_their_first_rows_and_picked_by_id(monkeypatch):
+    """Past ROWS_UP_TO examples (a 100M run has 400k) the Examples table shows its first
+    rows and the Token view takes an id: a 400k-row table or box is sent on every rerun."""
+    import doctest
+
+    from infosft.analysis import view as view_mod
+    from infosft.app import state
+
+    assert doctest.testmod(view_mod).failed == 0  # nearest_id
+    monkeypatch.setattr(state, "ROWS_UP_TO", 5)
+    ex = Run(SAMPLE_RUN).read_examples()
+    at = app("views/examples.py")
+    ok(at)
+    assert at.dataframe[0].value.shape[0] == 5
+    assert f"{ex.height:,} of {ex.height:,} examples; the first 5 shown" in " ".join(
+        c.value for c in at.caption)
+    assert len(at.selectbox(key="ex_pick").options) == 5
+    at.selectbox(key="ex_pick").set_value(at.selectbox(key="ex_pick").options[3]).run()
+    pick = int(at.selectbox(key="ex_pick").value)
+    at.button(key="ex_open").click().run()
+    ok(at)
+    assert at.title[0].value == "Token view"
+    assert at.number_input(key="tv_example_id").value == pick  # opened from Examples
+    n_target = dict(zip(ex["example_id"].to_list(), ex["n_target"].to_list()))
+    assert metrics(at)["Target tokens"].startswith(f"{n_target[pick]:,} of ")
+    at = app("views/token_view.py", example_id=pick)
+    other = int(ex["example_id"][-1])
+    at.number_input(key="tv_example_id").set_value(other).run()  # typed: it stays
+    ok(at)
+    assert at.number_input(key="tv_example_id").value == other
+    assert metrics(at)["Target tokens"].startswith(f"{n_target[other]:,} of ")
+    at.number_input(key="tv_example_id").set_value(pick).run()
+    assert metrics(at)["Target tokens"].startswith(f"{n_target[pick]:,} of ")
+
+
 def test_token_view_page_has_tooltips():
     at = app("views/token_view.py")
     ok(at)

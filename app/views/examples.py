@@ -41,7 +41,11 @@ def body() -> None:
                    if bound is None else state.EXAMPLES_EXACT if not any(bound.values()) else
                    state.EXAMPLES_BINNED.format(mean=bound["mean_weight"],
                                                 zero=bound["zero_weight_share"]))
-    st.caption(f"{table.height:,} of {state.examples(run).height:,} examples")
+    n_all = state.examples(run).height
+    st.caption(f"{table.height:,} of {n_all:,} examples" + (
+        f"; the first {state.ROWS_UP_TO:,} shown (search, filter or sort for the others)"
+        if table.height > state.ROWS_UP_TO else ""))
+    table = table.head(state.ROWS_UP_TO)
     event = st.dataframe(
         table, key="ex_table", hide_index=True, on_select="rerun", selection_mode="single-row",
         column_config={

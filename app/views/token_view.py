@@ -6,7 +6,7 @@ under all schemes."""
 import polars as pl
 import streamlit as st
 
-from infosft.analysis.view import ranked_here, token_view
+from infosft.analysis.view import nearest_id, ranked_here, token_view
 from infosft.app import state
 from infosft.app.render import (SCALES, SCHEME_LABELS, legend_html, token_html, weight_scale,
                                 weight_schemes)
@@ -20,15 +20,25 @@ def body() -> None:
     st.title("Token view")
     run = state.active_run()
     s = state.settings()
-    ids = state.examples(run)["example_id"].to_list()
-    if not ids:
+    ids = state.examples(run)["example_id"].to_numpy()
+    if not len(ids):
         st.info("This run has no examples.")
         return
     current = st.session_state.get("example_id")
     a, b, c, d = st.columns([2, 2, 2, 2])
-    example_id = a.selectbox("Example", ids, index=ids.index(current) if current in ids else 0,
-                             key="tv_example")
-    st.session_state["example_id"] = example_id
+    if len(ids) <= state.ROWS_UP_TO:
+        listed = ids.tolist()
+        example_id = a.selectbox("Example", listed, key="tv_example",
+                                 index=listed.index(current) if current in listed else 0)
+    else:  # a box of every id is sent whole on each rerun: an id instead
+        if current is not None and current != st.session_state.get("tv_shown"):
+            st.session_state["tv_example_id"] = int(current)  # chosen elsewhere (Examples)
+        wanted = a.number_input("Example", int(ids[0]), int(ids[-1]), key="tv_example_id",
+                                help=f"an example id, {ids[0]} to {ids[-1]}")
+        example_id = nearest_id(ids, int(wanted))
+        if example_id != wanted:
+            a.caption(f"Example {wanted} is not in this run; showing {example_id}.")
+    st.session_state["example_id"] = st.session_state["tv_shown"] = example_id
     color_by = b.radio("Colour by", ("q", "logp", "weight"), horizontal=True, key="tv_color")
     t = state.example_targets(run)
     view = token_view(run, example_id, t, state.vocab(run), s)
