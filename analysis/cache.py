@@ -54,6 +54,17 @@ def read(file: Path, load: Callable[[Path], T | None]) -> T | None:
         return None
 
 
+def through(file: Path, load: Callable[[Path], T | None], build: Callable[[], T],
+            save: Callable[[T, Path], None]) -> T:
+    """The table in ``file`` (:func:`read`), or ``build()``'s, then written there
+    (``save(table, tmp_path)``, :func:`write`)."""
+    out = read(file, load)
+    if out is None:
+        out = build()
+        write(file, lambda tmp: save(out, tmp))
+    return out
+
+
 def write(file: Path, save: Callable[[Path], None]) -> None:
     """Write ``file`` through ``save(tmp_path)`` (atomically), then remove the files of
     its kind built from other parts. An unwritable folder skips it."""

@@ -200,11 +200,8 @@ def cells(run: Run, grid: Grid, groups: pl.DataFrame | None = None, *,
         df = pl.read_parquet(f)
         return df if df.columns == columns else None
 
-    out = cache.read(file, load)
-    if out is None:
-        out = _build(run, parts, grid, groups, means)
-        cache.write(file, out.write_parquet)
-    return out
+    return cache.through(file, load, lambda: _build(run, parts, grid, groups, means),
+                         pl.DataFrame.write_parquet)
 
 
 #: Bump when what :func:`_build` makes changes for the same inputs (the binning's own

@@ -233,11 +233,7 @@ class ExampleBins:
         file = cache.path(run, "example-bins", (
             CACHE_VERSION, BIN_WIDTH, BIN_HALF, EX_BIN_FINE, EX_BIN_HALF, EXH_FINE, EXH_PER,
             H_MIN, H_MAX), ext="npz")
-        bins = cache.read(file, cls._load)
-        if bins is None:
-            bins = cls._build(run)
-            cache.write(file, bins._save)
-        return bins
+        return cache.through(file, cls._load, lambda: cls._build(run), cls._save)
 
     _AXIS = ("indptr", "bins", "counts", "fine_count", "fine_sum")
 

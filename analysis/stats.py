@@ -422,7 +422,7 @@ def summary_targets(run: Run, scheme: str, knobs: dict[str, Any],
     :data:`EXACT_UP_TO` target tokens) its cells. Raises :class:`InfosftError` naming the
     run when they cannot be weighted by ``scheme`` with ``knobs``."""
     if binned is None:
-        n = run.meta().get("counts", {}).get("target_tokens", 0)
+        n = run.counts().get("target_tokens")
         binned = isinstance(n, int) and n > EXACT_UP_TO
     fields = run.token_fields()
     why = missing_reason(scheme, fields, binned=binned, knobs=knobs)
