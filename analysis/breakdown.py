@@ -24,9 +24,9 @@ import json
 import math
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import polars as pl
@@ -169,6 +169,8 @@ class Grouping:
         facts: ``(g,)`` rows of the scheme-free columns (:data:`GROUP_SCHEMA`).
         n_groups: distinct labels before pooling into ``(other)``.
         capped: whether some were pooled.
+        ranks: of a binned run with ``logp_ref``, what builds the same grouping of its
+            rank cells (:meth:`over`).
     """
 
     column: str
@@ -180,6 +182,7 @@ class Grouping:
     facts: pl.DataFrame
     n_groups: int
     capped: bool
+    ranks: Callable[[], "Grouping"] | None = field(default=None, repr=False)
 
 
     @property
@@ -234,6 +237,11 @@ class Grouping:
         tokens = Counter()
         for e, g in zip(labels["example_id"].to_list(), labels["group"].to_list()):
             tokens[g] += n_of.get(e, 0)
+        ranks = None
+        if targets.has_ranks:
+            frame = examples
+            ranks = lambda: grouping(run, column, targets=targets.ranks(),  # noqa: E731
+                                     examples=frame, max_groups=max_groups)
         names, index, examples, n_groups = _rank(tokens, labels, max_groups)
         codes = labels.select("example_id", pl.col("group").replace_strict(
             index, default=len(index), return_dtype=pl.Int32))
@@ -247,7 +255,15 @@ class Grouping:
                  for a, b in zip(bounds[:-1], bounds[1:])]
         return cls(column=column, names=names, examples=examples, order=at, bounds=bounds,
                    parts=parts, facts=_facts(names, examples, parts, len(targets)),
-                   n_groups=n_groups, capped=n_groups > len(index))
+                   n_groups=n_groups, capped=n_groups > len(index), ranks=ranks)
+
+    def over(self, targets: Targets, scheme: str, knobs: dict[str, Any]
+             ) -> tuple["Grouping", Targets]:
+        """This grouping and ``targets`` (the run's it was built from), or for a scheme
+        weighed on a binned run's rank cells (:meth:`Targets.over`) the same grouping of
+        those and the rank cells."""
+        t = targets.over(scheme, knobs)
+        return (self, t) if t is targets else (self.ranks(), t)
 
     def table(self, targets: Targets, schemes: dict[str, dict[str, Any]],
               weights: dict[str, np.ndarray] | None = None) -> pl.DataFrame:
@@ -262,12 +278,13 @@ class Grouping:
         """
         rows = []
         for scheme, knobs in schemes.items():
+            g, t = self.over(targets, scheme, knobs)
             w = (weights or {}).get(scheme)
-            w = targets.weights(scheme, **knobs) if w is None else w
-            total = targets.mass(w)
-            grouped = w[self.order]  # one gather; each group's weights are then a view
-            for i, part in enumerate(self.parts):
-                wg = grouped[self.bounds[i]:self.bounds[i + 1]]
+            w = t.weights(scheme, **knobs) if w is None else w
+            total = t.mass(w)
+            grouped = w[g.order]  # one gather; each group's weights are then a view
+            for i, part in enumerate(g.parts):
+                wg = grouped[g.bounds[i]:g.bounds[i + 1]]
                 s = part.summary(scheme, w=wg, **knobs)
                 share = part.mass(wg) / total if total > 0 else 0.0
                 tok = self.facts["token_share"][i]
@@ -376,7 +393,8 @@ def grouping(run: str | Path | Run, column: str, *, targets: Targets | None = No
         return Grouping.build(t, labels, column, max_groups=max_groups)
 
     binned = targets is not None and targets.is_binned
-    return _cached(("grouping", *_run_key(run), column, max_groups, binned), make)
+    ranked = binned and targets.grid.ranked
+    return _cached(("grouping", *_run_key(run), column, max_groups, binned, ranked), make)
 
 
 def breakdown(run: str | Path | Run, column: str, scheme: str | None = None, *,

@@ -19,7 +19,14 @@ The axes:
   :data:`D_WIDTH` over [-:data:`D_HALF` * D_WIDTH, D_HALF * D_WIDTH], the ends open.
 
 Each field's axis has one more bin, for the tokens without it (they weigh 0 under a
-scheme that reads it, as in the exact statistics). Synthetic runs with entropy_top20 have 47k-220k
+scheme that reads it, as in the exact statistics).
+
+A run with ``logp_ref`` has a second table, the *rank cells* (``Grid(ranked=True)``):
+z (bins of :data:`Z_RANK` fine bins) crossed with u = r / m in :data:`U_BINS` bins, r a
+token's 0-based rank by excess within its example (largest first, ties in order of
+position) and m the example's tokens with an excess. Excess ranked within each example
+keeps a token iff u < keep, so these cells weigh it exactly wherever keep is a multiple
+of 1 / U_BINS; the main grid cannot (a cell's tokens sit in many examples). Synthetic runs with entropy_top20 have 47k-220k
 occupied cells from 100k to 100M target tokens (``benchmarks/bench_binned.py``).
 """
 
@@ -44,6 +51,10 @@ BIN_EDGES_Z = BIN_WIDTH * np.arange(-BIN_HALF, BIN_HALF + 1)
 Z_COARSE = (1, 1, 2)
 H_MIN, H_MAX, H_BINS = 1e-3, math.log(20), 64
 D_WIDTH, D_HALF = 0.1, 100
+#: The rank cells' axes: bins of u = r / m (one more for a token without an excess), and
+#: fine z bins per z bin (a divisor of 896: the q bands' edges stay bin edges; the
+#: weight reads u alone, z only places the cell in the histograms and bands).
+U_BINS, Z_RANK = 100, 8
 
 #: The bins of the axis each field adds (the last: tokens without it), in
 #: :data:`OPTIONAL_TOKEN_SCHEMA` order.
@@ -92,12 +103,29 @@ def z_edges(i: np.ndarray, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return logp_of_z(lo), logp_of_z(hi)
 
 
+def rank_bin() -> pl.Expr:
+    """Each row's bin of u = r / m (:data:`U_BINS` of them; ``U_BINS``: no excess), r
+    its 0-based rank by excess ``logp_ref - logp`` within its example (largest first,
+    ties in order of the rows), m the example's rows with a finite excess. ``r * U_BINS
+    // m`` in integers: bin < j exactly when r < ceil(j / U_BINS * m), the tokens excess
+    keeps at keep = j / U_BINS. The frame must hold whole examples in position order (a
+    run's parts do). The excess in float32, as the scheme computes it (the same ties)."""
+    d = pl.col("logp_ref").cast(pl.Float32) - pl.col("logp").cast(pl.Float32)
+    d = pl.when(d.is_finite()).then(d).otherwise(None)
+    r = d.rank("ordinal", descending=True).over("example_id").cast(pl.Int64) - 1
+    m = d.count().over("example_id").cast(pl.Int64)
+    return pl.when(d.is_null()).then(U_BINS).otherwise(r * U_BINS // m)
+
+
 @dataclass(frozen=True)
 class Grid:
     """The cell grid of a run with optional ``fields``. A cell's key is its z bin plus
-    ``n_z`` times the index of its bins on the field axes (mixed radix, in order)."""
+    ``n_z`` times the index of its bins on the field axes (mixed radix, in order).
+
+    ``ranked``: the run's rank cells instead (z by u, see the module; no fields)."""
 
     fields: tuple[str, ...]
+    ranked: bool = False
 
     @classmethod
     def of(cls, fields) -> "Grid":
@@ -106,7 +134,7 @@ class Grid:
     @property
     def z_step(self) -> int:
         """Fine z bins per z bin of this grid."""
-        return Z_COARSE[len(self.fields)]
+        return Z_RANK if self.ranked else Z_COARSE[len(self.fields)]
 
     @property
     def n_z(self) -> int:
@@ -114,12 +142,21 @@ class Grid:
 
     @property
     def sizes(self) -> tuple[int, ...]:
+        if self.ranked:
+            return (self.n_z, U_BINS + 1)
         return (self.n_z, *(_AXIS_SIZE[f] for f in self.fields))
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The token columns a cell key is computed from."""
+        return ("logp", "logp_ref") if self.ranked else ("logp", *self.fields)
 
     def key(self) -> pl.Expr:
         """The cell key (i64) of each row of a token frame (``logp`` and the fields not
         null or NaN). A logp a rounding above 0 is q = 1, as the schemes read it."""
         key = z_bin(self.z_step)
+        if self.ranked:
+            return (key + self.n_z * rank_bin()).cast(pl.Int64).alias("key")
         radix = self.n_z
         for f in self.fields:
             v = pl.col(f).cast(pl.Float64)
@@ -137,6 +174,12 @@ class Grid:
         """Each axis' bin index of ``key`` (z first)."""
         return list(np.unravel_index(np.asarray(key, dtype=np.int64), self.sizes[::-1],
                                      order="C"))[::-1]
+
+    def u_edges(self, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rank cells' u bin edges ``(lo, hi)`` of ``key`` (NaN: no excess)."""
+        u = self.unravel(key)[1].astype(np.float64)
+        null = u == U_BINS
+        return (np.where(null, np.nan, u / U_BINS), np.where(null, np.nan, (u + 1) / U_BINS))
 
     def corners(self, key: np.ndarray) -> list[dict[str, np.ndarray]]:
         """The corners of each cell: for each of the 2^(axes) corners, ``logp`` and each
@@ -218,9 +261,9 @@ def cache_path(run: Run, grid: Grid, groups: pl.DataFrame | None, means: bool) -
         g = groups.sort("example_id")
         blobs = [g["example_id"].to_numpy().astype(np.int64).tobytes(),
                  g["group"].to_numpy().astype(np.int64).tobytes()]
-    return cache.path(run, "cells", (CACHE_VERSION, grid.fields, grid.z_step, means,
-                                     BIN_WIDTH, BIN_HALF, H_MIN, H_MAX, H_BINS, D_WIDTH,
-                                     D_HALF), *blobs, ext="parquet")
+    return cache.path(run, "cells", (CACHE_VERSION, grid.fields, grid.ranked, grid.z_step,
+                                     means, BIN_WIDTH, BIN_HALF, H_MIN, H_MAX, H_BINS,
+                                     D_WIDTH, D_HALF, U_BINS), *blobs, ext="parquet")
 
 
 def _build(run: Run, parts: list[Path], grid: Grid, groups: pl.DataFrame | None,
@@ -247,7 +290,7 @@ def _build(run: Run, parts: list[Path], grid: Grid, groups: pl.DataFrame | None,
     def scan(part: Path) -> pl.LazyFrame:
         """A part's target tokens with their cell key, in one plan (a third faster
         than mapping the groups between two)."""
-        lf = pl.scan_parquet(part).filter(ok).select("example_id", *cols).with_columns(
+        lf = pl.scan_parquet(part).filter(ok).select("example_id", *grid.inputs).with_columns(
             grid.key())
         if group is None:
             return lf

@@ -2,10 +2,13 @@
 tokens as coarse histograms (:class:`ExampleBins`), for the Examples table, the Token
 view's offsets and Export's filter count.
 
-Two axes, each a per-example histogram (CSR) beside the run's fine histogram on the same
-axis: logit q (every run), and ``entropy_top20`` (a run scored with it), so the schemes
-of q alone and those of H_top20 alone (EAFT) have per-example numbers within stated
-bounds. A scheme of other fields, or of several, needs the tokens.
+Up to three axes, each a per-example histogram (CSR) beside the run's fine histogram on
+the same axis: logit q (every run), ``entropy_top20`` (a run scored with it) and the
+excess ``logp_ref - logp`` (a run scored with a reference), so the schemes of q alone,
+those of H_top20 alone (EAFT) and excess over the run have per-example numbers within
+stated bounds, and excess within each example exact ones (an example keeps
+``ceil(keep * m)`` of its m tokens with an excess). A user's scheme of other fields, or
+of several, needs the tokens.
 """
 
 from __future__ import annotations
@@ -46,9 +49,17 @@ EXH_PER = 32
 EXH_NULL_BIN = EXH_FINE // EXH_PER + 1
 EXH_BINS = EXH_NULL_BIN + 1
 FINE_H_TO_COARSE = np.r_[0, (np.arange(EXH_FINE) // EXH_PER) + 1, EXH_NULL_BIN].astype(np.int64)
+#: The excess axis: ``EXD_FINE`` fine bins of width ``EXD_WIDTH`` over [-EXD_HALF *
+#: EXD_WIDTH, EXD_HALF * EXD_WIDTH] (the end bins open), ``EXD_PER`` of them a coarse bin
+#: (0.05 nats), and a null bin for a target without a finite excess.
+EXD_WIDTH, EXD_HALF, EXD_PER = 0.01, 500, 5
+EXD_FINE = 2 * EXD_HALF
+EXD_NULL_BIN = EXD_FINE // EXD_PER
+EXD_BINS = EXD_NULL_BIN + 1
+FINE_D_TO_COARSE = (np.arange(EXD_FINE) // EXD_PER).astype(np.int64)
 #: Bump when what :meth:`ExampleBins.from_run` builds changes for the same inputs (the
 #: binning's constants are part of the cache key already).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: Draws of ProFit random's generator made at a time (bounded memory at any run size).
 DRAW_CHUNK = 1 << 22
 #: Occupied per-example bins summed at a time (:meth:`Axis.sums`).
@@ -184,8 +195,8 @@ def _table(fine_count: np.ndarray, to_coarse: np.ndarray, n_bins: int, null_bin:
 
 class ExampleBins:
     """A run's target tokens per example as coarse histograms (:class:`Axis`): in logit q
-    (:data:`EX_BINS` bins) and, for a run with ``entropy_top20``, in H_top20
-    (:data:`EXH_BINS`), each beside the run's fine histogram on that axis, built part by
+    (:data:`EX_BINS` bins), for a run with ``entropy_top20`` in H_top20 (:data:`EXH_BINS`),
+    and for a run with ``logp_ref`` in the excess (:data:`EXD_BINS`), each beside the run's fine histogram on that axis, built part by
     part (each part holds whole examples), so memory is bounded by a part while building
     and by examples x occupied bins (~40-90 a 250-token example and axis, 3 bytes each)
     after: not by the tokens.
@@ -198,17 +209,21 @@ class ExampleBins:
     DFT, ~0.1 for InfoSFT at C = logit 0.93; a factor 1.28 in H: ~0.2 x EAFT's weight at
     alpha 1); for a step (ProFit) the tokens of the one bin that straddles the threshold.
     ProFit random is exact: the run's own draws, regenerated in pieces (a target without
-    a logp counts as kept; scored runs have none). Schemes that read other fields, or
-    several (excess, a user's), need the tokens (:meth:`missing`)."""
+    a logp counts as kept; scored runs have none). Excess over the run: the share each
+    fine excess bin keeps, on the run's fine histogram; the bound is the tokens of the
+    coarse bin (0.05 nats) that straddles the cut. Excess within each example is exact
+    (``ceil(keep * m)`` kept of the example's m tokens with an excess). A user's scheme
+    of other fields, or of several, needs the tokens (:meth:`missing`)."""
 
     is_binned = True
 
     def __init__(self, ex_ids: np.ndarray, ex_counts: np.ndarray, q: Axis,
-                 h: Axis | None = None, run_fields: tuple[str, ...] = ()):
+                 h: Axis | None = None, run_fields: tuple[str, ...] = (),
+                 d: Axis | None = None):
         self.ex_ids = np.asarray(ex_ids, dtype=np.int32)
         self.ex_counts = np.asarray(ex_counts, dtype=np.int64)
         self.ex_ends = np.cumsum(self.ex_counts)
-        self.q, self.h = q, h
+        self.q, self.h, self.d = q, h, d
         self.run_fields = tuple(run_fields)
         self._cache: dict[str, tuple[Any, pl.DataFrame]] = {}
 
@@ -232,17 +247,17 @@ class ExampleBins:
             return cls._build(run)
         file = cache.path(run, "example-bins", (
             CACHE_VERSION, BIN_WIDTH, BIN_HALF, EX_BIN_FINE, EX_BIN_HALF, EXH_FINE, EXH_PER,
-            H_MIN, H_MAX), ext="npz")
+            H_MIN, H_MAX, EXD_WIDTH, EXD_HALF, EXD_PER), ext="npz")
         return cache.through(file, cls._load, lambda: cls._build(run), cls._save)
 
     _AXIS = ("indptr", "bins", "counts", "fine_count", "fine_sum")
 
     def _save(self, path: Path) -> None:
         """Every array to an ``.npz`` (no pickles): the examples, the run's fields, and
-        each axis' arrays (``q_*``, ``h_*`` when the run has H_top20)."""
+        each axis' arrays (``q_*``; ``h_*``, ``d_*`` when the run has H_top20, logp_ref)."""
         arrays = {"ex_ids": self.ex_ids, "ex_counts": self.ex_counts,
                   "run_fields": np.array(self.run_fields, dtype=str)}
-        for name, axis in (("q", self.q), ("h", self.h)):
+        for name, axis in (("q", self.q), ("h", self.h), ("d", self.d)):
             if axis is not None:
                 arrays.update({f"{name}_{k}": getattr(axis, k) for k in self._AXIS})
         with open(path, "wb") as f:
@@ -252,9 +267,9 @@ class ExampleBins:
     def _load(cls, path: Path) -> "ExampleBins":
         with np.load(path, allow_pickle=False) as z:
             axis = {name: Axis(**{k: z[f"{name}_{k}"] for k in cls._AXIS})
-                    for name in ("q", "h") if f"{name}_indptr" in z.files}
+                    for name in ("q", "h", "d") if f"{name}_indptr" in z.files}
             return cls(z["ex_ids"], z["ex_counts"], axis["q"], axis.get("h"),
-                       tuple(str(f) for f in z["run_fields"]))
+                       tuple(str(f) for f in z["run_fields"]), axis.get("d"))
 
     @classmethod
     def _build(cls, run: Run) -> "ExampleBins":
@@ -262,6 +277,8 @@ class ExampleBins:
         has_h = "entropy_top20" in fields
         q = _Builder(2 * BIN_HALF, FINE_TO_COARSE, EX_BINS)
         h = _Builder(EXH_FINE + 2, FINE_H_TO_COARSE, EXH_BINS) if has_h else None
+        has_d = "logp_ref" in fields
+        d = _Builder(EXD_FINE, FINE_D_TO_COARSE, EXD_BINS) if has_d else None
         ids, n = [], []
         # the fine bins as the run's cells bin them (analysis.cells); -1: no logp (or H)
         ok = pl.col("logp").is_not_null() & ~pl.col("logp").is_nan()
@@ -271,6 +288,11 @@ class ExampleBins:
             cols += [pl.when(ok).then(h_bin(EXH_FINE)).otherwise(None).fill_null(-1)
                      .cast(pl.Int64).alias("h"),
                      pl.col("entropy_top20").cast(pl.Float64).fill_null(np.nan).alias("hv")]
+        if has_d:  # the excess in float32, as the scheme computes it
+            dv = pl.col("logp_ref").cast(pl.Float32) - pl.col("logp").cast(pl.Float32)
+            dv = pl.when(dv.is_finite()).then(dv).otherwise(None).cast(pl.Float64)
+            cols += [(dv / EXD_WIDTH + EXD_HALF).floor().clip(0, EXD_FINE - 1)
+                     .fill_null(-1).cast(pl.Int64).alias("d"), dv.fill_null(np.nan).alias("dv")]
         for part in run.check_parts():
             df = run.collect(pl.scan_parquet(part).filter(pl.col("is_target")).select(cols))
             if not df.height:
@@ -280,29 +302,35 @@ class ExampleBins:
             n.append(q.add(row, len(ex_ids), df["q"].to_numpy()))
             if h is not None:
                 h.add(row, len(ex_ids), df["h"].to_numpy(), df["hv"].to_numpy())
+            if d is not None:
+                d.add(row, len(ex_ids), df["d"].to_numpy(), df["dv"].to_numpy())
         ex_ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
         n_t = np.concatenate(n) if n else np.zeros(0, np.int64)
         order = np.argsort(ex_ids, kind="stable")
         ex_ids, n_t = ex_ids[order], n_t[order]
         if len(ex_ids) > 1 and not (np.diff(ex_ids) > 0).all():
             raise InfosftError(f"{run.path}: an example's tokens are split across parts")
-        return cls(ex_ids, n_t, q.axis(order), None if h is None else h.axis(order), fields)
+        return cls(ex_ids, n_t, q.axis(order), None if h is None else h.axis(order), fields,
+                   None if d is None else d.axis(order))
 
     def __len__(self) -> int:
         return int(self.ex_counts.sum())
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.ex_ids, self.ex_counts, self.ex_ends)) + \
-            self.q.nbytes + (self.h.nbytes if self.h is not None else 0)
+        return sum(a.nbytes for a in (self.ex_ids, self.ex_counts, self.ex_ends)) + sum(
+            a.nbytes for a in (self.q, self.h, self.d) if a is not None)
 
     def _axis_of(self, scheme: str) -> str | None:
-        """Which axis a scheme's per-token weight is a function of ("q", "h"), or None."""
+        """Which axis a scheme's per-token weight is a function of ("q", "h"), or for
+        the excess selection "d", or None."""
         s = get_scheme(scheme)
         if s.q_only:
             return "q"
         if s.per_token and set(s.needs) == {"entropy_top20"} and self.h is not None:
             return "h"
+        if scheme == "excess" and self.d is not None:
+            return "d"
         return None
 
     def missing(self, scheme: str, short: bool = False) -> str | None:
@@ -313,9 +341,9 @@ class ExampleBins:
             s = get_scheme(scheme)
             why = (f"{s.label} needs the run's tokens (each example is summarized as "
                    "histograms of q and H_top20)" if short else
-                   f"scheme {scheme!r} is neither of q alone nor of H_top20 alone: its "
-                   "per-example numbers need the run's tokens, not each example's "
-                   "histograms")
+                   f"scheme {scheme!r} is neither of q alone, of H_top20 alone nor "
+                   "excess: its per-example numbers need the run's tokens, not each "
+                   "example's histograms")
         return why
 
     def offset(self, example_id: int) -> int:
@@ -341,6 +369,29 @@ class ExampleBins:
              for v in (edges[keep], edges[keep + 1], mean)]
         return _table(ax.fine_count, FINE_H_TO_COARSE, EXH_BINS, EXH_NULL_BIN, *w, keep)
 
+    def _d_table(self, scheme: str, knobs: dict[str, Any]) -> np.ndarray:
+        """Excess over the run: each fine excess bin's share kept (the scheme's
+        ``on_counts`` on the run's fine histogram at its bins' means), each token of the
+        bin straddling the cut kept or not."""
+        ax = self.d
+        keep = np.flatnonzero(ax.fine_count)
+        mean = ax.fine_sum[keep] / ax.fine_count[keep]
+        share = get_scheme(scheme).on_counts(
+            {"logp": torch.zeros(len(keep)), "logp_ref": torch.from_numpy(mean).float()},
+            torch.from_numpy(ax.fine_count[keep]), **resolve_knobs(scheme, **knobs)
+        ).double().numpy()
+        return _table(ax.fine_count, FINE_D_TO_COARSE, EXD_BINS, EXD_NULL_BIN,
+                      (share >= 1).astype(np.float64), (share > 0).astype(np.float64),
+                      share, keep)
+
+    def _kept_per_example(self, keep: float) -> np.ndarray:
+        """Excess within each example: ``ceil(keep * m)`` kept of each example's m
+        targets with a finite excess (as the scheme ranks them)."""
+        has = np.ones((EXD_BINS, 1))
+        has[EXD_NULL_BIN] = 0
+        m = self.d.sums(has)[:, 0]
+        return np.ceil(keep * m - 1e-9)
+
     def per_example(self, scheme: str, **knobs: Any) -> pl.DataFrame | None:
         """``example_id``, ``mean_weight``, ``zero_weight_share`` (estimates) and their
         bounds ``mean_weight_lo`` / ``_hi``, ``zero_weight_share_lo`` / ``_hi`` (intervals
@@ -349,9 +400,12 @@ class ExampleBins:
         key = repr((scheme, sorted(resolve_knobs(scheme, **knobs).items())))
         if key in self._cache:
             return self._cache[key]
-        if Targets._random(scheme, knobs):
-            k = resolve_knobs(scheme, **knobs)
-            kept = self._random_kept(float(k["threshold"]), int(k["seed"]))
+        k = resolve_knobs(scheme, **knobs)
+        exact = Targets._random(scheme, knobs) or (
+            self._axis_of(scheme) == "d" and k.get("per") == "example")
+        if exact:
+            kept = (self._random_kept(float(k["threshold"]), int(k["seed"]))
+                    if scheme == "profit" else self._kept_per_example(float(k["keep"])))
             mean = kept / np.maximum(self.ex_counts, 1)
             out = pl.DataFrame({"example_id": self.ex_ids, "mean_weight": mean,
                                 "zero_weight_share": 1 - mean, "mean_weight_lo": mean,
@@ -360,10 +414,11 @@ class ExampleBins:
         elif self.missing(scheme) is not None:
             out = None
         else:
-            on_q = self._axis_of(scheme) == "q"
-            t = self._q_table(scheme, knobs) if on_q else self._h_table(scheme, knobs)
+            axis = self._axis_of(scheme)
+            t = {"q": self._q_table, "h": self._h_table, "d": self._d_table}[axis](
+                scheme, knobs)
             zero_lo = (t[:, 2] == 0).astype(np.float64)
-            sums = (self.q if on_q else self.h).sums(
+            sums = getattr(self, axis).sums(
                 np.column_stack([t[:, :4], zero_lo, t[:, 4]]))
             n = np.maximum(self.ex_counts, 1)[:, None].astype(np.float64)
             m = sums / n

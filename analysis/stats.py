@@ -11,9 +11,10 @@ over tokens. Recomputing everything for a new C on 10 million tokens takes
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -49,8 +50,10 @@ def missing_reason(scheme: str, fields: Any = (), *, binned: bool = False,
     """Why a run with the optional per-token ``fields`` (names) cannot be weighted by
     ``scheme`` (with ``knobs``; default: its defaults), in one line naming what to do;
     None when it can. A *binned* run (a histogram of its tokens' fields) supports every
-    scheme a token's weight is a function of its own fields in, and selections that
-    :meth:`~infosft.schemes.Scheme.on_histogram` can do. ``short``: the app's caption
+    scheme a token's weight is a function of its own fields in, selections that
+    :meth:`~infosft.schemes.Scheme.on_histogram` can do, and (a run with ``logp_ref``)
+    those ranked within each example (:meth:`~infosft.schemes.Scheme.on_ranks`: on its
+    rank cells). ``short``: the app's caption
     (``EAFT needs entropy_top20: rescore the run``)."""
     s = get_scheme(scheme)
     for name in s.extra_fields:
@@ -59,7 +62,8 @@ def missing_reason(scheme: str, fields: Any = (), *, binned: bool = False,
             return (f"{s.label} needs {name}: {brief}" if short else
                     f"scheme {scheme!r} needs each target token's {name}, which this run "
                     f"does not have: {full}")
-    if binned and not s.on_histogram(resolve_knobs(scheme, **(knobs or {}))):
+    k = resolve_knobs(scheme, **(knobs or {}))
+    if binned and not s.on_histogram(k) and not (s.on_ranks(k) and "logp_ref" in fields):
         return (f"{s.label} with these knobs needs the run's tokens (this large run is "
                 "summarized as a histogram)" if short else
                 f"scheme {scheme!r} with these knobs ranks tokens within a set it cannot "
@@ -96,6 +100,9 @@ def band_index(q: np.ndarray, bands: tuple[float, float] = BANDS) -> np.ndarray:
     return np.searchsorted(np.asarray(bands), q, side="right").astype(np.int8)
 
 
+_RANKS_LOCK = threading.Lock()
+
+
 class Targets:
     """A run's target tokens with everything that does not depend on the scheme
     precomputed (q bands, histogram bins, example boundaries), so a knob change costs
@@ -106,8 +113,9 @@ class Targets:
     and :attr:`fields` are each cell's means and ``count`` how many tokens fall in it, so
     memory and the cost of a knob change do not grow with the run; its numbers are within
     :meth:`bounds` of the exact ones. A selection (excess) weighs a cell by the share of
-    its tokens it keeps. Per-example numbers need the tokens, or for a large run
-    :class:`ExampleBins`.
+    its tokens it keeps; one within each example is weighed on the run's rank cells
+    instead (:meth:`over`, built on first use). Per-example numbers need the tokens, or
+    for a large run :class:`ExampleBins`.
 
     Args:
         example_id: ``(n,)`` sorted example ids.
@@ -121,6 +129,8 @@ class Targets:
     grid: Grid | None = None
     cell_key: np.ndarray | None = None
     run_fields: tuple[str, ...] = ()
+    #: a binned run's rank cells (:meth:`ranks`): a Targets, or what builds it
+    _ranks: "Targets | Callable[[], Targets] | None" = None
 
     def __init__(self, example_id: np.ndarray, logp: np.ndarray,
                  bands: tuple[float, float] = BANDS, count: np.ndarray | None = None,
@@ -166,24 +176,57 @@ class Targets:
         return cls.from_frame(load_targets(run))
 
     @classmethod
-    def binned(cls, run: str | Path | Run) -> "Targets":
+    def binned(cls, run: str | Path | Run, *, ranked: bool = False) -> "Targets":
         """The run's target tokens as the cells of a joint histogram (see the class and
         :mod:`analysis.cells`), built part by part: memory bounded by a part of the run
-        and the cells, not the run."""
+        and the cells, not the run. ``ranked``: its rank cells (:meth:`ranks`)."""
         run = run if isinstance(run, Run) else Run(run)
         fields = run.token_fields()
-        grid = Grid.of(fields)
-        return cls.of_cells(cells(run, grid), grid, fields)
+        grid = Grid((), ranked=True) if ranked else Grid.of(fields)
+        t = cls.of_cells(cells(run, grid), grid, fields)
+        if not ranked and "logp_ref" in fields:
+            t._ranks = lambda: cls.binned(run, ranked=True)
+        return t
 
     @classmethod
     def of_cells(cls, frame: pl.DataFrame, grid: Grid, run_fields: tuple[str, ...]
                  ) -> "Targets":
-        """A binned Targets from :func:`analysis.cells.cells`' frame (one group's)."""
+        """A binned Targets from :func:`analysis.cells.cells`' frame (one group's); the
+        rank cells' fields are their u bins' edges (``rank_lo``, ``rank_hi``)."""
+        key = frame["key"].to_numpy()
+        fields = (dict(zip(("rank_lo", "rank_hi"), grid.u_edges(key))) if grid.ranked else
+                  {f: frame[f].fill_null(np.nan).to_numpy() for f in grid.fields})
         t = cls(np.zeros(frame.height, dtype=np.int32), frame["logp"].to_numpy(),
-                count=frame["count"].to_numpy(),
-                fields={f: frame[f].fill_null(np.nan).to_numpy() for f in grid.fields})
-        t.grid, t.cell_key, t.run_fields = grid, frame["key"].to_numpy(), tuple(run_fields)
+                count=frame["count"].to_numpy(), fields=fields)
+        t.grid, t.cell_key, t.run_fields = grid, key, tuple(run_fields)
         return t
+
+    def ranks(self) -> "Targets | None":
+        """A binned run's rank cells (:mod:`analysis.cells`: each token's within-example
+        rank share by excess), built (or read from the run's cache) on first use; None
+        for tokens, rank cells, or a run without ``logp_ref``."""
+        with _RANKS_LOCK:  # two app sessions asking at once build it once
+            if callable(self._ranks):
+                self._ranks = self._ranks()
+        return self._ranks
+
+    @property
+    def has_ranks(self) -> bool:
+        """Whether these are a binned run's cells with rank cells beside them."""
+        return self._ranks is not None and not self.grid.ranked
+
+    def uses_ranks(self, scheme: str, knobs: dict[str, Any] | None = None) -> bool:
+        """Whether ``scheme`` with ``knobs`` is weighed on this binned run's rank cells
+        (:meth:`over`): a selection within each example (excess, per=example)."""
+        return (self.has_ranks and get_scheme(scheme).on_ranks(resolve_knobs(scheme, **(knobs or {}))))
+
+    def over(self, scheme: str, knobs: dict[str, Any] | None = None) -> "Targets":
+        """What weighs ``scheme`` with ``knobs``: these tokens or cells, or a binned run's
+        rank cells for a selection within each example. Weights ``w`` a method takes
+        (:meth:`summary`, :meth:`histogram`, :meth:`mass`) must be of the same Targets;
+        those that take a scheme (:meth:`weights`, :meth:`summary`, :meth:`bounds`)
+        choose it themselves."""
+        return self.ranks() if self.uses_ranks(scheme, knobs) else self
 
     def __len__(self) -> int:
         return len(self.logp) if self.count is None else int(round(self.count.sum()))
@@ -196,6 +239,9 @@ class Targets:
                 knobs: dict[str, Any] | None = None) -> str | None:
         """Why these tokens cannot be weighted by ``scheme`` with ``knobs``
         (:func:`missing_reason`), or None."""
+        if self.is_binned and self.grid.ranked and not get_scheme(scheme).on_ranks(
+                resolve_knobs(scheme, **(knobs or {}))):
+            return f"the rank cells weigh a selection within each example, not {scheme!r}"
         have = self.run_fields if self.is_binned else self.fields
         return missing_reason(scheme, have, binned=self.is_binned, short=short, knobs=knobs)
 
@@ -228,14 +274,18 @@ class Targets:
     def weights(self, scheme: str, **knobs: Any) -> np.ndarray:
         """Weights ``(n,)`` of these tokens (of the bins, if binned) under ``scheme``, from
         their fields and example ids. A scheme that ranks over a set (``excess``) ranks
-        over all of these tokens: the whole run for a run's Targets."""
+        over all of these tokens: the whole run for a run's Targets. Of :meth:`over`'s
+        Targets (a binned run's rank cells for a selection within each example)."""
+        if self.uses_ranks(scheme, knobs):
+            return self.ranks().weights(scheme, **knobs)
         if self.is_binned and self._random(scheme, knobs):
             # per-token draws mean nothing per bin: a bin keeps 1 - tau of its tokens
             keep = 1.0 - resolve_knobs(scheme, **knobs)["threshold"]
             return np.full(len(self.logp), keep, dtype=np.float32)
         self.require(scheme, knobs)
         s = get_scheme(scheme)
-        fields = {n: self.fields[n] for n in s.extra_fields}
+        fields = {n: self.fields[n] for n in (
+            ("rank_lo", "rank_hi") if self.is_binned and self.grid.ranked else s.extra_fields)}
         if self.is_binned and not s.per_token:
             f = {"logp": torch.from_numpy(self.logp),
                  **{n: torch.from_numpy(v) for n, v in fields.items()}}
@@ -260,7 +310,10 @@ class Targets:
         return float(w.sum(dtype=np.float64) if self.count is None else self.count @ w)
 
     def summary(self, scheme: str, w: np.ndarray | None = None, **knobs: Any) -> dict[str, Any]:
-        """See :func:`scheme_summary`; pass ``w`` to reuse weights already computed."""
+        """See :func:`scheme_summary`; pass ``w`` to reuse weights already computed (of
+        :meth:`over`'s Targets)."""
+        if self.uses_ranks(scheme, knobs):
+            return self.ranks().summary(scheme, w, **knobs)
         w = self.weights(scheme, **knobs) if w is None else w
         n = len(self)
         total, total_sq, nonzero, by_band = self._totals(w)
@@ -329,7 +382,17 @@ class Targets:
         a cell along each axis (every scheme but at InfoSFT's one peak, where the miss is
         second order in the cell's width). A selection (excess) keeps exactly as many
         tokens as on the tokens: these three numbers are exact; ProFit random's are its
-        expectation. ``effective_tokens`` = S^2 / Q follows by interval arithmetic."""
+        expectation. One within each example (the rank cells) is exact where keep is a
+        bin edge; otherwise each token of the bin straddling keep is kept or not.
+        ``effective_tokens`` = S^2 / Q follows by interval arithmetic."""
+        if self.uses_ranks(scheme, knobs):
+            return self.ranks().bounds(scheme, **knobs)
+        if self.is_binned and self.grid.ranked:  # w in {0, 1} per token: S = Q = kept
+            w = self.weights(scheme, **knobs)
+            n = self.count.sum()
+            lo, hi = float(self.count @ (w >= 1)), float(self.count @ (w > 0))
+            return {"mean_weight": (lo / n, hi / n), "share_nonzero": (lo / n, hi / n),
+                    "effective_tokens": (lo, hi)}
         if self.count is None or self._shares(scheme, knobs):
             s = self.summary(scheme, **knobs)
             return {k: (s[k], s[k]) for k in ("mean_weight", "share_nonzero",

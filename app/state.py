@@ -12,7 +12,7 @@ from typing import Any, Callable
 import polars as pl
 import streamlit as st
 
-from infosft.analysis.example_bins import EX_BINS, EXH_BINS, ExampleBins
+from infosft.analysis.example_bins import EX_BINS, EXD_BINS, EXH_BINS, ExampleBins
 from infosft.analysis.stats import EXACT_UP_TO, Targets, missing_reason
 from infosft.analysis.store import Run
 from infosft.analysis.tune import Settings, auto_c
@@ -66,8 +66,8 @@ def _key(run: Run) -> tuple[str, float]:
 #: (benchmarks/bench_binned.py: 86 ms at 1M, 0.9 s at 10M).
 BINNED_ABOVE = int(os.environ.get("INFOSFT_BINNED_ABOVE", 250_000))
 #: Up to this many target tokens a page loads the tokens after all for a scheme its
-#: histogram cannot weigh (excess ranked within each example on Overview and Tune;
-#: excess or a scheme of several fields per example); above, it says what it lacks.
+#: histograms cannot weigh (per example: excess, or a scheme of several fields); above,
+#: it says what it lacks.
 TOKENS_UP_TO = int(os.environ.get("INFOSFT_TOKENS_UP_TO", EXACT_UP_TO))
 #: The most examples a page lists at once (the Examples table, an example picker): a
 #: 400k-row table or selectbox is sent whole on every rerun (seconds at 100M target
@@ -79,12 +79,14 @@ BINNED_NOTE = ("This run is large, so Overview and Tune work on a histogram of i
                "come within 1% of the exact ones (`infosft stats --exact` uses every token).")
 EXAMPLES_BINNED = ("This run is large, so the weight columns come from a histogram of each "
                    f"example's target tokens ({EX_BINS} bins in logit q; for EAFT, "
-                   f"{EXH_BINS} in H_top20), not the tokens: "
+                   f"{EXH_BINS} in H_top20; for excess, {EXD_BINS} in logp_ref - logp), "
+                   "not the tokens: "
                    "each example's mean w is within ±{mean:.3f} of the exact one, its share "
                    "w = 0 within ±{zero:.1%} (`infosft stats --exact` and the export use the tokens).")
 EXAMPLES_EXACT = ("This run is large, so the weight columns come from a histogram of each "
-                  "example's target tokens; ProFit random's are exact all the same (the "
-                  "run's own draws, regenerated).")
+                  "example's target tokens; these are exact all the same (ProFit random: "
+                  "the run's own draws, regenerated; excess within each example: "
+                  "ceil(keep x m) of the example's m tokens).")
 EXAMPLES_NEED_TOKENS = ("{why}, so the weight columns are empty for a run this large (this "
                         "page does not load every token); `infosft export RUN --where "
                         "'weight_mass<...'` computes them from the tokens.")
@@ -140,15 +142,19 @@ def _auto_c(path: str, mtime: float) -> dict[str, Any]:
 
 def targets(run: Run) -> Targets:
     """What Overview and Tune summarize: the run's target tokens, or their histogram for
-    a run of more than :data:`BINNED_ABOVE` target tokens (``is_binned``), unless the
-    chosen scheme needs the tokens (a selection within each example) and the run has at
-    most :data:`TOKENS_UP_TO`."""
+    a run of more than :data:`BINNED_ABOVE` target tokens (``is_binned``; excess ranked
+    within each example on its rank cells), unless the chosen scheme needs the tokens
+    and the run has at most :data:`TOKENS_UP_TO`."""
     key = _key(run)
     t = _summary_targets(*key)
     s = settings()
     if t.is_binned and _needs_tokens(key[0], t.missing(s.scheme, knobs=s.knobs()),
                                      t.run_fields):
         return _targets(*key)
+    if t.is_binned and any(t.uses_ranks(x, s.knobs(x)) for x in t.schemes(
+            extra=(s.scheme,), knobs=s.knobs)):
+        with st.spinner("Ranking each example's tokens by excess (once per run)..."):
+            t.ranks()  # built here, where a spinner shows, rather than inside a chart
     return t
 
 

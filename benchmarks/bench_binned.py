@@ -72,11 +72,27 @@ for i in range(7):
     moves.append(t1 - t0)
     by.append(t2 - t1)
     drawn.append(time.perf_counter() - t0)
-print(json.dumps({"load_s": load, "move_ms": 1000 * statistics.median(moves),
-                  "group_s": group_s, "by_ms": 1000 * statistics.median(by),
-                  "page_ms": 1000 * statistics.median(drawn),
-                  "cells": len(t.logp), "schemes": len(view["weights"]),
-                  "rss_mb": psutil.Process().memory_info().rss / 2**20}))
+out = {"load_s": load, "move_ms": 1000 * statistics.median(moves),
+       "group_s": group_s, "by_ms": 1000 * statistics.median(by),
+       "page_ms": 1000 * statistics.median(drawn),
+       "cells": len(t.logp), "schemes": len(view["weights"])}
+if "logp_ref" in run.token_fields():  # excess ranked within each example: keep moves
+    t0 = time.perf_counter()
+    ranks = t.over("excess", {"per": "example"})
+    g.over(t, "excess", {"per": "example"}) if t.is_binned else None
+    out["rank_s"] = time.perf_counter() - t0
+    out["rank_cells"] = len(ranks.logp)
+    moves = []
+    for i in range(7):
+        s = Settings(scheme="excess").with_knob("excess", "per", "example").with_knob(
+            "excess", "keep", 0.3 + 0.05 * i)
+        t0 = time.perf_counter()
+        view = tune_view(t, s, bins=50)
+        g.table(t, {s.scheme: s.knobs()}, {s.scheme: view["weights"][s.scheme]})
+        moves.append(time.perf_counter() - t0)
+    out["rank_move_ms"] = 1000 * statistics.median(moves)
+out["rss_mb"] = psutil.Process().memory_info().rss / 2**20
+print(json.dumps(out))
 """
 
 
@@ -112,10 +128,14 @@ mid = int(examples["example_id"][examples.height // 2])
 view = med(lambda i: token_view(run, mid, t, vocab, Settings(C=1.5 + 0.25 * i)), n=3)
 view_r = med(lambda i: token_view(run, mid, t, vocab, Settings(direction="random",
                                                                  threshold=0.3, seed=i)), n=3)
-print(json.dumps({"load_s": load, "move_ms": move, "random_ms": rnd, "eaft_ms": eaft,
-                  "view_ms": view,
-                  "view_random_ms": view_r,
-                  "rss_mb": psutil.Process().memory_info().rss / 2**20}))
+out = {"load_s": load, "move_ms": move, "random_ms": rnd, "eaft_ms": eaft,
+       "view_ms": view, "view_random_ms": view_r}
+if "logp_ref" in run.token_fields():
+    for per in ("all", "example"):
+        out[f"excess_{per}_ms"] = med(lambda i: examples_view(
+            t, examples, "excess", {"keep": 0.3 + 0.05 * i, "per": per}, sort_by="mean_weight"))
+out["rss_mb"] = psutil.Process().memory_info().rss / 2**20
+print(json.dumps(out))
 """
 
 
@@ -150,10 +170,17 @@ def main() -> None:
                       else f" {r['cells']:8,} {r['move_ms']:8.1f} {r['group_s']:11.2f} "
                       f"{r['by_ms']:8.1f} {r['page_ms']:8.1f}")
                 print(f"{n:>12,} {mode:>7} {r['load_s']:8.2f}{by} "
-                      f"{r['rss_mb']:8.0f}" + ("" if "view_ms" not in r else
+                      f"{r['rss_mb']:8.0f}" + ("" if "rank_s" not in r else
+                      f"  (excess per example: rank cells {r['rank_cells']:,} built in "
+                      f"{r['rank_s']:.2f} s with the by-source ones; a keep move, "
+                      f"statistics and by source, {r['rank_move_ms']:.1f} ms)")
+                      + ("" if "view_ms" not in r else
                       f"  (ProFit random move {r['random_ms']:.0f} ms; EAFT move "
                       f"{r['eaft_ms']:.0f} ms; Token view open "
-                      f"{r['view_ms']:.0f} ms, ProFit random {r['view_random_ms']:.0f} ms)"),
+                      f"{r['view_ms']:.0f} ms, ProFit random {r['view_random_ms']:.0f} ms"
+                      + ("" if "excess_all_ms" not in r else
+                         f"; excess move {r['excess_all_ms']:.0f} ms, per example "
+                         f"{r['excess_example_ms']:.0f} ms") + ")"),
                       flush=True)
 
 

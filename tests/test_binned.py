@@ -10,6 +10,7 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from infosft.analysis.example_bins import EX_BINS, ExampleBins, random_draws
 from infosft.analysis.cells import BIN_HALF
@@ -114,32 +115,38 @@ def test_tune_works_on_the_histogram_above_the_limit(monkeypatch):
         exact.summary("eaft")["mean_weight"], rel=0.01)
 
 
-def test_a_selection_within_examples_uses_the_tokens_up_to_their_limit(monkeypatch, tmp_path):
-    """Excess ranked within each example cannot come from a histogram: Tune loads the
-    tokens for it while the run is under TOKENS_UP_TO, and above says what it needs."""
-    from infosft.app import state
+def test_tune_weighs_excess_within_examples_on_the_rank_cells(monkeypatch, tmp_path):
+    """Excess ranked within each example on a binned run: Tune stays on the histograms
+    (no token loaded), and its cards and by-source table are the tokens' numbers."""
+    from infosft.analysis import breakdown
 
     run = make_run(tmp_path / "run", n_examples=60, target_tokens=50, seed=8,
-                   fields=("entropy_top20", "logp_ref")).path
-    chosen = Settings(scheme="excess", extra=(("excess", "per", "example"),))
-    monkeypatch.setattr(state, "BINNED_ABOVE", 0)
+                   fields=("entropy_top20", "logp_ref"), sources=("a", "b")).path
+    exact = Targets.from_run(run)
+    want = exact.summary("excess", per="example", keep=0.35)
+    table = breakdown.Grouping.build(exact, breakdown.group_labels(run, "source"), "source"
+                                     ).table(exact, {"excess": want["knobs"]})
+    state = _binned_app(monkeypatch)
+    chosen = Settings(scheme="excess", extra=(("excess", "per", "example"),
+                                              ("excess", "keep", 0.35)))
     at = app_page("views/tune.py", run_path=str(run), settings=chosen)
     assert not at.exception and not at.error
-    assert not any(c.value == state.BINNED_NOTE for c in at.caption)  # the tokens
-    want = Targets.from_run(run).summary("excess", per="example")["effective_tokens"]
-    assert {m.label: m.value for m in at.metric}["Effective tokens"].startswith(f"{want:,.0f} (")
-    monkeypatch.setattr(state, "TOKENS_UP_TO", 0)
-    at = app_page("views/tune.py", run_path=str(run), settings=chosen)
-    assert not at.exception
     assert any(c.value == state.BINNED_NOTE for c in at.caption)
-    assert [e.value for e in at.error] == [
-        Targets.binned(run).missing("excess", knobs={"per": "example"})]
+    cards = {m.label: m.value for m in at.metric}
+    assert cards["Effective tokens"].startswith(f"{want['effective_tokens']:,.0f} (")
+    assert cards["Mean weight"] == f"{want['mean_weight']:.4f}"
+    shown = next(d.value for d in at.dataframe if "Group" in d.value.columns)
+    assert list(shown["Group"]) == table["group"].to_list()
+    np.testing.assert_allclose(shown["Mean weight"].to_numpy(dtype=float),
+                               table["mean_weight"].to_numpy(), atol=5e-5)  # 4 decimals
 
 
 # ---------------------------------------------------------------- per example, at scale
 
 EX_KNOBS = KNOBS + [("profit", {"threshold": 0.3, "direction": "random", "seed": 4}),
-                    ("eaft", {}), ("eaft", {"alpha": 0.3}), ("eaft", {"alpha": 4.0})]
+                    ("eaft", {}), ("eaft", {"alpha": 0.3}), ("eaft", {"alpha": 4.0}),
+                    ("excess", {}), ("excess", {"keep": 0.25}),
+                    ("excess", {"per": "example"}), ("excess", {"per": "example", "keep": 0.333})]
 
 
 @pytest.fixture(scope="module")
@@ -168,29 +175,36 @@ def test_per_example_bins_bound_the_exact_numbers(ex_pair, scheme, knobs):
         assert (lo - 1e-6 <= w).all() and (w <= hi + 1e-6).all(), k
         assert (lo - 1e-9 <= e).all() and (e <= hi + 1e-9).all(), k
         assert np.abs(w - e).max() <= bins.bound(scheme, **knobs)[k] + 1e-6
-        if Targets._random(scheme, knobs):
-            np.testing.assert_allclose(e, w, atol=1e-12)
+        if Targets._random(scheme, knobs) or knobs.get("per") == "example":
+            np.testing.assert_allclose(e, w, atol=1e-12)  # ceil(keep * m) of m: exact
     if scheme in ("sft", "dft") or (scheme, knobs) == ("infosft", {"C": 2.0}):
         assert bins.bound(scheme, **knobs)["mean_weight"] < 0.03  # bins of 0.27 logit q
     if (scheme, knobs) == ("eaft", {}):  # bins of a factor 1.28 in H: w at most ~0.25 apart
+        assert bins.bound(scheme, **knobs)["mean_weight"] < 0.1
+    if (scheme, knobs) == ("excess", {}):  # the tokens of one 0.05-nat bin, at most
         assert bins.bound(scheme, **knobs)["mean_weight"] < 0.1
 
 
 def test_per_example_bins_are_compact_and_refuse_token_schemes(ex_pair, tmp_path):
     _, exact, bins = ex_pair
     assert len(bins) == len(exact) and bins.bins.max() < EX_BINS
-    # beside the fixed fine histograms: ~3 bytes an occupied bin (of q and of H), under
-    # 1.5 a token at 80
-    assert bins.nbytes - bins.fine_count.nbytes - bins.h.fine_count.nbytes \
-        < 1.5 * exact.logp.nbytes
+    # beside the fixed fine histograms: ~3 bytes an occupied bin (of q, H and the
+    # excess), under 2.5 a token at 80
+    assert bins.nbytes - sum(a.fine_count.nbytes for a in (bins.q, bins.h, bins.d)) \
+        < 2.5 * exact.logp.nbytes
     # a run without entropy_top20 has no H axis, and EAFT is not offered at all
     bare = ExampleBins.from_run(make_run(tmp_path / "bare", n_examples=20, target_tokens=10).path)
     assert bare.h is None and "entropy_top20" in bare.missing("eaft", short=True)
-    for scheme in ("excess", f"{__name__}:of_q_and_h"):
+    for scheme in (f"{__name__}:of_q_and_h",):
         assert bins.per_example(scheme) is None and bins.bound(scheme) is None
         assert "needs the run's tokens" in bins.missing(scheme, short=True)
         table = bins.example_table(exact_examples(ex_pair), scheme)
         assert table["mean_weight"].null_count() == table.height
+
+
+def by_example_parity(logp, example):
+    """A user's selection by example (reads ``example``): no histogram carries it."""
+    return (example % 2 == 0).float() * torch.ones_like(logp)
 
 
 def of_q_and_h(logp, entropy_top20):
@@ -301,8 +315,9 @@ def test_token_view_and_export_pages_at_scale(monkeypatch):
 
 def test_token_view_page_at_scale_says_what_is_ranked_per_example(ex_pair, monkeypatch):
     """A large run with logp_ref: excess (per=all) is shown ranked within the example,
-    and the page says so; the Examples page shows excess's columns empty with a reason
-    and ProFit random's exact."""
+    and the page says so; the Examples page shows excess's columns from the excess
+    histograms (within the bound it states), ProFit random's and excess within each
+    example's exact."""
     from infosft.app.views.token_view import RANKED_HERE
 
     path, exact, _ = ex_pair
@@ -312,16 +327,23 @@ def test_token_view_page_at_scale_says_what_is_ranked_per_example(ex_pair, monke
     assert any(c.value == RANKED_HERE.format("Excess loss (Rho-1)") for c in at.caption)
     at = app_page("views/examples.py", run_path=str(path), settings=Settings(scheme="excess"))
     assert not at.exception and not at.error
-    tail = state.EXAMPLES_NEED_TOKENS.format(why="")
-    assert any(c.value.startswith("Excess loss (Rho-1) needs the run's tokens")
-               and c.value.endswith(tail) for c in at.caption), [c.value for c in at.caption]
-    assert at.dataframe[0].value["mean_weight"].isna().all()
-    at.session_state["settings"] = Settings(scheme="profit", direction="random", threshold=0.4)
-    at.run()
-    assert not at.exception and any(c.value == state.EXAMPLES_EXACT for c in at.caption)
-    want = exact.per_example(exact.weights("profit", threshold=0.4, direction="random"))
+    cap = next(c.value for c in at.caption if c.value.startswith("This run is large"))
+    bound = float(cap.split("within ±")[1].split(" ")[0])
+    want = exact.per_example(exact.weights("excess"))["mean_weight"].to_numpy()
     got = at.dataframe[0].value.sort_values("example_id")["mean_weight"].to_numpy()
-    np.testing.assert_allclose(got, want["mean_weight"].to_numpy(), atol=1e-12)
+    assert 0 < bound < 0.1 and np.abs(got - want).max() <= bound + 1e-3
+    for scheme, knobs in (("profit", {"threshold": 0.4, "direction": "random"}),
+                          ("excess", {"per": "example", "keep": 0.45})):
+        chosen = Settings(scheme=scheme, **({"direction": "random", "threshold": 0.4}
+                                            if scheme == "profit" else {}))
+        for k, v in knobs.items() if scheme == "excess" else ():
+            chosen = chosen.with_knob("excess", k, v)
+        at.session_state["settings"] = chosen
+        at.run()
+        assert not at.exception and any(c.value == state.EXAMPLES_EXACT for c in at.caption)
+        want = exact.per_example(exact.weights(scheme, **knobs))
+        got = at.dataframe[0].value.sort_values("example_id")["mean_weight"].to_numpy()
+        np.testing.assert_allclose(got, want["mean_weight"].to_numpy(), atol=1e-12)
 
 
 def test_example_bins_use_the_runs_fine_grid(ex_pair):
@@ -377,23 +399,26 @@ def test_a_logp_rounded_above_zero_is_binned_as_q_one(tmp_path):
 
 def test_per_example_pages_load_the_tokens_only_for_a_scheme_their_bins_lack(
         ex_pair, monkeypatch):
-    """Above BINNED_ABOVE the Examples page works on the bins for EAFT (no token loaded)
-    and loads the tokens for excess, which no histogram carries, while the run is under
-    TOKENS_UP_TO: its columns are then the exact ones."""
+    """Above BINNED_ABOVE the Examples page works on the bins for EAFT and excess (no
+    token loaded) and loads the tokens for a user's scheme of two fields, which no
+    histogram carries, while the run is under TOKENS_UP_TO: its columns are then the
+    exact ones."""
     from infosft.app import state
 
     path, exact, _ = ex_pair
     monkeypatch.setattr(state, "BINNED_ABOVE", 0)
     with monkeypatch.context() as m:
         forbid_token_load(m)
-        at = app_page("views/examples.py", run_path=str(path), settings=Settings(scheme="eaft"))
-        assert not at.exception and not at.error
-        assert any(c.value.startswith("This run is large") for c in at.caption)
-    at = app_page("views/examples.py", run_path=str(path),
-                  settings=Settings(scheme="excess", extra=(("excess", "per", "example"),)))
+        for scheme in ("eaft", "excess"):
+            at = app_page("views/examples.py", run_path=str(path),
+                          settings=Settings(scheme=scheme))
+            assert not at.exception and not at.error
+            assert any(c.value.startswith("This run is large") for c in at.caption)
+    user = f"{__name__}:of_q_and_h"
+    at = app_page("views/examples.py", run_path=str(path), settings=Settings(scheme=user))
     assert not at.exception and not at.error
-    assert not any(c.value.startswith(("This run is large", "Excess")) for c in at.caption)
-    want = exact.per_example(exact.weights("excess", per="example"))
+    assert not any(c.value.startswith(("This run is large", "of_q_and_h")) for c in at.caption)
+    want = exact.per_example(exact.weights(user))
     got = at.dataframe[0].value.sort_values("example_id")["mean_weight"].to_numpy()
     np.testing.assert_allclose(got, want["mean_weight"].to_numpy(), atol=1e-9)
 
@@ -408,8 +433,9 @@ def fielded_run(tmp_path_factory):
                     sources=("web", "code", "math")).path
 
 
-@pytest.mark.parametrize("scheme, knobs", [("infosft", ["--C", "1.5"]), ("eaft", []),
-                                           ("excess", ["--keep", "0.3"]), ("profit", [])])
+@pytest.mark.parametrize("scheme, knobs", [
+    ("infosft", ["--C", "1.5"]), ("eaft", []), ("excess", ["--keep", "0.3"]), ("profit", []),
+    ("excess", ["--per", "example", "--keep", "0.55"])])
 def test_stats_binned_matches_exact(capsys, fielded_run, scheme, knobs):
     from tests.helpers import cli
 
@@ -443,13 +469,14 @@ def test_stats_picks_the_cells_above_exact_up_to_and_says_so(capsys, fielded_run
     assert rc == 0 and json.loads(out)["binned"] is True
     rc, out, _ = cli(capsys, "stats", fielded_run, "--by", "source")
     assert BINNED_LINE in out and "math" in out
-    # a ranking within each example has no histogram form: one line, and the way out
-    rc, _, err = cli(capsys, "stats", fielded_run, "--scheme", "excess", "--per", "example")
+    # a user's selection over each example has no histogram form: one line, and the
+    # way out
+    user = f"{__name__}:by_example_parity"
+    rc, _, err = cli(capsys, "stats", fielded_run, "--scheme", user)
     assert rc == 2
     line = error_line(err)
     assert str(fielded_run) in line and line.endswith("--exact loads every token")
-    rc, _, err = cli(capsys, "stats", fielded_run, "--scheme", "excess", "--per", "example",
-                     "--exact")
+    rc, _, err = cli(capsys, "stats", fielded_run, "--scheme", user, "--exact")
     assert rc == 0, err
     rc, _, err = cli(capsys, "stats", fielded_run, "--exact", "--binned")
     assert rc == 2 and "not allowed with" in err

@@ -213,3 +213,122 @@ def test_small_runs_keep_no_cache(tmp_path):
     run = Run(make_run(tmp_path / "run", n_examples=20, target_tokens=10).path)
     cells(run, Grid.of(run.token_fields()))
     assert not run.cache_dir.exists()  # the bundled sample's folder stays as installed
+
+
+# --- the rank cells: excess ranked within each example -----------------------------------
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+    """A run with logp_ref and a source, in several parts, whose excess ties within an
+    example (a third of the targets have logp_ref = logp: excess exactly 0, so the order
+    of position decides at the bins' edges) and a few targets without a logp_ref."""
+    run = make_run(tmp_path_factory.mktemp("tied") / "run", n_examples=240,
+                   target_tokens=53, prompt_tokens=3, part_examples=70, seed=21,
+                   fields=("logp_ref",), sources=("web", "code", "math"))
+    for part in run.part_paths():
+        df = pl.read_parquet(part)
+        pos = pl.col("position")
+        ref = (pl.when(pos % 31 == 7).then(None).when(pos % 3 == 0).then(pl.col("logp"))
+               .otherwise(pl.col("logp_ref")))
+        df.with_columns(pl.when(pl.col("is_target")).then(ref).otherwise(None)
+                        .alias("logp_ref")).write_parquet(part)
+    return Run(run.path)
+
+
+def u_bins_numpy(tokens: pl.DataFrame) -> np.ndarray:
+    """Each target token's bin of its within-example rank share, computed directly: the
+    tokens with a finite float32 excess ranked by it (largest first, ties: the earlier
+    position), bin = rank * 100 // m; 100 without an excess."""
+    ex = tokens["example_id"].to_numpy()
+    d = (tokens["logp_ref"].cast(pl.Float32).fill_null(np.nan).to_numpy()
+         - tokens["logp"].to_numpy().astype(np.float32))
+    out = np.full(len(d), 100, dtype=np.int64)
+    for e in np.unique(ex):
+        idx = np.flatnonzero((ex == e) & np.isfinite(d))
+        order = idx[np.argsort(-d[idx], kind="stable")]
+        out[order] = np.arange(len(order)) * 100 // len(order)
+    return out
+
+
+def test_rank_cells_bin_each_token_by_its_rank_share(tied):
+    from infosft.analysis.cells import U_BINS, Z_RANK, z_bin
+
+    grid = Grid((), ranked=True)
+    assert grid.z_step == Z_RANK and grid.sizes == (2 * BIN_HALF // Z_RANK, U_BINS + 1)
+    tokens = tied.collect(tied.scan_tokens().filter(pl.col("is_target"))
+                          .select("example_id", "position", "logp", "logp_ref",
+                                  z_bin(Z_RANK).cast(pl.Int64).alias("z"))
+                          .sort("example_id", "position"))
+    assert (tokens["logp_ref"] == tokens["logp"]).sum() > 3000  # the ties are there
+    key = tokens["z"].to_numpy() + grid.n_z * u_bins_numpy(tokens)
+    want = pl.DataFrame({"key": key, "logp": tokens["logp"].cast(pl.Float64)}).group_by(
+        "key").agg(pl.len().cast(pl.Int64).alias("count"), pl.col("logp").mean()).sort("key")
+    got = cells(tied, grid)
+    assert got["key"].to_list() == want["key"].to_list()
+    assert got["count"].to_list() == want["count"].to_list()
+    np.testing.assert_allclose(got["logp"].to_numpy(), want["logp"].to_numpy(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("keep", [0.6, 0.01, 0.37, 1.0, 0.333, 0.777])
+def test_excess_within_each_example_from_the_rank_cells(tied, keep):
+    """On the 1% grid of keep every number is the tokens' (the kept tokens are the same
+    ones; the q bands are bin edges); between, the bounds hold it (the straddling bin's
+    tokens kept or not) and the estimate is close."""
+    exact, binned = Targets.from_run(tied), Targets.binned(tied)
+    want = exact.summary("excess", keep=keep, per="example")
+    got = binned.summary("excess", keep=keep, per="example")
+    bounds = binned.bounds("excess", keep=keep, per="example")
+    on_grid = abs(keep * 100 - round(keep * 100)) < 1e-9
+    n = len(exact)
+    for key in BOUNDED:
+        lo, hi = bounds[key]
+        assert lo - 1e-9 <= want[key] <= hi + 1e-9, (key, want[key], lo, hi)
+        assert lo - 1e-9 <= got[key] <= hi + 1e-9, key
+        if on_grid:
+            assert got[key] == pytest.approx(want[key], rel=1e-12) and lo == hi, key
+        else:
+            scale = n if key == "effective_tokens" else 1  # within 1 / U_BINS of a share
+            assert got[key] == pytest.approx(want[key], abs=0.01 * scale), key
+    for band in ("low", "medium", "high"):
+        assert got[f"weight_share_{band}"] == pytest.approx(
+            want[f"weight_share_{band}"], abs=1e-12 if on_grid else 0.01)
+
+
+def test_tune_view_and_breakdown_of_excess_within_examples_match_the_tokens(tied):
+    from infosft.analysis import breakdown
+
+    exact, binned = Targets.from_run(tied), Targets.binned(tied)
+    s = Settings(scheme="excess").with_knob("excess", "per", "example") \
+        .with_knob("excess", "keep", 0.4)
+    want, got = tune_view(exact, s), tune_view(binned, s)
+    assert got["schemes"]["scheme"].to_list() == want["schemes"]["scheme"].to_list()
+    np.testing.assert_allclose(got["schemes"].drop("scheme").to_numpy(),
+                               want["schemes"].drop("scheme").to_numpy(), rtol=3e-3, atol=1e-9)
+    row = {r["scheme"]: r for r in got["schemes"].iter_rows(named=True)}["excess"]
+    assert row["mean_weight"] == pytest.approx(want["summary"]["mean_weight"], rel=1e-12)
+    assert np.abs(got["hist"]["excess"].to_numpy() - want["hist"]["excess"].to_numpy()
+                  ).sum() < 0.02
+    knobs = {"excess": s.knobs("excess"), "dft": {}}
+    labels = breakdown.group_labels(tied, "source")
+    a = breakdown.Grouping.build(exact, labels, "source").table(exact, knobs)
+    b = breakdown.grouping(tied, "source", targets=binned).table(binned, knobs)
+    assert a["group"].to_list() == b["group"].to_list() and a.height == 6
+    ex = pl.col("scheme") == "excess"
+    for col in ("target_tokens", "mean_weight", "share_nonzero", "effective_tokens",
+                "weight_share", "weight_share_low", "weight_share_high"):
+        np.testing.assert_allclose(b.filter(ex)[col].to_numpy(), a.filter(ex)[col].to_numpy(),
+                                   rtol=1e-12, atol=1e-12, err_msg=col)
+
+
+def test_rank_cells_are_built_on_first_use_and_kept(tied, monkeypatch):
+    from infosft.analysis import cache
+
+    monkeypatch.setattr(cache, "CACHE_ABOVE", 100)
+    binned = Targets.binned(tied)
+    assert len(list(tied.cache_dir.glob("cells-*.parquet"))) == 1  # not yet: on first use
+    binned.summary("excess")  # over the run: the main cells
+    assert len(list(tied.cache_dir.glob("cells-*.parquet"))) == 1
+    want = binned.summary("excess", per="example")
+    assert len(list(tied.cache_dir.glob("cells-*.parquet"))) == 2
+    _no_build(monkeypatch)
+    assert Targets.binned(tied).summary("excess", per="example") == want

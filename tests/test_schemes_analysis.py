@@ -111,10 +111,9 @@ def test_schemes_a_run_supports(run, bare, targets):
     assert Targets.from_run(bare).schemes() == list(Q_SCHEMES)
     binned = Targets.binned(run)  # a histogram of the fields: the same schemes
     assert binned.schemes() == list(SCHEMES)
-    # but not a selection within each example, which needs each example's tokens
+    # a selection within each example too: on the run's rank cells
     per_example = {"excess": {"per": "example"}}
-    assert binned.schemes(knobs=lambda s: per_example.get(s, {})) == [
-        s for s in SCHEMES if s != "excess"]
+    assert binned.schemes(knobs=lambda s: per_example.get(s, {})) == list(SCHEMES)
     assert targets.schemes(knobs=lambda s: per_example.get(s, {})) == list(SCHEMES)
     only_entropy = Targets(targets.example_id, targets.logp,
                            fields={"entropy_top20": targets.fields["entropy_top20"]})
@@ -138,11 +137,24 @@ def test_missing_field_is_one_line_naming_it(bare, scheme, field, advice):
         run_summary(bare.path, scheme)
 
 
-def test_binned_run_refuses_a_selection_within_each_example(run):
-    with pytest.raises(InfosftError, match="histogram"):
-        Targets.binned(run).weights("excess", per="example")
-    assert "with these knobs" in Targets.binned(run).missing("excess", short=True,
-                                                             knobs={"per": "example"})
+def test_binned_run_weighs_a_selection_within_each_example_on_its_rank_cells(run, tokens):
+    """Excess per=example on a binned run: the rank cells' weights (a share of each
+    cell), whose total is exactly the ceil(keep * m) kept per example of excess_numpy."""
+    binned = Targets.binned(run)
+    assert binned.missing("excess", knobs={"per": "example"}) is None
+    ranks = binned.over("excess", {"per": "example"})
+    assert ranks is binned.ranks() and ranks.grid.ranked
+    assert binned.over("excess", {"per": "all"}) is binned
+    assert binned.over("infosft") is binned
+    w = binned.weights("excess", per="example", keep=0.3)
+    assert w.shape == ranks.logp.shape
+    want = excess_numpy(tokens["logp"].to_numpy(), tokens["logp_ref"].to_numpy(), 0.3,
+                        tokens["example_id"].to_numpy()).sum()
+    assert ranks.mass(w) == pytest.approx(want, abs=1e-6)
+    # the rank cells weigh nothing else
+    assert "rank cells" in ranks.missing("infosft")
+    with pytest.raises(InfosftError, match="rank cells"):
+        ranks.weights("excess", per="all")
 
 
 def test_run_summary_of_eaft(run, tokens):

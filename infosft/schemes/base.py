@@ -105,8 +105,11 @@ class Scheme:
         on_counts: for a scheme that is not ``per_token``, its weights over a histogram:
             ``on_counts(f, count, **knobs) -> (n,)`` where each of ``n`` points stands for
             ``count`` tokens (``f``: their mean fields) and a weight is the share of the
-            point's tokens selected; None for knobs that need the tokens themselves (e.g.
-            a selection within each example). Without it such a scheme needs the tokens.
+            point's tokens selected; None for knobs that need the tokens themselves. A
+            selection within each example by excess gets ``f["rank_lo"]`` /
+            ``f["rank_hi"]`` too on a run's rank cells: each point's bin of the tokens'
+            within-example rank share (:meth:`on_ranks`). Without it such a scheme needs
+            the tokens.
     """
 
     name: str
@@ -140,6 +143,17 @@ class Scheme:
             return False
         empty = {n: torch.zeros(0) for n in self.needs}
         return self.on_counts(empty, torch.zeros(0, dtype=torch.float64), **knobs) is not None
+
+    def on_ranks(self, knobs: Mapping[str, Any]) -> bool:
+        """Whether these (resolved) ``knobs``' weights need, and can be computed from, a
+        histogram of each token's within-example rank share by excess ``logp_ref - logp``
+        (a run's rank cells: excess ranked per example) rather than of its fields."""
+        if self.per_token or self.on_counts is None or self.on_histogram(knobs):
+            return False
+        ranks = {**{n: torch.zeros(0) for n in self.needs},
+                 "rank_lo": torch.zeros(0, dtype=torch.float64),
+                 "rank_hi": torch.zeros(0, dtype=torch.float64)}
+        return self.on_counts(ranks, torch.zeros(0, dtype=torch.float64), **knobs) is not None
 
     @property
     def extra_fields(self) -> tuple[str, ...]:

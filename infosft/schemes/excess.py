@@ -55,16 +55,31 @@ def weight(f, keep, per):
 
 def on_counts(f, count, keep, per):
     """Weights of a histogram's points (``count`` tokens each, ``f`` their mean logp and
-    logp_ref): over the whole set, the top ``ceil(keep * m)`` tokens by excess, a point
-    straddling the cut keeping its share; None for ``per="example"`` (a ranking within
-    each example needs its tokens).
+    logp_ref), each the share of the point's tokens kept.
+
+    ``per="all"``: the top ``ceil(keep * m)`` tokens by excess, a point straddling the
+    cut keeping its share. ``per="example"``: needs ``f["rank_lo"]`` / ``f["rank_hi"]``,
+    each point's bin of within-example rank share u = rank / m (NaN: no excess; the run's
+    rank cells, :mod:`analysis.cells`): a token is kept iff u < keep, a bin straddling
+    keep keeping its share (exact when keep is a bin edge); None without them.
 
     >>> f = {"logp": torch.tensor([-1.0, -2.0, -3.0]), "logp_ref": torch.zeros(3)}
     >>> on_counts(f, torch.tensor([2.0, 2.0, 6.0]), keep=0.5, per="all").tolist()
     [0.0, 0.0, 0.8333333134651184]
+    >>> u = {"rank_lo": torch.tensor([0.0, 0.5, 0.8, math.nan]),
+    ...      "rank_hi": torch.tensor([0.5, 1.0, 0.9, math.nan])}
+    >>> on_counts(u, torch.ones(4), keep=0.75, per="example").tolist()
+    [1.0, 0.5, 0.0, 0.0]
     """
     if per == "example":
-        return None
+        if "rank_lo" not in f:
+            return None
+        lo, hi = f["rank_lo"].double(), f["rank_hi"].double()
+        share = ((keep - lo) / (hi - lo)).clamp(0.0, 1.0)
+        # keep on a bin edge, up to the float32 rounding of the edges (~1e-5 of a bin):
+        # whole bins, as on the tokens
+        share = torch.where(share < 1e-4, 0.0, torch.where(share > 1 - 1e-4, 1.0, share))
+        return torch.nan_to_num(share, nan=0.0).float()
     excess = (f["logp_ref"].double() - f["logp"].double()).reshape(-1)
     c = torch.where(torch.isfinite(excess), count.double().reshape(-1), 0.0)
     k = math.ceil(keep * float(c.sum()) - 1e-9)
