@@ -169,8 +169,8 @@ class Grouping:
         facts: ``(g,)`` rows of the scheme-free columns (:data:`GROUP_SCHEMA`).
         n_groups: distinct labels before pooling into ``(other)``.
         capped: whether some were pooled.
-        ranks: of a binned run with ``logp_ref``, what builds the same grouping of its
-            rank cells (:meth:`over`).
+        tables: of a binned run, what builds the same grouping of another of its cell
+            tables (:meth:`over`).
     """
 
     column: str
@@ -182,7 +182,7 @@ class Grouping:
     facts: pl.DataFrame
     n_groups: int
     capped: bool
-    ranks: Callable[[], "Grouping"] | None = field(default=None, repr=False)
+    tables: Callable[[Targets], "Grouping"] | None = field(default=None, repr=False)
 
 
     @property
@@ -237,11 +237,10 @@ class Grouping:
         tokens = Counter()
         for e, g in zip(labels["example_id"].to_list(), labels["group"].to_list()):
             tokens[g] += n_of.get(e, 0)
-        ranks = None
-        if targets.has_ranks:
-            frame = examples
-            ranks = lambda: grouping(run, column, targets=targets.ranks(),  # noqa: E731
-                                     examples=frame, max_groups=max_groups)
+        frame = examples
+
+        def tables(t: Targets) -> Grouping:  # the same groups over another cell table
+            return grouping(run, column, targets=t, examples=frame, max_groups=max_groups)
         names, index, examples, n_groups = _rank(tokens, labels, max_groups)
         codes = labels.select("example_id", pl.col("group").replace_strict(
             index, default=len(index), return_dtype=pl.Int32))
@@ -255,15 +254,15 @@ class Grouping:
                  for a, b in zip(bounds[:-1], bounds[1:])]
         return cls(column=column, names=names, examples=examples, order=at, bounds=bounds,
                    parts=parts, facts=_facts(names, examples, parts, len(targets)),
-                   n_groups=n_groups, capped=n_groups > len(index), ranks=ranks)
+                   n_groups=n_groups, capped=n_groups > len(index), tables=tables)
 
     def over(self, targets: Targets, scheme: str, knobs: dict[str, Any]
              ) -> tuple["Grouping", Targets]:
         """This grouping and ``targets`` (the run's it was built from), or for a scheme
-        weighed on a binned run's rank cells (:meth:`Targets.over`) the same grouping of
-        those and the rank cells."""
+        weighed on another of a binned run's cell tables (:meth:`Targets.over`) the same
+        grouping of that table, and the table."""
         t = targets.over(scheme, knobs)
-        return (self, t) if t is targets else (self.ranks(), t)
+        return (self, t) if t is targets else (self.tables(t), t)
 
     def table(self, targets: Targets, schemes: dict[str, dict[str, Any]],
               weights: dict[str, np.ndarray] | None = None) -> pl.DataFrame:
@@ -392,9 +391,8 @@ def grouping(run: str | Path | Run, column: str, *, targets: Targets | None = No
                                          max_groups=max_groups)
         return Grouping.build(t, labels, column, max_groups=max_groups)
 
-    binned = targets is not None and targets.is_binned
-    ranked = binned and targets.grid.ranked
-    return _cached(("grouping", *_run_key(run), column, max_groups, binned, ranked), make)
+    grid = targets.grid if targets is not None and targets.is_binned else None
+    return _cached(("grouping", *_run_key(run), column, max_groups, grid), make)
 
 
 def breakdown(run: str | Path | Run, column: str, scheme: str | None = None, *,

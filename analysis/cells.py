@@ -131,6 +131,14 @@ class Grid:
     def of(cls, fields) -> "Grid":
         return cls(tuple(f for f in OPTIONAL_TOKEN_SCHEMA if f in fields))
 
+    def __str__(self) -> str:
+        """``q x entropy_top20``, ``q x rank share``: the axes, for messages.
+
+        >>> str(Grid.of(("logp_ref", "entropy_top20"))), str(Grid((), ranked=True))
+        ('q x entropy_top20 x logp_ref', 'q x rank share')
+        """
+        return " x ".join(("q", *(("rank share",) if self.ranked else self.fields)))
+
     @property
     def z_step(self) -> int:
         """Fine z bins per z bin of this grid."""

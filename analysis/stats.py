@@ -14,7 +14,7 @@ import math
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -100,7 +100,7 @@ def band_index(q: np.ndarray, bands: tuple[float, float] = BANDS) -> np.ndarray:
     return np.searchsorted(np.asarray(bands), q, side="right").astype(np.int8)
 
 
-_RANKS_LOCK = threading.Lock()
+_TABLES_LOCK = threading.Lock()
 
 
 class Targets:
@@ -112,10 +112,13 @@ class Targets:
     the tokens (:mod:`analysis.cells`: logit q crossed with each optional field): ``logp``
     and :attr:`fields` are each cell's means and ``count`` how many tokens fall in it, so
     memory and the cost of a knob change do not grow with the run; its numbers are within
-    :meth:`bounds` of the exact ones. A selection (excess) weighs a cell by the share of
-    its tokens it keeps; one within each example is weighed on the run's rank cells
-    instead (:meth:`over`, built on first use). Per-example numbers need the tokens, or
-    for a large run :class:`ExampleBins`.
+    :meth:`bounds` of the exact ones. A run's binned Targets are its cells of logit q
+    alone; a scheme that reads other fields is weighed on the cells of those fields, and
+    a selection within each example on the rank cells (:meth:`over`, built on first use:
+    one joint grid of every field would have ~900k cells at 10M target tokens, and a knob
+    move would cost ~0.35 s). A selection (excess) weighs a cell by the share of its
+    tokens it keeps. Per-example numbers need the tokens, or for a large run
+    :class:`ExampleBins`.
 
     Args:
         example_id: ``(n,)`` sorted example ids.
@@ -129,8 +132,9 @@ class Targets:
     grid: Grid | None = None
     cell_key: np.ndarray | None = None
     run_fields: tuple[str, ...] = ()
-    #: a binned run's rank cells (:meth:`ranks`): a Targets, or what builds it
-    _ranks: "Targets | Callable[[], Targets] | None" = None
+    #: the run a binned Targets was built from, to build the other tables of
+    #: :meth:`over` (None: tokens, or one of those tables)
+    _run: Run | None = None
 
     def __init__(self, example_id: np.ndarray, logp: np.ndarray,
                  bands: tuple[float, float] = BANDS, count: np.ndarray | None = None,
@@ -151,6 +155,7 @@ class Targets:
         self.ex_ids = self.example_id[self.ex_starts]
         self.ex_counts = np.diff(np.r_[self.ex_starts, len(self.logp)])
         self._bins: dict[tuple, np.ndarray] = {}
+        self._tables: dict[Grid, Targets] = {}
 
     @classmethod
     def from_frame(cls, df: pl.DataFrame, bands: tuple[float, float] = BANDS) -> "Targets":
@@ -176,16 +181,15 @@ class Targets:
         return cls.from_frame(load_targets(run))
 
     @classmethod
-    def binned(cls, run: str | Path | Run, *, ranked: bool = False) -> "Targets":
-        """The run's target tokens as the cells of a joint histogram (see the class and
-        :mod:`analysis.cells`), built part by part: memory bounded by a part of the run
-        and the cells, not the run. ``ranked``: its rank cells (:meth:`ranks`)."""
+    def binned(cls, run: str | Path | Run, grid: Grid | None = None) -> "Targets":
+        """The run's target tokens as the cells of ``grid`` (default: logit q alone; see
+        the class and :mod:`analysis.cells`), built part by part: memory bounded by a
+        part of the run and the cells, not the run. A scheme that reads more than q is
+        weighed on the cells of the fields it reads (:meth:`over`), built on first use."""
         run = run if isinstance(run, Run) else Run(run)
-        fields = run.token_fields()
-        grid = Grid((), ranked=True) if ranked else Grid.of(fields)
-        t = cls.of_cells(cells(run, grid), grid, fields)
-        if not ranked and "logp_ref" in fields:
-            t._ranks = lambda: cls.binned(run, ranked=True)
+        grid = Grid.of(()) if grid is None else grid
+        t = cls.of_cells(cells(run, grid), grid, run.token_fields())
+        t._run = run
         return t
 
     @classmethod
@@ -201,32 +205,37 @@ class Targets:
         t.grid, t.cell_key, t.run_fields = grid, key, tuple(run_fields)
         return t
 
-    def ranks(self) -> "Targets | None":
-        """A binned run's rank cells (:mod:`analysis.cells`: each token's within-example
-        rank share by excess), built (or read from the run's cache) on first use; None
-        for tokens, rank cells, or a run without ``logp_ref``."""
-        with _RANKS_LOCK:  # two app sessions asking at once build it once
-            if callable(self._ranks):
-                self._ranks = self._ranks()
-        return self._ranks
-
-    @property
-    def has_ranks(self) -> bool:
-        """Whether these are a binned run's cells with rank cells beside them."""
-        return self._ranks is not None and not self.grid.ranked
-
-    def uses_ranks(self, scheme: str, knobs: dict[str, Any] | None = None) -> bool:
-        """Whether ``scheme`` with ``knobs`` is weighed on this binned run's rank cells
-        (:meth:`over`): a selection within each example (excess, per=example)."""
-        return (self.has_ranks and get_scheme(scheme).on_ranks(resolve_knobs(scheme, **(knobs or {}))))
+    def grid_for(self, scheme: str, knobs: dict[str, Any] | None = None) -> Grid:
+        """The cell grid that weighs ``scheme`` with ``knobs``: of the fields its weight
+        reads (logit q alone for the schemes of q: the finest), or the rank cells for a
+        selection within each example (excess, per=example)."""
+        s = get_scheme(scheme)
+        if s.on_ranks(resolve_knobs(scheme, **(knobs or {}))):
+            return Grid((), ranked=True)
+        return Grid.of(s.extra_fields)
 
     def over(self, scheme: str, knobs: dict[str, Any] | None = None) -> "Targets":
-        """What weighs ``scheme`` with ``knobs``: these tokens or cells, or a binned run's
-        rank cells for a selection within each example. Weights ``w`` a method takes
-        (:meth:`summary`, :meth:`histogram`, :meth:`mass`) must be of the same Targets;
-        those that take a scheme (:meth:`weights`, :meth:`summary`, :meth:`bounds`)
-        choose it themselves."""
-        return self.ranks() if self.uses_ranks(scheme, knobs) else self
+        """What weighs ``scheme`` with ``knobs``: these tokens or cells, or for a binned
+        run the cells of :meth:`grid_for`, built (or read from the run's cache) on first
+        use and kept. Weights ``w`` that a method takes (:meth:`summary`,
+        :meth:`histogram`, :meth:`mass`) must be of the same Targets; those that take a
+        scheme (:meth:`weights`, :meth:`summary`, :meth:`bounds`) choose it themselves."""
+        if self._run is None or self.missing(scheme, knobs=knobs):
+            return self
+        grid = self.grid_for(scheme, knobs)
+        if grid == self.grid:
+            return self
+        with _TABLES_LOCK:  # two app sessions asking at once build it once
+            if grid not in self._tables:
+                self._tables[grid] = Targets.binned(self._run, grid)
+                self._tables[grid]._run = None  # a table weighs its own schemes only
+            return self._tables[grid]
+
+    def pending(self, scheme: str, knobs: dict[str, Any] | None = None) -> bool:
+        """Whether :meth:`over` would build a table for ``scheme`` (a pass over the run
+        or a cache read): the app shows a spinner for it."""
+        return (self._run is not None and not self.missing(scheme, knobs=knobs)
+                and self.grid_for(scheme, knobs) not in (self.grid, *self._tables))
 
     def __len__(self) -> int:
         return len(self.logp) if self.count is None else int(round(self.count.sum()))
@@ -239,11 +248,12 @@ class Targets:
                 knobs: dict[str, Any] | None = None) -> str | None:
         """Why these tokens cannot be weighted by ``scheme`` with ``knobs``
         (:func:`missing_reason`), or None."""
-        if self.is_binned and self.grid.ranked and not get_scheme(scheme).on_ranks(
-                resolve_knobs(scheme, **(knobs or {}))):
-            return f"the rank cells weigh a selection within each example, not {scheme!r}"
         have = self.run_fields if self.is_binned else self.fields
-        return missing_reason(scheme, have, binned=self.is_binned, short=short, knobs=knobs)
+        why = missing_reason(scheme, have, binned=self.is_binned, short=short, knobs=knobs)
+        if why is None and self.is_binned and self._run is None \
+                and self.grid_for(scheme, knobs) != self.grid:
+            return f"these cells ({self.grid}) do not carry {scheme!r}: ask the run's"
+        return why
 
     def schemes(self, extra: tuple[str, ...] | list[str] = (),
                 knobs: Any = None) -> list[str]:
@@ -275,9 +285,9 @@ class Targets:
         """Weights ``(n,)`` of these tokens (of the bins, if binned) under ``scheme``, from
         their fields and example ids. A scheme that ranks over a set (``excess``) ranks
         over all of these tokens: the whole run for a run's Targets. Of :meth:`over`'s
-        Targets (a binned run's rank cells for a selection within each example)."""
-        if self.uses_ranks(scheme, knobs):
-            return self.ranks().weights(scheme, **knobs)
+        Targets (for a binned run, the cells of the fields the scheme reads)."""
+        if (t := self.over(scheme, knobs)) is not self:
+            return t.weights(scheme, **knobs)
         if self.is_binned and self._random(scheme, knobs):
             # per-token draws mean nothing per bin: a bin keeps 1 - tau of its tokens
             keep = 1.0 - resolve_knobs(scheme, **knobs)["threshold"]
@@ -312,8 +322,8 @@ class Targets:
     def summary(self, scheme: str, w: np.ndarray | None = None, **knobs: Any) -> dict[str, Any]:
         """See :func:`scheme_summary`; pass ``w`` to reuse weights already computed (of
         :meth:`over`'s Targets)."""
-        if self.uses_ranks(scheme, knobs):
-            return self.ranks().summary(scheme, w, **knobs)
+        if (t := self.over(scheme, knobs)) is not self:
+            return t.summary(scheme, w, **knobs)
         w = self.weights(scheme, **knobs) if w is None else w
         n = len(self)
         total, total_sq, nonzero, by_band = self._totals(w)
@@ -385,8 +395,8 @@ class Targets:
         expectation. One within each example (the rank cells) is exact where keep is a
         bin edge; otherwise each token of the bin straddling keep is kept or not.
         ``effective_tokens`` = S^2 / Q follows by interval arithmetic."""
-        if self.uses_ranks(scheme, knobs):
-            return self.ranks().bounds(scheme, **knobs)
+        if (t := self.over(scheme, knobs)) is not self:
+            return t.bounds(scheme, **knobs)
         if self.is_binned and self.grid.ranked:  # w in {0, 1} per token: S = Q = kept
             w = self.weights(scheme, **knobs)
             n = self.count.sum()

@@ -6,8 +6,9 @@ from the run's target array so that ProFit's seeded random drop matches the
 statistics and the export exactly. For a large run (:class:`ExampleBins` instead of the
 run's targets) nothing but the example is read: schemes per token come from its own
 tokens (exact), ProFit random from the run's draws regenerated up to the example
-(exact, :func:`random_draws`), and a selection over the run (excess) is ranked within
-the example instead (:func:`ranked_here`).
+(exact, :func:`random_draws`), excess over the run against the run's cut from its excess
+histogram (exact but for the tokens within 0.01 nats of the cut, which show the share
+kept), and any other selection over a set within the example (:func:`ranked_here`).
 """
 
 from __future__ import annotations
@@ -72,19 +73,29 @@ def example_weights(targets: Targets, example_id: int, settings: Settings) -> di
     return out
 
 
-def ranked_here(schemes: list[str] | tuple[str, ...], settings: Settings) -> list[str]:
+def ranked_here(schemes: list[str] | tuple[str, ...], settings: Settings,
+                bins: ExampleBins | None = None) -> list[str]:
     """Of ``schemes``, those a large run's token view weights within the example rather
-    than over the run (a selection over a set, e.g. excess with per=all: its ranking
-    needs every token's excess; with per=example it is exact)."""
+    than over the run: a selection over a set (a user's), but not excess, which is
+    exact within each example (per=example) and has the run's cut (per=all) from
+    ``bins``' excess histogram."""
     return [s for s in schemes if not get_scheme(s).per_token
-            and settings.knobs(s).get("per") != "example"]
+            and settings.knobs(s).get("per") != "example"
+            and not (bins is not None and _over_run(bins, s, settings))]
+
+
+def _over_run(bins: ExampleBins, scheme: str, settings: Settings) -> bool:
+    """Whether ``bins`` weigh ``scheme``'s tokens against the run's cut (excess, per=all)."""
+    return scheme == "excess" and bins.d is not None and settings.knobs(scheme)["per"] == "all"
 
 
 def local_weights(tokens: pl.DataFrame, bins: ExampleBins, example_id: int,
                   settings: Settings) -> dict[str, np.ndarray]:
     """:func:`example_weights` for a large run, from the example's own token rows: every
     scheme its fields allow (the chosen user scheme too); ProFit random from the run's
-    draws at the example's place; a set selection (:func:`ranked_here`) within it."""
+    draws at the example's place; excess over the run against the run's cut
+    (:meth:`ExampleBins.excess_weights`); another set selection (:func:`ranked_here`)
+    within it."""
     tgt = tokens.filter(pl.col("is_target")).sort("position")
     local = Targets.from_frame(tgt)
     out = {}
@@ -96,6 +107,8 @@ def local_weights(tokens: pl.DataFrame, bins: ExampleBins, example_id: int,
             d = random_draws(int(k["seed"]), start, start + local.logp.shape[0])
             w = (~(d < np.float32(k["threshold"]))).astype(np.float32)
             out[scheme] = np.where(np.isnan(local.logp), np.float32(0), w)
+        elif _over_run(bins, scheme, settings):
+            out[scheme] = bins.excess_weights(local.fields["logp_ref"] - local.logp, **knobs)
         else:
             out[scheme] = local.weights(scheme, **knobs)
     return out

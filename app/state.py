@@ -136,8 +136,10 @@ def _vocab(path: str, mtime: float) -> pl.DataFrame:
 
 
 @st.cache_resource(max_entries=4)
-def _auto_c(path: str, mtime: float) -> dict[str, Any]:
-    return auto_c(_summary_targets(path, mtime))
+def _auto_c(path: str, mtime: float, binned: bool) -> dict[str, Any]:
+    # ``binned`` in the key: the tokens' median and the cells' differ in the 4th digit,
+    # and a process that changed BINNED_ABOVE (a test) must not get the other one
+    return auto_c(_binned(path, mtime) if binned else _targets(path, mtime))
 
 
 def targets(run: Run) -> Targets:
@@ -151,10 +153,13 @@ def targets(run: Run) -> Targets:
     if t.is_binned and _needs_tokens(key[0], t.missing(s.scheme, knobs=s.knobs()),
                                      t.run_fields):
         return _targets(*key)
-    if t.is_binned and any(t.uses_ranks(x, s.knobs(x)) for x in t.schemes(
-            extra=(s.scheme,), knobs=s.knobs)):
-        with st.spinner("Ranking each example's tokens by excess (once per run)..."):
-            t.ranks()  # built here, where a spinner shows, rather than inside a chart
+    todo = [x for x in t.schemes(extra=(s.scheme,), knobs=s.knobs)
+            if t.is_binned and t.pending(x, s.knobs(x))]
+    if todo:  # built here, where a spinner shows, rather than inside a chart
+        with st.spinner("Binning the run's tokens by the fields these schemes read "
+                        "(once per run)..."):
+            for x in todo:
+                t.over(x, s.knobs(x))
     return t
 
 
@@ -196,7 +201,8 @@ def vocab(run: Run) -> pl.DataFrame:
 
 
 def suggested_c(run: Run) -> dict[str, Any]:
-    return _auto_c(*_key(run))
+    key = _key(run)
+    return _auto_c(*key, _n_targets(key[0]) > BINNED_ABOVE)
 
 
 @st.cache_resource(max_entries=8)

@@ -49,11 +49,18 @@ for log_x in (False, True):
     t.histogram(bins=50, log_x=log_x)
 load = time.perf_counter() - t0
 t0 = time.perf_counter()
+s0 = Settings()
+tables = {str(t.over(sc, s0.knobs(sc)).grid): len(t.over(sc, s0.knobs(sc)).logp)
+          for sc in t.schemes(knobs=s0.knobs)} if t.is_binned else {}
+tables_s = time.perf_counter() - t0
+t0 = time.perf_counter()
 run = Run(path)
 labels = bd.group_labels(run, "source")
 g = (bd.Grouping.build_binned(run, t, labels, "source", examples=run.read_examples())
      if t.is_binned
      else bd.Grouping.build(t, labels, "source"))
+for sc in t.schemes(knobs=s0.knobs):  # the grouping of every table the schemes read
+    g.over(t, sc, s0.knobs(sc))
 group_s = time.perf_counter() - t0
 moves, by, drawn = [], [], []
 for i in range(7):
@@ -75,11 +82,12 @@ for i in range(7):
 out = {"load_s": load, "move_ms": 1000 * statistics.median(moves),
        "group_s": group_s, "by_ms": 1000 * statistics.median(by),
        "page_ms": 1000 * statistics.median(drawn),
-       "cells": len(t.logp), "schemes": len(view["weights"])}
+       "cells": len(t.logp), "schemes": len(view["weights"]),
+       "tables": tables, "tables_s": tables_s}
 if "logp_ref" in run.token_fields():  # excess ranked within each example: keep moves
     t0 = time.perf_counter()
     ranks = t.over("excess", {"per": "example"})
-    g.over(t, "excess", {"per": "example"}) if t.is_binned else None
+    g.over(t, "excess", {"per": "example"})
     out["rank_s"] = time.perf_counter() - t0
     out["rank_cells"] = len(ranks.logp)
     moves = []
@@ -170,7 +178,11 @@ def main() -> None:
                       else f" {r['cells']:8,} {r['move_ms']:8.1f} {r['group_s']:11.2f} "
                       f"{r['by_ms']:8.1f} {r['page_ms']:8.1f}")
                 print(f"{n:>12,} {mode:>7} {r['load_s']:8.2f}{by} "
-                      f"{r['rss_mb']:8.0f}" + ("" if "rank_s" not in r else
+                      f"{r['rss_mb']:8.0f}" + ("" if not r.get("tables") else
+                      "  (cells per table the schemes read: " + ", ".join(
+                          f"{k} {v:,}" for k, v in r["tables"].items())
+                      + f"; the others built in {r['tables_s']:.2f} s)")
+                      + ("" if "rank_s" not in r else
                       f"  (excess per example: rank cells {r['rank_cells']:,} built in "
                       f"{r['rank_s']:.2f} s with the by-source ones; a keep move, "
                       f"statistics and by source, {r['rank_move_ms']:.1f} ms)")

@@ -228,8 +228,9 @@ def test_the_runs_draws_come_back_in_pieces():
 
 def test_token_view_at_scale_reads_one_example(ex_pair, monkeypatch):
     """A large run's token view: the q schemes and EAFT exact from the example's own
-    tokens, ProFit random the run's own draws, excess (per=all) ranked within the
-    example, and all tokens never loaded."""
+    tokens, ProFit random the run's own draws, excess (per=all) against the run's cut
+    (exact but for the tokens within 0.01 nats of it, which show a share), and all
+    tokens never loaded."""
     from infosft.analysis.store import Run
     from infosft.analysis.view import ranked_here, token_view
 
@@ -242,10 +243,22 @@ def test_token_view_at_scale_reads_one_example(ex_pair, monkeypatch):
     assert got.columns == want.columns and "w_excess" in got.columns
     for sc in ("sft", "dft", "infosft", "profit", "eaft"):
         np.testing.assert_array_equal(got[f"w_{sc}"].to_numpy(), want[f"w_{sc}"].to_numpy())
-    assert ranked_here(["sft", "excess", "eaft"], s) == ["excess"]
+    assert ranked_here(["sft", "excess", "eaft"], s, bins) == []  # the run's cut
+    assert ranked_here(["sft", "excess", "eaft"], s) == ["excess"]  # without the bins
     assert ranked_here(["excess"], s.with_knob("excess", "per", "example")) == []
-    tgt = got.filter(pl.col("is_target"))
-    assert tgt["w_excess"].sum() == math.ceil(0.6 * tgt.height)  # the example's top 60%
+    g, w = (v.filter(pl.col("is_target"))["w_excess"].to_numpy() for v in (got, want))
+    whole = (g == 0) | (g == 1)
+    np.testing.assert_array_equal(g[whole], w[whole])
+    # over the whole run: every token against the run's cut, the share only in the one
+    # fine bin (0.01 nats) that straddles it, and that share is the exact one
+    for keep in (0.6, 0.25):
+        g = bins.excess_weights(exact.fields["logp_ref"] - exact.logp, keep=keep)
+        w = exact.weights("excess", keep=keep)
+        part = (g > 0) & (g < 1)
+        np.testing.assert_array_equal(g[~part], w[~part])
+        d = (exact.fields["logp_ref"] - exact.logp)[part].astype(np.float64)
+        assert 0 < part.sum() < 0.02 * len(g) and d.max() - d.min() < 0.01
+        assert w[part].mean() == pytest.approx(float(g[part][0]), abs=1e-6)
 
 
 def _binned_app(monkeypatch):
@@ -313,18 +326,19 @@ def test_token_view_and_export_pages_at_scale(monkeypatch):
     assert abs(n - int((mean <= 0.3).sum())) <= int(((mean - 0.3).abs() <= 0.1).sum())
 
 
-def test_token_view_page_at_scale_says_what_is_ranked_per_example(ex_pair, monkeypatch):
-    """A large run with logp_ref: excess (per=all) is shown ranked within the example,
-    and the page says so; the Examples page shows excess's columns from the excess
-    histograms (within the bound it states), ProFit random's and excess within each
-    example's exact."""
-    from infosft.app.views.token_view import RANKED_HERE
-
-    path, exact, _ = ex_pair
+def test_pages_at_scale_weigh_excess_from_the_histograms(ex_pair, monkeypatch):
+    """A large run with logp_ref: the token view weighs excess (per=all) against the
+    run's cut, not within the example; the Examples page shows excess's columns from the
+    excess histograms (within the bound it states), ProFit random's and excess within
+    each example's exact."""
+    path, exact, bins = ex_pair
     state = _binned_app(monkeypatch)
     at = app_page("views/token_view.py", run_path=str(path), settings=Settings(C=2.0))
     assert not at.exception and not at.error
-    assert any(c.value == RANKED_HERE.format("Excess loss (Rho-1)") for c in at.caption)
+    assert not any("among themselves" in c.value for c in at.caption)
+    w = bins.excess_weights(exact.fields["logp_ref"] - exact.logp)[exact.example_id == 0]
+    assert {m.label: m.value for m in at.metric}["Mean w Excess loss (Rho-1)"] \
+        == f"{w.mean():.3f}"
     at = app_page("views/examples.py", run_path=str(path), settings=Settings(scheme="excess"))
     assert not at.exception and not at.error
     cap = next(c.value for c in at.caption if c.value.startswith("This run is large"))
@@ -519,3 +533,19 @@ def test_per_example_bins_are_read_back_from_the_run_cache(tmp_path, monkeypatch
     file.write_bytes(b"\x00" * 10)  # damaged: rebuilt, and rewritten whole
     assert ExampleBins.from_run(run.path).per_example("dft").equals(built.per_example("dft"))
     assert np.load(file)["ex_ids"].tolist() == list(range(40))
+
+
+def test_auto_c_follows_what_the_page_summarizes(monkeypatch):
+    """The suggested C is cached per run and per kind of Targets: the cells' median
+    above BINNED_ABOVE, the tokens' below, whichever was asked first in the process."""
+    binned = auto_c(Targets.binned(SAMPLE_RUN))["C"]
+    exact = auto_c(Targets.from_run(SAMPLE_RUN))["C"]
+    assert abs(binned - exact) > 1e-4  # the two medians differ: the test can tell them apart
+    for patched, want in ((True, binned), (False, exact)):
+        with monkeypatch.context() as m:
+            if patched:
+                _binned_app(m)
+            at = app_page("views/tune.py")
+            at.button(key="auto_c").click().run()
+            assert not at.exception
+            assert at.slider(key="tune_C").value == pytest.approx(want, abs=1e-4)

@@ -246,3 +246,13 @@ def test_the_apps_train_form_puts_new_knobs_under_knobs(tmp_path):
     cfg = jobs.train_config(str(tmp_path / "d.jsonl"), tmp_path / "run", scheme="infosft",
                             knobs={"C": 2.0})
     assert (cfg.C, cfg.knobs) == (2.0, None)
+
+
+def test_excess_doctests():
+    """``on_counts`` over a histogram, over the run and within each example's rank bins."""
+    import doctest
+
+    from infosft.schemes import excess
+
+    result = doctest.testmod(excess)
+    assert result.attempted >= 4 and result.failed == 0

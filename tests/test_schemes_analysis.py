@@ -143,17 +143,20 @@ def test_binned_run_weighs_a_selection_within_each_example_on_its_rank_cells(run
     binned = Targets.binned(run)
     assert binned.missing("excess", knobs={"per": "example"}) is None
     ranks = binned.over("excess", {"per": "example"})
-    assert ranks is binned.ranks() and ranks.grid.ranked
-    assert binned.over("excess", {"per": "all"}) is binned
-    assert binned.over("infosft") is binned
+    assert ranks is binned.over("excess", {"per": "example", "keep": 0.2})  # built once
+    assert ranks.grid.ranked
+    # each scheme on the cells of the fields it reads: q alone is the run's own
+    assert binned.over("infosft") is binned and binned.grid.fields == ()
+    assert binned.over("eaft").grid.fields == ("entropy_top20",)
+    assert binned.over("excess", {"per": "all"}).grid.fields == ("logp_ref",)
     w = binned.weights("excess", per="example", keep=0.3)
     assert w.shape == ranks.logp.shape
     want = excess_numpy(tokens["logp"].to_numpy(), tokens["logp_ref"].to_numpy(), 0.3,
                         tokens["example_id"].to_numpy()).sum()
     assert ranks.mass(w) == pytest.approx(want, abs=1e-6)
     # the rank cells weigh nothing else
-    assert "rank cells" in ranks.missing("infosft")
-    with pytest.raises(InfosftError, match="rank cells"):
+    assert "do not carry" in ranks.missing("infosft")
+    with pytest.raises(InfosftError, match="do not carry"):
         ranks.weights("excess", per="all")
 
 

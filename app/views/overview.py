@@ -40,9 +40,11 @@ def body() -> None:
         st.caption(NO_COLUMN)
         return
     column = st.selectbox("Break down by", columns, key="ov_by", help=BY_HELP)
+    schemes = list(view["weights"])  # those the run supports
     with st.spinner(f"Breaking the run down by {column}..."):  # once per run and column
         g = breakdown.grouping(run, column, targets=t, examples=ex)
-    schemes = list(view["weights"])  # those the run supports
+        for sc in schemes:  # and over each cell table a scheme reads (a large run's)
+            g.over(t, sc, s.knobs(sc))
     table = g.table(t, {sc: s.knobs(sc) for sc in schemes}, view["weights"])
     st.plotly_chart(charts.group_share_bars(table, [sc for sc in schemes if sc != "sft"],
                                             scheme_labels(s), column), key="ov_by_chart")

@@ -14,6 +14,10 @@ from infosft.app.render import (SCALES, SCHEME_LABELS, legend_html, token_html, 
 RANKED_HERE = ("This run is large, so this page reads only this example's tokens: {} "
                "ranks this example's tokens among themselves, not among the whole run's as "
                "`infosft stats` and the export do (the other weights are the run's own).")
+AT_THE_CUT = ("This run is large, so this page reads only this example's tokens: excess "
+              "over the run compares each token with the run's cut from a histogram of its "
+              "excess; {} of them lie within 0.01 nats of the cut and show the share of "
+              "such tokens the run keeps.")
 
 
 def body() -> None:
@@ -43,9 +47,14 @@ def body() -> None:
     t = state.example_targets(run)
     view = token_view(run, example_id, t, state.vocab(run), s)
     schemes = weight_schemes(view.columns)  # those the run supports
-    here = ranked_here(schemes, s) if getattr(t, "is_binned", False) else []
+    here = ranked_here(schemes, s, t) if getattr(t, "is_binned", False) else []
     if here:
         st.caption(RANKED_HERE.format(", ".join(SCHEME_LABELS.get(sc, sc) for sc in here)))
+    if getattr(t, "is_binned", False) and "excess" in schemes:
+        w = view.filter(pl.col("is_target"))["w_excess"]
+        split = int(((w > 0) & (w < 1)).sum())
+        if split:  # excess per=all at the cut: a share, not 0 or 1
+            st.caption(AT_THE_CUT.format(split))
     scheme = c.selectbox("Weight scheme", schemes,
                          index=schemes.index(s.scheme) if s.scheme in schemes else 0,
                          format_func=SCHEME_LABELS.get, key="tv_scheme",

@@ -63,6 +63,7 @@ def by_column(run, t, s, weights) -> None:
                           help="a field of the records with 2 to 50 distinct values")
     with st.spinner(f"Breaking the run down by {column}..."):  # once per run and column
         g = breakdown.grouping(run, column, targets=t, examples=ex)
+        g.over(t, s.scheme, s.knobs())  # and over the cell table the scheme reads
     table = g.table(t, {s.scheme: s.knobs()}, {s.scheme: weights[s.scheme]})
     st.plotly_chart(charts.group_share_bars(table, [s.scheme], scheme_labels(s), column),
                     key="tune_by_chart")
