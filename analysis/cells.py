@@ -239,7 +239,14 @@ def cells(run: Run, grid: Grid, groups: pl.DataFrame | None = None, *,
     Above :data:`analysis.cache.CACHE_ABOVE` target tokens kept in the run's cache folder
     (:func:`cache_path`), so a restarted app or a second ``infosft stats`` reads it back
     (7-8 s a pass at 100M target tokens, then a fraction of a second); a cache that
-    cannot be read is rebuilt, one that cannot be written is skipped."""
+    cannot be read is rebuilt, one that cannot be written is skipped.
+
+    The grid of logit q alone, on a run with a field, is summed from that field's grid
+    (:func:`finer`: the same z bins), which a scheme of the field needs anyway: one
+    pass over the parts for both."""
+    src = finer(run, grid)
+    if src is not None:
+        return marginal(cells(run, src, groups, means=means), src, means)
     parts = run.check_parts()
     if not cache.kept(run):
         return _build(run, parts, grid, groups, means)
@@ -253,6 +260,28 @@ def cells(run: Run, grid: Grid, groups: pl.DataFrame | None = None, *,
 
     return cache.through(file, load, lambda: _build(run, parts, grid, groups, means),
                          pl.DataFrame.write_parquet)
+
+
+def finer(run: Run, grid: Grid) -> Grid | None:
+    """The grid whose cells, summed over its field, are ``grid``'s: for logit q alone on
+    a run with an optional field, that field's grid (the first of
+    :data:`OPTIONAL_TOKEN_SCHEMA` it has; one field keeps the z bins of none); else None."""
+    if grid.ranked or grid.fields or Z_COARSE[0] != Z_COARSE[1]:
+        return None
+    have = [f for f in OPTIONAL_TOKEN_SCHEMA if f in run.token_fields()]
+    return Grid((have[0],)) if have else None
+
+
+def marginal(frame: pl.DataFrame, src: Grid, means: bool) -> pl.DataFrame:
+    """:func:`cells`' ``frame`` of grid ``src`` summed over its field axes: the cells of
+    its z bins alone (per group, if grouped), the logp means weighted by count."""
+    by = ["group", "key"] if "group" in frame.columns else ["key"]
+    z = frame.with_columns(pl.col("key") % src.n_z)
+    if not means:
+        return z.group_by(by).agg(pl.col("count").sum()).sort(by)
+    return (z.group_by(by).agg(pl.col("count").sum(),
+                               (pl.col("logp") * pl.col("count")).sum().alias("s"))
+            .sort(by).select(*by, "count", (pl.col("s") / pl.col("count")).alias("logp")))
 
 
 #: Bump when what :func:`_build` makes changes for the same inputs (the binning's own

@@ -327,13 +327,13 @@ def test_each_table_is_built_on_first_use_and_kept(tied, monkeypatch):
     from infosft.analysis import cache
 
     monkeypatch.setattr(cache, "CACHE_ABOVE", 100)
-    binned = Targets.binned(tied)  # logit q alone: the schemes of q
+    binned = Targets.binned(tied)  # logit q alone: summed from q x excess, kept
     binned.summary("infosft")
     assert len(list(tied.cache_dir.glob("cells-*.parquet"))) == 1
-    binned.summary("excess")  # over the run: the cells of q and the excess, on first use
+    binned.summary("excess")  # over the run: those cells of q x excess, read back
+    assert len(list(tied.cache_dir.glob("cells-*.parquet"))) == 1
+    want = binned.summary("excess", per="example")  # the rank cells, on first use
     assert len(list(tied.cache_dir.glob("cells-*.parquet"))) == 2
-    want = binned.summary("excess", per="example")  # the rank cells
-    assert len(list(tied.cache_dir.glob("cells-*.parquet"))) == 3
     _no_build(monkeypatch)
     assert Targets.binned(tied).summary("excess", per="example") == want
 
@@ -366,3 +366,24 @@ def test_doctests():
     from infosft.analysis import cells as cells_mod
 
     assert doctest.testmod(cells_mod).failed == 0
+
+
+@pytest.mark.parametrize("fields", [("entropy_top20",), ("logp_ref",), BOTH, ()])
+def test_the_cells_of_q_alone_are_summed_from_a_fields_grid(tmp_path, fields):
+    """On a run with a field, logit q's cells come from that field's grid (one pass for
+    both): the same cells, counts and means as built from the parts, per group too."""
+    from infosft.analysis.cells import _build, finer
+
+    run = Run(make_run(tmp_path / "run", n_examples=70, target_tokens=40, seed=6,
+                       part_examples=30, fields=fields).path)
+    q = Grid.of(())
+    assert finer(run, q) == (Grid((fields[0],)) if fields else None)
+    groups = pl.DataFrame({"example_id": np.arange(70, dtype=np.int32),
+                           "group": (np.arange(70) % 3).astype(np.int32)})
+    for g, means in ((None, True), (groups, False), (groups, True)):
+        got, want = cells(run, q, g, means=means), _build(run, run.part_paths(), q, g, means)
+        assert got.columns == want.columns
+        assert got.drop("logp", strict=False).equals(want.drop("logp", strict=False))
+        if means:
+            np.testing.assert_allclose(got["logp"].to_numpy(), want["logp"].to_numpy(),
+                                       rtol=1e-12)
