@@ -246,7 +246,8 @@ class Grouping:
             index, default=len(index), return_dtype=pl.Int32))
         # counts only: a group's cells are weighed at the run's cell means
         by_group = cells(run, targets.grid, codes, means=False)
-        at = np.searchsorted(targets.cell_key, by_group["key"].to_numpy())
+        rows = np.argsort(targets.cell_key, kind="stable")  # rows need not be in key order
+        at = rows[np.searchsorted(targets.cell_key[rows], by_group["key"].to_numpy())]
         bounds = np.searchsorted(by_group["group"].to_numpy(),
                                  np.arange(len(names) + 1)).astype(np.int64)
         count = by_group["count"].to_numpy().astype(np.float64)

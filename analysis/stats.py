@@ -156,6 +156,7 @@ class Targets:
         self.ex_counts = np.diff(np.r_[self.ex_starts, len(self.logp)])
         self._bins: dict[tuple, np.ndarray] = {}
         self._tables: dict[Grid, Targets] = {}
+        self._over: dict[tuple[str, str], Targets] = {}
 
     @classmethod
     def from_frame(cls, df: pl.DataFrame, bands: tuple[float, float] = BANDS) -> "Targets":
@@ -197,11 +198,19 @@ class Targets:
                  ) -> "Targets":
         """A binned Targets from :func:`analysis.cells.cells`' frame (one group's); the
         rank cells' fields are their u bins' edges (``rank_lo``, ``rank_hi``)."""
-        key = frame["key"].to_numpy()
+        key, logp, count = (frame[c].to_numpy() for c in ("key", "logp", "count"))
         fields = (dict(zip(("rank_lo", "rank_hi"), grid.u_edges(key))) if grid.ranked else
                   {f: frame[f].fill_null(np.nan).to_numpy() for f in grid.fields})
-        t = cls(np.zeros(frame.height, dtype=np.int32), frame["logp"].to_numpy(),
-                count=frame["count"].to_numpy(), fields=fields)
+        if "logp_ref" in fields:
+            # rows by excess, largest first (as the selection computes it, from float32
+            # means): its sort on every knob move then runs on sorted data (215k cells:
+            # 34 ms -> 7 ms)
+            d = (fields["logp_ref"].astype(np.float32).astype(np.float64)
+                 - logp.astype(np.float32).astype(np.float64))
+            perm = np.argsort(-np.where(np.isfinite(d), d, -np.inf), kind="stable")
+            key, logp, count = key[perm], logp[perm], count[perm]
+            fields = {f: v[perm] for f, v in fields.items()}
+        t = cls(np.zeros(len(key), dtype=np.int32), logp, count=count, fields=fields)
         t.grid, t.cell_key, t.run_fields = grid, key, tuple(run_fields)
         return t
 
@@ -220,16 +229,23 @@ class Targets:
         use and kept. Weights ``w`` that a method takes (:meth:`summary`,
         :meth:`histogram`, :meth:`mass`) must be of the same Targets; those that take a
         scheme (:meth:`weights`, :meth:`summary`, :meth:`bounds`) choose it themselves."""
-        if self._run is None or self.missing(scheme, knobs=knobs):
+        if self._run is None:
             return self
-        grid = self.grid_for(scheme, knobs)
-        if grid == self.grid:
-            return self
-        with _TABLES_LOCK:  # two app sessions asking at once build it once
-            if grid not in self._tables:
-                self._tables[grid] = Targets.binned(self._run, grid)
-                self._tables[grid]._run = None  # a table weighs its own schemes only
-            return self._tables[grid]
+        memo = (scheme, repr(sorted((knobs or {}).items())))  # asked ~40 times a move
+        if memo in self._over:
+            return self._over[memo]
+        if self.missing(scheme, knobs=knobs) or (grid := self.grid_for(scheme, knobs)) == self.grid:
+            out = self
+        else:
+            with _TABLES_LOCK:  # two app sessions asking at once build it once
+                if grid not in self._tables:
+                    self._tables[grid] = Targets.binned(self._run, grid)
+                    self._tables[grid]._run = None  # a table weighs its own schemes only
+                out = self._tables[grid]
+        if len(self._over) > 256:  # one entry per knob value a slider passed through
+            self._over.clear()
+        self._over[memo] = out
+        return out
 
     def pending(self, scheme: str, knobs: dict[str, Any] | None = None) -> bool:
         """Whether :meth:`over` would build a table for ``scheme`` (a pass over the run
