@@ -73,9 +73,10 @@ TOKENS_UP_TO = int(os.environ.get("INFOSFT_TOKENS_UP_TO", EXACT_UP_TO))
 #: 400k-row table or selectbox is sent whole on every rerun (seconds at 100M target
 #: tokens); past it the table shows its first rows and the Token view takes an id.
 ROWS_UP_TO = 5000
-BINNED_NOTE = ("This run is large, so Overview and Tune work on a histogram of its target "
-               "tokens (cells of logit q and each per-token field): a knob change costs the "
-               "same at any size; mean weight, share with w > 0 and effective tokens "
+BINNED_NOTE = ("This run is large, so Overview and Tune work on histograms of its target "
+               "tokens (cells of logit q and the fields each scheme reads; for excess "
+               "within each example, each token's rank share there): a knob change costs "
+               "the same at any size; mean weight, share with w > 0 and effective tokens "
                "come within 1% of the exact ones (`infosft stats --exact` uses every token).")
 EXAMPLES_BINNED = ("This run is large, so the weight columns come from a histogram of each "
                    f"example's target tokens ({EX_BINS} bins in logit q; for EAFT, "
