@@ -109,7 +109,7 @@ class Targets:
     one weight pass plus a few ``bincount`` / ``reduceat`` reductions.
 
     A *binned* Targets (:meth:`binned`) holds the cells of a joint histogram instead of
-    the tokens (:mod:`analysis.cells`: logit q crossed with each optional field): ``logp``
+    the tokens (:mod:`analysis.cells`: logit q, crossed with the fields a scheme reads): ``logp``
     and :attr:`fields` are each cell's means and ``count`` how many tokens fall in it, so
     memory and the cost of a knob change do not grow with the run; its numbers are within
     :meth:`bounds` of the exact ones. A run's binned Targets are its cells of logit q
@@ -268,7 +268,8 @@ class Targets:
         why = missing_reason(scheme, have, binned=self.is_binned, short=short, knobs=knobs)
         if why is None and self.is_binned and self._run is None \
                 and self.grid_for(scheme, knobs) != self.grid:
-            return f"these cells ({self.grid}) do not carry {scheme!r}: ask the run's"
+            return (f"these are the cells of {self.grid}, which do not carry {scheme!r} "
+                    "(the run's own Targets.over picks the table that does)")
         return why
 
     def schemes(self, extra: tuple[str, ...] | list[str] = (),
