@@ -369,17 +369,17 @@ class ExampleBins:
              for v in (edges[keep], edges[keep + 1], mean)]
         return _table(ax.fine_count, FINE_H_TO_COARSE, EXH_BINS, EXH_NULL_BIN, *w, keep)
 
-    def _fine_shares(self, knobs: dict[str, Any]) -> np.ndarray:
-        """``(EXD_FINE,)``: the share of each fine excess bin's tokens that excess over
-        the run keeps (the scheme's ``on_counts`` on the run's fine histogram at its
-        bins' means; 0 for an empty bin)."""
+    def _fine_shares(self, scheme: str, knobs: dict[str, Any]) -> np.ndarray:
+        """``(EXD_FINE,)``: the share of each fine excess bin's tokens that ``scheme`` (a
+        selection by excess over the run) keeps: its ``on_counts`` on the run's fine
+        histogram at the bins' means (0 for an empty bin)."""
         ax = self.d
         keep = np.flatnonzero(ax.fine_count)
         out = np.zeros(EXD_FINE)
-        out[keep] = get_scheme("excess").on_counts(
+        out[keep] = get_scheme(scheme).on_counts(
             {"logp": torch.zeros(len(keep)),
              "logp_ref": torch.from_numpy(ax.fine_sum[keep] / ax.fine_count[keep]).float()},
-            torch.from_numpy(ax.fine_count[keep]), **resolve_knobs("excess", **knobs)
+            torch.from_numpy(ax.fine_count[keep]), **resolve_knobs(scheme, **knobs)
         ).double().numpy()
         return out
 
@@ -387,19 +387,20 @@ class ExampleBins:
         """Excess over the run: each fine excess bin's share kept (:meth:`_fine_shares`),
         each token of the bin straddling the cut kept or not."""
         keep = np.flatnonzero(self.d.fine_count)
-        share = self._fine_shares(knobs)[keep]
+        share = self._fine_shares(scheme, knobs)[keep]
         return _table(self.d.fine_count, FINE_D_TO_COARSE, EXD_BINS, EXD_NULL_BIN,
                       (share >= 1).astype(np.float64), (share > 0).astype(np.float64),
                       share, keep)
 
-    def excess_weights(self, excess: np.ndarray, **knobs: Any) -> np.ndarray:
+    def excess_weights(self, excess: np.ndarray, scheme: str = "excess",
+                       **knobs: Any) -> np.ndarray:
         """Weights of tokens with these ``excess`` values (float32 ``logp_ref - logp``)
         under excess over the run: 1 above the run's cut, 0 below, and in the fine bin
         (0.01 nats) that straddles it the share of its tokens kept; 0 for NaN.
 
         What the token view of a large run shows: one example's tokens against the cut
         of the whole run, without the run's tokens."""
-        share = self._fine_shares(knobs)
+        share = self._fine_shares(scheme, knobs)
         d = np.asarray(excess, dtype=np.float64)
         ok = np.isfinite(d)
         fine = np.clip(np.floor(np.where(ok, d, 0.0) / EXD_WIDTH + EXD_HALF), 0,

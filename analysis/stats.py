@@ -231,7 +231,7 @@ class Targets:
         scheme (:meth:`weights`, :meth:`summary`, :meth:`bounds`) choose it themselves."""
         if self._run is None:
             return self
-        memo = (scheme, repr(sorted((knobs or {}).items())))  # asked ~40 times a move
+        memo = self._memo(scheme, knobs)
         if memo in self._over:
             return self._over[memo]
         if self.missing(scheme, knobs=knobs) or (grid := self.grid_for(scheme, knobs)) == self.grid:
@@ -247,10 +247,16 @@ class Targets:
         self._over[memo] = out
         return out
 
+    @staticmethod
+    def _memo(scheme: str, knobs: dict[str, Any] | None) -> tuple[str, str]:
+        """:meth:`over`'s memo key: it is asked ~40 times a knob move."""
+        return scheme, repr(sorted((knobs or {}).items()))
+
     def pending(self, scheme: str, knobs: dict[str, Any] | None = None) -> bool:
         """Whether :meth:`over` would build a table for ``scheme`` (a pass over the run
         or a cache read): the app shows a spinner for it."""
-        return (self._run is not None and not self.missing(scheme, knobs=knobs)
+        return (self._run is not None and self._memo(scheme, knobs) not in self._over
+                and not self.missing(scheme, knobs=knobs)
                 and self.grid_for(scheme, knobs) not in (self.grid, *self._tables))
 
     def __len__(self) -> int:

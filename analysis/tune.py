@@ -130,20 +130,21 @@ def run_schemes(targets: Targets, settings: Settings) -> list[str]:
 
 def all_weights(targets: Targets, settings: Settings) -> dict[str, np.ndarray]:
     """Weights ``(n,)`` of every target token under each scheme of :func:`run_schemes`
-    (each of ``targets.over(scheme)``: a binned run's rank cells for excess ranked within
-    each example)."""
+    (each of ``targets.over(scheme, knobs)``: for a binned run, the cells of the fields
+    the scheme reads)."""
     return {s: targets.weights(s, **settings.knobs(s)) for s in run_schemes(targets, settings)}
 
 
-def weighted_histogram(targets: Targets, weights: dict[str, np.ndarray], *, bins: int = 50,
-                       log_x: bool = False, settings: Settings | None = None) -> pl.DataFrame:
+def weighted_histogram(targets: Targets, weights: dict[str, np.ndarray], settings: Settings,
+                       *, bins: int = 50, log_x: bool = False) -> pl.DataFrame:
     """``lo``, ``hi``, ``count`` and, per scheme, the share of that scheme's total weight
-    that falls in each q bin (where the learning signal goes). ``settings``: the knobs
-    that chose each scheme's Targets (:func:`all_weights`), if not the defaults."""
+    that falls in each q bin (where the learning signal goes): ``weights`` as
+    :func:`all_weights` gives them for ``settings``, whose knobs chose each scheme's
+    Targets."""
     hist = targets.histogram(bins=bins, log_x=log_x)
     cols = []
     for scheme, w in weights.items():
-        t = targets.over(scheme, (settings or Settings()).knobs(scheme))
+        t = targets.over(scheme, settings.knobs(scheme))
         per_bin = t.histogram(bins=bins, log_x=log_x, w=w)["weight"]
         total = float(per_bin.sum())
         cols.append((per_bin / total if total > 0 else per_bin * 0).alias(scheme))
@@ -205,6 +206,5 @@ def tune_view(targets: Targets, settings: Settings, *, bins: int = 50,
     return {"summary": sums.get(settings.scheme),
             "schemes": scheme_table(list(sums.values())),
             "weights": ws,
-            "hist": weighted_histogram(targets, ws, bins=bins, log_x=log_x,
-                                       settings=settings),
+            "hist": weighted_histogram(targets, ws, settings, bins=bins, log_x=log_x),
             "curves": weight_curves(settings, log_x=log_x, schemes=list(ws))}

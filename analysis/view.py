@@ -108,7 +108,8 @@ def local_weights(tokens: pl.DataFrame, bins: ExampleBins, example_id: int,
             w = (~(d < np.float32(k["threshold"]))).astype(np.float32)
             out[scheme] = np.where(np.isnan(local.logp), np.float32(0), w)
         elif _over_run(bins, scheme, settings):
-            out[scheme] = bins.excess_weights(local.fields["logp_ref"] - local.logp, **knobs)
+            out[scheme] = bins.excess_weights(local.fields["logp_ref"] - local.logp, scheme,
+                                              **knobs)
         else:
             out[scheme] = local.weights(scheme, **knobs)
     return out

@@ -66,8 +66,8 @@ def _key(run: Run) -> tuple[str, float]:
 #: (benchmarks/bench_binned.py: 86 ms at 1M, 0.9 s at 10M).
 BINNED_ABOVE = int(os.environ.get("INFOSFT_BINNED_ABOVE", 250_000))
 #: Up to this many target tokens a page loads the tokens after all for a scheme its
-#: histograms cannot weigh (per example: excess, or a scheme of several fields); above,
-#: it says what it lacks.
+#: histograms cannot weigh (a user's scheme of several fields per example, or one that
+#: reads ``example``); above, it says what it lacks.
 TOKENS_UP_TO = int(os.environ.get("INFOSFT_TOKENS_UP_TO", EXACT_UP_TO))
 #: The most examples a page lists at once (the Examples table, an example picker): a
 #: 400k-row table or selectbox is sent whole on every rerun (seconds at 100M target
